@@ -1,0 +1,121 @@
+//! The entry point the CLI uses: run one world from a seed or a plan and report what happened.
+//!
+//! This is the contract between the scenarios crate and its callers (the `drill` CLI, the
+//! integration tests, the bench). Everything a run decides comes from the seed or the plan.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a run starts from.
+#[derive(Debug, Clone)]
+pub enum RunSource {
+    /// Build the plan from a seed, for a named scenario and fault profile.
+    Seed { seed: u64, scenario: String, profile: String },
+    /// Run a plan exactly as written (the text of a `plan.json`).
+    Plan(String),
+}
+
+/// One run to perform.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub source: RunSource,
+    /// When set, `trace.jsonl` is written there line by line as the run goes, and `plan.json`
+    /// before the world starts. The folder must exist.
+    pub out_dir: Option<PathBuf>,
+}
+
+/// The verdict of one run, in the order of severity the exit codes use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Pass,
+    Violation,
+    Liveness,
+    Nondeterminism,
+}
+
+impl Outcome {
+    /// The process exit code DESIGN.md assigns to this outcome.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::Pass => 0,
+            Outcome::Violation => 1,
+            Outcome::Liveness => 3,
+            Outcome::Nondeterminism => 4,
+        }
+    }
+}
+
+/// One broken invariant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    /// Invariant id, for example `INV-DURABLE`.
+    pub invariant: String,
+    /// Node name, for example `client-2`, or `world` when no single node is at fault.
+    pub node: String,
+    /// 1-based line of `trace.jsonl` at which the violation was found.
+    pub trace_line: u64,
+    /// What was expected and what was found.
+    pub message: String,
+}
+
+/// Everything a caller needs to write `summary.json` and decide the exit code.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub seed: u64,
+    pub scenario: String,
+    pub profile: String,
+    pub outcome: Outcome,
+    pub violations: Vec<Violation>,
+    /// Hex SHA-256 over the trace lines (each line plus `\n`).
+    pub fingerprint: String,
+    /// Faults injected, counted by kind (`crash`, `partition`, `disk.torn`, ...).
+    pub faults: BTreeMap<String, u64>,
+    /// Invariant checks that had something to check, counted by invariant id.
+    pub checks: BTreeMap<String, u64>,
+    /// Simulated time the run took, in milliseconds.
+    pub sim_time_ms: u64,
+    /// Workload operations issued.
+    pub steps: u64,
+    /// The hash of the plan (hex SHA-256 of its canonical JSON).
+    pub plan_hash: String,
+    /// The plan as canonical JSON, as written to `plan.json`.
+    pub plan_json: String,
+    /// Every trace line, without trailing newlines.
+    pub trace: Vec<String>,
+}
+
+/// Bad input: the caller exits 2 with this message on one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunError {
+    UnknownScenario(String),
+    UnknownProfile(String),
+    MalformedPlan(String),
+    Io(String),
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::UnknownScenario(s) => {
+                write!(f, "unknown scenario '{s}' (see `drill list`)")
+            }
+            RunError::UnknownProfile(p) => {
+                write!(f, "unknown profile '{p}' (expected none, lite or swarm)")
+            }
+            RunError::MalformedPlan(why) => write!(f, "malformed plan: {why}"),
+            RunError::Io(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+/// A named thing `drill list` shows.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    pub name: &'static str,
+    pub description: &'static str,
+}
