@@ -1,0 +1,399 @@
+//! The simulated disk: one file system per node, registered as a madsim plugin and exposed to
+//! SQLite as the VFS `drill` (see [`vfs`]).
+//!
+//! [`file`] holds the durability model of a single file. This module adds what belongs to a whole
+//! node's disk: crash generations, crash outcomes drawn from the node's disk stream, bit flips in
+//! durable images, injected I/O errors, a capacity, and a power cut at a chosen operation index.
+
+pub mod file;
+pub mod vfs;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use madsim::plugin::Simulator;
+use madsim::task::NodeId;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+pub use file::{CrashModel, CrashTally, FileEntry, Pending};
+
+use crate::rng::{SeedTree, Stream};
+use crate::trace;
+
+/// Bytes at the end of every database page that hold its checksum.
+pub const CHECKSUM_BYTES: usize = 8;
+
+/// World-wide disk settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DiskConfig {
+    /// Sector size the VFS reports and tears by.
+    pub sector_size: usize,
+    /// Page size of the databases; page-sized reads and writes of main databases carry checksums.
+    pub page_size: usize,
+    /// Whether main-database pages carry checksums in their last [`CHECKSUM_BYTES`] bytes.
+    pub checksums: bool,
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        DiskConfig { sector_size: 512, page_size: 4096, checksums: true }
+    }
+}
+
+/// The kinds of VFS operation an injected I/O error can hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoOp {
+    Open,
+    Read,
+    Write,
+    Sync,
+}
+
+/// Fail the `nth` (1-based, counted per node from when it is armed) operation of a kind, once or
+/// from then on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoFault {
+    pub op: IoOp,
+    pub nth: u64,
+    pub persistent: bool,
+}
+
+/// Disk faults of one node: how crashes land, and limits.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DiskFaults {
+    /// Per pending entry at a crash: probability it is kept.
+    pub crash_keep_probability: f64,
+    /// Per pending write at a crash: probability it is torn (the rest are dropped).
+    pub crash_tear_probability: f64,
+    /// Total bytes the node's files may hold; writes past it fail with `SQLITE_FULL`.
+    pub capacity_bytes: Option<u64>,
+}
+
+impl DiskFaults {
+    pub fn none() -> Self {
+        DiskFaults { crash_keep_probability: 1.0, crash_tear_probability: 0.0, capacity_bytes: None }
+    }
+
+    /// Checks the ranges; a broken plan is a bug in whoever wrote it.
+    pub fn validate(&self) -> Result<(), String> {
+        let k = self.crash_keep_probability;
+        let t = self.crash_tear_probability;
+        if !(0.0..=1.0).contains(&k) || !(0.0..=1.0).contains(&t) || k + t > 1.0 + 1e-9 {
+            return Err(format!("disk crash probabilities out of range: keep {k}, tear {t}"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ArmedFault {
+    fault: IoFault,
+    seen: u64,
+    fired: bool,
+}
+
+/// Shared memory of one database (the WAL index). It lives in the node's memory, not on disk,
+/// so a crash loses it; regions are never freed while a run lasts, because a killed connection
+/// may still touch them from its `Drop`.
+#[derive(Default)]
+pub(crate) struct Shm {
+    pub(crate) regions: Vec<Box<[u8]>>,
+}
+
+/// One node's disk.
+pub(crate) struct NodeDisk {
+    pub(crate) name: String,
+    pub(crate) generation: u64,
+    pub(crate) files: BTreeMap<String, FileEntry>,
+    /// Shared memory by open handle.
+    pub(crate) shm: BTreeMap<u64, Shm>,
+    /// Between a crash and the next boot: every call is refused.
+    pub(crate) down: bool,
+    pub(crate) next_handle: u64,
+    pub(crate) rng: Stream,
+    pub(crate) faults: DiskFaults,
+    io_faults: Vec<ArmedFault>,
+    pub(crate) ops: u64,
+    pub(crate) power_cut_at: Option<u64>,
+    pub(crate) next_temp: u64,
+}
+
+impl NodeDisk {
+    fn used_bytes(&self) -> u64 {
+        self.files.values().map(|f| f.len()).sum()
+    }
+
+    /// Counts one operation; returns an error code when an injected fault or a power cut hits it.
+    pub(crate) fn tick(&mut self, op: Option<IoOp>, file: &str, crash_model: CrashModel) -> Option<i32> {
+        self.ops += 1;
+        if debug_log() {
+            eprintln!("[disk {}] op {} {:?} {}", self.name, self.ops, op, file);
+        }
+        if self.power_cut_at == Some(self.ops) {
+            self.power_cut_at = None;
+            trace::emit(&self.name, "disk.power_cut", json!({"op_index": self.ops, "file": file}));
+            self.crash(crash_model);
+            return Some(libsqlite3_sys::SQLITE_IOERR);
+        }
+        let op = op?;
+        for a in self.io_faults.iter_mut().filter(|a| a.fault.op == op) {
+            a.seen += 1;
+            let hit = if a.fault.persistent { a.seen >= a.fault.nth } else { a.seen == a.fault.nth };
+            if hit {
+                if !a.fired {
+                    trace::emit(
+                        &self.name,
+                        "disk.ioerr",
+                        json!({"op": op, "nth": a.fault.nth, "persistent": a.fault.persistent, "file": file}),
+                    );
+                }
+                a.fired = true;
+                return Some(match op {
+                    IoOp::Open => libsqlite3_sys::SQLITE_CANTOPEN,
+                    IoOp::Read => libsqlite3_sys::SQLITE_IOERR_READ,
+                    IoOp::Write => libsqlite3_sys::SQLITE_IOERR_WRITE,
+                    IoOp::Sync => libsqlite3_sys::SQLITE_IOERR_FSYNC,
+                });
+            }
+        }
+        None
+    }
+
+    /// Makes every pending delete of the node durable: a sync commits earlier namespace changes.
+    pub(crate) fn flush_deletes(&mut self) {
+        self.files.retain(|_, f| !f.flush_deletes());
+    }
+
+    /// Whether a write growing the node's files by `grow` bytes fits its capacity.
+    pub(crate) fn fits(&self, grow: u64) -> bool {
+        match self.faults.capacity_bytes {
+            Some(cap) => self.used_bytes() + grow <= cap,
+            None => true,
+        }
+    }
+
+    /// Power loss: every file's pending entries kept, dropped or torn; shared memory lost; every
+    /// handle from before now refused.
+    pub(crate) fn crash(&mut self, model: CrashModel) -> CrashTally {
+        let mut tally = CrashTally::default();
+        let names: Vec<String> = self.files.keys().cloned().collect();
+        for name in names {
+            let f = self.files.get_mut(&name).expect("listed");
+            if !f.crash(&model, &mut self.rng, &mut tally) {
+                self.files.remove(&name);
+            }
+        }
+        self.generation += 1;
+        self.down = true;
+        trace::emit(
+            &self.name,
+            "disk.crash",
+            json!({"generation": self.generation, "kept": tally.kept, "dropped": tally.dropped,
+                   "torn": tally.torn, "vanished": tally.vanished}),
+        );
+        tally
+    }
+}
+
+pub(crate) struct State {
+    config: DiskConfig,
+    nodes: BTreeMap<NodeId, NodeDisk>,
+    sqlite_rng: Stream,
+}
+
+/// The disk simulator: a madsim plugin holding every node's file system.
+pub struct DiskSim {
+    state: Mutex<State>,
+}
+
+impl Simulator for DiskSim {
+    fn new(_rand: &madsim::rand::GlobalRng, _time: &madsim::time::TimeHandle, _config: &madsim::Config) -> Self {
+        DiskSim {
+            state: Mutex::new(State {
+                config: DiskConfig::default(),
+                nodes: BTreeMap::new(),
+                sqlite_rng: SeedTree::new(0).stream("sqlite"),
+            }),
+        }
+    }
+}
+
+impl DiskSim {
+    /// The disk of the current madsim runtime.
+    pub fn current() -> Arc<DiskSim> {
+        madsim::plugin::simulator::<DiskSim>()
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Resets the disk for a new run: settings, and SQLite's random stream.
+    pub fn configure(&self, config: DiskConfig, seeds: &SeedTree) {
+        let mut s = self.lock();
+        s.config = config;
+        s.nodes.clear();
+        s.sqlite_rng = seeds.stream("sqlite");
+    }
+
+    /// Gives node `id` an empty disk.
+    pub fn add_node(&self, id: NodeId, name: &str, faults: DiskFaults, seeds: &SeedTree) {
+        faults.validate().expect("disk faults");
+        let disk = NodeDisk {
+            name: name.to_string(),
+            generation: 0,
+            files: BTreeMap::new(),
+            shm: BTreeMap::new(),
+            down: false,
+            next_handle: 0,
+            rng: seeds.child(name).stream("disk"),
+            faults,
+            io_faults: Vec::new(),
+            ops: 0,
+            power_cut_at: None,
+            next_temp: 0,
+        };
+        self.lock().nodes.insert(id, disk);
+    }
+
+    fn with_node<R>(&self, id: NodeId, f: impl FnOnce(&mut NodeDisk, &DiskConfig) -> R) -> R {
+        let mut s = self.lock();
+        let s = &mut *s;
+        let disk = s.nodes.get_mut(&id).unwrap_or_else(|| panic!("node {id} has no disk"));
+        f(disk, &s.config)
+    }
+
+    /// Power loss on node `id`. Call it before killing the node's tasks, so that whatever they
+    /// do while being dropped is refused.
+    pub fn crash(&self, id: NodeId) -> CrashTally {
+        self.with_node(id, |d, c| {
+            let model = crash_model(&d.faults, c);
+            d.crash(model)
+        })
+    }
+
+    /// Powers node `id` back on: calls are served again, for handles opened from now on.
+    pub fn boot(&self, id: NodeId) {
+        self.with_node(id, |d, _| {
+            d.down = false;
+            d.power_cut_at = None;
+        });
+    }
+
+    /// Whether node `id` is powered off (crashed and not yet booted).
+    pub fn is_down(&self, id: NodeId) -> bool {
+        self.with_node(id, |d, _| d.down)
+    }
+
+    /// Flips one bit in the durable image of a main database file of node `id` (the file whose
+    /// name ends with `suffix`), inside a page's checksummed bytes. Returns (file, offset, bit).
+    pub fn flip_bit(&self, id: NodeId, suffix: &str) -> Option<(String, u64, u8)> {
+        self.with_node(id, |d, _| {
+            let name = d.files.iter().find(|(n, f)| n.ends_with(suffix) && f.durable.as_ref().is_some_and(|img| !img.is_empty()))?.0.clone();
+            let f = d.files.get_mut(&name).expect("found");
+            let len = f.durable.as_ref().expect("durable").len();
+            let offset = d.rng.gen_range(0..len) as u64;
+            let bit = d.rng.gen_range(0..8u8);
+            for img in [f.durable.as_mut(), f.current.as_mut()].into_iter().flatten() {
+                if let Some(b) = img.get_mut(offset as usize) {
+                    *b ^= 1 << bit;
+                }
+            }
+            trace::emit(&d.name, "disk.corrupt", json!({"file": name, "offset": offset, "bit": bit}));
+            Some((name, offset, bit))
+        })
+    }
+
+    /// Arms an I/O error on node `id`.
+    pub fn arm_io_fault(&self, id: NodeId, fault: IoFault) {
+        self.with_node(id, |d, _| d.io_faults.push(ArmedFault { fault, seen: 0, fired: false }));
+    }
+
+    /// Disarms every I/O error of node `id` (a replaced device, a cleared condition).
+    pub fn clear_io_faults(&self, id: NodeId) {
+        self.with_node(id, |d, _| d.io_faults.clear());
+    }
+
+    /// Sets the capacity of node `id`'s disk.
+    pub fn set_capacity(&self, id: NodeId, capacity_bytes: Option<u64>) {
+        self.with_node(id, |d, _| d.faults.capacity_bytes = capacity_bytes);
+    }
+
+    /// Cuts power on node `id` just before its `index`-th VFS operation (1-based, counted from
+    /// the node's creation): that operation and every later one on an older handle fail.
+    pub fn power_cut_at(&self, id: NodeId, index: u64) {
+        self.with_node(id, |d, _| d.power_cut_at = Some(index));
+    }
+
+    /// VFS operations node `id` has made so far.
+    pub fn ops(&self, id: NodeId) -> u64 {
+        self.with_node(id, |d, _| d.ops)
+    }
+
+    /// The crash generation of node `id` (how many crashes it has had).
+    pub fn generation(&self, id: NodeId) -> u64 {
+        self.with_node(id, |d, _| d.generation)
+    }
+
+    /// Names of the files node `id` has now.
+    pub fn files(&self, id: NodeId) -> Vec<String> {
+        self.with_node(id, |d, _| d.files.iter().filter(|(_, f)| f.exists()).map(|(n, _)| n.clone()).collect())
+    }
+
+    /// Every byte node `id` holds, durable and current, by file, for scans.
+    pub fn images(&self, id: NodeId) -> Vec<(String, Vec<u8>)> {
+        self.with_node(id, |d, _| {
+            let mut out = Vec::new();
+            for (n, f) in &d.files {
+                if let Some(c) = &f.current {
+                    out.push((n.clone(), c.clone()));
+                }
+                if f.durable != f.current {
+                    if let Some(img) = &f.durable {
+                        out.push((format!("{n} (durable)"), img.clone()));
+                    }
+                }
+            }
+            out
+        })
+    }
+
+    /// Writes a file directly (a backup restored by an operator, a planted test file).
+    pub fn put_file(&self, id: NodeId, name: &str, data: &[u8]) {
+        self.with_node(id, |d, _| {
+            let mut f = FileEntry::created();
+            f.write(data, 0);
+            f.sync();
+            d.files.insert(name.to_string(), f);
+        })
+    }
+
+    pub(crate) fn sqlite_random(&self, buf: &mut [u8]) {
+        self.lock().sqlite_rng.fill(buf);
+    }
+}
+
+/// `DRILL_DISK_LOG=1` prints every counted VFS operation to stderr, for debugging the disk.
+fn debug_log() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("DRILL_DISK_LOG").is_some())
+}
+
+pub(crate) fn crash_model(f: &DiskFaults, c: &DiskConfig) -> CrashModel {
+    CrashModel {
+        keep_probability: f.crash_keep_probability,
+        tear_probability: f.crash_tear_probability,
+        sector_size: c.sector_size,
+    }
+}
+
+/// The checksum stored in a page's last [`CHECKSUM_BYTES`] bytes: SHA-256 of the rest, truncated.
+pub fn page_checksum(page: &[u8]) -> [u8; CHECKSUM_BYTES] {
+    let body = &page[..page.len() - CHECKSUM_BYTES];
+    let d = Sha256::digest(body);
+    d[..CHECKSUM_BYTES].try_into().expect("8 bytes")
+}
