@@ -1,1 +1,19 @@
+//! drill-reports: the files drill writes about its runs, as plain serde types.
+//!
+//! - [`Summary`]: one run's `summary.json`.
+//! - [`SweepSummary`]: a sweep's `summary.json`, with one [`FailingSeed`] per failing seed.
+//!
+//! The types live here, apart from the world, so that renderers (markdown, JUnit XML, HTML) and
+//! outside tools can read drill's output without building madsim or SQLite. Readers ignore fields
+//! they do not know, so adding a field keeps `format_version`; changing one's meaning bumps it.
 
+mod outcome;
+mod summary;
+mod sweep;
+
+pub use outcome::{Outcome, OutcomeCounts};
+pub use summary::{Summary, Violation};
+pub use sweep::{FailingSeed, SeedRange, SweepSummary};
+
+/// The `format_version` every summary this build writes carries.
+pub const FORMAT_VERSION: u32 = 1;
