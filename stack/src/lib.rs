@@ -1,1 +1,23 @@
+//! drill-stack: the local-first store + sync stack under test.
+//!
+//! Real code, not a model: SQLite for storage, a SHA-256 hash chain over events, and a
+//! request/response protocol over the network. It reaches the world only through madsim's
+//! network and time, the [`clock::Clock`] it is given, and SQLite's default VFS.
+//!
+//! - [`store`]: the SQLite schema and connection settings shared by client and server.
+//! - [`chain`]: the event hash chain.
+//! - [`proto`]: the wire protocol.
+//! - [`server`]: the server's store, which holds the total order, and its request handler.
+//! - [`client`]: a device's store with its outbox, and the sync that pushes and pulls.
+//! - [`rpc`]: request/response over madsim endpoints.
 
+pub mod chain;
+pub mod client;
+pub mod clock;
+pub mod error;
+pub mod proto;
+pub mod rpc;
+pub mod server;
+pub mod store;
+
+pub use error::{StoreError, SyncError};

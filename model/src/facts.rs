@@ -1,0 +1,67 @@
+//! What the world tells the model: facts from the history, and snapshots of stored state.
+
+use serde::{Deserialize, Serialize};
+
+/// One stored event, as a node holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventFact {
+    pub seq: u64,
+    pub tenant: String,
+    pub kind: String,
+    pub replica: String,
+    pub write_id: u64,
+    pub payload: Vec<u8>,
+    pub prev_hash: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+/// One pending write in a device's outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxFact {
+    pub write_id: u64,
+    pub payload: Vec<u8>,
+}
+
+/// A device's stored state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientSnapshot {
+    pub node: String,
+    pub replica: String,
+    pub tenant: String,
+    pub outbox: Vec<OutboxFact>,
+    pub events: Vec<EventFact>,
+}
+
+/// The server's stored state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerSnapshot {
+    pub node: String,
+    pub events: Vec<EventFact>,
+}
+
+/// Facts from the history, in trace order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fact {
+    /// A device was registered: its replica id and tenant.
+    Client { node: String, replica: String, tenant: String },
+    /// A local append began, with this payload.
+    AppendStarted { node: String, payload: Vec<u8> },
+    /// The append committed as `write_id`.
+    AppendAcked { node: String, write_id: u64 },
+    /// The append failed: it did not happen.
+    AppendFailed { node: String },
+    /// The server acknowledged these writes of the device (its push answer arrived).
+    PushAcked { node: String, write_ids: Vec<u64> },
+    /// The node lost power: whatever it had in flight may or may not have happened.
+    Crashed { node: String },
+    /// A device's state, read back after it recovered, or whenever the world looks.
+    ClientState { snapshot: ClientSnapshot, after_recovery: bool },
+    /// The server's state.
+    ServerState { snapshot: ServerSnapshot },
+}
+
+/// A short digest of a payload, for messages.
+pub fn digest(payload: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(payload)[..6])
+}

@@ -1,0 +1,136 @@
+//! Every invariant demonstrably fires, and uncertainty never produces a false alarm.
+
+use drill_model::checker::event_hash;
+use drill_model::{Checker, ClientSnapshot, EventFact, Fact, OutboxFact, ServerSnapshot};
+
+fn chain(tenant: &str, writes: &[(&str, u64, &[u8])]) -> Vec<EventFact> {
+    let mut prev = vec![0u8; 32];
+    let mut out = Vec::new();
+    for (i, (replica, w, p)) in writes.iter().enumerate() {
+        let hash = event_hash(&prev, "note", tenant, p);
+        out.push(EventFact {
+            seq: i as u64 + 1,
+            tenant: tenant.into(),
+            kind: "note".into(),
+            replica: replica.to_string(),
+            write_id: *w,
+            payload: p.to_vec(),
+            prev_hash: prev.clone(),
+            hash: hash.clone(),
+        });
+        prev = hash;
+    }
+    out
+}
+
+fn client(outbox: &[(u64, &[u8])], events: Vec<EventFact>) -> ClientSnapshot {
+    ClientSnapshot {
+        node: "client-1".into(),
+        replica: "client-1".into(),
+        tenant: "acme".into(),
+        outbox: outbox.iter().map(|(w, p)| OutboxFact { write_id: *w, payload: p.to_vec() }).collect(),
+        events,
+    }
+}
+
+fn checker_with_ack(payload: &[u8]) -> Checker {
+    let mut c = Checker::new();
+    c.observe(Fact::Client { node: "client-1".into(), replica: "client-1".into(), tenant: "acme".into() }, 1);
+    c.observe(Fact::AppendStarted { node: "client-1".into(), payload: payload.to_vec() }, 2);
+    c.observe(Fact::AppendAcked { node: "client-1".into(), write_id: 1 }, 3);
+    c
+}
+
+fn ids(c: &Checker) -> Vec<String> {
+    c.violations().iter().map(|v| v.invariant.clone()).collect()
+}
+
+#[test]
+fn durable_fires_when_an_acknowledged_write_is_lost() {
+    let mut c = checker_with_ack(b"a");
+    c.observe(Fact::Crashed { node: "client-1".into() }, 4);
+    c.observe(Fact::ClientState { snapshot: client(&[], vec![]), after_recovery: true }, 5);
+    assert_eq!(ids(&c), vec!["INV-DURABLE"]);
+    assert_eq!(c.violations()[0].trace_line, 5);
+}
+
+#[test]
+fn durable_fires_on_a_write_nothing_explains() {
+    let mut c = checker_with_ack(b"a");
+    c.observe(Fact::ClientState { snapshot: client(&[(1, b"a"), (2, b"ghost")], vec![]), after_recovery: true }, 5);
+    assert_eq!(ids(&c), vec!["INV-DURABLE"]);
+}
+
+#[test]
+fn uncertain_writes_may_go_either_way_but_then_stay_settled() {
+    for present in [false, true] {
+        let mut c = checker_with_ack(b"a");
+        c.observe(Fact::AppendStarted { node: "client-1".into(), payload: b"b".to_vec() }, 4);
+        c.observe(Fact::Crashed { node: "client-1".into() }, 5);
+        let outbox: Vec<(u64, &[u8])> = if present { vec![(1, b"a"), (2, b"b")] } else { vec![(1, b"a")] };
+        c.observe(Fact::ClientState { snapshot: client(&outbox, vec![]), after_recovery: true }, 6);
+        assert!(c.violations().is_empty(), "present={present}: {:?}", c.violations());
+        // Once settled as having happened, losing it is a violation.
+        c.observe(Fact::ClientState { snapshot: client(&[(1, b"a")], vec![]), after_recovery: false }, 7);
+        assert_eq!(c.violations().is_empty(), !present);
+    }
+}
+
+#[test]
+fn chain_fires_at_the_exact_event() {
+    let mut c = checker_with_ack(b"a");
+    let mut evs = chain("acme", &[("client-1", 1, b"a"), ("client-2", 1, b"x"), ("client-2", 2, b"y")]);
+    evs[1].payload = b"tampered".to_vec();
+    c.observe(Fact::ClientState { snapshot: client(&[], evs), after_recovery: false }, 9);
+    assert_eq!(ids(&c), vec!["INV-CHAIN"]);
+    assert!(c.violations()[0].message.contains("event 2"), "{}", c.violations()[0].message);
+}
+
+#[test]
+fn once_fires_on_a_write_applied_twice() {
+    let mut c = checker_with_ack(b"a");
+    let mut evs = chain("acme", &[("client-1", 1, b"a"), ("client-1", 1, b"a")]);
+    evs[1].seq = 2;
+    c.observe(Fact::ClientState { snapshot: client(&[], evs), after_recovery: false }, 9);
+    assert!(ids(&c).contains(&"INV-ONCE".to_string()), "{:?}", c.violations());
+}
+
+#[test]
+fn once_fires_on_a_write_both_applied_and_pending() {
+    let mut c = checker_with_ack(b"a");
+    let evs = chain("acme", &[("client-1", 1, b"a")]);
+    c.observe(Fact::ClientState { snapshot: client(&[(1, b"a")], evs), after_recovery: false }, 9);
+    assert_eq!(ids(&c), vec!["INV-ONCE"]);
+}
+
+#[test]
+fn converge_fires_when_a_device_lags() {
+    let mut c = checker_with_ack(b"a");
+    let server = ServerSnapshot { node: "server".into(), events: chain("acme", &[("client-1", 1, b"a"), ("client-2", 1, b"b")]) };
+    let lagging = client(&[], chain("acme", &[("client-1", 1, b"a")]));
+    c.observe(Fact::PushAcked { node: "client-1".into(), write_ids: vec![1] }, 4);
+    c.check_final(&server, &[lagging], 10);
+    assert_eq!(ids(&c), vec!["INV-CONVERGE"]);
+}
+
+#[test]
+fn durable_fires_when_the_server_loses_an_acknowledged_push() {
+    let mut c = checker_with_ack(b"a");
+    c.observe(Fact::PushAcked { node: "client-1".into(), write_ids: vec![1] }, 4);
+    c.observe(Fact::ServerState { snapshot: ServerSnapshot { node: "server".into(), events: vec![] } }, 5);
+    assert_eq!(ids(&c), vec!["INV-DURABLE"]);
+    assert_eq!(c.violations()[0].node, "server");
+}
+
+#[test]
+fn a_correct_history_passes_and_counts_checks() {
+    let mut c = checker_with_ack(b"a");
+    let evs = chain("acme", &[("client-1", 1, b"a")]);
+    let server = ServerSnapshot { node: "server".into(), events: evs.clone() };
+    c.observe(Fact::PushAcked { node: "client-1".into(), write_ids: vec![1] }, 4);
+    c.check_final(&server, &[client(&[], evs)], 10);
+    assert!(c.violations().is_empty(), "{:?}", c.violations());
+    for id in ["INV-DURABLE", "INV-CHAIN", "INV-ONCE", "INV-CONVERGE"] {
+        assert!(c.checks().get(id).copied().unwrap_or(0) > 0, "{id} never checked");
+    }
+}

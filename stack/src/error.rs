@@ -1,0 +1,125 @@
+//! Typed errors a user can act on. Sync guardrails carry the `stage:code` signatures that the
+//! operational runbooks name; they are part of the stack's API.
+
+use std::fmt;
+
+/// What went wrong with local storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// A page failed its checksum or SQLite found the file malformed: the database is corrupt.
+    Corrupt { detail: String },
+    /// The disk is full.
+    Full,
+    /// The disk failed an operation (read, write, sync, open).
+    Io { detail: String },
+    /// Any other SQLite failure.
+    Sqlite { detail: String },
+    /// The database holds something the stack did not write (a broken invariant of its own).
+    Invalid { detail: String },
+}
+
+impl StoreError {
+    /// A short stable code for traces and diagnostics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::Corrupt { .. } => "store:corrupt",
+            StoreError::Full => "store:full",
+            StoreError::Io { .. } => "store:io",
+            StoreError::Sqlite { .. } => "store:sqlite",
+            StoreError::Invalid { .. } => "store:invalid",
+        }
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Corrupt { detail } => write!(f, "database is corrupt: {detail}"),
+            StoreError::Full => write!(f, "disk is full"),
+            StoreError::Io { detail } => write!(f, "disk I/O error: {detail}"),
+            StoreError::Sqlite { detail } => write!(f, "sqlite error: {detail}"),
+            StoreError::Invalid { detail } => write!(f, "stored data is invalid: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ffi::ErrorCode as C;
+        let detail = e.to_string();
+        match e.sqlite_error_code() {
+            Some(C::DatabaseCorrupt) | Some(C::NotADatabase) => StoreError::Corrupt { detail },
+            Some(C::DiskFull) => StoreError::Full,
+            Some(C::SystemIoFailure) | Some(C::CannotOpen) => {
+                // A page checksum mismatch surfaces as SQLITE_IOERR_DATA: that is corruption.
+                if let rusqlite::Error::SqliteFailure(f, _) = &e {
+                    if f.extended_code == rusqlite::ffi::SQLITE_IOERR_DATA {
+                        return StoreError::Corrupt { detail };
+                    }
+                }
+                StoreError::Io { detail }
+            }
+            _ => StoreError::Sqlite { detail },
+        }
+    }
+}
+
+/// Why a sync attempt failed. A failed attempt leaves the client's exported state unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncError {
+    /// The server did not answer in time, or the network refused the message.
+    Transport { detail: String },
+    /// The server answered with an error.
+    Server { code: String, message: String },
+    /// A guardrail stopped the attempt: the transport or server broke a protocol invariant.
+    Guardrail { stage: &'static str, code: &'static str, detail: String },
+    /// Local storage failed.
+    Store(StoreError),
+}
+
+impl SyncError {
+    /// The `stage:code` signature of a guardrail violation.
+    pub fn signature(&self) -> Option<String> {
+        match self {
+            SyncError::Guardrail { stage, code, .. } => Some(format!("{stage}:{code}")),
+            _ => None,
+        }
+    }
+
+    /// A short stable code for traces.
+    pub fn code(&self) -> String {
+        match self {
+            SyncError::Transport { .. } => "sync:transport".into(),
+            SyncError::Server { code, .. } => format!("server:{code}"),
+            SyncError::Guardrail { stage, code, .. } => format!("{stage}:{code}"),
+            SyncError::Store(e) => e.code().into(),
+        }
+    }
+}
+
+impl fmt::Display for SyncError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SyncError::Transport { detail } => write!(f, "transport failed: {detail}"),
+            SyncError::Server { code, message } => write!(f, "server error {code}: {message}"),
+            SyncError::Guardrail { stage, code, detail } => write!(f, "{stage}:{code}: {detail}"),
+            SyncError::Store(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for SyncError {}
+
+impl From<StoreError> for SyncError {
+    fn from(e: StoreError) -> Self {
+        SyncError::Store(e)
+    }
+}
+
+impl From<rusqlite::Error> for SyncError {
+    fn from(e: rusqlite::Error) -> Self {
+        SyncError::Store(e.into())
+    }
+}

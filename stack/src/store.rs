@@ -1,0 +1,127 @@
+//! Opening a SQLite database the way the stack always does.
+//!
+//! WAL with `synchronous=FULL` (an acknowledged commit survives power loss), no memory-mapped
+//! I/O, temporary data in memory, and 8 reserved bytes at the end of every page, where a
+//! checksumming storage layer keeps each page's checksum.
+
+use std::ffi::c_void;
+
+use rusqlite::{ffi, Connection, OpenFlags};
+
+use crate::error::StoreError;
+
+/// Bytes reserved at the end of every page for a page checksum.
+pub const PAGE_RESERVE_BYTES: i32 = 8;
+
+/// Opens (creating if needed) the database at `path` with the stack's settings, and checks that
+/// SQLite can read it.
+pub fn open(path: &str) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let c = Connection::open_with_flags(path, flags)?;
+    let mut reserve = PAGE_RESERVE_BYTES;
+    // SAFETY: a live connection handle and a pointer to an int, as this file control expects.
+    let rc = unsafe {
+        ffi::sqlite3_file_control(c.handle(), c"main".as_ptr(), ffi::SQLITE_FCNTL_RESERVE_BYTES, &mut reserve as *mut i32 as *mut c_void)
+    };
+    if rc != ffi::SQLITE_OK {
+        return Err(StoreError::Sqlite { detail: format!("reserving page checksum bytes failed with code {rc}") });
+    }
+    let mode: String = c.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Sqlite { detail: format!("journal_mode is {mode}, not wal") });
+    }
+    c.execute_batch("PRAGMA synchronous=FULL; PRAGMA mmap_size=0; PRAGMA temp_store=MEMORY; PRAGMA foreign_keys=ON;")?;
+    Ok(c)
+}
+
+/// Reads a value of the `meta` table.
+pub fn meta_get(c: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+    use rusqlite::OptionalExtension;
+    Ok(c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+}
+
+/// Writes a value of the `meta` table.
+pub fn meta_set(c: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
+    c.execute("INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", [key, value])?;
+    Ok(())
+}
+
+/// The schema of the event table, shared by client and server.
+pub const EVENTS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events(
+    seq INTEGER PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    aggregate TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    replica TEXT NOT NULL,
+    write_id INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    UNIQUE(replica, write_id)
+);
+CREATE INDEX IF NOT EXISTS events_by_tenant ON events(tenant, seq);
+";
+
+/// One stored event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    pub seq: u64,
+    pub tenant: String,
+    pub aggregate: String,
+    pub kind: String,
+    pub replica: String,
+    pub write_id: u64,
+    pub payload: Vec<u8>,
+    pub prev_hash: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+const EVENT_COLUMNS: &str = "seq, tenant, aggregate, kind, replica, write_id, payload, prev_hash, hash";
+
+fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+    Ok(EventRow {
+        seq: r.get(0)?,
+        tenant: r.get(1)?,
+        aggregate: r.get(2)?,
+        kind: r.get(3)?,
+        replica: r.get(4)?,
+        write_id: r.get(5)?,
+        payload: r.get(6)?,
+        prev_hash: r.get(7)?,
+        hash: r.get(8)?,
+    })
+}
+
+/// Events of `tenant` after `since`, in order, at most `limit`.
+pub fn events_after(c: &Connection, tenant: &str, since: u64, limit: u32) -> Result<Vec<EventRow>, StoreError> {
+    let mut st = c.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE tenant = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+    ))?;
+    let rows = st.query_map(rusqlite::params![tenant, since, limit], event_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Every stored event, in order.
+pub fn all_events(c: &Connection) -> Result<Vec<EventRow>, StoreError> {
+    let mut st = c.prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY seq"))?;
+    let rows = st.query_map([], event_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Inserts one event.
+pub fn insert_event(c: &Connection, e: &EventRow) -> Result<(), StoreError> {
+    c.prepare_cached(&format!("INSERT INTO events({EVENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"))?
+        .execute(rusqlite::params![e.seq, e.tenant, e.aggregate, e.kind, e.replica, e.write_id, e.payload, e.prev_hash, e.hash])?;
+    Ok(())
+}
+
+/// The hash of `tenant`'s last event (the chain head), or the genesis hash.
+pub fn chain_head(c: &Connection, tenant: &str) -> Result<Vec<u8>, StoreError> {
+    use rusqlite::OptionalExtension;
+    let h: Option<Vec<u8>> = c
+        .query_row("SELECT hash FROM events WHERE tenant = ?1 ORDER BY seq DESC LIMIT 1", [tenant], |r| r.get(0))
+        .optional()?;
+    Ok(h.unwrap_or_else(|| crate::chain::GENESIS.to_vec()))
+}
