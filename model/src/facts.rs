@@ -48,7 +48,8 @@ pub enum Fact {
     AppendStarted { node: String, payload: Vec<u8> },
     /// The append committed as `write_id`.
     AppendAcked { node: String, write_id: u64 },
-    /// The append failed: it did not happen.
+    /// The append reported an error: it probably did not happen, but a commit whose sync failed
+    /// may still surface after a crash, so it stays uncertain until a recovery settles it.
     AppendFailed { node: String },
     /// The server acknowledged these writes of the device (its push answer arrived).
     PushAcked { node: String, write_ids: Vec<u64> },

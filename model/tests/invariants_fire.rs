@@ -109,7 +109,7 @@ fn converge_fires_when_a_device_lags() {
     let server = ServerSnapshot { node: "server".into(), events: chain("acme", &[("client-1", 1, b"a"), ("client-2", 1, b"b")]) };
     let lagging = client(&[], chain("acme", &[("client-1", 1, b"a")]));
     c.observe(Fact::PushAcked { node: "client-1".into(), write_ids: vec![1] }, 4);
-    c.check_final(&server, &[lagging], 10);
+    c.check_final(&server, &[lagging], 10, true);
     assert_eq!(ids(&c), vec!["INV-CONVERGE"]);
 }
 
@@ -128,7 +128,7 @@ fn a_correct_history_passes_and_counts_checks() {
     let evs = chain("acme", &[("client-1", 1, b"a")]);
     let server = ServerSnapshot { node: "server".into(), events: evs.clone() };
     c.observe(Fact::PushAcked { node: "client-1".into(), write_ids: vec![1] }, 4);
-    c.check_final(&server, &[client(&[], evs)], 10);
+    c.check_final(&server, &[client(&[], evs)], 10, true);
     assert!(c.violations().is_empty(), "{:?}", c.violations());
     for id in ["INV-DURABLE", "INV-CHAIN", "INV-ONCE", "INV-CONVERGE"] {
         assert!(c.checks().get(id).copied().unwrap_or(0) > 0, "{id} never checked");

@@ -48,18 +48,8 @@ impl Outcome {
     }
 }
 
-/// One broken invariant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Violation {
-    /// Invariant id, for example `INV-DURABLE`.
-    pub invariant: String,
-    /// Node name, for example `client-2`, or `world` when no single node is at fault.
-    pub node: String,
-    /// 1-based line of `trace.jsonl` at which the violation was found.
-    pub trace_line: u64,
-    /// What was expected and what was found.
-    pub message: String,
-}
+/// One broken invariant (the model's type).
+pub use drill_model::Violation;
 
 /// Everything a caller needs to write `summary.json` and decide the exit code.
 #[derive(Debug, Clone)]

@@ -1,71 +1,67 @@
 //! drill-scenarios: workloads, fault profiles and drills, behind one `run` entry point.
+//!
+//! A run starts from a seed (the scenario builds the plan, the profile picks the fault knobs) or
+//! from a plan file, and [`run::execute`]s it.
 
 mod api;
+pub mod plan;
+pub mod procs;
+pub mod run;
+pub mod sync_basic;
+
 pub use api::*;
 
-use std::collections::BTreeMap;
+use drill_sim::faults::Knobs;
+use drill_sim::rng::SeedTree;
+
+use crate::plan::Plan;
 
 /// Scenarios `drill run --scenario` accepts.
 pub fn scenarios() -> &'static [Entry] {
-    &[Entry { name: "sync-basic", description: "clients append events and sync through the server" }]
+    &[Entry { name: sync_basic::NAME, description: "devices of two tenants record events offline and sync them through the server" }]
 }
 
 /// Fault profiles `--profile` accepts.
 pub fn profiles() -> &'static [Entry] {
     &[
-        Entry { name: "none", description: "no faults" },
-        Entry { name: "lite", description: "a few crashes and partitions" },
-        Entry { name: "swarm", description: "the seed picks which fault kinds are on and their rates" },
+        Entry { name: "none", description: "no faults: the stack's happy path" },
+        Entry { name: "lite", description: "a couple of crashes, one partition, 1% message loss, one disk error, one clock jump" },
+        Entry { name: "swarm", description: "the seed turns each fault kind on or off and draws its rates" },
     ]
 }
 
-/// TEMPORARY STUB until the world is wired in: a deterministic fake trace derived from the seed.
+/// The fault knobs of a profile for a seed.
+pub fn knobs(profile: &str, seed: u64) -> Result<Knobs, RunError> {
+    match profile {
+        "none" => Ok(Knobs::none()),
+        "lite" => Ok(Knobs::lite()),
+        "swarm" => Ok(Knobs::swarm(&mut SeedTree::new(seed).stream("knobs"))),
+        other => Err(RunError::UnknownProfile(other.to_string())),
+    }
+}
+
+/// The plan a seed builds for a scenario and profile.
+pub fn plan_for(seed: u64, scenario: &str, profile: &str) -> Result<Plan, RunError> {
+    let knobs = knobs(profile, seed)?;
+    match scenario {
+        sync_basic::NAME => Ok(sync_basic::plan(seed, profile, knobs, sync_basic::Shape::STANDARD)),
+        other => Err(RunError::UnknownScenario(other.to_string())),
+    }
+}
+
+/// Runs one world.
 pub fn run(req: &RunRequest) -> Result<RunReport, RunError> {
-    use sha2::{Digest, Sha256};
-    let (seed, scenario, profile) = match &req.source {
-        RunSource::Seed { seed, scenario, profile } => (*seed, scenario.clone(), profile.clone()),
-        RunSource::Plan(text) => {
-            let v: serde_json::Value =
-                serde_json::from_str(text).map_err(|e| RunError::MalformedPlan(e.to_string()))?;
-            let seed = v["seed"].as_u64().ok_or(RunError::MalformedPlan("no seed".into()))?;
-            let sc = v["scenario"].as_str().ok_or(RunError::MalformedPlan("no scenario".into()))?;
-            let pr = v["profile"].as_str().ok_or(RunError::MalformedPlan("no profile".into()))?;
-            (seed, sc.to_string(), pr.to_string())
+    let plan = match &req.source {
+        RunSource::Seed { seed, scenario, profile } => {
+            if !scenarios().iter().any(|e| e.name == scenario) {
+                return Err(RunError::UnknownScenario(scenario.clone()));
+            }
+            plan_for(*seed, scenario, profile)?
         }
+        RunSource::Plan(text) => Plan::parse(text).map_err(RunError::MalformedPlan)?,
     };
-    if !scenarios().iter().any(|e| e.name == scenario) {
-        return Err(RunError::UnknownScenario(scenario));
+    if !scenarios().iter().any(|e| e.name == plan.scenario) {
+        return Err(RunError::MalformedPlan(format!("unknown scenario '{}'", plan.scenario)));
     }
-    if !profiles().iter().any(|e| e.name == profile) {
-        return Err(RunError::UnknownProfile(profile));
-    }
-    let plan_json = serde_json::json!({"seed": seed, "scenario": scenario, "profile": profile}).to_string();
-    let plan_hash = hex::encode(Sha256::digest(plan_json.as_bytes()));
-    let trace: Vec<String> = (0..5)
-        .map(|i| serde_json::json!({"t_ms": i, "node": "world", "kind": "stub", "seed": seed}).to_string())
-        .collect();
-    let mut h = Sha256::new();
-    for l in &trace {
-        h.update(l.as_bytes());
-        h.update(b"\n");
-    }
-    if let Some(dir) = &req.out_dir {
-        std::fs::write(dir.join("plan.json"), &plan_json).map_err(|e| RunError::Io(e.to_string()))?;
-        std::fs::write(dir.join("trace.jsonl"), trace.join("\n") + "\n").map_err(|e| RunError::Io(e.to_string()))?;
-    }
-    Ok(RunReport {
-        seed,
-        scenario,
-        profile,
-        outcome: Outcome::Pass,
-        violations: vec![],
-        fingerprint: hex::encode(h.finalize()),
-        faults: BTreeMap::new(),
-        checks: BTreeMap::new(),
-        sim_time_ms: 5,
-        steps: 0,
-        plan_hash,
-        plan_json,
-        trace,
-    })
+    run::execute(&plan, req.out_dir.as_deref())
 }

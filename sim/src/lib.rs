@@ -8,6 +8,7 @@
 
 pub mod clock;
 pub mod disk;
+pub mod faults;
 pub mod rng;
 pub mod trace;
 pub mod world;

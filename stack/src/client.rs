@@ -47,6 +47,7 @@ pub struct ExportedState {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SyncReport {
     pub pushed: usize,
+    pub pushed_write_ids: Vec<u64>,
     pub pulled: usize,
     pub pages: u32,
     /// Whether the client caught up with the server (no page left).
@@ -149,18 +150,20 @@ impl Client {
 
     /// One sync attempt: push the outbox, then pull until settled (or the page budget is spent).
     pub async fn sync(&mut self, rpc: &mut RpcClient) -> Result<SyncReport, SyncError> {
-        let pushed = self.flush(rpc).await?;
-        let pull = self.pull(rpc).await?;
-        let report = SyncReport { pushed, pulled: pull.items.len(), pages: pull.pages, settled: pull.settled };
-        self.apply(pull)?;
+        let pushed = self.push(rpc).await?;
+        let mut report = self.pull_and_apply(rpc).await?;
+        report.pushed = pushed.len();
+        report.pushed_write_ids = pushed;
         Ok(report)
     }
 
-    async fn flush(&mut self, rpc: &mut RpcClient) -> Result<usize, SyncError> {
+    /// Pushes the oldest pending writes; returns the write ids the server acknowledged. Changes
+    /// nothing locally: a write leaves the outbox when its event is pulled back.
+    pub async fn push(&mut self, rpc: &mut RpcClient) -> Result<Vec<u64>, SyncError> {
         let mut writes = self.outbox()?;
         writes.truncate(PUSH_BATCH_MAX);
         if writes.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let req = Request::Push { tenant: self.tenant.clone(), replica: self.replica.clone(), writes: writes.clone() };
         match rpc.call(&req).await? {
@@ -172,11 +175,20 @@ impl Client {
                         message: format!("write {} was not accepted", missing.write_id),
                     });
                 }
-                Ok(writes.len())
+                Ok(writes.iter().map(|w| w.write_id).collect())
             }
             Response::Error { code, message } => Err(SyncError::Server { code, message }),
             other => Err(unexpected("flush", &other)),
         }
+    }
+
+    /// Pulls the tenant's events until settled (or the page budget is spent), validating every
+    /// page, and applies them in one transaction. On any error nothing changes.
+    pub async fn pull_and_apply(&mut self, rpc: &mut RpcClient) -> Result<SyncReport, SyncError> {
+        let pull = self.pull(rpc).await?;
+        let report = SyncReport { pulled: pull.items.len(), pages: pull.pages, settled: pull.settled, ..SyncReport::default() };
+        self.apply(pull)?;
+        Ok(report)
     }
 
     async fn pull(&mut self, rpc: &mut RpcClient) -> Result<Pulled, SyncError> {

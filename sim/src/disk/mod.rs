@@ -119,7 +119,13 @@ pub(crate) struct NodeDisk {
     io_faults: Vec<ArmedFault>,
     pub(crate) ops: u64,
     pub(crate) power_cut_at: Option<u64>,
+    /// Whether the armed power cut also stops the node's processes (see [`DiskSim::arm_power_cut`]).
+    pub(crate) cut_kills: bool,
+    /// Set when a power cut that kills has just fired; taken by the VFS once it has let go of
+    /// the disk, to kill the node.
+    pub(crate) cut_fired: bool,
     pub(crate) next_temp: u64,
+    pub(crate) last_tally: CrashTally,
 }
 
 impl NodeDisk {
@@ -137,6 +143,7 @@ impl NodeDisk {
             self.power_cut_at = None;
             trace::emit(&self.name, "disk.power_cut", json!({"op_index": self.ops, "file": file}));
             self.crash(crash_model);
+            self.cut_fired = self.cut_kills;
             return Some(libsqlite3_sys::SQLITE_IOERR);
         }
         let op = op?;
@@ -189,6 +196,7 @@ impl NodeDisk {
         }
         self.generation += 1;
         self.down = true;
+        self.last_tally = tally;
         trace::emit(
             &self.name,
             "disk.crash",
@@ -203,6 +211,10 @@ pub(crate) struct State {
     config: DiskConfig,
     nodes: BTreeMap<NodeId, NodeDisk>,
     sqlite_rng: Stream,
+    /// Nodes whose power was cut mid-operation, not yet taken by the world.
+    cuts: Vec<NodeId>,
+    /// The world's task waiting for cuts.
+    cut_waker: Option<std::task::Waker>,
 }
 
 /// The disk simulator: a madsim plugin holding every node's file system.
@@ -217,6 +229,8 @@ impl Simulator for DiskSim {
                 config: DiskConfig::default(),
                 nodes: BTreeMap::new(),
                 sqlite_rng: SeedTree::new(0).stream("sqlite"),
+                cuts: Vec::new(),
+                cut_waker: None,
             }),
         }
     }
@@ -238,6 +252,8 @@ impl DiskSim {
         s.config = config;
         s.nodes.clear();
         s.sqlite_rng = seeds.stream("sqlite");
+        s.cuts.clear();
+        s.cut_waker = None;
     }
 
     /// Gives node `id` an empty disk.
@@ -255,7 +271,10 @@ impl DiskSim {
             io_faults: Vec::new(),
             ops: 0,
             power_cut_at: None,
+            cut_kills: false,
+            cut_fired: false,
             next_temp: 0,
+            last_tally: CrashTally::default(),
         };
         self.lock().nodes.insert(id, disk);
     }
@@ -281,7 +300,13 @@ impl DiskSim {
         self.with_node(id, |d, _| {
             d.down = false;
             d.power_cut_at = None;
+            d.cut_kills = false;
         });
+    }
+
+    /// Whether `id` has a disk and it is powered off; false for nodes without a disk.
+    pub fn is_known_and_down(&self, id: NodeId) -> bool {
+        self.lock().nodes.get(&id).is_some_and(|d| d.down)
     }
 
     /// Whether node `id` is powered off (crashed and not yet booted).
@@ -329,6 +354,66 @@ impl DiskSim {
         self.with_node(id, |d, _| d.power_cut_at = Some(index));
     }
 
+    /// Cuts power on node `id` just before its `after_ops`-th VFS operation from now, in the middle
+    /// of whatever it is doing, and stops its processes there. The world learns of it through
+    /// [`DiskSim::take_cuts`].
+    pub fn arm_power_cut(&self, id: NodeId, after_ops: u64) {
+        self.with_node(id, |d, _| {
+            d.power_cut_at = Some(d.ops + after_ops.max(1));
+            d.cut_kills = true;
+        });
+    }
+
+    /// Disarms node `id`'s pending power cut.
+    pub fn disarm_power_cut(&self, id: NodeId) {
+        self.with_node(id, |d, _| {
+            d.power_cut_at = None;
+            d.cut_kills = false;
+        });
+    }
+
+    /// Called by the VFS once it has let go of the disk: if a killing power cut just fired on
+    /// `id`, stop the node's processes and tell the world.
+    pub(crate) fn after_call(&self, id: NodeId) {
+        let fired = {
+            let mut s = self.lock();
+            let fired = s.nodes.get_mut(&id).is_some_and(|d| std::mem::take(&mut d.cut_fired));
+            if fired {
+                s.cuts.push(id);
+                if let Some(w) = s.cut_waker.take() {
+                    w.wake();
+                }
+            }
+            fired
+        };
+        if fired {
+            madsim::runtime::Handle::current().kill(id);
+        }
+    }
+
+    /// Whether power cuts fired that the world has not taken; registers `waker` to hear of the next.
+    pub fn has_cuts(&self, waker: Option<&std::task::Waker>) -> bool {
+        let mut s = self.lock();
+        if let Some(w) = waker {
+            s.cut_waker = Some(w.clone());
+        }
+        !s.cuts.is_empty()
+    }
+
+    /// Power cuts that fired since the last call; registers `waker` to hear of the next.
+    pub fn take_cuts(&self, waker: Option<&std::task::Waker>) -> Vec<NodeId> {
+        let mut s = self.lock();
+        if let Some(w) = waker {
+            s.cut_waker = Some(w.clone());
+        }
+        std::mem::take(&mut s.cuts)
+    }
+
+    /// What node `id`'s last crash did to its pending writes.
+    pub fn last_crash_tally(&self, id: NodeId) -> CrashTally {
+        self.with_node(id, |d, _| d.last_tally)
+    }
+
     /// VFS operations node `id` has made so far.
     pub fn ops(&self, id: NodeId) -> u64 {
         self.with_node(id, |d, _| d.ops)
@@ -337,6 +422,11 @@ impl DiskSim {
     /// The crash generation of node `id` (how many crashes it has had).
     pub fn generation(&self, id: NodeId) -> u64 {
         self.with_node(id, |d, _| d.generation)
+    }
+
+    /// Bytes node `id`'s files hold now.
+    pub fn used_bytes(&self, id: NodeId) -> u64 {
+        self.with_node(id, |d, _| d.used_bytes())
     }
 
     /// Names of the files node `id` has now.

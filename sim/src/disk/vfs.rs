@@ -127,24 +127,29 @@ unsafe fn with_handle<R>(
 ) -> R {
     let h = &mut *(*(file as *mut SimFile)).handle;
     let disk = h.disk.clone();
-    let mut s = disk.lock();
-    let s = &mut *s;
-    let Some(d) = s.nodes.get_mut(&h.node) else { return stale };
-    if d.down || d.generation != h.generation {
-        if !h.refused {
-            h.refused = true;
-            trace::emit(&d.name, "disk.stale_refused", json!({"file": h.name, "generation": h.generation}));
+    let node = h.node;
+    let out = {
+        let mut s = disk.lock();
+        let s = &mut *s;
+        let Some(d) = s.nodes.get_mut(&h.node) else { return stale };
+        if d.down || d.generation != h.generation {
+            if !h.refused {
+                h.refused = true;
+                trace::emit(&d.name, "disk.stale_refused", json!({"file": h.name, "generation": h.generation}));
+            }
+            return stale;
         }
-        return stale;
-    }
-    f(h, d, &s.config)
+        f(h, d, &s.config)
+    };
+    disk.after_call(node);
+    out
 }
 
 unsafe fn cstr(p: *const c_char) -> String {
     CStr::from_ptr(p).to_string_lossy().into_owned()
 }
 
-unsafe extern "C" fn x_open(
+unsafe extern "C" fn x_open_inner(
     _vfs: *mut ffi::sqlite3_vfs,
     z_name: ffi::sqlite3_filename,
     file: *mut ffi::sqlite3_file,
@@ -204,7 +209,7 @@ unsafe extern "C" fn x_open(
     ffi::SQLITE_OK
 }
 
-unsafe extern "C" fn x_delete(_vfs: *mut ffi::sqlite3_vfs, z_name: *const c_char, sync_dir: c_int) -> c_int {
+unsafe extern "C" fn x_delete_inner(_vfs: *mut ffi::sqlite3_vfs, z_name: *const c_char, sync_dir: c_int) -> c_int {
     let Some((disk, node)) = current() else { return ffi::SQLITE_IOERR_DELETE };
     let name = cstr(z_name);
     let mut s = disk.lock();
@@ -229,7 +234,7 @@ unsafe extern "C" fn x_delete(_vfs: *mut ffi::sqlite3_vfs, z_name: *const c_char
     }
 }
 
-unsafe extern "C" fn x_access(
+unsafe extern "C" fn x_access_inner(
     _vfs: *mut ffi::sqlite3_vfs,
     z_name: *const c_char,
     flags: c_int,
@@ -254,6 +259,37 @@ unsafe extern "C" fn x_access(
         (None, _) => 0,
     };
     ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn x_open(
+    vfs: *mut ffi::sqlite3_vfs,
+    z_name: ffi::sqlite3_filename,
+    file: *mut ffi::sqlite3_file,
+    flags: c_int,
+    out_flags: *mut c_int,
+) -> c_int {
+    let rc = x_open_inner(vfs, z_name, file, flags, out_flags);
+    after_named_call();
+    rc
+}
+
+unsafe extern "C" fn x_delete(vfs: *mut ffi::sqlite3_vfs, z_name: *const c_char, sync_dir: c_int) -> c_int {
+    let rc = x_delete_inner(vfs, z_name, sync_dir);
+    after_named_call();
+    rc
+}
+
+unsafe extern "C" fn x_access(vfs: *mut ffi::sqlite3_vfs, z_name: *const c_char, flags: c_int, res: *mut c_int) -> c_int {
+    let rc = x_access_inner(vfs, z_name, flags, res);
+    after_named_call();
+    rc
+}
+
+/// A call by name may have been the one a power cut fired on.
+fn after_named_call() {
+    if let Some((disk, node)) = current() {
+        disk.after_call(node);
+    }
 }
 
 unsafe extern "C" fn x_full_pathname(

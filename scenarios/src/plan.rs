@@ -1,0 +1,128 @@
+//! The plan: everything a seed decides up front. It serialises to `plan.json`; shrinking edits
+//! it, and a run can start from it instead of a seed.
+
+use std::collections::BTreeSet;
+
+use drill_sim::faults::{Knobs, Scheduled};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Version of the plan format; bump it when a field changes meaning.
+pub const PLAN_FORMAT_VERSION: u32 = 1;
+
+/// Limits a plan must respect, so a hand-edited plan cannot ask for an endless run.
+pub const OPS_MAX: usize = 100_000;
+pub const CLIENTS_MAX: usize = 16;
+pub const PAYLOAD_BYTES_MAX: u32 = 64 * 1024;
+pub const HEAL_AT_MS_MAX: u64 = 3_600_000;
+pub const LIVENESS_MS_MAX: u64 = 600_000;
+
+/// A device of the topology.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientSpec {
+    pub name: String,
+    pub tenant: String,
+}
+
+/// What a device's user does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Action {
+    /// Record an event locally.
+    Append { aggregate: String, kind: String, bytes: u32 },
+    /// Push pending writes and pull the tenant's events.
+    Sync,
+}
+
+/// One operation at a simulated time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedOp {
+    pub at_ms: u64,
+    pub client: String,
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+/// Everything a run does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    pub format_version: u32,
+    pub seed: u64,
+    pub scenario: String,
+    pub profile: String,
+    pub clients: Vec<ClientSpec>,
+    pub knobs: Knobs,
+    pub ops: Vec<PlannedOp>,
+    pub faults: Vec<Scheduled>,
+    /// When every fault ends and the liveness phase starts.
+    pub heal_at_ms: u64,
+    /// How long the devices have to converge after the heal.
+    pub liveness_ms_max: u64,
+}
+
+impl Plan {
+    /// The canonical text the plan hash is taken over.
+    pub fn canonical_json(&self) -> String {
+        serde_json::to_string(self).expect("plans serialize")
+    }
+
+    /// Hex SHA-256 of the canonical JSON.
+    pub fn hash(&self) -> String {
+        hex::encode(Sha256::digest(self.canonical_json().as_bytes()))
+    }
+
+    /// Node names: the server first, then the devices.
+    pub fn node_names(&self) -> Vec<String> {
+        std::iter::once("server".to_string()).chain(self.clients.iter().map(|c| c.name.clone())).collect()
+    }
+
+    /// Parses and checks a plan file's text.
+    pub fn parse(text: &str) -> Result<Plan, String> {
+        let plan: Plan = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        plan.validate()?;
+        Ok(plan)
+    }
+
+    /// Checks everything a run relies on.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.format_version != PLAN_FORMAT_VERSION {
+            return Err(format!("format_version {} is not {PLAN_FORMAT_VERSION}", self.format_version));
+        }
+        if self.clients.is_empty() || self.clients.len() > CLIENTS_MAX {
+            return Err(format!("a plan needs 1 to {CLIENTS_MAX} clients, not {}", self.clients.len()));
+        }
+        let names: BTreeSet<String> = self.node_names().into_iter().collect();
+        if names.len() != self.clients.len() + 1 {
+            return Err("node names must be unique and none may be 'server' but the server".into());
+        }
+        if self.ops.len() > OPS_MAX {
+            return Err(format!("{} operations exceed the limit of {OPS_MAX}", self.ops.len()));
+        }
+        for op in &self.ops {
+            if !names.contains(&op.client) || op.client == "server" {
+                return Err(format!("operation at {} ms names unknown client '{}'", op.at_ms, op.client));
+            }
+            if let Action::Append { bytes, .. } = op.action {
+                if bytes > PAYLOAD_BYTES_MAX {
+                    return Err(format!("append of {bytes} bytes exceeds {PAYLOAD_BYTES_MAX}"));
+                }
+            }
+            if op.at_ms > self.heal_at_ms {
+                return Err(format!("operation at {} ms is after heal_at_ms {}", op.at_ms, self.heal_at_ms));
+            }
+        }
+        for f in &self.faults {
+            if let Some(n) = f.fault.nodes().into_iter().find(|n| !names.contains(*n)) {
+                return Err(format!("fault at {} ms names unknown node '{n}'", f.at_ms));
+            }
+            if f.at_ms > self.heal_at_ms {
+                return Err(format!("fault at {} ms is after heal_at_ms {}", f.at_ms, self.heal_at_ms));
+            }
+        }
+        if self.heal_at_ms > HEAL_AT_MS_MAX || self.liveness_ms_max > LIVENESS_MS_MAX || self.liveness_ms_max == 0 {
+            return Err(format!("heal_at_ms must be at most {HEAL_AT_MS_MAX} and liveness_ms_max within 1..={LIVENESS_MS_MAX}"));
+        }
+        self.knobs.validate()
+    }
+}

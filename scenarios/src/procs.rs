@@ -1,0 +1,332 @@
+//! The processes of the world: the server and the devices, as madsim node tasks.
+//!
+//! A node's task is its process: a crash kills it, a restart runs it again from the top, and it
+//! recovers from whatever its disk kept. Devices take commands (the user's operations) from a
+//! mailbox the world fills; what they do is recorded as trace lines and as facts for the model.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use drill_model::facts::digest;
+use drill_model::{Checker, ClientSnapshot, EventFact, Fact, OutboxFact, ServerSnapshot};
+use drill_sim::disk::DiskSim;
+use drill_sim::trace;
+use drill_stack::client::Client;
+use drill_stack::clock::Clock;
+use drill_stack::proto::SERVER_PORT;
+use drill_stack::rpc::{serve, RpcClient};
+use drill_stack::server::Server;
+use drill_stack::store::EventRow;
+use serde_json::{json, Value};
+
+use crate::plan::Action;
+
+/// The device database's file name.
+pub const DEVICE_DB: &str = "device.db";
+/// The server database's file name.
+pub const SERVER_DB: &str = "server.db";
+/// How long a device waits for an answer from the server.
+pub const RPC_TIMEOUT_MS: u64 = 1_000;
+/// How often a process retries opening its database, at most, before its node is healed.
+const OPEN_ATTEMPTS_MAX: u32 = 1_000;
+
+pub const SERVER_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+
+/// The simulated address of device `i` (0-based).
+pub fn client_ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 1, (i + 1) as u8))
+}
+
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the whole world shares: the model.
+#[derive(Default)]
+pub struct Shared {
+    pub checker: Checker,
+}
+
+pub type SharedRef = Arc<Mutex<Shared>>;
+
+/// Records one trace line and, when given, hands a fact to the model. A node whose power is cut
+/// says nothing more: lines and facts from its dying task are dropped.
+pub fn record(shared: &SharedRef, node: &str, kind: &str, detail: Value, fact: Option<Fact>) {
+    if let Ok(h) = madsim::runtime::Handle::try_current() {
+        let _ = h;
+        let here = madsim::plugin::node();
+        if DiskSim::current().is_known_and_down(here) {
+            return;
+        }
+    }
+    let line = trace::emit(node, kind, detail);
+    if let Some(f) = fact {
+        observe(shared, f, line);
+    }
+}
+
+/// Hands a fact recorded at `line` to the model and traces any violation it finds.
+pub fn observe(shared: &SharedRef, fact: Fact, line: u64) {
+    let new = {
+        let mut s = lock(shared);
+        let before = s.checker.violations().len();
+        s.checker.observe(fact, line);
+        s.checker.violations()[before..].to_vec()
+    };
+    for v in new {
+        trace::emit(&v.node, "check.violation", json!({"invariant": v.invariant, "line": v.trace_line, "message": v.message}));
+    }
+}
+
+/// The node clock, read through the simulator.
+#[derive(Clone, Copy)]
+pub struct NodeClock(pub madsim::task::NodeId);
+
+impl Clock for NodeClock {
+    fn now_unix_ms(&self) -> i64 {
+        drill_sim::clock::node_unix_ms(self.0)
+    }
+}
+
+/// A user command for a device.
+#[derive(Debug, Clone)]
+pub enum Command {
+    Op { id: u64, action: Action },
+    Snapshot,
+}
+
+/// A device's inbox, filled by the world and drained by the device's process.
+#[derive(Default)]
+pub struct Mailbox {
+    pub queue: VecDeque<Command>,
+    waker: Option<Waker>,
+    pub busy: bool,
+    pub snapshot: Option<Result<ClientSnapshot, String>>,
+}
+
+impl Mailbox {
+    pub fn push(&mut self, c: Command) {
+        self.queue.push_back(c);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    pub fn idle(&self) -> bool {
+        self.queue.is_empty() && !self.busy
+    }
+
+    /// Forgets queued commands (the device died) and returns how many there were.
+    pub fn clear(&mut self) -> usize {
+        let n = self.queue.len();
+        self.queue.clear();
+        self.busy = false;
+        n
+    }
+}
+
+async fn next_command(mb: &Mutex<Mailbox>) -> Command {
+    std::future::poll_fn(|cx| {
+        let mut m = lock(mb);
+        match m.queue.pop_front() {
+            Some(c) => {
+                m.busy = true;
+                Poll::Ready(c)
+            }
+            None => {
+                m.busy = false;
+                m.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
+/// What a device's process needs.
+pub struct ClientCtx {
+    pub name: String,
+    pub tenant: String,
+    pub mailbox: Arc<Mutex<Mailbox>>,
+    pub shared: SharedRef,
+}
+
+/// The bytes a device's user writes for operation `op`: unique per operation, so the model can
+/// tell every write apart.
+pub fn payload_for(node: &str, op: u64, bytes: u32) -> Vec<u8> {
+    let mut p = format!("{node}/op-{op}/").into_bytes();
+    let mut x = op.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    while p.len() < bytes as usize {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        p.push(b'a' + (x % 26) as u8);
+    }
+    p
+}
+
+fn event_fact(e: &EventRow) -> EventFact {
+    EventFact {
+        seq: e.seq,
+        tenant: e.tenant.clone(),
+        kind: e.kind.clone(),
+        replica: e.replica.clone(),
+        write_id: e.write_id,
+        payload: e.payload.clone(),
+        prev_hash: e.prev_hash.clone(),
+        hash: e.hash.clone(),
+    }
+}
+
+fn client_snapshot(node: &str, c: &Client) -> Result<ClientSnapshot, String> {
+    let outbox = c.outbox().map_err(|e| e.to_string())?;
+    let events = c.events().map_err(|e| e.to_string())?;
+    Ok(ClientSnapshot {
+        node: node.into(),
+        replica: c.replica().into(),
+        tenant: c.tenant().into(),
+        outbox: outbox.into_iter().map(|w| OutboxFact { write_id: w.write_id, payload: w.payload }).collect(),
+        events: events.iter().map(event_fact).collect(),
+    })
+}
+
+/// Opens a store, retrying while the disk refuses (an I/O fault window, a full disk).
+async fn open_with_retry<T, E: std::fmt::Display + HasCode>(shared: &SharedRef, node: &str, open: impl Fn() -> Result<T, E>) -> Option<T> {
+    for attempt in 1..=OPEN_ATTEMPTS_MAX {
+        match open() {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                record(shared, node, "node.open_failed", json!({"attempt": attempt, "code": e.code(), "message": e.to_string()}), None);
+                madsim::time::sleep(Duration::from_millis(50 * u64::from(attempt.min(20)))).await;
+            }
+        }
+    }
+    None
+}
+
+/// Errors with a stable code.
+pub trait HasCode {
+    fn code(&self) -> String;
+}
+
+impl HasCode for drill_stack::StoreError {
+    fn code(&self) -> String {
+        drill_stack::StoreError::code(self).to_string()
+    }
+}
+
+/// A device's process: recover from disk, report what survived, then serve the user.
+pub async fn client_main(ctx: Arc<ClientCtx>) {
+    let node = madsim::plugin::node();
+    let name = ctx.name.as_str();
+    let Some(mut client) =
+        open_with_retry(&ctx.shared, name, || Client::open(DEVICE_DB, name, &ctx.tenant, Box::new(NodeClock(node)))).await
+    else {
+        return;
+    };
+    match client_snapshot(name, &client) {
+        Ok(s) => {
+            let detail = json!({"boots": client.boots(), "pending": s.outbox.len(), "events": s.events.len()});
+            record(&ctx.shared, name, "node.recovered", detail, Some(Fact::ClientState { snapshot: s, after_recovery: true }));
+        }
+        Err(e) => record(&ctx.shared, name, "node.snapshot_failed", json!({"message": e}), None),
+    }
+    let server = SocketAddr::new(SERVER_IP, SERVER_PORT);
+    let mut rpc = match RpcClient::bind(server, client.boots(), Duration::from_millis(RPC_TIMEOUT_MS)).await {
+        Ok(r) => r,
+        Err(e) => return record(&ctx.shared, name, "node.bind_failed", json!({"message": e.to_string()}), None),
+    };
+    loop {
+        match next_command(&ctx.mailbox).await {
+            Command::Op { id, action: Action::Append { aggregate, kind, bytes } } => {
+                let payload = payload_for(name, id, bytes);
+                let detail = json!({"op": id, "action": "append", "aggregate": aggregate, "kind": kind, "payload": digest(&payload)});
+                record(&ctx.shared, name, "op.start", detail, Some(Fact::AppendStarted { node: name.into(), payload: payload.clone() }));
+                match client.append(&aggregate, &kind, &payload) {
+                    Ok(w) => record(&ctx.shared, name, "op.ok", json!({"op": id, "write_id": w}), Some(Fact::AppendAcked { node: name.into(), write_id: w })),
+                    Err(e) => record(&ctx.shared, name, "op.err", json!({"op": id, "code": e.code(), "message": e.to_string()}), Some(Fact::AppendFailed { node: name.into() })),
+                }
+            }
+            Command::Op { id, action: Action::Sync } => sync_op(&ctx, &mut client, &mut rpc, id).await,
+            Command::Snapshot => {
+                let s = client_snapshot(name, &client);
+                lock(&ctx.mailbox).snapshot = Some(s);
+            }
+        }
+    }
+}
+
+async fn sync_op(ctx: &ClientCtx, client: &mut Client, rpc: &mut RpcClient, id: u64) {
+    let name = ctx.name.as_str();
+    record(&ctx.shared, name, "op.start", json!({"op": id, "action": "sync"}), None);
+    let pushed = match client.push(rpc).await {
+        Ok(ids) => ids,
+        Err(e) => return record(&ctx.shared, name, "op.err", json!({"op": id, "code": e.code(), "message": e.to_string()}), None),
+    };
+    if !pushed.is_empty() {
+        let fact = Fact::PushAcked { node: name.into(), write_ids: pushed.clone() };
+        record(&ctx.shared, name, "op.pushed", json!({"op": id, "write_ids": pushed}), Some(fact));
+    }
+    match client.pull_and_apply(rpc).await {
+        Ok(r) => record(&ctx.shared, name, "op.ok", json!({"op": id, "pulled": r.pulled, "pages": r.pages, "settled": r.settled}), None),
+        Err(e) => record(&ctx.shared, name, "op.err", json!({"op": id, "code": e.code(), "message": e.to_string()}), None),
+    }
+}
+
+/// What the server's process needs: the slot its store lives in (so the world can read it back
+/// on the server's node), and the model.
+pub struct ServerCtx {
+    pub slot: Arc<Mutex<Option<Server>>>,
+    pub shared: SharedRef,
+}
+
+/// The server's events as the model sees them.
+pub fn server_snapshot(s: &Server) -> Result<ServerSnapshot, String> {
+    let events = s.events().map_err(|e| e.to_string())?;
+    Ok(ServerSnapshot { node: "server".into(), events: events.iter().map(event_fact).collect() })
+}
+
+/// The server's process: recover, report what survived, then answer requests.
+pub async fn server_main(ctx: Arc<ServerCtx>) {
+    let Some(server) = open_with_retry(&ctx.shared, "server", || Server::open(SERVER_DB)).await else { return };
+    match server_snapshot(&server) {
+        Ok(s) => {
+            let detail = json!({"events": s.events.len()});
+            record(&ctx.shared, "server", "node.recovered", detail, Some(Fact::ServerState { snapshot: s }));
+        }
+        Err(e) => record(&ctx.shared, "server", "node.snapshot_failed", json!({"message": e}), None),
+    }
+    *lock(&ctx.slot) = Some(server);
+    let ep = match madsim::net::Endpoint::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), SERVER_PORT)).await {
+        Ok(ep) => ep,
+        Err(e) => return record(&ctx.shared, "server", "node.bind_failed", json!({"message": e.to_string()}), None),
+    };
+    let shared = ctx.shared.clone();
+    let slot = ctx.slot.clone();
+    let _ = serve(&ep, move |req| {
+        let resp = match lock(&slot).as_mut() {
+            Some(s) => s.handle(req.clone()),
+            None => drill_stack::proto::Response::Error { code: "unavailable".into(), message: "server store is closed".into() },
+        };
+        trace_request(&shared, &req, &resp);
+        resp
+    })
+    .await;
+}
+
+fn trace_request(shared: &SharedRef, req: &drill_stack::proto::Request, resp: &drill_stack::proto::Response) {
+    use drill_stack::proto::{Request, Response};
+    let outcome = match resp {
+        Response::Error { code, .. } => json!({"error": code}),
+        Response::Pushed { accepted, .. } => json!({"accepted": accepted.len()}),
+        Response::Page { items, has_more, next_cursor, .. } => json!({"items": items.len(), "has_more": has_more, "next_cursor": next_cursor}),
+    };
+    let detail = match req {
+        Request::Push { replica, writes, .. } => json!({"from": replica, "op": "push", "writes": writes.len(), "result": outcome}),
+        Request::Pull { replica, since, .. } => json!({"from": replica, "op": "pull", "since": since, "result": outcome}),
+    };
+    record(shared, "server", "net.request", detail, None);
+}

@@ -1,0 +1,371 @@
+//! Running a plan: build the world, play the timeline of operations and faults, heal, wait for
+//! convergence, and let the model judge.
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::task::Poll;
+use std::time::Duration;
+
+use drill_model::{ClientSnapshot, Fact, ServerSnapshot};
+use drill_sim::clock;
+use drill_sim::disk::DiskConfig;
+use drill_sim::rng::SeedTree;
+use drill_sim::trace::{self, Recorder};
+use drill_sim::world::{fault_steps, FaultStep, NetConfig, Nodes, Runtime};
+use drill_sim::faults::Fault;
+use madsim::runtime::NodeHandle;
+use madsim::time::Instant;
+use serde_json::json;
+
+use crate::api::{Outcome, RunError, RunReport, Violation};
+use crate::plan::{Action, Plan};
+use crate::procs::{self, client_ip, lock, record, ClientCtx, Command, Mailbox, ServerCtx, Shared, SharedRef, SERVER_IP};
+
+/// The trace format version, named in every trace's first line.
+pub use drill_sim::trace::TRACE_FORMAT_VERSION;
+
+/// drill's version and commit, for the first trace line.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const COMMIT: &str = env!("DRILL_GIT_COMMIT");
+
+/// How long the world waits for a device to finish its queue or answer a snapshot.
+const WAIT_STEP_MS: u64 = 5;
+
+enum Step {
+    Op { id: u64, client: String, action: Action },
+    Fault(FaultStep),
+    Boot(String),
+}
+
+/// What the world hands back to `execute`.
+struct Ending {
+    liveness: Option<String>,
+    steps: u64,
+    faults: BTreeMap<String, u64>,
+}
+
+/// Runs `plan`; with `out_dir`, writes `plan.json` and `trace.jsonl` there as it goes.
+pub fn execute(plan: &Plan, out_dir: Option<&Path>) -> Result<RunReport, RunError> {
+    plan.validate().map_err(RunError::MalformedPlan)?;
+    let plan_json = plan.canonical_json();
+    let plan_hash = plan.hash();
+    let trace_path = out_dir.map(|d| d.join("trace.jsonl"));
+    if let Some(d) = out_dir {
+        let pretty = serde_json::to_string_pretty(plan).expect("plans serialize") + "\n";
+        std::fs::write(d.join("plan.json"), pretty).map_err(|e| RunError::Io(format!("cannot write {}: {e}", d.join("plan.json").display())))?;
+    }
+    let rec = Recorder::new(trace_path.as_deref(), true).map_err(|e| RunError::Io(format!("cannot write the trace: {e}")))?;
+    let seeds = SeedTree::new(plan.seed);
+    let net = NetConfig {
+        packet_loss_rate: plan.knobs.net.loss_probability,
+        latency_ms_min: plan.knobs.net.latency_ms_min,
+        latency_ms_max: plan.knobs.net.latency_ms_max,
+    };
+    let limit = Duration::from_millis(plan.heal_at_ms + plan.liveness_ms_max + 60_000);
+    let rt = Runtime::new(seeds.child("world"), net, DiskConfig::default(), limit);
+    let shared: SharedRef = Arc::new(Mutex::new(Shared::default()));
+    trace::install(rec, clock::true_us);
+    let first = json!({
+        "seed": plan.seed, "plan_hash": plan_hash, "version": VERSION, "commit": COMMIT,
+        "profile": plan.profile, "scenario": plan.scenario, "trace_format": TRACE_FORMAT_VERSION,
+    });
+    trace::emit("world", "run.start", first);
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| rt.block_on(world(plan.clone(), shared.clone()))));
+    let rec = trace::uninstall().expect("the recorder is installed");
+    let sim_time_ms = rt.elapsed_ms();
+    // Dropping the world runs the killed processes' drop code; nothing of it is recorded.
+    let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(rt)));
+    let (ending, panic) = match result {
+        Ok(e) => (e, None),
+        Err(p) => (Ending { liveness: None, steps: 0, faults: BTreeMap::new() }, Some(panic_message(&p))),
+    };
+    let (fingerprint, trace) = rec.finish().map_err(|e| RunError::Io(format!("cannot write the trace: {e}")))?;
+    let s = lock(&shared);
+    let mut violations: Vec<Violation> = s.checker.violations().to_vec();
+    if let Some(msg) = panic {
+        violations.push(Violation { invariant: "SIM-NO-PANIC".into(), node: "world".into(), trace_line: trace.len() as u64, message: msg });
+    }
+    let outcome = if !violations.is_empty() {
+        Outcome::Violation
+    } else if ending.liveness.is_some() {
+        Outcome::Liveness
+    } else {
+        Outcome::Pass
+    };
+    if let Some(why) = &ending.liveness {
+        violations.push(Violation { invariant: drill_model::invariants::LIVE_DRAIN.into(), node: "world".into(), trace_line: trace.len() as u64, message: why.clone() });
+    }
+    Ok(RunReport {
+        seed: plan.seed,
+        scenario: plan.scenario.clone(),
+        profile: plan.profile.clone(),
+        outcome,
+        violations,
+        fingerprint,
+        faults: ending.faults,
+        checks: s.checker.checks().clone(),
+        sim_time_ms,
+        steps: ending.steps,
+        plan_hash,
+        plan_json,
+        trace,
+    })
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        format!("panic: {s}")
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        format!("panic: {s}")
+    } else {
+        "panic".into()
+    }
+}
+
+/// The world: nodes, the timeline, the heal, the liveness phase and the final judgement.
+async fn world(plan: Plan, shared: SharedRef) -> Ending {
+    let seeds = SeedTree::new(plan.seed);
+    let handle = madsim::runtime::Handle::current();
+    let mut nodes = Nodes::new();
+    let slot = Arc::new(Mutex::new(None));
+    let sctx = Arc::new(ServerCtx { slot: slot.clone(), shared: shared.clone() });
+    let server = handle.create_node().name("server").ip(SERVER_IP).init(move || procs::server_main(sctx.clone())).build();
+    nodes.add("server", server.id(), plan.knobs.disk.crash, &seeds);
+    let mut mailboxes: BTreeMap<String, Arc<Mutex<Mailbox>>> = BTreeMap::new();
+    for (i, spec) in plan.clients.iter().enumerate() {
+        let fact = Fact::Client { node: spec.name.clone(), replica: spec.name.clone(), tenant: spec.tenant.clone() };
+        record(&shared, &spec.name, "node.start", json!({"tenant": spec.tenant}), Some(fact));
+        let mailbox = Arc::new(Mutex::new(Mailbox::default()));
+        let ctx = Arc::new(ClientCtx { name: spec.name.clone(), tenant: spec.tenant.clone(), mailbox: mailbox.clone(), shared: shared.clone() });
+        let node = handle.create_node().name(spec.name.as_str()).ip(client_ip(i)).init(move || procs::client_main(ctx.clone())).build();
+        nodes.add(&spec.name, node.id(), plan.knobs.disk.crash, &seeds);
+        mailboxes.insert(spec.name.clone(), mailbox);
+    }
+    let mut w = World { plan: &plan, shared, nodes, mailboxes, server, slot, start: Instant::now(), steps: 0, timeline: BTreeMap::new(), next_key: 0 };
+    w.load_timeline();
+    w.play().await;
+    let liveness = w.heal_and_converge().await;
+    w.judge(liveness.is_none()).await;
+    let faults = w.nodes.counts.clone();
+    trace::emit("world", "run.end", json!({"steps": w.steps, "liveness": liveness, "faults": faults}));
+    Ending { liveness, steps: w.steps, faults }
+}
+
+struct World<'a> {
+    plan: &'a Plan,
+    shared: SharedRef,
+    nodes: Nodes,
+    mailboxes: BTreeMap<String, Arc<Mutex<Mailbox>>>,
+    server: NodeHandle,
+    slot: Arc<Mutex<Option<drill_stack::server::Server>>>,
+    start: Instant,
+    steps: u64,
+    /// Steps by (time in ms, order of insertion).
+    timeline: BTreeMap<(u64, u64), Step>,
+    next_key: u64,
+}
+
+impl World<'_> {
+    fn at(&mut self, ms: u64, step: Step) {
+        self.timeline.insert((ms, self.next_key), step);
+        self.next_key += 1;
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn load_timeline(&mut self) {
+        for (id, op) in self.plan.ops.iter().enumerate() {
+            self.at(op.at_ms, Step::Op { id: id as u64 + 1, client: op.client.clone(), action: op.action.clone() });
+        }
+        for (t, s) in fault_steps(&self.plan.faults) {
+            self.at(t, Step::Fault(s));
+        }
+    }
+
+    /// Sleeps until `deadline`, or until a power cut fires somewhere (then handles it).
+    async fn wait_until(&mut self, deadline: Instant) {
+        loop {
+            self.take_power_cuts();
+            if Instant::now() >= deadline {
+                return;
+            }
+            let sleep = madsim::time::sleep_until(deadline);
+            let mut sleep = std::pin::pin!(sleep);
+            let cut = std::future::poll_fn(|cx| {
+                if sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+                let cuts = drill_sim::disk::DiskSim::current().has_cuts(Some(cx.waker()));
+                if cuts { Poll::Ready(()) } else { Poll::Pending }
+            });
+            cut.await;
+        }
+    }
+
+    /// Books power cuts that fired: the model learns the node crashed, its queue is dropped,
+    /// and it boots after its downtime.
+    fn take_power_cuts(&mut self) {
+        for name in self.nodes.take_power_cuts(None) {
+            let down_ms = self.down_ms_of_armed(&name);
+            self.crashed(&name);
+            let t = self.now_ms() + down_ms;
+            self.at(t, Step::Boot(name));
+        }
+    }
+
+    fn down_ms_of_armed(&self, name: &str) -> u64 {
+        // The last armed crash of this node that has not fired yet is the one that fired.
+        self.plan
+            .faults
+            .iter()
+            .rev()
+            .find_map(|s| match &s.fault {
+                Fault::Crash { node, down_ms, after_disk_ops: Some(_) } if node == name && s.at_ms <= self.now_ms() => Some(*down_ms),
+                _ => None,
+            })
+            .unwrap_or(1)
+    }
+
+    fn crashed(&mut self, name: &str) {
+        let line = trace::line_count();
+        procs::observe(&self.shared, Fact::Crashed { node: name.into() }, line);
+        if let Some(mb) = self.mailboxes.get(name) {
+            let dropped = lock(mb).clear();
+            if dropped > 0 {
+                trace::emit(name, "op.dropped", json!({"queued": dropped}));
+            }
+        }
+    }
+
+    async fn play(&mut self) {
+        while let Some(((t, _), step)) = self.timeline.pop_first() {
+            if t >= self.plan.heal_at_ms {
+                self.timeline.insert((t, 0), step);
+                break;
+            }
+            self.wait_until(self.start + Duration::from_millis(t)).await;
+            self.apply(step);
+        }
+        self.wait_until(self.start + Duration::from_millis(self.plan.heal_at_ms)).await;
+    }
+
+    fn apply(&mut self, step: Step) {
+        match step {
+            Step::Op { id, client, action } => {
+                self.steps += 1;
+                if self.nodes.is_down(&client) {
+                    trace::emit(&client, "op.skipped", json!({"op": id, "reason": "device is down"}));
+                    return;
+                }
+                lock(&self.mailboxes[&client]).push(Command::Op { id, action });
+            }
+            Step::Fault(FaultStep::Inject(Fault::Crash { node, after_disk_ops: None, down_ms })) => {
+                if self.nodes.crash(&node) {
+                    self.crashed(&node);
+                    let _ = down_ms;
+                }
+            }
+            Step::Fault(s) => self.nodes.apply(&s),
+            Step::Boot(name) => self.nodes.boot(&name),
+        }
+    }
+
+    /// Ends every fault, then has every device sync until all converge, within the bound.
+    async fn heal_and_converge(&mut self) -> Option<String> {
+        self.take_power_cuts();
+        self.timeline.clear();
+        self.nodes.heal_all();
+        let deadline = Instant::now() + Duration::from_millis(self.plan.liveness_ms_max);
+        let mut round = 0u64;
+        loop {
+            round += 1;
+            let names: Vec<String> = self.mailboxes.keys().cloned().collect();
+            for n in &names {
+                lock(&self.mailboxes[n]).push(Command::Op { id: 0, action: Action::Sync });
+            }
+            self.wait_idle(deadline).await;
+            let why = match self.snapshots(deadline).await {
+                Ok((server, clients)) => lock(&self.shared).checker.converged(&server, &clients).err(),
+                Err(e) => Some(e),
+            };
+            match why {
+                None => {
+                    trace::emit("world", "liveness.converged", json!({"rounds": round}));
+                    return None;
+                }
+                Some(why) if Instant::now() >= deadline => {
+                    trace::emit("world", "liveness.stuck", json!({"rounds": round, "why": why}));
+                    return Some(format!("no convergence within {} ms after heal: {why}", self.plan.liveness_ms_max));
+                }
+                Some(_) => self.wait_until(Instant::now() + Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    async fn wait_idle(&mut self, deadline: Instant) {
+        while Instant::now() < deadline && !self.mailboxes.values().all(|m| lock(m).idle()) {
+            self.wait_until(Instant::now() + Duration::from_millis(WAIT_STEP_MS)).await;
+        }
+    }
+
+    async fn client_snapshot(&mut self, name: &str, deadline: Instant) -> Result<ClientSnapshot, String> {
+        let mb = self.mailboxes[name].clone();
+        lock(&mb).snapshot = None;
+        lock(&mb).push(Command::Snapshot);
+        loop {
+            if let Some(s) = lock(&mb).snapshot.take() {
+                return s.map_err(|e| format!("{name} cannot be read: {e}"));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("{name} did not answer a snapshot request"));
+            }
+            self.wait_until(Instant::now() + Duration::from_millis(WAIT_STEP_MS)).await;
+        }
+    }
+
+    async fn server_snapshot(&mut self) -> Result<ServerSnapshot, String> {
+        let slot = self.slot.clone();
+        // A restarted node has a new identity in madsim: spawn through a fresh handle.
+        let node = madsim::runtime::Handle::current().get_node(self.server.id()).ok_or("the server node is gone")?;
+        let task = node.spawn(async move {
+            match lock(&slot).as_ref() {
+                Some(s) => procs::server_snapshot(s),
+                None => Err("server store is not open".to_string()),
+            }
+        });
+        task.await.map_err(|e| format!("server snapshot task failed: {e}"))?
+    }
+
+    async fn snapshots(&mut self, deadline: Instant) -> Result<(ServerSnapshot, Vec<ClientSnapshot>), String> {
+        let server = self.server_snapshot().await?;
+        let mut clients = Vec::new();
+        let names: Vec<String> = self.mailboxes.keys().cloned().collect();
+        for n in names {
+            clients.push(self.client_snapshot(&n, deadline).await?);
+        }
+        Ok((server, clients))
+    }
+
+    async fn judge(&mut self, converged: bool) {
+        let deadline = Instant::now() + Duration::from_millis(5_000);
+        match self.snapshots(deadline).await {
+            Ok((server, clients)) => {
+                let line = trace::emit("world", "check.final", json!({"server_events": server.events.len()}));
+                let before = lock(&self.shared).checker.violations().len();
+                lock(&self.shared).checker.check_final(&server, &clients, line, converged);
+                let new = lock(&self.shared).checker.violations()[before..].to_vec();
+                for v in new {
+                    trace::emit(&v.node, "check.violation", json!({"invariant": v.invariant, "line": v.trace_line, "message": v.message}));
+                }
+            }
+            Err(e) => {
+                trace::emit("world", "check.final_unreadable", json!({"why": e}));
+            }
+        }
+    }
+}
