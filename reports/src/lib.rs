@@ -13,7 +13,7 @@ mod sweep;
 
 pub use outcome::{Outcome, OutcomeCounts};
 pub use summary::{Summary, Violation};
-pub use sweep::{FailingSeed, SeedRange, SweepSummary};
+pub use sweep::{add_counts, FailingSeed, SeedRange, SweepSummary};
 
 /// The `format_version` every summary this build writes carries.
 pub const FORMAT_VERSION: u32 = 1;

@@ -101,8 +101,19 @@ mod tests {
     fn writes_the_documented_field_names() {
         let v = serde_json::to_value(sample()).unwrap();
         for field in [
-            "format_version", "seed", "scenario", "profile", "outcome", "violations",
-            "fingerprint", "plan_hash", "faults", "checks", "sim_time_ms", "steps", "replay",
+            "format_version",
+            "seed",
+            "scenario",
+            "profile",
+            "outcome",
+            "violations",
+            "fingerprint",
+            "plan_hash",
+            "faults",
+            "checks",
+            "sim_time_ms",
+            "steps",
+            "replay",
         ] {
             assert!(v.get(field).is_some(), "missing {field}");
         }

@@ -1,0 +1,48 @@
+//! One module per subcommand; each returns the process exit code.
+
+pub mod determinism;
+pub mod list;
+pub mod replay;
+pub mod run;
+pub mod sweep;
+
+use std::collections::BTreeMap;
+
+/// Worker processes for `total` jobs: as asked, else one per CPU, and never more than jobs.
+pub fn worker_count(requested: Option<usize>, total: u64) -> usize {
+    let wanted =
+        requested.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let total = usize::try_from(total).unwrap_or(usize::MAX);
+    wanted.min(total).max(1)
+}
+
+/// `crash 2, partition 1`, or `none`.
+pub fn counts_line(counts: &BTreeMap<String, u64>) -> String {
+    if counts.is_empty() {
+        return "none".to_string();
+    }
+    counts
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_more_workers_than_jobs() {
+        assert_eq!(worker_count(Some(8), 3), 3);
+        assert_eq!(worker_count(Some(2), 100), 2);
+        assert!(worker_count(None, 100) >= 1);
+    }
+
+    #[test]
+    fn counts_read_as_one_line() {
+        let c = BTreeMap::from([("partition".to_string(), 1), ("crash".to_string(), 2)]);
+        assert_eq!(counts_line(&c), "crash 2, partition 1");
+        assert_eq!(counts_line(&BTreeMap::new()), "none");
+    }
+}

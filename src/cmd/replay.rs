@@ -1,0 +1,143 @@
+//! `drill replay DIR`: run a run folder's plan.json again and check that the same thing happens.
+//!
+//! The replay runs in memory (no `out_dir`), so nothing in the folder is written; it is compared
+//! with the folder's summary.json (plan hash, fingerprint, outcome) and, line by line, with its
+//! trace.jsonl.
+
+use std::path::Path;
+
+use drill_reports::Summary;
+use drill_scenarios::{RunReport, RunRequest, RunSource};
+
+use crate::cli::ReplayArgs;
+use crate::diff::{file_fingerprint, first_difference, trace_lines, LineDiff};
+use crate::error::CliError;
+use crate::runfiles::{
+    folder_replay, outcome_of, read_json, DRILL_VERSION, PLAN_FILE, SUMMARY_FILE, TRACE_FILE,
+};
+
+/// Exit code when the replay differs from the folder.
+const EXIT_NONDETERMINISM: i32 = 4;
+
+/// Replays the folder; exit code 4 on any difference, else the run's outcome's code.
+pub fn replay(args: ReplayArgs) -> Result<i32, CliError> {
+    let dir = args.dir.as_path();
+    let (summary, plan) = read_folder(dir)?;
+    println!(
+        "drill {DRILL_VERSION} replay {}: seed {} plan {} profile {} scenario {}",
+        dir.display(),
+        summary.seed,
+        summary.plan_hash,
+        summary.profile,
+        summary.scenario
+    );
+    let report = drill_scenarios::run(&RunRequest {
+        source: RunSource::Plan(plan),
+        out_dir: None,
+    })?;
+    let comparison = compare(dir, &summary, &report)?;
+    let again = folder_replay(dir);
+    if comparison.matches() {
+        println!(
+            "replay matches: fingerprint {}, {} trace lines",
+            report.fingerprint,
+            report.trace.len()
+        );
+        let outcome = outcome_of(report.outcome);
+        println!("outcome: {outcome} | replay: {again}");
+        return Ok(outcome.exit_code());
+    }
+    comparison.print(dir, &summary);
+    println!(
+        "outcome: nondeterminism (the replay differs from {}) | replay: {again}",
+        dir.display()
+    );
+    Ok(EXIT_NONDETERMINISM)
+}
+
+/// The folder's summary and the text of its plan.
+fn read_folder(dir: &Path) -> Result<(Summary, String), CliError> {
+    let meta =
+        std::fs::metadata(dir).map_err(|e| CliError::io("cannot read replay folder", dir, e))?;
+    if !meta.is_dir() {
+        return Err(CliError::new(format!(
+            "{} is not a run folder",
+            dir.display()
+        )));
+    }
+    let summary: Summary = read_json(&dir.join(SUMMARY_FILE))?;
+    let plan_path = dir.join(PLAN_FILE);
+    let plan = std::fs::read_to_string(&plan_path)
+        .map_err(|e| CliError::io("cannot read", &plan_path, e))?;
+    Ok((summary, plan))
+}
+
+/// What differs between the folder and the replay.
+#[derive(Default)]
+struct Comparison {
+    /// One line per differing item of summary.json or trace.jsonl.
+    problems: Vec<String>,
+    /// Where trace.jsonl first departs from the replay's trace.
+    first_diff: Option<LineDiff>,
+    /// Set when the folder has no trace.jsonl, so only fingerprints could be compared.
+    no_trace_file: bool,
+}
+
+impl Comparison {
+    fn matches(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    fn print(&self, dir: &Path, summary: &Summary) {
+        println!("replay differs from {}:", dir.display());
+        for problem in &self.problems {
+            println!("  {problem}");
+        }
+        match &self.first_diff {
+            Some(diff) => println!("{}", diff.describe("replay", TRACE_FILE)),
+            None if self.no_trace_file => println!("no {TRACE_FILE} to compare line by line"),
+            None => println!("{TRACE_FILE} matches the replay line for line"),
+        }
+        if summary.drill_version != DRILL_VERSION {
+            println!(
+                "note: the folder was written by drill {}; this is drill {DRILL_VERSION}",
+                if summary.drill_version.is_empty() {
+                    "(unknown)"
+                } else {
+                    &summary.drill_version
+                }
+            );
+        }
+    }
+}
+
+fn compare(dir: &Path, summary: &Summary, report: &RunReport) -> Result<Comparison, CliError> {
+    let mut c = Comparison::default();
+    let mut differs = |what: &str, folder: &str, replay: &str| {
+        if folder != replay {
+            c.problems.push(format!(
+                "{what}: {SUMMARY_FILE} has {folder}, the replay has {replay}"
+            ));
+        }
+    };
+    differs("plan hash", &summary.plan_hash, &report.plan_hash);
+    differs("fingerprint", &summary.fingerprint, &report.fingerprint);
+    differs(
+        "outcome",
+        summary.outcome.as_str(),
+        outcome_of(report.outcome).as_str(),
+    );
+    let trace = dir.join(TRACE_FILE);
+    if !trace.exists() {
+        c.no_trace_file = true;
+        return Ok(c);
+    }
+    // Bytes first: the fingerprint is `sha256sum trace.jsonl`, so any edit at all shows here.
+    if file_fingerprint(&trace)? != report.fingerprint {
+        c.problems.push(format!(
+            "{TRACE_FILE} does not hash to the replay's fingerprint"
+        ));
+        c.first_diff = first_difference(report.trace.iter().cloned(), trace_lines(&trace)?);
+    }
+    Ok(c)
+}

@@ -1,0 +1,213 @@
+//! `drill sweep`: a range of seeds on worker processes; a folder per failing seed and a summary.
+//!
+//! Every seed runs with its files in `OUT/.drill-work/seed-N/`, so that even a run that panics
+//! or kills its worker leaves its trace so far. A passing seed's folder is then deleted and a
+//! failing one's is moved to `OUT/seed-N/`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use drill_reports::{
+    add_counts, FailingSeed, Outcome, OutcomeCounts, SeedRange, SweepSummary, Violation,
+    FORMAT_VERSION,
+};
+
+use crate::cli::{SweepArgs, WorldArgs};
+use crate::cmd::{counts_line, worker_count};
+use crate::error::CliError;
+use crate::outdir::{self, WORK_DIR};
+use crate::pool::{self, Dispatch};
+use crate::progress::{rate, Progress};
+use crate::runfiles::{folder_replay, seed_replay, write_json, DRILL_VERSION, SUMMARY_FILE};
+use crate::worker::{Answer, Job};
+
+/// The invariant id a sweep records for a run that panicked or whose worker died.
+pub const PANIC_INVARIANT: &str = "PANIC";
+
+/// Runs the sweep; the exit code is the worst outcome's.
+pub fn sweep(args: SweepArgs) -> Result<i32, CliError> {
+    let range = args.many.seeds;
+    let total = range.len().ok_or_else(|| CliError::new("too many seeds"))?;
+    outdir::prepare_sweep_dir(&args.out)?;
+    let work = args.out.join(WORK_DIR);
+    outdir::create(&work)?;
+    let workers = worker_count(args.many.jobs, total);
+    let world = args.many.world;
+    println!(
+        "drill {DRILL_VERSION} sweep seeds {range} ({total} seeds) profile {} scenario {} jobs {workers}",
+        world.profile, world.scenario
+    );
+    let mut sweep = Sweep::new(&args.out, work.clone(), range, &world, total);
+    pool::run(workers, &world, &mut sweep)?;
+    fs::remove_dir_all(&work).map_err(|e| CliError::io("cannot remove", &work, e))?;
+    let summary = sweep.into_summary(workers);
+    write_json(&args.out.join(SUMMARY_FILE), &summary)?;
+    print_table(&summary, &args.out);
+    Ok(summary.outcome.exit_code())
+}
+
+/// The sweep in progress: which seed is next and what the finished ones found.
+struct Sweep {
+    out: PathBuf,
+    work: PathBuf,
+    range: SeedRange,
+    world: WorldArgs,
+    next_seed: Option<u64>,
+    counts: OutcomeCounts,
+    failing: BTreeMap<u64, FailingSeed>,
+    faults: BTreeMap<String, u64>,
+    checks: BTreeMap<String, u64>,
+    progress: Progress,
+}
+
+impl Sweep {
+    fn new(out: &Path, work: PathBuf, range: SeedRange, world: &WorldArgs, total: u64) -> Self {
+        Sweep {
+            out: out.to_path_buf(),
+            work,
+            range,
+            world: world.clone(),
+            next_seed: Some(range.first),
+            counts: OutcomeCounts::default(),
+            failing: BTreeMap::new(),
+            faults: BTreeMap::new(),
+            checks: BTreeMap::new(),
+            progress: Progress::new("sweep", total),
+        }
+    }
+
+    /// Moves a failing seed's run folder out of the scratch folder and records it.
+    fn keep(
+        &mut self,
+        job: Job,
+        outcome: Outcome,
+        first_violation: Option<Violation>,
+    ) -> Result<(), CliError> {
+        let folder = self.out.join(format!("seed-{}", job.seed));
+        fs::rename(&job.dir, &folder)
+            .map_err(|e| CliError::io("cannot move a failing run to", &folder, e))?;
+        let replay = seed_replay(job.seed, &self.world.scenario, &self.world.profile);
+        self.progress
+            .println(&format!("seed {} {outcome}: {replay}", job.seed));
+        let folder = folder.to_string_lossy().into_owned();
+        self.failing.insert(
+            job.seed,
+            FailingSeed {
+                seed: job.seed,
+                outcome,
+                first_violation,
+                replay,
+                folder,
+            },
+        );
+        Ok(())
+    }
+
+    fn into_summary(self, jobs: usize) -> SweepSummary {
+        let wall = self.progress.finish();
+        SweepSummary {
+            format_version: FORMAT_VERSION,
+            drill_version: DRILL_VERSION.to_string(),
+            scenario: self.world.scenario,
+            profile: self.world.profile,
+            seeds: self.range,
+            outcome: self.counts.worst(),
+            counts: self.counts,
+            failing: self.failing.into_values().collect(),
+            faults: self.faults,
+            checks: self.checks,
+            jobs,
+            wall_seconds: wall.as_secs_f64(),
+            seeds_per_second: rate(self.counts.total(), wall),
+        }
+    }
+}
+
+impl Dispatch for Sweep {
+    fn next_job(&mut self, _slot: usize) -> Result<Option<Job>, CliError> {
+        let Some(seed) = self.next_seed else {
+            return Ok(None);
+        };
+        self.next_seed = seed.checked_add(1).filter(|next| *next <= self.range.last);
+        let dir = self.work.join(format!("seed-{seed}"));
+        outdir::create(&dir)?;
+        Ok(Some(Job { seed, dir }))
+    }
+
+    fn finished(&mut self, _slot: usize, job: Job, answer: Answer) -> Result<(), CliError> {
+        let (outcome, first_violation) = match answer {
+            Answer::Error { message } => {
+                return Err(CliError::new(format!("seed {}: {message}", job.seed)))
+            }
+            Answer::Done { summary } => {
+                add_counts(&mut self.faults, &summary.faults);
+                add_counts(&mut self.checks, &summary.checks);
+                (summary.outcome, summary.violations.into_iter().next())
+            }
+            Answer::Panic { message } => (Outcome::Violation, Some(panic_violation(message))),
+        };
+        self.counts.add(outcome);
+        self.progress.finish_one(outcome != Outcome::Pass);
+        if outcome == Outcome::Pass {
+            return fs::remove_dir_all(&job.dir)
+                .map_err(|e| CliError::io("cannot remove", &job.dir, e));
+        }
+        self.keep(job, outcome, first_violation)
+    }
+
+    fn tick(&mut self) {
+        self.progress.tick();
+    }
+}
+
+/// A panic counts as a violation (a broken simulator or stack invariant), named so it is not
+/// mistaken for one of the model's invariants.
+fn panic_violation(message: String) -> Violation {
+    Violation {
+        invariant: PANIC_INVARIANT.to_string(),
+        node: "world".to_string(),
+        trace_line: 0,
+        message,
+    }
+}
+
+fn print_table(s: &SweepSummary, out: &Path) {
+    println!("seeds           {}", s.counts.total());
+    for outcome in Outcome::ALL {
+        println!("{:<15} {}", outcome.as_str(), s.counts.get(outcome));
+    }
+    println!(
+        "seeds/s         {:.1} ({:.2} s on {} workers)",
+        s.seeds_per_second, s.wall_seconds, s.jobs
+    );
+    println!("faults          {}", counts_line(&s.faults));
+    println!("checks          {}", counts_line(&s.checks));
+    for f in &s.failing {
+        let why = f
+            .first_violation
+            .as_ref()
+            .map(|v| format!(" {} at {}: {}", v.invariant, v.node, v.message));
+        println!(
+            "failing seed {} {}{}",
+            f.seed,
+            f.outcome,
+            why.unwrap_or_default()
+        );
+        println!(
+            "  replay: {}  (folder: {})",
+            f.replay,
+            folder_replay(Path::new(&f.folder))
+        );
+    }
+    println!("summary: {}", out.join(SUMMARY_FILE).display());
+    match s.failing.first() {
+        None => println!("outcome: pass | all {} seeds passed", s.counts.total()),
+        Some(f) => println!(
+            "outcome: {} | {} failing; replay the first: {}",
+            s.outcome,
+            s.failing.len(),
+            f.replay
+        ),
+    }
+}

@@ -1,0 +1,218 @@
+//! The parent side of worker processes: start J copies of this executable as `drill __worker`,
+//! hand each one job at a time as it becomes free, and pass every answer to a [`Dispatch`].
+//!
+//! One reader thread per worker turns its stdout into events on one channel, so the parent can
+//! wait for whichever worker answers first. A worker that dies is reported as a panic of the job
+//! it held and replaced while jobs remain.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::Duration;
+
+use crate::cli::WorldArgs;
+use crate::error::CliError;
+use crate::worker::{parse_answer, Answer, Job};
+
+/// How often [`Dispatch::tick`] runs while every worker is busy.
+const TICK_INTERVAL: Duration = Duration::from_millis(200);
+
+/// What the pool runs jobs for: it decides the jobs and takes the answers.
+pub trait Dispatch {
+    /// The next job for worker `slot`, or `None` once no job is left (it stays `None`).
+    fn next_job(&mut self, slot: usize) -> Result<Option<Job>, CliError>;
+    /// A job ended. An `Err` stops the pool: its workers are killed and the error returned.
+    fn finished(&mut self, slot: usize, job: Job, answer: Answer) -> Result<(), CliError>;
+    /// Called between events, at least every [`TICK_INTERVAL`], for progress output.
+    fn tick(&mut self) {}
+}
+
+/// Runs all of `dispatch`'s jobs on `workers` worker processes building `world`.
+pub fn run(workers: usize, world: &WorldArgs, dispatch: &mut dyn Dispatch) -> Result<(), CliError> {
+    let (events_tx, events) = mpsc::channel();
+    let mut pool = Pool {
+        world: world.clone(),
+        slots: Vec::new(),
+        events_tx,
+    };
+    for slot in 0..workers {
+        pool.slots.push(None);
+        pool.start_next(slot, dispatch)?;
+    }
+    pool.drive(&events, dispatch)
+}
+
+/// A running worker process.
+struct Worker {
+    child: Child,
+    /// Closed (None) once the worker has no more jobs coming, which ends it.
+    stdin: Option<ChildStdin>,
+    job: Option<Job>,
+}
+
+enum Event {
+    Line(usize, String),
+    Closed(usize),
+}
+
+struct Pool {
+    world: WorldArgs,
+    slots: Vec<Option<Worker>>,
+    events_tx: Sender<Event>,
+}
+
+impl Pool {
+    fn drive(
+        &mut self,
+        events: &Receiver<Event>,
+        dispatch: &mut dyn Dispatch,
+    ) -> Result<(), CliError> {
+        while self.slots.iter().any(Option::is_some) {
+            match events.recv_timeout(TICK_INTERVAL) {
+                Ok(Event::Line(slot, line)) => self.on_line(slot, &line, dispatch)?,
+                Ok(Event::Closed(slot)) => self.on_closed(slot, dispatch)?,
+                Err(RecvTimeoutError::Timeout) => {}
+                // The pool holds a sender, so the channel cannot disconnect.
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            dispatch.tick();
+        }
+        Ok(())
+    }
+
+    fn on_line(
+        &mut self,
+        slot: usize,
+        line: &str,
+        dispatch: &mut dyn Dispatch,
+    ) -> Result<(), CliError> {
+        let Some(answer) = parse_answer(line) else {
+            return Ok(());
+        };
+        let answer = answer?;
+        let worker = self.slots[slot].as_mut().ok_or_else(|| unexpected(slot))?;
+        let job = worker.job.take().ok_or_else(|| unexpected(slot))?;
+        let panicked = matches!(answer, Answer::Panic { .. });
+        if panicked {
+            // The worker exits after a panic; its replacement starts when it has closed.
+            worker.stdin = None;
+        }
+        dispatch.finished(slot, job, answer)?;
+        if !panicked {
+            self.give_next(slot, dispatch)?;
+        }
+        Ok(())
+    }
+
+    fn on_closed(&mut self, slot: usize, dispatch: &mut dyn Dispatch) -> Result<(), CliError> {
+        let Some(mut worker) = self.slots[slot].take() else {
+            return Ok(());
+        };
+        let status = worker
+            .child
+            .wait()
+            .map_err(|e| CliError::new(format!("cannot wait for a worker: {e}")))?;
+        if let Some(job) = worker.job.take() {
+            let message = died_message(job.seed, status);
+            dispatch.finished(slot, job, Answer::Panic { message })?;
+        }
+        self.start_next(slot, dispatch)
+    }
+
+    /// Starts a worker in `slot` if a job is left for it.
+    fn start_next(&mut self, slot: usize, dispatch: &mut dyn Dispatch) -> Result<(), CliError> {
+        let Some(job) = dispatch.next_job(slot)? else {
+            return Ok(());
+        };
+        self.slots[slot] = Some(self.spawn(slot)?);
+        self.send(slot, job)
+    }
+
+    /// Gives the free worker in `slot` its next job, or closes its stdin so that it exits.
+    fn give_next(&mut self, slot: usize, dispatch: &mut dyn Dispatch) -> Result<(), CliError> {
+        match dispatch.next_job(slot)? {
+            Some(job) => self.send(slot, job),
+            None => {
+                if let Some(worker) = self.slots[slot].as_mut() {
+                    worker.stdin = None;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn send(&mut self, slot: usize, job: Job) -> Result<(), CliError> {
+        let line = serde_json::to_string(&job)
+            .map_err(|e| CliError::new(format!("cannot encode a job: {e}")))?;
+        let worker = self.slots[slot].as_mut().ok_or_else(|| unexpected(slot))?;
+        if let Some(stdin) = worker.stdin.as_mut() {
+            // A failed write means the worker died; its closed stdout reports the job as lost.
+            let _ = writeln!(stdin, "{line}").and_then(|()| stdin.flush());
+        }
+        worker.job = Some(job);
+        Ok(())
+    }
+
+    fn spawn(&self, slot: usize) -> Result<Worker, CliError> {
+        let exe = std::env::current_exe()
+            .map_err(|e| CliError::new(format!("cannot find drill's own executable: {e}")))?;
+        let mut child = Command::new(&exe)
+            .args([
+                "__worker",
+                "--scenario",
+                &self.world.scenario,
+                "--profile",
+                &self.world.profile,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| CliError::io("cannot start worker", &exe, e))?;
+        let stdout = child.stdout.take().ok_or_else(|| unexpected(slot))?;
+        read_answers(slot, stdout, self.events_tx.clone());
+        Ok(Worker {
+            stdin: child.stdin.take(),
+            child,
+            job: None,
+        })
+    }
+}
+
+impl Drop for Pool {
+    /// Ends every worker still running, so that an error never leaves orphans working.
+    fn drop(&mut self) {
+        for worker in self.slots.iter_mut().filter_map(Option::take) {
+            let Worker {
+                mut child, stdin, ..
+            } = worker;
+            drop(stdin);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Forwards a worker's stdout, line by line, to the pool's channel from a thread of its own.
+///
+/// This thread belongs to the sweep's parent process, which never runs a world; the no-threads
+/// rule is about threads inside a run.
+#[allow(clippy::disallowed_methods)]
+fn read_answers(slot: usize, stdout: ChildStdout, events: Sender<Event>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if events.send(Event::Line(slot, line)).is_err() {
+                return;
+            }
+        }
+        let _ = events.send(Event::Closed(slot));
+    });
+}
+
+fn died_message(seed: u64, status: ExitStatus) -> String {
+    format!("the worker running seed {seed} exited ({status}) without answering")
+}
+
+fn unexpected(slot: usize) -> CliError {
+    CliError::new(format!("worker {slot} answered out of turn"))
+}

@@ -1,0 +1,126 @@
+//! The run folder's files as the CLI sees them: `summary.json` built from a run's report, the
+//! replay commands it names, and reading and writing summaries.
+
+use std::path::Path;
+
+use drill_reports::{Outcome, Summary, Violation, FORMAT_VERSION};
+use drill_scenarios::RunReport;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::CliError;
+
+/// The files a run folder holds; `trace.jsonl` and `plan.json` are written by the run itself.
+pub const RUN_FILES: [&str; 3] = [TRACE_FILE, PLAN_FILE, SUMMARY_FILE];
+pub const TRACE_FILE: &str = "trace.jsonl";
+pub const PLAN_FILE: &str = "plan.json";
+pub const SUMMARY_FILE: &str = "summary.json";
+
+/// This build's version, as written into summaries and printed on every first line.
+pub const DRILL_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The summary of one finished run; `replay` is the command that runs it again.
+pub fn summary_of(report: &RunReport, replay: String) -> Summary {
+    Summary {
+        format_version: FORMAT_VERSION,
+        drill_version: DRILL_VERSION.to_string(),
+        seed: report.seed,
+        scenario: report.scenario.clone(),
+        profile: report.profile.clone(),
+        outcome: outcome_of(report.outcome),
+        violations: report.violations.iter().map(violation_of).collect(),
+        fingerprint: report.fingerprint.clone(),
+        plan_hash: report.plan_hash.clone(),
+        faults: report.faults.clone(),
+        checks: report.checks.clone(),
+        sim_time_ms: report.sim_time_ms,
+        steps: report.steps,
+        trace_lines: report.trace.len() as u64,
+        replay,
+    }
+}
+
+/// The file format's outcome for the world's outcome (the same four verdicts).
+pub fn outcome_of(outcome: drill_scenarios::Outcome) -> Outcome {
+    match outcome {
+        drill_scenarios::Outcome::Pass => Outcome::Pass,
+        drill_scenarios::Outcome::Violation => Outcome::Violation,
+        drill_scenarios::Outcome::Liveness => Outcome::Liveness,
+        drill_scenarios::Outcome::Nondeterminism => Outcome::Nondeterminism,
+    }
+}
+
+fn violation_of(v: &drill_scenarios::Violation) -> Violation {
+    Violation {
+        invariant: v.invariant.clone(),
+        node: v.node.clone(),
+        trace_line: v.trace_line,
+        message: v.message.clone(),
+    }
+}
+
+/// `drill run --seed N --scenario S --profile P`, quoted for a POSIX shell.
+pub fn seed_replay(seed: u64, scenario: &str, profile: &str) -> String {
+    let seed = seed.to_string();
+    shell_words(&[
+        "drill",
+        "run",
+        "--seed",
+        &seed,
+        "--scenario",
+        scenario,
+        "--profile",
+        profile,
+    ])
+}
+
+/// `drill run --plan FILE`, quoted for a POSIX shell.
+pub fn plan_replay(plan: &Path) -> String {
+    shell_words(&["drill", "run", "--plan", &plan.to_string_lossy()])
+}
+
+/// `drill replay DIR`, quoted for a POSIX shell.
+pub fn folder_replay(dir: &Path) -> String {
+    shell_words(&["drill", "replay", &dir.to_string_lossy()])
+}
+
+fn shell_words(words: &[&str]) -> String {
+    // Quoting fails only on NUL bytes, which command-line arguments cannot hold.
+    shlex::try_join(words.iter().copied()).unwrap_or_else(|_| words.join(" "))
+}
+
+/// Writes `value` as pretty JSON to `path`.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), CliError> {
+    let mut text = serde_json::to_string_pretty(value)
+        .map_err(|e| CliError::new(format!("cannot encode {}: {e}", path.display())))?;
+    text.push('\n');
+    std::fs::write(path, text).map_err(|e| CliError::io("cannot write", path, e))
+}
+
+/// Reads `path` as JSON of type `T`.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|e| CliError::io("cannot read", path, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| CliError::new(format!("malformed {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_commands_quote_only_what_needs_it() {
+        assert_eq!(
+            seed_replay(7, "sync-basic", "swarm"),
+            "drill run --seed 7 --scenario sync-basic --profile swarm"
+        );
+        assert_eq!(
+            folder_replay(Path::new("drill-out/run-7")),
+            "drill replay drill-out/run-7"
+        );
+        assert_eq!(
+            plan_replay(Path::new("my runs/plan.json")),
+            "drill run --plan 'my runs/plan.json'"
+        );
+    }
+}

@@ -1,0 +1,150 @@
+//! The worker process a sweep starts (`drill __worker`): it runs the seeds it reads on stdin, one
+//! at a time, and answers each on stdout.
+//!
+//! Runs happen in workers, never in the sweep's own process, and a worker runs one seed at a
+//! time, because SQLite's process-global state allows one simulated world per process at once.
+//!
+//! Protocol: the parent writes one [`Job`] as JSON per line; the worker writes one line
+//! `ANSWER_MARK` + [`Answer`] as JSON per job, in order. The mark lets the parent skip anything
+//! else the world might print on stdout. After a panic the worker answers and exits, since the
+//! process's state may be inconsistent; the parent starts a fresh one.
+
+use std::io::{BufRead, Write};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use drill_reports::Summary;
+use drill_scenarios::{RunReport, RunRequest, RunSource};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::WorldArgs;
+use crate::error::CliError;
+use crate::runfiles::{seed_replay, summary_of, write_json, SUMMARY_FILE};
+
+/// Prefix of every answer line.
+pub const ANSWER_MARK: &str = "@drill-answer ";
+
+/// Exit code of a worker that stopped after a panic (Rust's own code for a panic).
+const EXIT_AFTER_PANIC: i32 = 101;
+
+/// One seed to run, with the existing folder to write its run files into.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub seed: u64,
+    pub dir: PathBuf,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Answer {
+    /// The run finished; its summary.json is in the job's folder.
+    Done { summary: Box<Summary> },
+    /// The run panicked, or its worker died (the parent then writes this answer itself).
+    Panic { message: String },
+    /// The run refused its input (the same errors `drill run` reports with exit code 2).
+    Error { message: String },
+}
+
+/// The last panic message, kept by the worker's panic hook for the answer.
+static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
+
+/// Serves jobs from stdin until it closes; returns the worker's exit code.
+pub fn serve(world: &WorldArgs) -> Result<i32, CliError> {
+    // The parent reports panics; printing them too would tear its progress bar.
+    std::panic::set_hook(Box::new(|info| {
+        if let Ok(mut last) = LAST_PANIC.lock() {
+            *last = Some(info.to_string());
+        }
+    }));
+    for line in std::io::stdin().lock().lines() {
+        let line = line.map_err(|e| CliError::new(format!("worker cannot read its jobs: {e}")))?;
+        let job: Job = serde_json::from_str(&line)
+            .map_err(|e| CliError::new(format!("worker got a malformed job: {e}")))?;
+        let answer = run_job(world, &job);
+        let panicked = matches!(answer, Answer::Panic { .. });
+        send(&answer)?;
+        if panicked {
+            return Ok(EXIT_AFTER_PANIC);
+        }
+    }
+    Ok(0)
+}
+
+/// Runs one job; a panic inside the world becomes an answer instead of ending the sweep.
+fn run_job(world: &WorldArgs, job: &Job) -> Answer {
+    let request = RunRequest {
+        source: RunSource::Seed {
+            seed: job.seed,
+            scenario: world.scenario.clone(),
+            profile: world.profile.clone(),
+        },
+        out_dir: Some(job.dir.clone()),
+    };
+    match catch_unwind(AssertUnwindSafe(|| drill_scenarios::run(&request))) {
+        Ok(Ok(report)) => finish(world, job, &report),
+        Ok(Err(err)) => Answer::Error {
+            message: err.to_string(),
+        },
+        Err(_) => {
+            let message = LAST_PANIC.lock().ok().and_then(|mut m| m.take());
+            Answer::Panic {
+                message: message.unwrap_or_else(|| "the run panicked".to_string()),
+            }
+        }
+    }
+}
+
+/// Writes the run's summary.json next to the files the run wrote, and answers with it.
+fn finish(world: &WorldArgs, job: &Job, report: &RunReport) -> Answer {
+    let summary = summary_of(
+        report,
+        seed_replay(job.seed, &world.scenario, &world.profile),
+    );
+    match write_json(&job.dir.join(SUMMARY_FILE), &summary) {
+        Ok(()) => Answer::Done {
+            summary: Box::new(summary),
+        },
+        Err(err) => Answer::Error {
+            message: err.to_string(),
+        },
+    }
+}
+
+fn send(answer: &Answer) -> Result<(), CliError> {
+    let json = serde_json::to_string(answer)
+        .map_err(|e| CliError::new(format!("worker cannot encode its answer: {e}")))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{ANSWER_MARK}{json}")
+        .and_then(|()| out.flush())
+        .map_err(|e| CliError::new(format!("worker cannot answer: {e}")))
+}
+
+/// Reads an answer from one line of a worker's stdout; `None` for lines that are not answers.
+pub fn parse_answer(line: &str) -> Option<Result<Answer, CliError>> {
+    let start = line.find(ANSWER_MARK)? + ANSWER_MARK.len();
+    Some(
+        serde_json::from_str(&line[start..])
+            .map_err(|e| CliError::new(format!("malformed answer from a worker: {e}"))),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_round_trip_and_stray_output_is_skipped() {
+        let answer = Answer::Panic {
+            message: "boom".into(),
+        };
+        let line = format!(
+            "debug noise{ANSWER_MARK}{}",
+            serde_json::to_string(&answer).unwrap()
+        );
+        assert_eq!(parse_answer(&line).unwrap().unwrap(), answer);
+        assert!(parse_answer("just some output").is_none());
+        assert!(parse_answer(&format!("{ANSWER_MARK}{{")).unwrap().is_err());
+    }
+}

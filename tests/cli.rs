@@ -1,0 +1,383 @@
+//! The `drill` binary as a user meets it: files written, exit codes, and one-line errors.
+//!
+//! These tests hold to the contract (file names, summary fields, exit codes, the replay round
+//! trip), not to what a particular world happens to produce, so they keep passing as the world
+//! grows. Each test works in its own temporary folder and runs few seeds to stay quick.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const DRILL: &str = env!("CARGO_BIN_EXE_drill");
+
+/// Runs drill in `cwd` with `args`.
+fn drill(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(DRILL)
+        .current_dir(cwd)
+        .args(args)
+        .output()
+        .expect("drill starts")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().expect("drill exits with a code")
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn exit_code_of(outcome: &str) -> i32 {
+    match outcome {
+        "pass" => 0,
+        "violation" => 1,
+        "liveness" => 3,
+        "nondeterminism" => 4,
+        other => panic!("unknown outcome {other:?}"),
+    }
+}
+
+/// Every file under `dir` with its contents, to show that a command changed nothing.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push((path.clone(), fs::read(&path).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Runs `drill run` into `tmp/name` and returns the folder.
+fn run_into(tmp: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    let dir = tmp.join(name);
+    let mut args = vec!["run", "--out", dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = drill(tmp, &args);
+    assert!(
+        [0, 1, 3, 4].contains(&code(&out)),
+        "drill run failed: {}",
+        stderr(&out)
+    );
+    dir
+}
+
+#[test]
+fn run_writes_three_files_and_a_complete_summary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let out = drill(
+        tmp.path(),
+        &["run", "--seed", "3", "--out", dir.to_str().unwrap()],
+    );
+    for file in ["trace.jsonl", "plan.json", "summary.json"] {
+        assert!(dir.join(file).is_file(), "missing {file}");
+    }
+    let s = read_json(&dir.join("summary.json"));
+    for field in [
+        "format_version",
+        "seed",
+        "scenario",
+        "profile",
+        "outcome",
+        "violations",
+        "fingerprint",
+        "plan_hash",
+        "faults",
+        "checks",
+        "sim_time_ms",
+        "steps",
+        "replay",
+    ] {
+        assert!(s.get(field).is_some(), "summary.json lacks {field}");
+    }
+    assert_eq!(
+        (s["format_version"].as_u64(), s["seed"].as_u64()),
+        (Some(1), Some(3))
+    );
+    assert_eq!(
+        (s["scenario"].as_str(), s["profile"].as_str()),
+        (Some("sync-basic"), Some("swarm"))
+    );
+    assert_eq!(
+        s["replay"],
+        "drill run --seed 3 --scenario sync-basic --profile swarm"
+    );
+    let outcome = s["outcome"].as_str().unwrap();
+    assert_eq!(code(&out), exit_code_of(outcome), "{}", stderr(&out));
+
+    let text = stdout(&out);
+    let first = text.lines().next().unwrap();
+    let plan_hash = s["plan_hash"].as_str().unwrap();
+    for part in ["seed 3", plan_hash, env!("CARGO_PKG_VERSION"), "swarm"] {
+        assert!(first.contains(part), "first line {first:?} lacks {part}");
+    }
+    let last = text.lines().last().unwrap();
+    assert!(
+        last.contains(&format!("outcome: {outcome}")) && last.contains("drill run --seed 3"),
+        "{last}"
+    );
+}
+
+#[test]
+fn run_defaults_to_a_folder_per_seed_and_replaces_only_its_own_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = drill(tmp.path(), &["run", "--seed", "4", "--profile", "none"]);
+    let dir = tmp.path().join("drill-out/run-4");
+    assert!(dir.join("summary.json").is_file(), "{}", stderr(&out));
+
+    // A previous run's folder is replaced...
+    let again = drill(tmp.path(), &["run", "--seed", "4", "--profile", "none"]);
+    assert_eq!(code(&again), code(&out), "{}", stderr(&again));
+
+    // ...but a folder holding anything else is refused and left as it was.
+    fs::write(dir.join("notes.txt"), "mine").unwrap();
+    let before = snapshot(&dir);
+    let refused = drill(tmp.path(), &["run", "--seed", "4", "--profile", "none"]);
+    assert_eq!(code(&refused), 2);
+    assert_eq!(snapshot(&dir), before);
+}
+
+#[test]
+fn a_plan_file_runs_like_its_seed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = run_into(tmp.path(), "first", &["--seed", "5", "--profile", "none"]);
+    let plan = first.join("plan.json");
+    let second = run_into(tmp.path(), "second", &["--plan", plan.to_str().unwrap()]);
+    let (a, b) = (
+        read_json(&first.join("summary.json")),
+        read_json(&second.join("summary.json")),
+    );
+    assert_eq!(a["fingerprint"], b["fingerprint"]);
+    assert!(
+        b["replay"]
+            .as_str()
+            .unwrap()
+            .starts_with("drill run --plan "),
+        "{}",
+        b["replay"]
+    );
+}
+
+#[test]
+fn bad_input_exits_2_with_one_error_line_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    fs::write(t.join("not-json.json"), "{ not json").unwrap();
+    fs::write(t.join("not-a-plan.json"), "[1, 2, 3]").unwrap();
+    fs::create_dir(t.join("empty-folder")).unwrap();
+    fs::create_dir(t.join("bad-summary")).unwrap();
+    fs::write(t.join("bad-summary/summary.json"), "{}").unwrap();
+    fs::write(t.join("bad-summary/plan.json"), "{}").unwrap();
+    let cases: &[&[&str]] = &[
+        &["run", "--seed", "1", "--scenario", "no-such-scenario"],
+        &["run", "--seed", "1", "--profile", "no-such-profile"],
+        &["run", "--seed", "-1"],
+        &["run", "--seed", "18446744073709551616"],
+        &["run", "--plan", "missing.json"],
+        &["run", "--plan", "not-json.json"],
+        &["run", "--plan", "not-a-plan.json"],
+        &["sweep", "--seeds", "5..2"],
+        &["sweep", "--seeds", "3..3"],
+        &["sweep", "--seeds", "abc"],
+        &["sweep", "--seeds", "-3..2"],
+        &["sweep", "--seeds", ""],
+        &["sweep", "--seeds", "0..18446744073709551616"],
+        &["sweep", "--seeds", "0..=18446744073709551615"],
+        &["sweep", "--seeds", "0..2", "--jobs", "0"],
+        &["sweep", "--seeds", "0..2", "--scenario", "no-such-scenario"],
+        &["check-determinism", "--seeds", "2..1"],
+        &[
+            "check-determinism",
+            "--seeds",
+            "0..2",
+            "--profile",
+            "no-such-profile",
+        ],
+        &["check-determinism", "--seeds", "0..2", "--jobs", "0"],
+        &["replay", "no-such-folder"],
+        &["replay", "not-json.json"],
+        &["replay", "empty-folder"],
+        &["replay", "bad-summary"],
+    ];
+    let before = snapshot(t);
+    for args in cases {
+        let out = drill(t, args);
+        let err = stderr(&out);
+        assert_eq!(code(&out), 2, "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?} printed {err:?}");
+        assert!(err.starts_with("error: "), "{args:?} printed {err:?}");
+    }
+    assert_eq!(snapshot(t), before, "bad input left files behind");
+    assert!(!t.join("drill-out").exists(), "bad input created drill-out");
+}
+
+#[test]
+fn sweep_counts_every_seed_and_keeps_only_failing_folders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = drill(
+        tmp.path(),
+        &["sweep", "--seeds", "0..4", "--jobs", "2", "--out", "sw"],
+    );
+    let s = read_json(&tmp.path().join("sw/summary.json"));
+    let counts = &s["counts"];
+    let sum: u64 = ["pass", "violation", "liveness", "nondeterminism"]
+        .iter()
+        .map(|k| counts[k].as_u64().unwrap())
+        .sum();
+    assert_eq!(sum, 4);
+    assert_eq!(
+        (s["seeds"]["first"].as_u64(), s["seeds"]["last"].as_u64()),
+        (Some(0), Some(3))
+    );
+    let failing = s["failing"].as_array().unwrap();
+    assert_eq!(failing.len() as u64, 4 - counts["pass"].as_u64().unwrap());
+    assert_eq!(
+        code(&out),
+        exit_code_of(s["outcome"].as_str().unwrap()),
+        "{}",
+        stderr(&out)
+    );
+    for f in failing {
+        let folder = tmp.path().join(f["folder"].as_str().unwrap());
+        assert!(folder.join("trace.jsonl").is_file() && folder.join("plan.json").is_file());
+        assert!(f["replay"]
+            .as_str()
+            .unwrap()
+            .starts_with("drill run --seed "));
+    }
+    // Only the summary and the failing seeds' folders remain.
+    assert_eq!(
+        fs::read_dir(tmp.path().join("sw")).unwrap().count(),
+        1 + failing.len()
+    );
+    assert!(stdout(&out)
+        .lines()
+        .last()
+        .unwrap()
+        .starts_with("outcome: "));
+}
+
+#[test]
+fn a_fault_free_sweep_passes_and_replaces_its_previous_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = [
+        "sweep",
+        "--seeds",
+        "10..=12",
+        "--profile",
+        "none",
+        "--jobs",
+        "2",
+        "--out",
+        "sw",
+    ];
+    for _ in 0..2 {
+        let out = drill(tmp.path(), &args);
+        assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+        let s = read_json(&tmp.path().join("sw/summary.json"));
+        assert_eq!(
+            (s["counts"]["pass"].as_u64(), s["outcome"].as_str()),
+            (Some(3), Some("pass"))
+        );
+        assert!(s["seeds_per_second"].as_f64().unwrap() > 0.0);
+    }
+    // A run folder is not a sweep folder: the sweep refuses it and leaves it alone.
+    let run = run_into(tmp.path(), "run", &["--seed", "1", "--profile", "none"]);
+    let before = snapshot(&run);
+    let out = drill(tmp.path(), &["sweep", "--seeds", "0..1", "--out", "run"]);
+    assert_eq!(code(&out), 2);
+    assert_eq!(snapshot(&run), before);
+}
+
+#[test]
+fn check_determinism_passes_on_a_few_seeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = drill(
+        tmp.path(),
+        &["check-determinism", "--seeds", "0..3", "--jobs", "2"],
+    );
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(stdout(&out).lines().last(), Some("3 seeds, 0 mismatches"));
+}
+
+#[test]
+fn replay_of_a_run_folder_matches_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = run_into(tmp.path(), "run", &["--seed", "6", "--profile", "none"]);
+    let outcome = read_json(&dir.join("summary.json"))["outcome"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = snapshot(&dir);
+    let out = drill(tmp.path(), &["replay", "run"]);
+    assert_eq!(
+        code(&out),
+        exit_code_of(&outcome),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("replay matches"), "{}", stdout(&out));
+    assert_eq!(snapshot(&dir), before);
+}
+
+#[test]
+fn replay_reports_a_tampered_trace_at_its_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = run_into(tmp.path(), "run", &["--seed", "8", "--profile", "none"]);
+    let trace = fs::read_to_string(dir.join("trace.jsonl")).unwrap();
+    let mut lines: Vec<&str> = trace.lines().collect();
+    assert!(lines.len() >= 2, "trace too short to tamper with");
+    lines[1] = "{\"tampered\":true}";
+    fs::write(dir.join("trace.jsonl"), lines.join("\n") + "\n").unwrap();
+    let out = drill(tmp.path(), &["replay", "run"]);
+    assert_eq!(code(&out), 4, "{}{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("first difference at trace line 2") && text.contains("tampered"),
+        "{text}"
+    );
+}
+
+#[test]
+fn replay_reports_a_tampered_fingerprint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = run_into(tmp.path(), "run", &["--seed", "9", "--profile", "none"]);
+    let path = dir.join("summary.json");
+    let mut s = read_json(&path);
+    s["fingerprint"] = Value::String("0".repeat(64));
+    fs::write(&path, serde_json::to_string_pretty(&s).unwrap()).unwrap();
+    let out = drill(tmp.path(), &["replay", "run"]);
+    assert_eq!(code(&out), 4, "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("fingerprint"), "{}", stdout(&out));
+}
+
+#[test]
+fn list_names_the_scenarios_and_profiles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = drill(tmp.path(), &["list"]);
+    assert_eq!(code(&out), 0);
+    let text = stdout(&out);
+    for name in ["sync-basic", "none", "lite", "swarm"] {
+        assert!(text.contains(name), "list lacks {name}: {text}");
+    }
+}
