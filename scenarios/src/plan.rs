@@ -150,7 +150,8 @@ mod tests {
     #[test]
     fn malformed_plans_are_refused_with_a_reason() {
         let good = swarm(1);
-        let cases: Vec<(&str, Box<dyn Fn(&mut Plan)>)> = vec![
+        type Breaker = Box<dyn Fn(&mut Plan)>;
+        let cases: Vec<(&str, Breaker)> = vec![
             ("format_version", Box::new(|p| p.format_version = 99)),
             ("clients", Box::new(|p| p.clients.clear())),
             ("unique", Box::new(|p| p.clients[1].name = p.clients[0].name.clone())),

@@ -144,7 +144,7 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
         nodes.add(&spec.name, node.id(), plan.knobs.disk.crash, &seeds);
         mailboxes.insert(spec.name.clone(), mailbox);
     }
-    let mut w = World { plan: &plan, shared, nodes, mailboxes, server, slot, start: Instant::now(), steps: 0, timeline: BTreeMap::new(), next_key: 0 };
+    let mut w = World { plan: &plan, shared, nodes, mailboxes, server, slot, start: clock::now(), steps: 0, timeline: BTreeMap::new(), next_key: 0 };
     w.load_timeline();
     w.play().await;
     let liveness = w.heal_and_converge().await;
@@ -191,7 +191,7 @@ impl World<'_> {
     async fn wait_until(&mut self, deadline: Instant) {
         loop {
             self.take_power_cuts();
-            if Instant::now() >= deadline {
+            if clock::now() >= deadline {
                 return;
             }
             let sleep = madsim::time::sleep_until(deadline);
@@ -280,7 +280,7 @@ impl World<'_> {
         self.take_power_cuts();
         self.timeline.clear();
         self.nodes.heal_all();
-        let deadline = Instant::now() + Duration::from_millis(self.plan.liveness_ms_max);
+        let deadline = clock::now() + Duration::from_millis(self.plan.liveness_ms_max);
         let mut round = 0u64;
         loop {
             round += 1;
@@ -298,18 +298,18 @@ impl World<'_> {
                     trace::emit("world", "liveness.converged", json!({"rounds": round}));
                     return None;
                 }
-                Some(why) if Instant::now() >= deadline => {
+                Some(why) if clock::now() >= deadline => {
                     trace::emit("world", "liveness.stuck", json!({"rounds": round, "why": why}));
                     return Some(format!("no convergence within {} ms after heal: {why}", self.plan.liveness_ms_max));
                 }
-                Some(_) => self.wait_until(Instant::now() + Duration::from_millis(200)).await,
+                Some(_) => self.wait_until(clock::now() + Duration::from_millis(200)).await,
             }
         }
     }
 
     async fn wait_idle(&mut self, deadline: Instant) {
-        while Instant::now() < deadline && !self.mailboxes.values().all(|m| lock(m).idle()) {
-            self.wait_until(Instant::now() + Duration::from_millis(WAIT_STEP_MS)).await;
+        while clock::now() < deadline && !self.mailboxes.values().all(|m| lock(m).idle()) {
+            self.wait_until(clock::now() + Duration::from_millis(WAIT_STEP_MS)).await;
         }
     }
 
@@ -321,10 +321,10 @@ impl World<'_> {
             if let Some(s) = lock(&mb).snapshot.take() {
                 return s.map_err(|e| format!("{name} cannot be read: {e}"));
             }
-            if Instant::now() >= deadline {
+            if clock::now() >= deadline {
                 return Err(format!("{name} did not answer a snapshot request"));
             }
-            self.wait_until(Instant::now() + Duration::from_millis(WAIT_STEP_MS)).await;
+            self.wait_until(clock::now() + Duration::from_millis(WAIT_STEP_MS)).await;
         }
     }
 
@@ -352,7 +352,7 @@ impl World<'_> {
     }
 
     async fn judge(&mut self, converged: bool) {
-        let deadline = Instant::now() + Duration::from_millis(5_000);
+        let deadline = clock::now() + Duration::from_millis(5_000);
         match self.snapshots(deadline).await {
             Ok((server, clients)) => {
                 let line = trace::emit("world", "check.final", json!({"server_events": server.events.len()}));

@@ -3,6 +3,7 @@ use drill_scenarios::{run, RunRequest, RunSource};
 
 #[test]
 #[ignore]
+#[allow(clippy::disallowed_methods)] // a developer's printout of wall time per seed
 fn print_seeds() {
     let from: u64 = std::env::var("FROM").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let n: u64 = std::env::var("N").ok().and_then(|v| v.parse().ok()).unwrap_or(5);

@@ -36,6 +36,12 @@ impl Simulator for ClockSim {
     }
 }
 
+/// The simulated instant now. (Under madsim, `Instant::now` is simulated too, but outside a
+/// runtime it would read the machine's clock; this cannot.)
+pub fn now() -> madsim::time::Instant {
+    madsim::time::TimeHandle::current().now_instant()
+}
+
 /// Simulated milliseconds since the world started.
 pub fn true_ms() -> u64 {
     madsim::time::TimeHandle::current().elapsed().as_millis() as u64

@@ -12,6 +12,11 @@ use crate::proto::{self, Request, Response, TAG_REQUEST, TAG_RESPONSE};
 /// Most stale responses skipped while waiting for one answer; past it the call fails.
 const STALE_RESPONSES_MAX: u32 = 64;
 
+/// The simulated instant now, read from madsim's time handle (never the machine's clock).
+fn now() -> madsim::time::Instant {
+    madsim::time::TimeHandle::current().now_instant()
+}
+
 /// A client's connection to the server.
 pub struct RpcClient {
     ep: Endpoint,
@@ -37,9 +42,9 @@ impl RpcClient {
             .send_to_raw(self.server, TAG_REQUEST, Box::new(bytes))
             .await
             .map_err(|e| SyncError::Transport { detail: format!("send: {e}") })?;
-        let deadline = madsim::time::Instant::now() + self.timeout;
+        let deadline = now() + self.timeout;
         for _ in 0..STALE_RESPONSES_MAX {
-            let left = deadline.saturating_duration_since(madsim::time::Instant::now());
+            let left = deadline.saturating_duration_since(now());
             let got = madsim::time::timeout(left, self.ep.recv_from_raw(TAG_RESPONSE)).await;
             let (payload, _) = match got {
                 Err(_) => return Err(SyncError::Transport { detail: format!("no response within {:?}", self.timeout) }),

@@ -408,7 +408,7 @@ unsafe extern "C" fn x_read(file: *mut ffi::sqlite3_file, buf: *mut c_void, amt:
 }
 
 fn checksummed(h: &Handle, c: &super::DiskConfig, amt: usize, offset: i64) -> bool {
-    c.checksums && h.main_db && amt == c.page_size && offset as u64 % c.page_size as u64 == 0
+    c.checksums && h.main_db && amt == c.page_size && (offset as u64).is_multiple_of(c.page_size as u64)
 }
 
 unsafe extern "C" fn x_write(file: *mut ffi::sqlite3_file, buf: *const c_void, amt: c_int, offset: ffi::sqlite3_int64) -> c_int {
