@@ -46,8 +46,8 @@ impl Progress {
         self.done += 1;
         self.failing += u64::from(failed);
         if let Some(bar) = &self.bar {
-            bar.set_message(self.status());
             bar.inc(1);
+            bar.set_message(self.status());
         }
     }
 

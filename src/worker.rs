@@ -55,7 +55,8 @@ pub fn serve(world: &WorldArgs) -> Result<i32, CliError> {
     // The parent reports panics; printing them too would tear its progress bar.
     std::panic::set_hook(Box::new(|info| {
         if let Ok(mut last) = LAST_PANIC.lock() {
-            *last = Some(info.to_string());
+            // `panicked at FILE:LINE:COL:` and the message, on one line for the reports.
+            *last = Some(info.to_string().replace('\n', " "));
         }
     }));
     for line in std::io::stdin().lock().lines() {
@@ -82,7 +83,12 @@ fn run_job(world: &WorldArgs, job: &Job) -> Answer {
         },
         out_dir: Some(job.dir.clone()),
     };
-    match catch_unwind(AssertUnwindSafe(|| drill_scenarios::run(&request))) {
+    let run = || match injected_fault(job.seed).as_deref() {
+        Some("panic") => panic!("injected panic for seed {} ({FAULT_ENV})", job.seed),
+        Some("exit") => std::process::exit(EXIT_INJECTED),
+        _ => drill_scenarios::run(&request),
+    };
+    match catch_unwind(AssertUnwindSafe(run)) {
         Ok(Ok(report)) => finish(world, job, &report),
         Ok(Err(err)) => Answer::Error {
             message: err.to_string(),
@@ -94,6 +100,22 @@ fn run_job(world: &WorldArgs, job: &Job) -> Answer {
             }
         }
     }
+}
+
+/// Test hook: `DRILL_TEST_WORKER_FAULT=panic:3,exit:5` makes workers panic on seed 3 and exit
+/// abruptly on seed 5, so that tests can check that sweeps survive both. The world never panics
+/// on purpose, so without this hook those paths could not be tested end to end.
+const FAULT_ENV: &str = "DRILL_TEST_WORKER_FAULT";
+/// Exit code of a worker that exits abruptly by the test hook.
+const EXIT_INJECTED: i32 = 9;
+
+/// The fault the test hook asks for at `seed`: `panic` or `exit`.
+fn injected_fault(seed: u64) -> Option<String> {
+    let spec = std::env::var(FAULT_ENV).ok()?;
+    spec.split(',').find_map(|item| {
+        let (fault, at) = item.trim().split_once(':')?;
+        (at.parse::<u64>().ok()? == seed).then(|| fault.to_string())
+    })
 }
 
 /// Writes the run's summary.json next to the files the run wrote, and answers with it.

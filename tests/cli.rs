@@ -381,3 +381,86 @@ fn list_names_the_scenarios_and_profiles() {
         assert!(text.contains(name), "list lacks {name}: {text}");
     }
 }
+
+/// Makes workers panic on seed 1 and die abruptly on seed 2 (see `DRILL_TEST_WORKER_FAULT`).
+fn with_worker_faults(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(DRILL)
+        .current_dir(cwd)
+        .args(args)
+        .env("DRILL_TEST_WORKER_FAULT", "panic:1,exit:2")
+        .output()
+        .expect("drill starts")
+}
+
+#[test]
+fn a_sweep_survives_panicking_and_dying_workers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = [
+        "sweep",
+        "--seeds",
+        "0..5",
+        "--profile",
+        "none",
+        "--jobs",
+        "2",
+        "--out",
+        "sw",
+    ];
+    let out = with_worker_faults(tmp.path(), &args);
+    assert_eq!(code(&out), 1, "{}{}", stdout(&out), stderr(&out));
+    let s = read_json(&tmp.path().join("sw/summary.json"));
+    assert_eq!(
+        (
+            s["counts"]["pass"].as_u64(),
+            s["counts"]["violation"].as_u64()
+        ),
+        (Some(3), Some(2))
+    );
+    let failing = s["failing"].as_array().unwrap();
+    let seeds: Vec<u64> = failing
+        .iter()
+        .map(|f| f["seed"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seeds, [1, 2]);
+    for f in failing {
+        assert_eq!(f["first_violation"]["invariant"], "PANIC");
+        assert!(tmp.path().join(f["folder"].as_str().unwrap()).is_dir());
+    }
+    let messages = format!(
+        "{} {}",
+        failing[0]["first_violation"]["message"], failing[1]["first_violation"]["message"]
+    );
+    assert!(
+        messages.contains("injected panic") && messages.contains("exited"),
+        "{messages}"
+    );
+    assert!(stdout(&out).contains("drill run --seed 1 --scenario sync-basic --profile none"));
+}
+
+#[test]
+fn check_determinism_reports_panicking_seeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = [
+        "check-determinism",
+        "--seeds",
+        "0..4",
+        "--profile",
+        "none",
+        "--jobs",
+        "2",
+    ];
+    let out = with_worker_faults(tmp.path(), &args);
+    assert_eq!(code(&out), 1, "{}{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(
+        text.lines().last(),
+        Some("4 seeds, 0 mismatches, 2 panicked"),
+        "{text}"
+    );
+    // The kept scratch folder is named in the output; clean it up.
+    let kept = text
+        .lines()
+        .find_map(|l| l.split(" in ").nth(1).filter(|_| l.starts_with("kept")))
+        .unwrap();
+    fs::remove_dir_all(kept).unwrap();
+}

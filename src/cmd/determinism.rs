@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use drill_reports::SeedRange;
 
 use crate::cli::{DeterminismArgs, WorldArgs};
-use crate::cmd::worker_count;
+use crate::cmd::{count, worker_count};
 use crate::diff::{first_difference, trace_lines};
 use crate::error::CliError;
 use crate::outdir;
@@ -179,20 +179,19 @@ impl Check {
             fs::remove_dir_all(&self.root)
                 .map_err(|e| CliError::io("cannot remove", &self.root, e))?;
         } else {
-            println!(
-                "kept the traces of {} seeds in {}",
-                self.kept.len(),
-                self.root.display()
-            );
+            let seeds = count(self.kept.len() as u64, "seed", "seeds");
+            println!("kept the traces of {seeds} in {}", self.root.display());
         }
         let n = self.mismatches.len();
-        let seeds = if total == 1 { "seed" } else { "seeds" };
-        let mismatches = if n == 1 { "mismatch" } else { "mismatches" };
         let panics = match self.panics.len() {
             0 => String::new(),
             p => format!(", {p} panicked"),
         };
-        println!("{total} {seeds}, {n} {mismatches}{panics}");
+        let (seeds, mismatches) = (
+            count(total, "seed", "seeds"),
+            count(n as u64, "mismatch", "mismatches"),
+        );
+        println!("{seeds}, {mismatches}{panics}");
         Ok(match (n, self.panics.len()) {
             (0, 0) => 0,
             (0, _) => EXIT_PANIC,

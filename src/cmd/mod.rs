@@ -28,6 +28,11 @@ pub fn counts_line(counts: &BTreeMap<String, u64>) -> String {
         .join(", ")
 }
 
+/// `1 seed`, `2 seeds`.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,5 +49,9 @@ mod tests {
         let c = BTreeMap::from([("partition".to_string(), 1), ("crash".to_string(), 2)]);
         assert_eq!(counts_line(&c), "crash 2, partition 1");
         assert_eq!(counts_line(&BTreeMap::new()), "none");
+        assert_eq!(
+            (count(1, "seed", "seeds"), count(0, "seed", "seeds")),
+            ("1 seed".into(), "0 seeds".into())
+        );
     }
 }

@@ -19,7 +19,7 @@ use crate::error::CliError;
 use crate::outdir::{self, WORK_DIR};
 use crate::pool::{self, Dispatch};
 use crate::progress::{rate, Progress};
-use crate::runfiles::{folder_replay, seed_replay, write_json, DRILL_VERSION, SUMMARY_FILE};
+use crate::runfiles::{seed_replay, write_json, DRILL_VERSION, SUMMARY_FILE};
 use crate::worker::{Answer, Job};
 
 /// The invariant id a sweep records for a run that panicked or whose worker died.
@@ -194,11 +194,8 @@ fn print_table(s: &SweepSummary, out: &Path) {
             f.outcome,
             why.unwrap_or_default()
         );
-        println!(
-            "  replay: {}  (folder: {})",
-            f.replay,
-            folder_replay(Path::new(&f.folder))
-        );
+        println!("  replay: {}", f.replay);
+        println!("  folder: {}", f.folder);
     }
     println!("summary: {}", out.join(SUMMARY_FILE).display());
     match s.failing.first() {
