@@ -423,7 +423,7 @@ fn a_sweep_survives_panicking_and_dying_workers() {
         .collect();
     assert_eq!(seeds, [1, 2]);
     for f in failing {
-        assert_eq!(f["first_violation"]["invariant"], "PANIC");
+        assert_eq!(f["first_violation"]["invariant"], "SIM-NO-PANIC");
         assert!(tmp.path().join(f["folder"].as_str().unwrap()).is_dir());
     }
     let messages = format!(

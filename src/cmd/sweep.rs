@@ -22,8 +22,9 @@ use crate::progress::{rate, Progress};
 use crate::runfiles::{seed_replay, write_json, DRILL_VERSION, SUMMARY_FILE};
 use crate::worker::{Answer, Job};
 
-/// The invariant id a sweep records for a run that panicked or whose worker died.
-pub const PANIC_INVARIANT: &str = "PANIC";
+/// The invariant id a sweep records for a run that panicked outside the world (which reports its
+/// own panics under the same id) or whose worker died.
+const PANIC_INVARIANT: &str = "SIM-NO-PANIC";
 
 /// Runs the sweep; the exit code is the worst outcome's.
 pub fn sweep(args: SweepArgs) -> Result<i32, CliError> {
@@ -161,8 +162,7 @@ impl Dispatch for Sweep {
     }
 }
 
-/// A panic counts as a violation (a broken simulator or stack invariant), named so it is not
-/// mistaken for one of the model's invariants.
+/// A panic counts as a violation: a broken simulator or stack invariant (DESIGN.md).
 fn panic_violation(message: String) -> Violation {
     Violation {
         invariant: PANIC_INVARIANT.to_string(),
