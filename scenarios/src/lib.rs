@@ -49,9 +49,10 @@ pub fn plan_for(seed: u64, scenario: &str, profile: &str) -> Result<Plan, RunErr
     }
 }
 
-/// Runs one world.
-pub fn run(req: &RunRequest) -> Result<RunReport, RunError> {
-    let plan = match &req.source {
+/// Builds (from a seed) or parses and checks (from a plan file) the plan a request would run,
+/// without running it: callers can print its hash and refuse bad input before touching files.
+pub fn prepare(source: &RunSource) -> Result<Plan, RunError> {
+    let plan = match source {
         RunSource::Seed { seed, scenario, profile } => {
             if !scenarios().iter().any(|e| e.name == scenario) {
                 return Err(RunError::UnknownScenario(scenario.clone()));
@@ -63,5 +64,11 @@ pub fn run(req: &RunRequest) -> Result<RunReport, RunError> {
     if !scenarios().iter().any(|e| e.name == plan.scenario) {
         return Err(RunError::MalformedPlan(format!("unknown scenario '{}'", plan.scenario)));
     }
+    Ok(plan)
+}
+
+/// Runs one world. `RunReport::trace` always holds every line, with or without `out_dir`.
+pub fn run(req: &RunRequest) -> Result<RunReport, RunError> {
+    let plan = prepare(&req.source)?;
     run::execute(&plan, req.out_dir.as_deref())
 }
