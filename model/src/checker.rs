@@ -5,10 +5,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use sha2::{Digest, Sha256};
 
 use crate::facts::{digest, ClientSnapshot, EventFact, Fact, ServerSnapshot};
-use crate::invariants::{CHAIN, CONVERGE, DURABLE, ONCE};
+use crate::invariants::{CHAIN, CONVERGE, DURABLE, FAIL_CLOSED, GUARDRAIL, ONCE};
 use crate::Violation;
 
-/// What the model knows of one device.
+/// What the model knows of one device. Writes are known by their payload, which the workload
+/// makes unique per operation: it survives renumbering and protocol versions alike.
 #[derive(Debug, Default, Clone)]
 struct ClientModel {
     replica: String,
@@ -16,8 +17,11 @@ struct ClientModel {
     /// The payload of the append being executed, if any.
     in_flight: Option<Vec<u8>>,
     /// Writes that must exist: acknowledged, or seen to exist after a recovery.
-    acked: BTreeMap<u64, Vec<u8>>,
-    /// Payloads of appends in flight at a crash: they may or may not exist.
+    acked: BTreeSet<Vec<u8>>,
+    /// Payloads by op id, for push acknowledgements.
+    by_op: BTreeMap<String, Vec<u8>>,
+    /// Payloads of appends in flight at a crash (or whose commit reported an error): they may or
+    /// may not exist.
     uncertain: Vec<Vec<u8>>,
 }
 
@@ -25,8 +29,8 @@ struct ClientModel {
 #[derive(Debug, Default)]
 pub struct Checker {
     clients: BTreeMap<String, ClientModel>,
-    /// Writes the server acknowledged to a device, by (replica, write id).
-    server_acked: BTreeMap<(String, u64), Vec<u8>>,
+    /// Writes the server acknowledged to a device: (replica, payload).
+    server_acked: BTreeSet<(String, Vec<u8>)>,
     violations: Vec<Violation>,
     checks: BTreeMap<String, u64>,
 }
@@ -68,10 +72,11 @@ impl Checker {
                 c.tenant = tenant;
             }
             Fact::AppendStarted { node, payload } => self.client(&node).in_flight = Some(payload),
-            Fact::AppendAcked { node, write_id } => {
+            Fact::AppendAcked { node, op_id, .. } => {
                 let c = self.client(&node);
                 let payload = c.in_flight.take().expect("an acknowledged append was started");
-                c.acked.insert(write_id, payload);
+                c.acked.insert(payload.clone());
+                c.by_op.insert(op_id, payload);
             }
             Fact::AppendFailed { node } => {
                 // A commit that reported an I/O error may still have reached the disk (its log
@@ -81,11 +86,11 @@ impl Checker {
                     c.uncertain.push(p);
                 }
             }
-            Fact::PushAcked { node, write_ids } => {
+            Fact::PushAcked { node, op_ids } => {
                 let c = self.client(&node).clone();
-                for w in write_ids {
-                    if let Some(p) = c.acked.get(&w) {
-                        self.server_acked.insert((c.replica.clone(), w), p.clone());
+                for op in op_ids {
+                    if let Some(p) = c.by_op.get(&op) {
+                        self.server_acked.insert((c.replica.clone(), p.clone()));
                     }
                 }
             }
@@ -96,8 +101,33 @@ impl Checker {
                     }
                 }
             }
+            Fact::SyncFailed { node, code, signature, expected, state_before, state_after } => {
+                self.checked(FAIL_CLOSED);
+                if state_before != state_after {
+                    self.violate(FAIL_CLOSED, &node, line, format!("failed sync attempt ({code}) changed the exported state from {state_before} to {state_after}"));
+                }
+                self.check_guardrail(&node, line, signature.as_deref(), expected.as_deref(), &code);
+            }
+            Fact::SyncSucceeded { node, expected } => self.check_guardrail(&node, line, None, expected.as_deref(), "ok"),
             Fact::ClientState { snapshot, after_recovery } => self.check_client(&snapshot, after_recovery, line),
             Fact::ServerState { snapshot } => self.check_server(&snapshot, line),
+        }
+    }
+
+    /// An injected transport fault must raise exactly its signature; a guardrail must not fire
+    /// without one.
+    fn check_guardrail(&mut self, node: &str, line: u64, got: Option<&str>, expected: Option<&str>, code: &str) {
+        match (expected, got) {
+            (None, None) => {}
+            (Some(e), Some(g)) if e == g => self.checked(GUARDRAIL),
+            // The attempt failed for another reason (a timeout, a disk error) before the fault
+            // played out: it did not fall back silently, but nothing is proven either way.
+            (Some(_), None) if code != "ok" => {}
+            (Some(e), _) => {
+                self.checked(GUARDRAIL);
+                self.violate(GUARDRAIL, node, line, format!("transport fault expected {e}, the attempt ended with {code}"));
+            }
+            (None, Some(g)) => self.violate(GUARDRAIL, node, line, format!("guardrail {g} fired with no transport fault injected")),
         }
     }
 
@@ -112,13 +142,13 @@ impl Checker {
         self.check_order(node, &s.events, line);
         self.check_chain(node, &own, line);
         // What the device holds of its own writes: pending in the outbox, or applied.
-        let mut present: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        let mut present: BTreeSet<Vec<u8>> = BTreeSet::new();
         for w in &s.outbox {
-            present.insert(w.write_id, w.payload.clone());
+            present.insert(w.payload.clone());
         }
         for e in s.events.iter().filter(|e| e.replica == model.replica) {
-            if present.insert(e.write_id, e.payload.clone()).is_some() {
-                self.violate(ONCE, node, line, format!("write {} is applied as event {} and still pending in the outbox", e.write_id, e.seq));
+            if !present.insert(e.payload.clone()) {
+                self.violate(ONCE, node, line, format!("write {} (payload {}) is applied as event {} and still pending, or applied twice", e.write_id, digest(&e.payload), e.seq));
             }
         }
         if !s.outbox.is_empty() {
@@ -127,23 +157,23 @@ impl Checker {
         if !model.acked.is_empty() {
             self.checked(DURABLE);
         }
-        for (w, p) in &model.acked {
-            match present.get(w) {
-                Some(q) if q == p => {}
-                Some(q) => self.violate(DURABLE, node, line, format!("write {w} should hold payload {} but holds {}", digest(p), digest(q))),
-                None => self.violate(DURABLE, node, line, format!("acknowledged write {w} (payload {}) is lost", digest(p))),
+        for p in &model.acked {
+            // Once the server acknowledged a write, holding it is the server's job: a device may
+            // drop it locally (a hydrate rewinds its events) and pull it again.
+            if !present.contains(p) && !self.server_acked.contains(&(model.replica.clone(), p.clone())) {
+                self.violate(DURABLE, node, line, format!("acknowledged write (payload {}) is lost", digest(p)));
             }
         }
-        for (w, p) in &present {
-            if model.acked.get(w) == Some(p) {
+        for p in &present {
+            if model.acked.contains(p) {
                 continue;
             }
             if let Some(i) = model.uncertain.iter().position(|u| u == p) {
                 // A write in flight at a crash turned out to have happened: from now on it must stay.
                 model.uncertain.remove(i);
-                model.acked.insert(*w, p.clone());
+                model.acked.insert(p.clone());
             } else {
-                self.violate(DURABLE, node, line, format!("write {w} (payload {}) exists but no append explains it", digest(p)));
+                self.violate(DURABLE, node, line, format!("a write (payload {}) exists but no append explains it", digest(p)));
             }
         }
         if after_recovery {
@@ -161,18 +191,21 @@ impl Checker {
             let evs: Vec<&EventFact> = s.events.iter().filter(|e| e.tenant == t).collect();
             self.check_chain(node, &evs, line);
         }
-        let held: BTreeMap<(&str, u64), &Vec<u8>> = s.events.iter().map(|e| ((e.replica.as_str(), e.write_id), &e.payload)).collect();
+        let mut held: BTreeSet<(&str, &[u8])> = BTreeSet::new();
+        for e in &s.events {
+            if !held.insert((e.replica.as_str(), e.payload.as_slice())) {
+                self.violate(ONCE, node, line, format!("a write of {} (payload {}) is stored twice, again as event {}", e.replica, digest(&e.payload), e.seq));
+            }
+        }
         if !self.server_acked.is_empty() {
             self.checked(DURABLE);
         }
-        let mut lost = Vec::new();
-        for ((r, w), p) in &self.server_acked {
-            match held.get(&(r.as_str(), *w)) {
-                Some(q) if *q == p => {}
-                Some(q) => lost.push(format!("write {r}:{w} holds payload {} instead of {}", digest(q), digest(p))),
-                None => lost.push(format!("write {r}:{w} the server acknowledged is lost")),
-            }
-        }
+        let lost: Vec<String> = self
+            .server_acked
+            .iter()
+            .filter(|(r, p)| !held.contains(&(r.as_str(), p.as_slice())))
+            .map(|(r, p)| format!("write of {r} (payload {}) the server acknowledged is lost", digest(p)))
+            .collect();
         for m in lost {
             self.violate(DURABLE, node, line, m);
         }
@@ -185,13 +218,14 @@ impl Checker {
         }
         self.checked(ONCE);
         let mut seen = BTreeSet::new();
+        let mut ops = BTreeSet::new();
         let mut prev = 0;
         for e in events {
             if e.seq <= prev {
                 self.violate(ONCE, node, line, format!("event {} follows event {prev}: an event is stored twice or out of order", e.seq));
             }
-            if !seen.insert((e.replica.clone(), e.write_id)) {
-                self.violate(ONCE, node, line, format!("write {}:{} is applied twice (again as event {})", e.replica, e.write_id, e.seq));
+            if !seen.insert((e.replica.clone(), e.write_id)) || !ops.insert(e.op_id.clone()) {
+                self.violate(ONCE, node, line, format!("write {}:{} (op {}) is applied twice (again as event {})", e.replica, e.write_id, e.op_id, e.seq));
             }
             prev = e.seq;
         }
@@ -251,12 +285,12 @@ impl Checker {
         if let Err(why) = self.converged(server, clients) {
             self.violate(CONVERGE, "world", line, why);
         }
-        let held: BTreeMap<(&str, u64), &Vec<u8>> = server.events.iter().map(|e| ((e.replica.as_str(), e.write_id), &e.payload)).collect();
+        let held: BTreeSet<(&str, &[u8])> = server.events.iter().map(|e| (e.replica.as_str(), e.payload.as_slice())).collect();
         let mut missing = Vec::new();
         for (node, c) in &self.clients {
-            for (w, p) in &c.acked {
-                if held.get(&(c.replica.as_str(), *w)) != Some(&p) {
-                    missing.push((node.clone(), format!("acknowledged write {}:{w} (payload {}) never reached the server", c.replica, digest(p))));
+            for p in &c.acked {
+                if !held.contains(&(c.replica.as_str(), p.as_slice())) {
+                    missing.push((node.clone(), format!("acknowledged write of {} (payload {}) never reached the server", c.replica, digest(p))));
                 }
             }
         }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventFact {
     pub seq: u64,
+    pub op_id: String,
     pub tenant: String,
     pub kind: String,
     pub replica: String,
@@ -19,6 +20,7 @@ pub struct EventFact {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxFact {
     pub write_id: u64,
+    pub op_id: String,
     pub payload: Vec<u8>,
 }
 
@@ -46,13 +48,19 @@ pub enum Fact {
     Client { node: String, replica: String, tenant: String },
     /// A local append began, with this payload.
     AppendStarted { node: String, payload: Vec<u8> },
-    /// The append committed as `write_id`.
-    AppendAcked { node: String, write_id: u64 },
+    /// The append committed as `write_id`, with op id `op_id`.
+    AppendAcked { node: String, write_id: u64, op_id: String },
     /// The append reported an error: it probably did not happen, but a commit whose sync failed
     /// may still surface after a crash, so it stays uncertain until a recovery settles it.
     AppendFailed { node: String },
-    /// The server acknowledged these writes of the device (its push answer arrived).
-    PushAcked { node: String, write_ids: Vec<u64> },
+    /// The server acknowledged these writes (by op id) of the device: its push answer arrived.
+    PushAcked { node: String, op_ids: Vec<String> },
+    /// A sync attempt failed. `signature` is its guardrail signature, if any; `expected` the
+    /// signature of the transport fault injected into it, if any; the states are the device's
+    /// exported state before and after, as canonical text.
+    SyncFailed { node: String, code: String, signature: Option<String>, expected: Option<String>, state_before: String, state_after: String },
+    /// A sync attempt succeeded although `expected` names the transport fault injected into it.
+    SyncSucceeded { node: String, expected: Option<String> },
     /// The node lost power: whatever it had in flight may or may not have happened.
     Crashed { node: String },
     /// A device's state, read back after it recovered, or whenever the world looks.

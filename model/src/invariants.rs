@@ -16,6 +16,8 @@ pub const CHAIN: &str = "INV-CHAIN";
 pub const CONVERGE: &str = "INV-CONVERGE";
 pub const ONCE: &str = "INV-ONCE";
 pub const LIVE_DRAIN: &str = "LIVE-DRAIN";
+pub const FAIL_CLOSED: &str = "INV-FAIL-CLOSED";
+pub const GUARDRAIL: &str = "INV-GUARDRAIL";
 
 /// Every invariant the model checks today.
 pub const REGISTRY: &[Invariant] = &[
@@ -42,6 +44,18 @@ pub const REGISTRY: &[Invariant] = &[
         runbook: "000 Saga stuck state, 003 §1",
         statement: "no event is applied twice, and no applied write is still pending",
         checked: "on every snapshot of every node",
+    },
+    Invariant {
+        id: FAIL_CLOSED,
+        runbook: "003 §1",
+        statement: "a failed sync attempt leaves the exported client state unchanged",
+        checked: "after every failed sync attempt",
+    },
+    Invariant {
+        id: GUARDRAIL,
+        runbook: "003 §4, §5",
+        statement: "each transport fault raises its exact stage:code signature; no silent fallback, no guardrail without a fault",
+        checked: "after every sync attempt",
     },
     Invariant {
         id: LIVE_DRAIN,

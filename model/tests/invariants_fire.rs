@@ -10,6 +10,7 @@ fn chain(tenant: &str, writes: &[(&str, u64, &[u8])]) -> Vec<EventFact> {
         let hash = event_hash(&prev, "note", tenant, p);
         out.push(EventFact {
             seq: i as u64 + 1,
+            op_id: format!("{replica}-{w}"),
             tenant: tenant.into(),
             kind: "note".into(),
             replica: replica.to_string(),
@@ -28,7 +29,7 @@ fn client(outbox: &[(u64, &[u8])], events: Vec<EventFact>) -> ClientSnapshot {
         node: "client-1".into(),
         replica: "client-1".into(),
         tenant: "acme".into(),
-        outbox: outbox.iter().map(|(w, p)| OutboxFact { write_id: *w, payload: p.to_vec() }).collect(),
+        outbox: outbox.iter().map(|(w, p)| OutboxFact { write_id: *w, op_id: format!("client-1-{w}"), payload: p.to_vec() }).collect(),
         events,
     }
 }
@@ -37,7 +38,7 @@ fn checker_with_ack(payload: &[u8]) -> Checker {
     let mut c = Checker::new();
     c.observe(Fact::Client { node: "client-1".into(), replica: "client-1".into(), tenant: "acme".into() }, 1);
     c.observe(Fact::AppendStarted { node: "client-1".into(), payload: payload.to_vec() }, 2);
-    c.observe(Fact::AppendAcked { node: "client-1".into(), write_id: 1 }, 3);
+    c.observe(Fact::AppendAcked { node: "client-1".into(), write_id: 1, op_id: "client-1-1".into() }, 3);
     c
 }
 
@@ -108,7 +109,7 @@ fn converge_fires_when_a_device_lags() {
     let mut c = checker_with_ack(b"a");
     let server = ServerSnapshot { node: "server".into(), events: chain("acme", &[("client-1", 1, b"a"), ("client-2", 1, b"b")]) };
     let lagging = client(&[], chain("acme", &[("client-1", 1, b"a")]));
-    c.observe(Fact::PushAcked { node: "client-1".into(), write_ids: vec![1] }, 4);
+    c.observe(Fact::PushAcked { node: "client-1".into(), op_ids: vec!["client-1-1".into()] }, 4);
     c.check_final(&server, &[lagging], 10, true);
     assert_eq!(ids(&c), vec!["INV-CONVERGE"]);
 }
@@ -116,7 +117,7 @@ fn converge_fires_when_a_device_lags() {
 #[test]
 fn durable_fires_when_the_server_loses_an_acknowledged_push() {
     let mut c = checker_with_ack(b"a");
-    c.observe(Fact::PushAcked { node: "client-1".into(), write_ids: vec![1] }, 4);
+    c.observe(Fact::PushAcked { node: "client-1".into(), op_ids: vec!["client-1-1".into()] }, 4);
     c.observe(Fact::ServerState { snapshot: ServerSnapshot { node: "server".into(), events: vec![] } }, 5);
     assert_eq!(ids(&c), vec!["INV-DURABLE"]);
     assert_eq!(c.violations()[0].node, "server");
@@ -127,10 +128,57 @@ fn a_correct_history_passes_and_counts_checks() {
     let mut c = checker_with_ack(b"a");
     let evs = chain("acme", &[("client-1", 1, b"a")]);
     let server = ServerSnapshot { node: "server".into(), events: evs.clone() };
-    c.observe(Fact::PushAcked { node: "client-1".into(), write_ids: vec![1] }, 4);
+    c.observe(Fact::PushAcked { node: "client-1".into(), op_ids: vec!["client-1-1".into()] }, 4);
     c.check_final(&server, &[client(&[], evs)], 10, true);
     assert!(c.violations().is_empty(), "{:?}", c.violations());
     for id in ["INV-DURABLE", "INV-CHAIN", "INV-ONCE", "INV-CONVERGE"] {
         assert!(c.checks().get(id).copied().unwrap_or(0) > 0, "{id} never checked");
     }
+}
+
+#[test]
+fn fail_closed_fires_when_a_failed_attempt_changed_state() {
+    let mut c = checker_with_ack(b"a");
+    let failed = |after: &str| Fact::SyncFailed {
+        node: "client-1".into(),
+        code: "sync:transport".into(),
+        signature: None,
+        expected: None,
+        state_before: "{\"cursor\":3}".into(),
+        state_after: after.into(),
+    };
+    c.observe(failed("{\"cursor\":3}"), 4);
+    assert!(c.violations().is_empty());
+    c.observe(failed("{\"cursor\":5}"), 5);
+    assert_eq!(ids(&c), vec!["INV-FAIL-CLOSED"]);
+}
+
+#[test]
+fn guardrail_fires_on_a_wrong_missing_or_spurious_signature() {
+    let sig = |got: Option<&str>, expected: Option<&str>| Fact::SyncFailed {
+        node: "client-1".into(),
+        code: got.unwrap_or("sync:transport").into(),
+        signature: got.map(Into::into),
+        expected: expected.map(Into::into),
+        state_before: "s".into(),
+        state_after: "s".into(),
+    };
+    let mut c = checker_with_ack(b"a");
+    c.observe(sig(Some("pull:pullCursorRegression"), Some("pull:pullCursorRegression")), 4);
+    assert!(c.violations().is_empty());
+    c.observe(sig(Some("pull:pullPageInvariantViolation"), Some("pull:pullCursorRegression")), 5);
+    c.observe(sig(Some("pull:pullCursorRegression"), None), 6);
+    c.observe(Fact::SyncSucceeded { node: "client-1".into(), expected: Some("reconcile:lastWriteIdRegression".into()) }, 7);
+    assert_eq!(ids(&c), vec!["INV-GUARDRAIL"; 3]);
+    // A timeout after the fault was injected proves nothing, and is no violation.
+    c.observe(sig(None, Some("flush:staleWriteRecoveryExhausted")), 8);
+    assert_eq!(c.violations().len(), 3);
+}
+
+#[test]
+fn a_write_the_server_holds_may_leave_the_device() {
+    let mut c = checker_with_ack(b"a");
+    c.observe(Fact::PushAcked { node: "client-1".into(), op_ids: vec!["client-1-1".into()] }, 4);
+    c.observe(Fact::ClientState { snapshot: client(&[], vec![]), after_recovery: true }, 5);
+    assert!(c.violations().is_empty(), "{:?}", c.violations());
 }

@@ -8,6 +8,7 @@ pub mod plan;
 pub mod procs;
 pub mod run;
 pub mod sync_basic;
+pub mod transport;
 
 pub use api::*;
 
@@ -15,6 +16,7 @@ use drill_sim::faults::Knobs;
 use drill_sim::rng::SeedTree;
 
 use crate::plan::Plan;
+use crate::transport::TransportKnobs;
 
 /// Scenarios `drill run --scenario` accepts.
 pub fn scenarios() -> &'static [Entry] {
@@ -40,11 +42,22 @@ pub fn knobs(profile: &str, seed: u64) -> Result<Knobs, RunError> {
     }
 }
 
+/// The transport fault knobs of a profile for a seed.
+pub fn transport_knobs(profile: &str, seed: u64) -> Result<TransportKnobs, RunError> {
+    match profile {
+        "none" => Ok(TransportKnobs::none()),
+        "lite" => Ok(TransportKnobs::lite()),
+        "swarm" => Ok(TransportKnobs::swarm(&mut SeedTree::new(seed).stream("transport-knobs"))),
+        other => Err(RunError::UnknownProfile(other.to_string())),
+    }
+}
+
 /// The plan a seed builds for a scenario and profile.
 pub fn plan_for(seed: u64, scenario: &str, profile: &str) -> Result<Plan, RunError> {
     let knobs = knobs(profile, seed)?;
+    let transport = transport_knobs(profile, seed)?;
     match scenario {
-        sync_basic::NAME => Ok(sync_basic::plan(seed, profile, knobs, sync_basic::Shape::STANDARD)),
+        sync_basic::NAME => Ok(sync_basic::plan(seed, profile, knobs, transport, sync_basic::Shape::STANDARD)),
         other => Err(RunError::UnknownScenario(other.to_string())),
     }
 }

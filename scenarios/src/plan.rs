@@ -4,6 +4,9 @@
 use std::collections::BTreeSet;
 
 use drill_sim::faults::{Knobs, Scheduled};
+use drill_stack::proto::{PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
+
+use crate::transport::{TransportFaultAt, TransportKnobs};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -22,6 +25,13 @@ pub const LIVENESS_MS_MAX: u64 = 600_000;
 pub struct ClientSpec {
     pub name: String,
     pub tenant: String,
+    /// The sync protocol version the device speaks (an older build speaks N-1).
+    #[serde(default = "current_version")]
+    pub protocol_version: u32,
+}
+
+fn current_version() -> u32 {
+    PROTOCOL_VERSION
 }
 
 /// What a device's user does.
@@ -32,6 +42,9 @@ pub enum Action {
     Append { aggregate: String, kind: String, bytes: u32 },
     /// Push pending writes and pull the tenant's events.
     Sync,
+    /// Restart sync from the last known-good exported state; `malformed` offers a broken one,
+    /// which must be refused.
+    Hydrate { malformed: bool },
 }
 
 /// One operation at a simulated time.
@@ -53,8 +66,11 @@ pub struct Plan {
     pub profile: String,
     pub clients: Vec<ClientSpec>,
     pub knobs: Knobs,
+    pub transport_knobs: TransportKnobs,
     pub ops: Vec<PlannedOp>,
     pub faults: Vec<Scheduled>,
+    /// Windows during which a device's transport is faulty.
+    pub transport_faults: Vec<TransportFaultAt>,
     /// When every fault ends and the liveness phase starts.
     pub heal_at_ms: u64,
     /// How long the devices have to converge after the heal.
@@ -118,6 +134,19 @@ impl Plan {
             }
             if f.at_ms > self.heal_at_ms {
                 return Err(format!("fault at {} ms is after heal_at_ms {}", f.at_ms, self.heal_at_ms));
+            }
+        }
+        for c in &self.clients {
+            if !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&c.protocol_version) {
+                return Err(format!("client {} speaks protocol {}, outside {PROTOCOL_VERSION_MIN}..={PROTOCOL_VERSION}", c.name, c.protocol_version));
+            }
+        }
+        for t in &self.transport_faults {
+            if !names.contains(&t.node) || t.node == "server" {
+                return Err(format!("transport fault at {} ms names unknown client '{}'", t.at_ms, t.node));
+            }
+            if t.at_ms > self.heal_at_ms {
+                return Err(format!("transport fault at {} ms is after heal_at_ms {}", t.at_ms, self.heal_at_ms));
             }
         }
         if self.heal_at_ms > HEAL_AT_MS_MAX || self.liveness_ms_max > LIVENESS_MS_MAX || self.liveness_ms_max == 0 {

@@ -14,7 +14,7 @@ use drill_model::facts::digest;
 use drill_model::{Checker, ClientSnapshot, EventFact, Fact, OutboxFact, ServerSnapshot};
 use drill_sim::disk::DiskSim;
 use drill_sim::trace;
-use drill_stack::client::Client;
+use drill_stack::client::{Client, ExportedState};
 use drill_stack::clock::Clock;
 use drill_stack::proto::SERVER_PORT;
 use drill_stack::rpc::{serve, RpcClient};
@@ -23,6 +23,7 @@ use drill_stack::store::EventRow;
 use serde_json::{json, Value};
 
 use crate::plan::Action;
+use crate::transport::{FaultyTransport, TransportState};
 
 /// The device database's file name.
 pub const DEVICE_DB: &str = "device.db";
@@ -150,6 +151,8 @@ async fn next_command(mb: &Mutex<Mailbox>) -> Command {
 pub struct ClientCtx {
     pub name: String,
     pub tenant: String,
+    pub protocol_version: u32,
+    pub transport: Arc<Mutex<TransportState>>,
     pub mailbox: Arc<Mutex<Mailbox>>,
     pub shared: SharedRef,
 }
@@ -171,6 +174,7 @@ pub fn payload_for(node: &str, op: u64, bytes: u32) -> Vec<u8> {
 fn event_fact(e: &EventRow) -> EventFact {
     EventFact {
         seq: e.seq,
+        op_id: e.op_id.clone(),
         tenant: e.tenant.clone(),
         kind: e.kind.clone(),
         replica: e.replica.clone(),
@@ -188,7 +192,10 @@ fn client_snapshot(node: &str, c: &Client) -> Result<ClientSnapshot, String> {
         node: node.into(),
         replica: c.replica().into(),
         tenant: c.tenant().into(),
-        outbox: outbox.into_iter().map(|w| OutboxFact { write_id: w.write_id, payload: w.payload }).collect(),
+        outbox: outbox
+            .into_iter()
+            .map(|w| OutboxFact { write_id: w.write_id, op_id: w.op_id.unwrap_or_default(), payload: w.payload })
+            .collect(),
         events: events.iter().map(event_fact).collect(),
     })
 }
@@ -236,9 +243,11 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
     }
     let server = SocketAddr::new(SERVER_IP, SERVER_PORT);
     let mut rpc = match RpcClient::bind(server, client.boots(), Duration::from_millis(RPC_TIMEOUT_MS)).await {
-        Ok(r) => r,
+        Ok(r) => r.with_version(ctx.protocol_version).with_filter(Box::new(FaultyTransport(ctx.transport.clone()))),
         Err(e) => return record(&ctx.shared, name, "node.bind_failed", json!({"message": e.to_string()}), None),
     };
+    // The last state a sync attempt succeeded from: what a hydrate restarts from.
+    let mut last_good: Option<ExportedState> = None;
     loop {
         match next_command(&ctx.mailbox).await {
             Command::Op { id, action: Action::Append { aggregate, kind, bytes } } => {
@@ -246,11 +255,19 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
                 let detail = json!({"op": id, "action": "append", "aggregate": aggregate, "kind": kind, "payload": digest(&payload)});
                 record(&ctx.shared, name, "op.start", detail, Some(Fact::AppendStarted { node: name.into(), payload: payload.clone() }));
                 match client.append(&aggregate, &kind, &payload) {
-                    Ok(w) => record(&ctx.shared, name, "op.ok", json!({"op": id, "write_id": w}), Some(Fact::AppendAcked { node: name.into(), write_id: w })),
+                    Ok((w, op_id)) => {
+                        let fact = Fact::AppendAcked { node: name.into(), write_id: w, op_id: op_id.clone() };
+                        record(&ctx.shared, name, "op.ok", json!({"op": id, "write_id": w, "op_id": op_id}), Some(fact))
+                    }
                     Err(e) => record(&ctx.shared, name, "op.err", json!({"op": id, "code": e.code(), "message": e.to_string()}), Some(Fact::AppendFailed { node: name.into() })),
                 }
             }
-            Command::Op { id, action: Action::Sync } => sync_op(&ctx, &mut client, &mut rpc, id).await,
+            Command::Op { id, action: Action::Sync } => {
+                if let Some(good) = sync_op(&ctx, &mut client, &mut rpc, id).await {
+                    last_good = Some(good);
+                }
+            }
+            Command::Op { id, action: Action::Hydrate { malformed } } => hydrate_op(&ctx, &mut client, last_good.as_ref(), id, malformed),
             Command::Snapshot => {
                 let s = client_snapshot(name, &client);
                 lock(&ctx.mailbox).snapshot = Some(s);
@@ -259,20 +276,76 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
     }
 }
 
-async fn sync_op(ctx: &ClientCtx, client: &mut Client, rpc: &mut RpcClient, id: u64) {
+/// One sync attempt. The model learns whether it failed closed and raised exactly the
+/// signature of any transport fault injected into it. Returns the state after a success.
+async fn sync_op(ctx: &ClientCtx, client: &mut Client, rpc: &mut RpcClient, id: u64) -> Option<ExportedState> {
     let name = ctx.name.as_str();
-    record(&ctx.shared, name, "op.start", json!({"op": id, "action": "sync"}), None);
-    let pushed = match client.push(rpc).await {
-        Ok(ids) => ids,
-        Err(e) => return record(&ctx.shared, name, "op.err", json!({"op": id, "code": e.code(), "message": e.to_string()}), None),
+    let before = match client.export_state() {
+        Ok(s) => s,
+        Err(e) => {
+            record(&ctx.shared, name, "op.err", json!({"op": id, "action": "sync", "code": e.code(), "message": e.to_string()}), None);
+            return None;
+        }
     };
-    if !pushed.is_empty() {
-        let fact = Fact::PushAcked { node: name.into(), write_ids: pushed.clone() };
-        record(&ctx.shared, name, "op.pushed", json!({"op": id, "write_ids": pushed}), Some(fact));
+    lock(&ctx.transport).begin(before.clone(), rpc.version() >= 2);
+    record(&ctx.shared, name, "op.start", json!({"op": id, "action": "sync"}), None);
+    let result = client.sync(rpc).await;
+    let expected = lock(&ctx.transport).expected().map(String::from);
+    match result {
+        Ok(r) => {
+            if !r.pushed.is_empty() {
+                let fact = Fact::PushAcked { node: name.into(), op_ids: r.pushed.clone() };
+                record(&ctx.shared, name, "op.pushed", json!({"op": id, "ops": r.pushed.len(), "renumbered": r.renumbered}), Some(fact));
+            }
+            let detail = json!({"op": id, "pulled": r.pulled, "pages": r.pages, "settled": r.settled});
+            record(&ctx.shared, name, "op.ok", detail, Some(Fact::SyncSucceeded { node: name.into(), expected }));
+            client.export_state().ok()
+        }
+        Err(e) => {
+            failed_closed(ctx, client, id, &e, expected, &before);
+            None
+        }
     }
-    match client.pull_and_apply(rpc).await {
-        Ok(r) => record(&ctx.shared, name, "op.ok", json!({"op": id, "pulled": r.pulled, "pages": r.pages, "settled": r.settled}), None),
-        Err(e) => record(&ctx.shared, name, "op.err", json!({"op": id, "code": e.code(), "message": e.to_string()}), None),
+}
+
+/// Records a failed attempt with the state before and after it, for INV-FAIL-CLOSED and
+/// INV-GUARDRAIL.
+fn failed_closed(ctx: &ClientCtx, client: &Client, id: u64, e: &drill_stack::SyncError, expected: Option<String>, before: &ExportedState) {
+    let name = ctx.name.as_str();
+    let detail = json!({"op": id, "code": e.code(), "signature": e.signature(), "expected": expected, "message": e.to_string()});
+    match client.export_state() {
+        Ok(after) => {
+            let fact = Fact::SyncFailed {
+                node: name.into(),
+                code: e.code(),
+                signature: e.signature(),
+                expected,
+                state_before: before.to_json(),
+                state_after: after.to_json(),
+            };
+            record(&ctx.shared, name, "op.err", detail, Some(fact));
+        }
+        // The disk refused the read: there is nothing to compare, and nothing is claimed.
+        Err(_) => record(&ctx.shared, name, "op.err", detail, None),
+    }
+}
+
+/// Restarts sync from the last known-good state, or offers a malformed one that must be
+/// refused without changing anything.
+fn hydrate_op(ctx: &ClientCtx, client: &mut Client, last_good: Option<&ExportedState>, id: u64, malformed: bool) {
+    let name = ctx.name.as_str();
+    let Ok(before) = client.export_state() else { return };
+    let mut state = last_good.cloned().unwrap_or_else(|| before.clone());
+    let expected = if malformed {
+        state.last_reconciled_write_ids.insert(state.replica.clone(), 0);
+        Some("hydrate:hydrateGuardrailViolation".to_string())
+    } else {
+        None
+    };
+    record(&ctx.shared, name, "op.start", json!({"op": id, "action": "hydrate", "malformed": malformed, "cursor": state.cursor}), None);
+    match client.hydrate(&state) {
+        Ok(()) => record(&ctx.shared, name, "op.ok", json!({"op": id}), Some(Fact::SyncSucceeded { node: name.into(), expected })),
+        Err(e) => failed_closed(ctx, client, id, &e, expected, &before),
     }
 }
 
@@ -309,7 +382,7 @@ pub async fn server_main(ctx: Arc<ServerCtx>) {
     let _ = serve(&ep, move |req| {
         let resp = match lock(&slot).as_mut() {
             Some(s) => s.handle(req.clone()),
-            None => drill_stack::proto::Response::Error { code: "unavailable".into(), message: "server store is closed".into() },
+            None => drill_stack::proto::Response::error("unavailable", "server store is closed"),
         };
         trace_request(&shared, &req, &resp);
         resp

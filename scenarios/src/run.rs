@@ -22,6 +22,7 @@ use serde_json::json;
 
 use crate::api::{Outcome, RunError, RunReport, Violation};
 use crate::plan::{Action, Plan};
+use crate::transport::{TransportFaultKind, TransportState};
 use crate::procs::{self, client_ip, lock, record, ClientCtx, Command, Mailbox, ServerCtx, Shared, SharedRef, SERVER_IP};
 
 /// The trace format version, named in every trace's first line.
@@ -36,6 +37,7 @@ const WAIT_STEP_MS: u64 = 5;
 
 enum Step {
     Op { id: u64, client: String, action: Action },
+    Transport { node: String, kind: Option<TransportFaultKind> },
     Fault(FaultStep),
     Boot(String),
 }
@@ -135,16 +137,26 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
     let server = handle.create_node().name("server").ip(SERVER_IP).init(move || procs::server_main(sctx.clone())).build();
     nodes.add("server", server.id(), plan.knobs.disk.crash, &seeds);
     let mut mailboxes: BTreeMap<String, Arc<Mutex<Mailbox>>> = BTreeMap::new();
+    let mut transports: BTreeMap<String, Arc<Mutex<TransportState>>> = BTreeMap::new();
     for (i, spec) in plan.clients.iter().enumerate() {
         let fact = Fact::Client { node: spec.name.clone(), replica: spec.name.clone(), tenant: spec.tenant.clone() };
         record(&shared, &spec.name, "node.start", json!({"tenant": spec.tenant}), Some(fact));
         let mailbox = Arc::new(Mutex::new(Mailbox::default()));
-        let ctx = Arc::new(ClientCtx { name: spec.name.clone(), tenant: spec.tenant.clone(), mailbox: mailbox.clone(), shared: shared.clone() });
+        let transport = Arc::new(Mutex::new(TransportState::default()));
+        let ctx = Arc::new(ClientCtx {
+            name: spec.name.clone(),
+            tenant: spec.tenant.clone(),
+            protocol_version: spec.protocol_version,
+            transport: transport.clone(),
+            mailbox: mailbox.clone(),
+            shared: shared.clone(),
+        });
+        transports.insert(spec.name.clone(), transport);
         let node = handle.create_node().name(spec.name.as_str()).ip(client_ip(i)).init(move || procs::client_main(ctx.clone())).build();
         nodes.add(&spec.name, node.id(), plan.knobs.disk.crash, &seeds);
         mailboxes.insert(spec.name.clone(), mailbox);
     }
-    let mut w = World { plan: &plan, shared, nodes, mailboxes, server, slot, start: clock::now(), steps: 0, timeline: BTreeMap::new(), next_key: 0 };
+    let mut w = World { plan: &plan, shared, nodes, mailboxes, transports, server, slot, start: clock::now(), steps: 0, timeline: BTreeMap::new(), next_key: 0 };
     w.load_timeline();
     w.play().await;
     let liveness = w.heal_and_converge().await;
@@ -159,6 +171,7 @@ struct World<'a> {
     shared: SharedRef,
     nodes: Nodes,
     mailboxes: BTreeMap<String, Arc<Mutex<Mailbox>>>,
+    transports: BTreeMap<String, Arc<Mutex<TransportState>>>,
     server: NodeHandle,
     slot: Arc<Mutex<Option<drill_stack::server::Server>>>,
     start: Instant,
@@ -184,6 +197,10 @@ impl World<'_> {
         }
         for (t, s) in fault_steps(&self.plan.faults) {
             self.at(t, Step::Fault(s));
+        }
+        for f in &self.plan.transport_faults {
+            self.at(f.at_ms, Step::Transport { node: f.node.clone(), kind: Some(f.kind) });
+            self.at(f.at_ms + f.ms, Step::Transport { node: f.node.clone(), kind: None });
         }
     }
 
@@ -271,8 +288,24 @@ impl World<'_> {
                 }
             }
             Step::Fault(s) => self.nodes.apply(&s),
+            Step::Transport { node, kind } => self.set_transport(&node, kind),
             Step::Boot(name) => self.nodes.boot(&name),
         }
+    }
+
+    fn set_transport(&mut self, node: &str, kind: Option<TransportFaultKind>) {
+        let mut t = lock(&self.transports[node]);
+        match kind {
+            Some(k) => {
+                *self.nodes.counts.entry(k.counted_as()).or_default() += 1;
+                trace::emit(node, "fault.transport", json!({"kind": k, "expects": k.signature()}));
+            }
+            None if t.mode.is_some() => {
+                trace::emit(node, "fault.heal", json!({"transport": "healthy"}));
+            }
+            None => {}
+        }
+        t.mode = kind;
     }
 
     /// Ends every fault, then has every device sync until all converge, within the bound.
@@ -280,6 +313,10 @@ impl World<'_> {
         self.take_power_cuts();
         self.timeline.clear();
         self.nodes.heal_all();
+        let names: Vec<String> = self.transports.keys().cloned().collect();
+        for n in names {
+            self.set_transport(&n, None);
+        }
         let deadline = clock::now() + Duration::from_millis(self.plan.liveness_ms_max);
         let mut round = 0u64;
         loop {

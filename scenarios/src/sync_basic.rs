@@ -8,7 +8,10 @@ use drill_sim::faults::{schedule, Knobs};
 use drill_sim::rng::SeedTree;
 use rand::Rng;
 
+use drill_stack::proto::PROTOCOL_VERSION;
+
 use crate::plan::{Action, ClientSpec, Plan, PlannedOp, PLAN_FORMAT_VERSION};
+use crate::transport::TransportKnobs;
 
 /// The scenario's name.
 pub const NAME: &str = "sync-basic";
@@ -30,17 +33,26 @@ impl Shape {
 }
 
 /// Builds the plan for `seed` under `profile`'s knobs.
-pub fn plan(seed: u64, profile: &str, knobs: Knobs, shape: Shape) -> Plan {
+pub fn plan(seed: u64, profile: &str, knobs: Knobs, transport_knobs: TransportKnobs, shape: Shape) -> Plan {
     let seeds = SeedTree::new(seed);
     let mut rng = seeds.stream("plan");
+    // Under swarm some devices run the previous protocol version: N and N-1 must interoperate.
+    let old_device_probability = if profile == "swarm" { 0.25 } else { 0.0 };
     let clients: Vec<ClientSpec> = (0..shape.clients)
-        .map(|i| ClientSpec { name: format!("client-{}", i + 1), tenant: TENANTS[i % TENANTS.len()].to_string() })
+        .map(|i| ClientSpec {
+            name: format!("client-{}", i + 1),
+            tenant: TENANTS[i % TENANTS.len()].to_string(),
+            protocol_version: if rng.gen_bool(old_device_probability) { PROTOCOL_VERSION - 1 } else { PROTOCOL_VERSION },
+        })
         .collect();
+    let hydrate_probability = if profile == "swarm" { 0.04 } else { 0.0 };
     let mut ops = Vec::new();
     for c in &clients {
         for _ in 0..shape.ops_per_client {
             let at_ms = rng.gen_range(0..shape.duration_ms);
-            let action = if rng.gen_bool(0.7) {
+            let action = if rng.gen_bool(hydrate_probability) {
+                Action::Hydrate { malformed: rng.gen_bool(0.3) }
+            } else if rng.gen_bool(0.7) {
                 Action::Append {
                     aggregate: format!("note-{}", rng.gen_range(1..=5)),
                     kind: ["created", "edited", "tagged"][rng.gen_range(0..3)].to_string(),
@@ -60,12 +72,16 @@ pub fn plan(seed: u64, profile: &str, knobs: Knobs, shape: Shape) -> Plan {
         profile: profile.to_string(),
         clients,
         knobs,
+        transport_knobs,
         ops,
         faults: Vec::new(),
+        transport_faults: Vec::new(),
         heal_at_ms: shape.duration_ms + 500,
         liveness_ms_max: 30_000,
     };
     let nodes = plan.node_names();
     plan.faults = schedule(&plan.knobs, &nodes, shape.duration_ms, &mut seeds.stream("faults"));
+    let devices: Vec<String> = plan.clients.iter().map(|c| c.name.clone()).collect();
+    plan.transport_faults = plan.transport_knobs.schedule(&devices, shape.duration_ms, &mut seeds.stream("transport"));
     plan
 }

@@ -1,10 +1,12 @@
 //! A device: its own SQLite store with an outbox of pending writes, and the sync that pushes the
 //! outbox and pulls the tenant's total order.
 //!
-//! A sync attempt is all or nothing for the client's state: pages are validated as they arrive
-//! and applied in one transaction at the end, so a failed attempt leaves [`Client::export_state`]
-//! exactly as it was (fail-closed). A write leaves the outbox only in the transaction that applies
-//! its event from the server, so it is never lost and never applied twice.
+//! A sync attempt is all or nothing for the device's state: the reconcile acknowledgement and
+//! every pulled page are validated as they arrive (the guardrails of the sync runbook, each with
+//! its `stage:code` signature) and applied in one transaction at the end, so a failed attempt
+//! leaves [`Client::export_state`] exactly as it was (fail-closed). A write leaves the outbox
+//! only in the transaction that applies its event from the server, so it is never lost and never
+//! applied twice. Every write carries an op id that survives retries and renumbering.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::chain;
 use crate::clock::Clock;
 use crate::error::{StoreError, SyncError};
-use crate::proto::{PendingWrite, Request, Response, PAGE_LIMIT_MAX};
+use crate::proto::{PendingWrite, Request, Response, WireEvent, PAGE_LIMIT_MAX};
 use crate::rpc::RpcClient;
 use crate::store::{self, EventRow};
 
@@ -22,10 +24,13 @@ use crate::store::{self, EventRow};
 pub const PUSH_BATCH_MAX: usize = 64;
 /// Pages pulled in one sync attempt at most; the rest waits for the next attempt.
 pub const PULL_PAGES_MAX: u32 = 16;
+/// Retries of a push refused for stale write ids, each after renumbering, before giving up.
+pub const STALE_WRITE_RETRIES_MAX: u32 = 2;
 
 const CLIENT_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS outbox(
     write_id INTEGER PRIMARY KEY,
+    op_id TEXT NOT NULL UNIQUE,
     aggregate TEXT NOT NULL,
     kind TEXT NOT NULL,
     payload BLOB NOT NULL,
@@ -33,25 +38,55 @@ CREATE TABLE IF NOT EXISTS outbox(
 );
 ";
 
-/// What a client exports and can be hydrated from: its sync position and its pending writes.
+/// One pending write as the exported state names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRef {
+    pub op_id: String,
+    pub write_id: u64,
+}
+
+/// What a device exports and can be hydrated from: its sync position and its pending writes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportedState {
     pub replica: String,
     pub tenant: String,
     pub cursor: u64,
+    pub reconcile_cursor: u64,
     pub last_reconciled_write_ids: BTreeMap<String, u64>,
-    pub pending_write_ids: Vec<u64>,
+    pub pending: Vec<PendingRef>,
+}
+
+impl ExportedState {
+    /// The canonical text, for byte-for-byte comparison.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a state serializes")
+    }
 }
 
 /// What one successful sync attempt did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SyncReport {
-    pub pushed: usize,
-    pub pushed_write_ids: Vec<u64>,
+    /// Op ids the server acknowledged in this attempt.
+    pub pushed: Vec<String>,
+    /// Pushed writes that got a new write id after the server refused stale ones.
+    pub renumbered: usize,
     pub pulled: usize,
     pub pages: u32,
-    /// Whether the client caught up with the server (no page left).
+    /// Whether the device caught up with the server (no page left).
     pub settled: bool,
+}
+
+/// Everything an attempt will commit, held in memory until it has fully succeeded.
+#[derive(Default)]
+struct Attempt {
+    cursor: u64,
+    reconcile_cursor: u64,
+    last_reconciled: BTreeMap<String, u64>,
+    renumbered: BTreeMap<String, u64>,
+    pushed: Vec<String>,
+    items: Vec<EventRow>,
+    pages: u32,
+    settled: bool,
 }
 
 /// A device's store.
@@ -59,8 +94,17 @@ pub struct Client {
     conn: Connection,
     replica: String,
     tenant: String,
+    incarnation: String,
     clock: Box<dyn Clock>,
     boots: u64,
+}
+
+fn guard(stage: &'static str, code: &'static str, detail: String) -> SyncError {
+    SyncError::Guardrail { stage, code, detail }
+}
+
+fn get_u64(c: &Connection, key: &str) -> Result<u64, StoreError> {
+    Ok(store::meta_get(c, key)?.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
 
 impl Client {
@@ -80,10 +124,20 @@ impl Client {
                 }
             }
         }
-        let boots = store::meta_get(&tx, "boots")?.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + 1;
+        // A fresh database gets a fresh incarnation, so op ids never repeat even when a device
+        // loses its database and starts its write ids over.
+        let incarnation = match store::meta_get(&tx, "incarnation")? {
+            Some(i) => i,
+            None => {
+                let i: String = tx.query_row("SELECT lower(hex(randomblob(8)))", [], |r| r.get(0))?;
+                store::meta_set(&tx, "incarnation", &i)?;
+                i
+            }
+        };
+        let boots = get_u64(&tx, "boots")? + 1;
         store::meta_set(&tx, "boots", &boots.to_string())?;
         tx.commit()?;
-        Ok(Client { conn, replica: replica.into(), tenant: tenant.into(), clock, boots })
+        Ok(Client { conn, replica: replica.into(), tenant: tenant.into(), incarnation, clock, boots })
     }
 
     /// How many times this database has been opened, this time included.
@@ -100,23 +154,25 @@ impl Client {
     }
 
     /// Records a write locally; it is durable when this returns, and pushed by a later sync.
-    pub fn append(&mut self, aggregate: &str, kind: &str, payload: &[u8]) -> Result<u64, StoreError> {
+    /// Returns its write id and op id.
+    pub fn append(&mut self, aggregate: &str, kind: &str, payload: &[u8]) -> Result<(u64, String), StoreError> {
         let tx = self.conn.transaction()?;
-        let next: u64 = store::meta_get(&tx, "next_write_id")?.and_then(|v| v.parse().ok()).unwrap_or(1);
+        let next = get_u64(&tx, "next_write_id")?.max(1);
+        let op_id = format!("{}-{next}", self.incarnation);
         tx.execute(
-            "INSERT INTO outbox(write_id, aggregate, kind, payload, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            rusqlite::params![next, aggregate, kind, payload, self.clock.now_unix_ms()],
+            "INSERT INTO outbox(write_id, op_id, aggregate, kind, payload, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            rusqlite::params![next, op_id, aggregate, kind, payload, self.clock.now_unix_ms()],
         )?;
         store::meta_set(&tx, "next_write_id", &(next + 1).to_string())?;
         tx.commit()?;
-        Ok(next)
+        Ok((next, op_id))
     }
 
     /// The pending writes, oldest first.
     pub fn outbox(&self) -> Result<Vec<PendingWrite>, StoreError> {
-        let mut st = self.conn.prepare_cached("SELECT write_id, aggregate, kind, payload FROM outbox ORDER BY write_id")?;
+        let mut st = self.conn.prepare_cached("SELECT write_id, op_id, aggregate, kind, payload FROM outbox ORDER BY write_id")?;
         let rows = st.query_map([], |r| {
-            Ok(PendingWrite { write_id: r.get(0)?, aggregate: r.get(1)?, kind: r.get(2)?, payload: r.get(3)? })
+            Ok(PendingWrite { write_id: r.get(0)?, op_id: Some(r.get(1)?), aggregate: r.get(2)?, kind: r.get(3)?, payload: r.get(4)? })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -131,14 +187,15 @@ impl Client {
         Ok(ExportedState {
             replica: self.replica.clone(),
             tenant: self.tenant.clone(),
-            cursor: self.cursor()?,
+            cursor: get_u64(&self.conn, "cursor")?,
+            reconcile_cursor: get_u64(&self.conn, "reconcile_cursor")?,
             last_reconciled_write_ids: self.last_reconciled()?,
-            pending_write_ids: self.outbox()?.into_iter().map(|w| w.write_id).collect(),
+            pending: self
+                .outbox()?
+                .into_iter()
+                .map(|w| PendingRef { op_id: w.op_id.unwrap_or_default(), write_id: w.write_id })
+                .collect(),
         })
-    }
-
-    fn cursor(&self) -> Result<u64, StoreError> {
-        Ok(store::meta_get(&self.conn, "cursor")?.and_then(|v| v.parse().ok()).unwrap_or(0))
     }
 
     fn last_reconciled(&self) -> Result<BTreeMap<String, u64>, StoreError> {
@@ -148,70 +205,149 @@ impl Client {
         }
     }
 
-    /// One sync attempt: push the outbox, then pull until settled (or the page budget is spent).
+    /// Restarts sync from an exported state (the last known-good one): the sync position goes
+    /// back to it and events after its cursor are dropped, to be pulled again. Pending writes
+    /// stay. A state that is malformed or not this device's is refused and changes nothing.
+    pub fn hydrate(&mut self, state: &ExportedState) -> Result<(), SyncError> {
+        let refuse = |detail: String| Err(SyncError::Hydrate { detail });
+        if state.replica != self.replica || state.tenant != self.tenant {
+            return refuse(format!("state of {}/{} offered to {}/{}", state.replica, state.tenant, self.replica, self.tenant));
+        }
+        if let Some((r, _)) = state.last_reconciled_write_ids.iter().find(|(_, &w)| w == 0) {
+            return refuse(format!("lastReconciledWriteIds must map replicas to positive integers; {r} maps to 0"));
+        }
+        let held: u64 = self.conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+        if state.cursor > held {
+            return refuse(format!("cursor {} is past the last event this device holds ({held})", state.cursor));
+        }
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM events WHERE seq > ?1", [state.cursor])?;
+        store::meta_set(&tx, "cursor", &state.cursor.to_string())?;
+        store::meta_set(&tx, "reconcile_cursor", &state.reconcile_cursor.to_string())?;
+        let lrw = serde_json::to_string(&state.last_reconciled_write_ids).expect("a map serializes");
+        store::meta_set(&tx, "last_reconciled_write_ids", &lrw)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// One sync attempt: push the outbox, then pull until settled (or the page budget is spent),
+    /// and commit everything at once. On any error nothing changes locally.
     pub async fn sync(&mut self, rpc: &mut RpcClient) -> Result<SyncReport, SyncError> {
-        let pushed = self.push(rpc).await?;
-        let mut report = self.pull_and_apply(rpc).await?;
-        report.pushed = pushed.len();
-        report.pushed_write_ids = pushed;
+        let base = self.export_state()?;
+        let mut a = Attempt {
+            cursor: base.cursor,
+            reconcile_cursor: base.reconcile_cursor,
+            last_reconciled: base.last_reconciled_write_ids,
+            ..Attempt::default()
+        };
+        self.push(rpc, &mut a).await?;
+        self.pull(rpc, &mut a).await?;
+        let report = SyncReport {
+            pushed: a.pushed.clone(),
+            renumbered: a.renumbered.len(),
+            pulled: a.items.len(),
+            pages: a.pages,
+            settled: a.settled,
+        };
+        self.commit(a)?;
         Ok(report)
     }
 
-    /// Pushes the oldest pending writes; returns the write ids the server acknowledged. Changes
-    /// nothing locally: a write leaves the outbox when its event is pulled back.
-    pub async fn push(&mut self, rpc: &mut RpcClient) -> Result<Vec<u64>, SyncError> {
+    /// Pushes the oldest pending writes and validates the reconcile acknowledgement. A push the
+    /// server refuses for stale write ids is renumbered above the server's last write id and
+    /// retried, at most [`STALE_WRITE_RETRIES_MAX`] times.
+    async fn push(&mut self, rpc: &mut RpcClient, a: &mut Attempt) -> Result<(), SyncError> {
         let mut writes = self.outbox()?;
         writes.truncate(PUSH_BATCH_MAX);
         if writes.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
-        let req = Request::Push { tenant: self.tenant.clone(), replica: self.replica.clone(), writes: writes.clone() };
-        match rpc.call(&req).await? {
-            Response::Pushed { accepted, .. } => {
-                let got: BTreeSet<u64> = accepted.iter().map(|(w, _)| *w).collect();
-                if let Some(missing) = writes.iter().find(|w| !got.contains(&w.write_id)) {
-                    return Err(SyncError::Server {
-                        code: "pushIncomplete".into(),
-                        message: format!("write {} was not accepted", missing.write_id),
-                    });
-                }
-                Ok(writes.iter().map(|w| w.write_id).collect())
+        let local_max = self.conn.query_row("SELECT COALESCE(MAX(write_id), 0) FROM outbox", [], |r| r.get::<_, u64>(0))?;
+        let mut stale = 0;
+        loop {
+            let mut sent = writes.clone();
+            if rpc.version() < 2 {
+                sent.iter_mut().for_each(|w| w.op_id = None);
             }
-            Response::Error { code, message } => Err(SyncError::Server { code, message }),
-            other => Err(unexpected("flush", &other)),
+            let req = Request::Push { tenant: self.tenant.clone(), replica: self.replica.clone(), writes: sent };
+            match rpc.call(&req).await? {
+                Response::Pushed { accepted, cursor, last_reconciled_write_ids } => {
+                    return self.reconciled(a, &writes, accepted, cursor, last_reconciled_write_ids);
+                }
+                Response::Error { code, last_write_id: Some(last), .. } if code == "staleWriteId" => {
+                    stale += 1;
+                    if stale > STALE_WRITE_RETRIES_MAX || rpc.version() < 2 {
+                        return Err(guard(
+                            "flush",
+                            "staleWriteRecoveryExhausted",
+                            format!("stale write-id recovery exceeded max retry attempts without forward progress ({stale} attempts, max {STALE_WRITE_RETRIES_MAX} retries)"),
+                        ));
+                    }
+                    let base = last.max(local_max);
+                    for (i, w) in writes.iter_mut().enumerate() {
+                        w.write_id = base + 1 + i as u64;
+                    }
+                }
+                Response::Error { code, message, .. } => return Err(SyncError::Server { code, message }),
+                other => return Err(unexpected("flush", &other)),
+            }
         }
+    }
+
+    fn reconciled(
+        &self,
+        a: &mut Attempt,
+        writes: &[PendingWrite],
+        accepted: Vec<crate::proto::Accepted>,
+        cursor: u64,
+        lrw: BTreeMap<String, u64>,
+    ) -> Result<(), SyncError> {
+        if cursor < a.reconcile_cursor {
+            return Err(guard("reconcile", "reconcileCursorRegression", format!("transport reconcile regressed sync cursor: {} -> {cursor}", a.reconcile_cursor)));
+        }
+        check_last_write_ids("reconcile", &a.last_reconciled, &lrw)?;
+        let by_op: BTreeMap<&str, u64> = accepted.iter().map(|x| (x.op_id.as_str(), x.write_id)).collect();
+        for w in writes {
+            let op = w.op_id.clone().unwrap_or_default();
+            let key = if by_op.contains_key(op.as_str()) { op.clone() } else { format!("{}:{}", self.replica, w.write_id) };
+            let Some(&write_id) = by_op.get(key.as_str()) else {
+                return Err(SyncError::Server { code: "pushIncomplete".into(), message: format!("op {op} was not acknowledged") });
+            };
+            a.pushed.push(op.clone());
+            if write_id != w.write_id || self.outbox_write_id(&op)? != write_id {
+                a.renumbered.insert(op, write_id);
+            }
+        }
+        a.reconcile_cursor = cursor;
+        a.last_reconciled = lrw;
+        Ok(())
+    }
+
+    fn outbox_write_id(&self, op: &str) -> Result<u64, StoreError> {
+        Ok(self.conn.query_row("SELECT write_id FROM outbox WHERE op_id = ?1", [op], |r| r.get(0))?)
     }
 
     /// Pulls the tenant's events until settled (or the page budget is spent), validating every
-    /// page, and applies them in one transaction. On any error nothing changes.
-    pub async fn pull_and_apply(&mut self, rpc: &mut RpcClient) -> Result<SyncReport, SyncError> {
-        let pull = self.pull(rpc).await?;
-        let report = SyncReport { pulled: pull.items.len(), pages: pull.pages, settled: pull.settled, ..SyncReport::default() };
-        self.apply(pull)?;
-        Ok(report)
-    }
-
-    async fn pull(&mut self, rpc: &mut RpcClient) -> Result<Pulled, SyncError> {
-        let start = self.cursor()?;
-        let mut p = Pulled { cursor: start, last_reconciled: self.last_reconciled()?, ..Pulled::default() };
-        let mut seen: BTreeSet<(String, u64)> = BTreeSet::new();
+    /// page and every event against the local hash chain.
+    async fn pull(&mut self, rpc: &mut RpcClient, a: &mut Attempt) -> Result<(), SyncError> {
+        let mut seen: BTreeSet<String> = BTreeSet::new();
         let mut head = store::chain_head(&self.conn, &self.tenant)?;
-        while p.pages < PULL_PAGES_MAX {
-            let req = Request::Pull { tenant: self.tenant.clone(), replica: self.replica.clone(), since: p.cursor, limit: PAGE_LIMIT_MAX };
+        while a.pages < PULL_PAGES_MAX {
+            let req = Request::Pull { tenant: self.tenant.clone(), replica: self.replica.clone(), since: a.cursor, limit: PAGE_LIMIT_MAX };
             let (items, has_more, next_cursor, lrw) = match rpc.call(&req).await? {
                 Response::Page { items, has_more, next_cursor, last_reconciled_write_ids } => {
                     (items, has_more, next_cursor, last_reconciled_write_ids)
                 }
-                Response::Error { code, message } => return Err(SyncError::Server { code, message }),
+                Response::Error { code, message, .. } => return Err(SyncError::Server { code, message }),
                 other => return Err(unexpected("pull", &other)),
             };
-            p.pages += 1;
-            check_page(p.cursor, &items, has_more, next_cursor)?;
-            check_last_write_ids("pull", &p.last_reconciled, &lrw)?;
+            a.pages += 1;
+            check_page(a.cursor, &items, has_more, next_cursor)?;
+            check_last_write_ids("pull", &a.last_reconciled, &lrw)?;
             for item in items {
                 let e = EventRow::from(item);
-                if !seen.insert((e.replica.clone(), e.write_id)) {
-                    return Err(guard("pull", "pullDuplicateOpReplay", format!("transport replayed opId {}:{} during pull pagination", e.replica, e.write_id)));
+                if !seen.insert(e.op_id.clone()) {
+                    return Err(guard("pull", "pullDuplicateOpReplay", format!("transport replayed opId {} during pull pagination", e.op_id)));
                 }
                 if e.tenant != self.tenant {
                     return Err(guard("pull", "tenantViolation", format!("event {} of tenant {} sent to tenant {}", e.seq, e.tenant, self.tenant)));
@@ -221,46 +357,53 @@ impl Client {
                     return Err(guard("pull", "hashChainViolation", format!("event {} does not extend the local chain", e.seq)));
                 }
                 head = e.hash.clone();
-                p.items.push(e);
+                a.items.push(e);
             }
-            p.cursor = next_cursor;
-            p.last_reconciled = lrw;
+            a.cursor = next_cursor;
+            a.last_reconciled = lrw;
             if !has_more {
-                p.settled = true;
+                a.settled = true;
                 break;
             }
         }
-        Ok(p)
+        Ok(())
     }
 
-    /// Applies a validated pull in one transaction: events in, their outbox entries out, cursor on.
-    fn apply(&mut self, p: Pulled) -> Result<(), SyncError> {
+    /// Commits a whole attempt in one transaction: renumbered write ids, events in, their outbox
+    /// entries out, sync position on.
+    fn commit(&mut self, a: Attempt) -> Result<(), SyncError> {
         let tx = self.conn.transaction()?;
-        for e in &p.items {
+        let mut next = get_u64(&tx, "next_write_id")?;
+        for (op, w) in &a.renumbered {
+            tx.execute("UPDATE outbox SET write_id = ?1 WHERE op_id = ?2", rusqlite::params![w, op])?;
+            next = next.max(w + 1);
+        }
+        store::meta_set(&tx, "next_write_id", &next.to_string())?;
+        for e in &a.items {
             store::insert_event(&tx, e)?;
             if e.replica == self.replica {
-                tx.execute("DELETE FROM outbox WHERE write_id = ?1", [e.write_id])?;
+                // A version-1 push carries no op ids: the server names such writes
+                // `replica:write_id`, and only the write id finds them in the outbox.
+                if e.op_id == format!("{}:{}", self.replica, e.write_id) {
+                    tx.execute("DELETE FROM outbox WHERE write_id = ?1", [e.write_id])?;
+                } else {
+                    tx.execute("DELETE FROM outbox WHERE op_id = ?1", [&e.op_id])?;
+                }
             }
         }
-        store::meta_set(&tx, "cursor", &p.cursor.to_string())?;
-        let lrw = serde_json::to_string(&p.last_reconciled).expect("a map serializes");
+        store::meta_set(&tx, "cursor", &a.cursor.to_string())?;
+        store::meta_set(&tx, "reconcile_cursor", &a.reconcile_cursor.to_string())?;
+        let lrw = serde_json::to_string(&a.last_reconciled).expect("a map serializes");
         store::meta_set(&tx, "last_reconciled_write_ids", &lrw)?;
         tx.commit()?;
         Ok(())
     }
-}
 
-#[derive(Default)]
-struct Pulled {
-    items: Vec<EventRow>,
-    cursor: u64,
-    last_reconciled: BTreeMap<String, u64>,
-    pages: u32,
-    settled: bool,
-}
-
-fn guard(stage: &'static str, code: &'static str, detail: String) -> SyncError {
-    SyncError::Guardrail { stage, code, detail }
+    /// Count and chain head of this device's tenant, to compare with the server's.
+    pub fn diagnostics(&self) -> Result<(u64, Vec<u8>), StoreError> {
+        let count: u64 = self.conn.query_row("SELECT COUNT(*) FROM events WHERE tenant = ?1", [&self.tenant], |r| r.get(0))?;
+        Ok((count, store::chain_head(&self.conn, &self.tenant)?))
+    }
 }
 
 fn unexpected(stage: &str, r: &Response) -> SyncError {
@@ -268,18 +411,17 @@ fn unexpected(stage: &str, r: &Response) -> SyncError {
 }
 
 /// The page invariants: a page that says there is more is not empty, its `nextCursor` is its last
-/// item's position, and the cursor never moves backwards.
-fn check_page(cursor: u64, items: &[crate::proto::WireEvent], has_more: bool, next_cursor: u64) -> Result<(), SyncError> {
+/// item's position (or, for an empty page, where it started), and the cursor never moves back.
+fn check_page(cursor: u64, items: &[WireEvent], has_more: bool, next_cursor: u64) -> Result<(), SyncError> {
     if has_more && items.is_empty() {
         return Err(guard("pull", "pullPageInvariantViolation", "hasMore=true with an empty pull page".into()));
     }
     if next_cursor < cursor {
         return Err(guard("pull", "pullCursorRegression", format!("transport returned regressing sync cursor: {cursor} -> {next_cursor}")));
     }
-    if let Some(last) = items.last() {
-        if last.seq != next_cursor {
-            return Err(guard("pull", "pullPageInvariantViolation", format!("nextCursor {next_cursor} does not match page tail {}", last.seq)));
-        }
+    let tail = items.last().map(|e| e.seq).unwrap_or(cursor);
+    if tail != next_cursor {
+        return Err(guard("pull", "pullPageInvariantViolation", format!("nextCursor {next_cursor} does not match page tail {tail}")));
     }
     let mut prev = cursor;
     for item in items {
@@ -300,4 +442,47 @@ fn check_last_write_ids(stage: &'static str, old: &BTreeMap<String, u64>, new: &
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(seq: u64) -> WireEvent {
+        WireEvent {
+            seq,
+            op_id: format!("op-{seq}"),
+            tenant: "t".into(),
+            aggregate: "a".into(),
+            kind: "k".into(),
+            replica: "r".into(),
+            write_id: seq,
+            payload: vec![],
+            prev_hash: vec![],
+            hash: vec![],
+        }
+    }
+
+    fn sig(r: Result<(), SyncError>) -> Option<String> {
+        r.err().and_then(|e| e.signature())
+    }
+
+    #[test]
+    fn page_guardrails_have_their_signatures() {
+        assert_eq!(check_page(5, &[item(6), item(7)], true, 7).ok(), Some(()));
+        assert_eq!(sig(check_page(5, &[], true, 5)).as_deref(), Some("pull:pullPageInvariantViolation"));
+        assert_eq!(sig(check_page(5, &[item(6)], false, 9)).as_deref(), Some("pull:pullPageInvariantViolation"));
+        assert_eq!(sig(check_page(5, &[], false, 8)).as_deref(), Some("pull:pullPageInvariantViolation"));
+        assert_eq!(sig(check_page(5, &[], false, 4)).as_deref(), Some("pull:pullCursorRegression"));
+        assert_eq!(sig(check_page(5, &[item(3)], false, 3)).as_deref(), Some("pull:pullCursorRegression"));
+    }
+
+    #[test]
+    fn write_id_regressions_are_refused_per_stage() {
+        let old: BTreeMap<String, u64> = [("a".to_string(), 3)].into();
+        let new: BTreeMap<String, u64> = [("a".to_string(), 2)].into();
+        assert_eq!(sig(check_last_write_ids("pull", &old, &new)).as_deref(), Some("pull:lastWriteIdRegression"));
+        assert_eq!(sig(check_last_write_ids("reconcile", &old, &new)).as_deref(), Some("reconcile:lastWriteIdRegression"));
+        assert!(check_last_write_ids("pull", &old, &old).is_ok());
+    }
 }

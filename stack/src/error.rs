@@ -75,6 +75,10 @@ pub enum SyncError {
     Server { code: String, message: String },
     /// A guardrail stopped the attempt: the transport or server broke a protocol invariant.
     Guardrail { stage: &'static str, code: &'static str, detail: String },
+    /// The peer speaks a protocol version outside the supported window.
+    Protocol { detail: String },
+    /// The state to hydrate from is malformed or does not belong to this device.
+    Hydrate { detail: String },
     /// Local storage failed.
     Store(StoreError),
 }
@@ -84,6 +88,7 @@ impl SyncError {
     pub fn signature(&self) -> Option<String> {
         match self {
             SyncError::Guardrail { stage, code, .. } => Some(format!("{stage}:{code}")),
+            SyncError::Hydrate { .. } => Some("hydrate:hydrateGuardrailViolation".into()),
             _ => None,
         }
     }
@@ -94,6 +99,8 @@ impl SyncError {
             SyncError::Transport { .. } => "sync:transport".into(),
             SyncError::Server { code, .. } => format!("server:{code}"),
             SyncError::Guardrail { stage, code, .. } => format!("{stage}:{code}"),
+            SyncError::Protocol { .. } => "sync:protocolVersion".into(),
+            SyncError::Hydrate { .. } => "hydrate:hydrateGuardrailViolation".into(),
             SyncError::Store(e) => e.code().into(),
         }
     }
@@ -105,6 +112,8 @@ impl fmt::Display for SyncError {
             SyncError::Transport { detail } => write!(f, "transport failed: {detail}"),
             SyncError::Server { code, message } => write!(f, "server error {code}: {message}"),
             SyncError::Guardrail { stage, code, detail } => write!(f, "{stage}:{code}: {detail}"),
+            SyncError::Protocol { detail } => write!(f, "protocol version refused: {detail}"),
+            SyncError::Hydrate { detail } => write!(f, "hydrate:hydrateGuardrailViolation: {detail}"),
             SyncError::Store(e) => write!(f, "{e}"),
         }
     }

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use crate::store::EventRow;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest version it still speaks: versions N and N-1 interoperate.
+pub const PROTOCOL_VERSION_MIN: u32 = 1;
 
 /// Network tag of requests (client to server).
 pub const TAG_REQUEST: u64 = 1;
@@ -33,6 +35,10 @@ pub struct Envelope<T> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingWrite {
     pub write_id: u64,
+    /// The write's identity across retries and renumbering. Version 1 peers send none; the
+    /// server then derives it from `(replica, write_id)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op_id: Option<String>,
     pub aggregate: String,
     pub kind: String,
     #[serde(with = "hex_bytes")]
@@ -53,6 +59,7 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireEvent {
     pub seq: u64,
+    pub op_id: String,
     pub tenant: String,
     pub aggregate: String,
     pub kind: String,
@@ -70,6 +77,7 @@ impl From<EventRow> for WireEvent {
     fn from(e: EventRow) -> Self {
         WireEvent {
             seq: e.seq,
+            op_id: e.op_id,
             tenant: e.tenant,
             aggregate: e.aggregate,
             kind: e.kind,
@@ -86,6 +94,7 @@ impl From<WireEvent> for EventRow {
     fn from(e: WireEvent) -> Self {
         EventRow {
             seq: e.seq,
+            op_id: e.op_id,
             tenant: e.tenant,
             aggregate: e.aggregate,
             kind: e.kind,
@@ -102,8 +111,9 @@ impl From<WireEvent> for EventRow {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Response {
-    /// Every pushed write with the sequence number it has in the total order.
-    Pushed { accepted: Vec<(u64, u64)>, last_write_id: u64 },
+    /// The reconcile acknowledgement: every pushed write with the write id and sequence number
+    /// it has in the total order, the tenant's cursor, and every replica's last reconciled write.
+    Pushed { accepted: Vec<Accepted>, cursor: u64, last_reconciled_write_ids: BTreeMap<String, u64> },
     /// One page of events.
     Page {
         items: Vec<WireEvent>,
@@ -111,22 +121,68 @@ pub enum Response {
         next_cursor: u64,
         last_reconciled_write_ids: BTreeMap<String, u64>,
     },
-    /// The request failed.
-    Error { code: String, message: String },
+    /// The request failed. A `staleWriteId` error carries the replica's last write id the
+    /// server holds, so the client can renumber.
+    Error {
+        code: String,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_write_id: Option<u64>,
+    },
 }
 
-/// Encodes a message.
-pub fn encode<T: Serialize>(id: u64, body: &T) -> Vec<u8> {
-    serde_json::to_vec(&Envelope { v: PROTOCOL_VERSION, id, body }).expect("messages serialize")
+/// One write the server holds for a push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    pub op_id: String,
+    pub write_id: u64,
+    pub seq: u64,
 }
 
-/// Decodes a message, refusing other protocol versions.
-pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<Envelope<T>, String> {
-    let env: Envelope<T> = serde_json::from_slice(bytes).map_err(|e| format!("malformed message: {e}"))?;
-    if env.v != PROTOCOL_VERSION {
-        return Err(format!("protocol version {} is not {PROTOCOL_VERSION}", env.v));
+impl Response {
+    /// An error answer.
+    pub fn error(code: &str, message: impl Into<String>) -> Response {
+        Response::Error { code: code.into(), message: message.into(), last_write_id: None }
     }
-    Ok(env)
+}
+
+/// Encodes a message in protocol version `v`.
+pub fn encode<T: Serialize>(v: u32, id: u64, body: &T) -> Vec<u8> {
+    serde_json::to_vec(&Envelope { v, id, body }).expect("messages serialize")
+}
+
+/// Why a message was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    Malformed(String),
+    /// The peer speaks a version outside `PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION`; the id is
+    /// kept so the refusal can be answered.
+    Version { v: u32, id: u64 },
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Malformed(e) => write!(f, "malformed message: {e}"),
+            DecodeError::Version { v, .. } => {
+                write!(f, "protocol version {v} is outside the supported window {PROTOCOL_VERSION_MIN}..={PROTOCOL_VERSION}")
+            }
+        }
+    }
+}
+
+/// Decodes a message, refusing versions outside the supported window.
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<Envelope<T>, DecodeError> {
+    #[derive(Deserialize)]
+    struct Head {
+        v: u32,
+        id: u64,
+    }
+    let head: Head = serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&head.v) {
+        return Err(DecodeError::Version { v: head.v, id: head.id });
+    }
+    serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
 }
 
 mod hex_bytes {
@@ -151,17 +207,31 @@ mod tests {
         let req = Request::Push {
             tenant: "acme".into(),
             replica: "client-1".into(),
-            writes: vec![PendingWrite { write_id: 1, aggregate: "a".into(), kind: "k".into(), payload: vec![0, 255] }],
+            writes: vec![PendingWrite { write_id: 1, op_id: Some("x-1".into()), aggregate: "a".into(), kind: "k".into(), payload: vec![0, 255] }],
         };
-        let bytes = encode(7, &req);
+        let bytes = encode(PROTOCOL_VERSION, 7, &req);
         let env: Envelope<Request> = decode(&bytes).unwrap();
         assert_eq!(env.id, 7);
         assert_eq!(env.body, req);
     }
 
     #[test]
-    fn other_versions_are_refused() {
-        let bytes = serde_json::to_vec(&Envelope { v: 99, id: 1, body: 0u8 }).unwrap();
-        assert!(decode::<u8>(&bytes).is_err());
+    fn versions_outside_the_window_are_refused() {
+        for v in [0, PROTOCOL_VERSION + 1] {
+            let bytes = serde_json::to_vec(&Envelope { v, id: 1, body: 0u8 }).unwrap();
+            assert_eq!(decode::<u8>(&bytes), Err(DecodeError::Version { v, id: 1 }));
+        }
+        for v in PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION {
+            let bytes = serde_json::to_vec(&Envelope { v, id: 1, body: 0u8 }).unwrap();
+            assert!(decode::<u8>(&bytes).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_version_1_push_has_no_op_ids() {
+        let text = r#"{"v":1,"id":3,"body":{"op":"push","tenant":"t","replica":"r","writes":[{"write_id":1,"aggregate":"a","kind":"k","payload":"00"}]}}"#;
+        let env: Envelope<Request> = decode(text.as_bytes()).unwrap();
+        let Request::Push { writes, .. } = env.body else { panic!("a push") };
+        assert_eq!(writes[0].op_id, None);
     }
 }

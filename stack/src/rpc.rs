@@ -1,5 +1,9 @@
 //! Request/response over madsim endpoints: one request in flight per client, answered or timed
-//! out. Responses to earlier requests (late, duplicated) are recognised by id and dropped.
+//! out. Responses to earlier requests (late, duplicated, replayed) are recognised by id and
+//! dropped.
+//!
+//! Between the client and the network sits an optional [`TransportFilter`]: the seam where a
+//! test world puts a faulty transport (rewritten responses, duplicated and replayed requests).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -7,10 +11,24 @@ use std::time::Duration;
 use madsim::net::Endpoint;
 
 use crate::error::SyncError;
-use crate::proto::{self, Request, Response, TAG_REQUEST, TAG_RESPONSE};
+use crate::proto::{self, DecodeError, Request, Response, PROTOCOL_VERSION, TAG_REQUEST, TAG_RESPONSE};
 
 /// Most stale responses skipped while waiting for one answer; past it the call fails.
 const STALE_RESPONSES_MAX: u32 = 64;
+
+/// A hook on every exchange of one client.
+pub trait TransportFilter {
+    /// Messages to send before request `id` (each with its own id): duplicates of it, or
+    /// replays of older requests.
+    fn extra_sends(&mut self, _id: u64, _req: &Request) -> Vec<(u64, Request)> {
+        Vec::new()
+    }
+
+    /// Rewrites the response to `req` before the client sees it.
+    fn response(&mut self, _req: &Request, resp: Response) -> Response {
+        resp
+    }
+}
 
 /// The simulated instant now, read from madsim's time handle (never the machine's clock).
 fn now() -> madsim::time::Instant {
@@ -23,6 +41,8 @@ pub struct RpcClient {
     server: SocketAddr,
     next_id: u64,
     timeout: Duration,
+    version: u32,
+    filter: Option<Box<dyn TransportFilter>>,
 }
 
 impl RpcClient {
@@ -30,18 +50,43 @@ impl RpcClient {
     /// response meant for a previous boot is never taken for a new request's.
     pub async fn bind(server: SocketAddr, id_base: u64, timeout: Duration) -> Result<Self, SyncError> {
         let ep = Endpoint::bind("0.0.0.0:0").await.map_err(|e| SyncError::Transport { detail: format!("bind: {e}") })?;
-        Ok(RpcClient { ep, server, next_id: id_base << 32, timeout })
+        Ok(RpcClient { ep, server, next_id: id_base << 32, timeout, version: PROTOCOL_VERSION, filter: None })
+    }
+
+    /// Speaks protocol version `v` (an older device).
+    pub fn with_version(mut self, v: u32) -> Self {
+        self.version = v;
+        self
+    }
+
+    /// The protocol version this client speaks.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Puts `filter` between this client and the network.
+    pub fn with_filter(mut self, filter: Box<dyn TransportFilter>) -> Self {
+        self.filter = Some(filter);
+        self
+    }
+
+    async fn send(&self, id: u64, req: &Request) -> Result<(), SyncError> {
+        let bytes = proto::encode(self.version, id, req);
+        self.ep
+            .send_to_raw(self.server, TAG_REQUEST, Box::new(bytes))
+            .await
+            .map_err(|e| SyncError::Transport { detail: format!("send: {e}") })
     }
 
     /// Sends `req` and waits for its response.
     pub async fn call(&mut self, req: &Request) -> Result<Response, SyncError> {
         self.next_id += 1;
         let id = self.next_id;
-        let bytes = proto::encode(id, req);
-        self.ep
-            .send_to_raw(self.server, TAG_REQUEST, Box::new(bytes))
-            .await
-            .map_err(|e| SyncError::Transport { detail: format!("send: {e}") })?;
+        let extra = self.filter.as_mut().map(|f| f.extra_sends(id, req)).unwrap_or_default();
+        for (xid, x) in &extra {
+            self.send(*xid, x).await?;
+        }
+        self.send(id, req).await?;
         let deadline = now() + self.timeout;
         for _ in 0..STALE_RESPONSES_MAX {
             let left = deadline.saturating_duration_since(now());
@@ -52,24 +97,39 @@ impl RpcClient {
                 Ok(Ok(x)) => x,
             };
             let Ok(bytes) = payload.downcast::<Vec<u8>>() else { continue };
-            let env = proto::decode::<Response>(&bytes).map_err(|e| SyncError::Transport { detail: e })?;
+            let env = match proto::decode::<Response>(&bytes) {
+                Ok(env) => env,
+                Err(e @ DecodeError::Version { .. }) => return Err(SyncError::Protocol { detail: e.to_string() }),
+                Err(e) => return Err(SyncError::Transport { detail: e.to_string() }),
+            };
             if env.id == id {
-                return Ok(env.body);
+                let resp = match self.filter.as_mut() {
+                    Some(f) => f.response(req, env.body),
+                    None => env.body,
+                };
+                if let Response::Error { code, message, .. } = &resp {
+                    if code == "protocolVersionUnsupported" {
+                        return Err(SyncError::Protocol { detail: message.clone() });
+                    }
+                }
+                return Ok(resp);
             }
         }
         Err(SyncError::Transport { detail: "too many stale responses".into() })
     }
 }
 
-/// Serves requests on the server's endpoint until the node stops.
+/// Serves requests on the server's endpoint until the node stops. Each answer is in the
+/// protocol version of its request.
 pub async fn serve(ep: &Endpoint, mut handle: impl FnMut(Request) -> Response) -> std::io::Result<()> {
     loop {
         let (payload, from) = ep.recv_from_raw(TAG_REQUEST).await?;
         let Ok(bytes) = payload.downcast::<Vec<u8>>() else { continue };
-        let resp = match proto::decode::<Request>(&bytes) {
-            Ok(env) => (env.id, handle(env.body)),
-            Err(e) => (0, Response::Error { code: "badRequest".into(), message: e }),
+        let (v, id, resp) = match proto::decode::<Request>(&bytes) {
+            Ok(env) => (env.v, env.id, handle(env.body)),
+            Err(e @ DecodeError::Version { id, .. }) => (PROTOCOL_VERSION, id, Response::error("protocolVersionUnsupported", e.to_string())),
+            Err(e) => (PROTOCOL_VERSION, 0, Response::error("badRequest", e.to_string())),
         };
-        ep.send_to_raw(from, TAG_RESPONSE, Box::new(proto::encode(resp.0, &resp.1))).await?;
+        ep.send_to_raw(from, TAG_RESPONSE, Box::new(proto::encode(v, id, &resp))).await?;
     }
 }

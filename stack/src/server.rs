@@ -1,8 +1,14 @@
 //! The server: holds the total order of every tenant's events and answers push and pull.
 //!
-//! A push appends each write once: a `(replica, write_id)` the server already holds is answered
-//! with the sequence number it already has, so retries are harmless. Every push is one
-//! transaction, committed before the answer leaves.
+//! A push appends each write once, identified by its op id: a retry (or a duplicated or
+//! replayed request) is answered with the write id and sequence number the op already has. A
+//! write whose `(replica, write_id)` the server already holds for a *different* op is stale
+//! (the device's write ids went backwards): the push is refused with `staleWriteId` and the
+//! replica's last write id, so the device can renumber. Every push is one transaction,
+//! committed before the answer leaves.
+//!
+//! A replica is bound to the tenant of its first request; a request for another tenant is
+//! refused (`rbacDenied`) and reported, never silently merged.
 
 use std::collections::BTreeMap;
 
@@ -10,12 +16,41 @@ use rusqlite::{Connection, OptionalExtension};
 
 use crate::chain;
 use crate::error::StoreError;
-use crate::proto::{PendingWrite, Request, Response, WireEvent, PAGE_LIMIT_MAX};
+use crate::proto::{Accepted, PendingWrite, Request, Response, WireEvent, PAGE_LIMIT_MAX};
 use crate::store::{self, EventRow};
+
+const SERVER_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS replicas(replica TEXT PRIMARY KEY, tenant TEXT NOT NULL);
+";
 
 /// The server's store.
 pub struct Server {
     conn: Connection,
+}
+
+/// Per-tenant consistency diagnostics: how many events, and the chain head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostics {
+    pub tenant: String,
+    pub count: u64,
+    pub head: Vec<u8>,
+}
+
+enum Refusal {
+    Store(StoreError),
+    Answer(Response),
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        Refusal::Store(e)
+    }
+}
+
+impl From<rusqlite::Error> for Refusal {
+    fn from(e: rusqlite::Error) -> Self {
+        Refusal::Store(e.into())
+    }
 }
 
 impl Server {
@@ -23,6 +58,7 @@ impl Server {
     pub fn open(path: &str) -> Result<Server, StoreError> {
         let conn = store::open(path)?;
         conn.execute_batch(store::EVENTS_SCHEMA)?;
+        conn.execute_batch(SERVER_SCHEMA)?;
         Ok(Server { conn })
     }
 
@@ -30,53 +66,87 @@ impl Server {
     pub fn handle(&mut self, req: Request) -> Response {
         let result = match req {
             Request::Push { tenant, replica, writes } => self.push(&tenant, &replica, &writes),
-            Request::Pull { tenant, since, limit, .. } => self.pull(&tenant, since, limit),
+            Request::Pull { tenant, replica, since, limit } => self.pull(&tenant, &replica, since, limit),
         };
-        result.unwrap_or_else(|e| Response::Error { code: e.code().into(), message: e.to_string() })
+        match result {
+            Ok(r) | Err(Refusal::Answer(r)) => r,
+            Err(Refusal::Store(e)) => Response::error(e.code(), e.to_string()),
+        }
     }
 
-    fn push(&mut self, tenant: &str, replica: &str, writes: &[PendingWrite]) -> Result<Response, StoreError> {
+    /// Binds `replica` to `tenant` on first sight; refuses it for any other tenant.
+    fn authorize(conn: &Connection, tenant: &str, replica: &str) -> Result<(), Refusal> {
+        let bound: Option<String> =
+            conn.query_row("SELECT tenant FROM replicas WHERE replica = ?1", [replica], |r| r.get(0)).optional()?;
+        match bound {
+            Some(t) if t == tenant => Ok(()),
+            Some(t) => Err(Refusal::Answer(Response::error(
+                "rbacDenied",
+                format!("replica {replica} belongs to tenant {t}, not {tenant}"),
+            ))),
+            None => {
+                conn.execute("INSERT INTO replicas(replica, tenant) VALUES (?1, ?2)", [replica, tenant])?;
+                Ok(())
+            }
+        }
+    }
+
+    fn push(&mut self, tenant: &str, replica: &str, writes: &[PendingWrite]) -> Result<Response, Refusal> {
         let tx = self.conn.transaction()?;
+        Self::authorize(&tx, tenant, replica)?;
         let mut accepted = Vec::with_capacity(writes.len());
         let mut head = store::chain_head(&tx, tenant)?;
         let mut next_seq: u64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM events", [], |r| r.get(0))?;
         for w in writes {
-            let existing: Option<u64> = tx
-                .query_row("SELECT seq FROM events WHERE replica = ?1 AND write_id = ?2", rusqlite::params![replica, w.write_id], |r| r.get(0))
+            let op_id = w.op_id.clone().unwrap_or_else(|| format!("{replica}:{}", w.write_id));
+            let known: Option<(String, u64, u64)> = tx
+                .query_row("SELECT replica, write_id, seq FROM events WHERE op_id = ?1", [&op_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?;
-            if let Some(seq) = existing {
-                accepted.push((w.write_id, seq));
+            if let Some((owner, write_id, seq)) = known {
+                if owner != replica {
+                    return Err(Refusal::Answer(Response::error("opConflict", format!("op {op_id} belongs to replica {owner}"))));
+                }
+                accepted.push(Accepted { op_id, write_id, seq });
                 continue;
             }
+            let taken: bool = tx
+                .query_row("SELECT 1 FROM events WHERE replica = ?1 AND write_id = ?2", rusqlite::params![replica, w.write_id], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if taken {
+                let last = Self::last_write_id(&tx, replica)?;
+                return Err(Refusal::Answer(Response::Error {
+                    code: "staleWriteId".into(),
+                    message: format!("write id {} of replica {replica} is taken by another op; last is {last}", w.write_id),
+                    last_write_id: Some(last),
+                }));
+            }
             let hash = chain::event_hash(&head, &w.kind, tenant, &w.payload);
-            store::insert_event(
-                &tx,
-                &EventRow {
-                    seq: next_seq,
-                    tenant: tenant.into(),
-                    aggregate: w.aggregate.clone(),
-                    kind: w.kind.clone(),
-                    replica: replica.into(),
-                    write_id: w.write_id,
-                    payload: w.payload.clone(),
-                    prev_hash: head,
-                    hash: hash.to_vec(),
-                },
-            )?;
-            accepted.push((w.write_id, next_seq));
+            let row = EventRow {
+                seq: next_seq,
+                op_id: op_id.clone(),
+                tenant: tenant.into(),
+                aggregate: w.aggregate.clone(),
+                kind: w.kind.clone(),
+                replica: replica.into(),
+                write_id: w.write_id,
+                payload: w.payload.clone(),
+                prev_hash: head,
+                hash: hash.to_vec(),
+            };
+            store::insert_event(&tx, &row)?;
+            accepted.push(Accepted { op_id, write_id: w.write_id, seq: next_seq });
             head = hash.to_vec();
             next_seq += 1;
         }
-        let last_write_id: u64 = tx.query_row(
-            "SELECT COALESCE(MAX(write_id), 0) FROM events WHERE replica = ?1",
-            [replica],
-            |r| r.get(0),
-        )?;
+        let cursor = Self::tenant_cursor(&tx, tenant)?;
+        let last_reconciled_write_ids = Self::last_reconciled(&tx, tenant)?;
         tx.commit()?;
-        Ok(Response::Pushed { accepted, last_write_id })
+        Ok(Response::Pushed { accepted, cursor, last_reconciled_write_ids })
     }
 
-    fn pull(&mut self, tenant: &str, since: u64, limit: u32) -> Result<Response, StoreError> {
+    fn pull(&mut self, tenant: &str, replica: &str, since: u64, limit: u32) -> Result<Response, Refusal> {
+        Self::authorize(&self.conn, tenant, replica)?;
         let limit = limit.clamp(1, PAGE_LIMIT_MAX);
         let mut items = store::events_after(&self.conn, tenant, since, limit + 1)?;
         let has_more = items.len() > limit as usize;
@@ -86,12 +156,20 @@ impl Server {
             items: items.into_iter().map(WireEvent::from).collect(),
             has_more,
             next_cursor,
-            last_reconciled_write_ids: self.last_reconciled(tenant)?,
+            last_reconciled_write_ids: Self::last_reconciled(&self.conn, tenant)?,
         })
     }
 
-    fn last_reconciled(&self, tenant: &str) -> Result<BTreeMap<String, u64>, StoreError> {
-        let mut st = self.conn.prepare_cached("SELECT replica, MAX(write_id) FROM events WHERE tenant = ?1 GROUP BY replica")?;
+    fn last_write_id(conn: &Connection, replica: &str) -> Result<u64, StoreError> {
+        Ok(conn.query_row("SELECT COALESCE(MAX(write_id), 0) FROM events WHERE replica = ?1", [replica], |r| r.get(0))?)
+    }
+
+    fn tenant_cursor(conn: &Connection, tenant: &str) -> Result<u64, StoreError> {
+        Ok(conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events WHERE tenant = ?1", [tenant], |r| r.get(0))?)
+    }
+
+    fn last_reconciled(conn: &Connection, tenant: &str) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut st = conn.prepare_cached("SELECT replica, MAX(write_id) FROM events WHERE tenant = ?1 GROUP BY replica")?;
         let rows = st.query_map([tenant], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -99,5 +177,15 @@ impl Server {
     /// Every event the server holds, in total order.
     pub fn events(&self) -> Result<Vec<EventRow>, StoreError> {
         store::all_events(&self.conn)
+    }
+
+    /// Count and chain head of every tenant, for comparing with devices.
+    pub fn diagnostics(&self) -> Result<Vec<Diagnostics>, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT tenant, COUNT(*) FROM events GROUP BY tenant ORDER BY tenant")?;
+        let counts: Vec<(String, u64)> = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+        counts
+            .into_iter()
+            .map(|(tenant, count)| Ok(Diagnostics { head: store::chain_head(&self.conn, &tenant)?, tenant, count }))
+            .collect()
     }
 }

@@ -16,8 +16,20 @@ pub const PAGE_RESERVE_BYTES: i32 = 8;
 /// Opens (creating if needed) the database at `path` with the stack's settings, and checks that
 /// SQLite can read it.
 pub fn open(path: &str) -> Result<Connection, StoreError> {
+    open_with_vfs(path, None)
+}
+
+/// Like [`open`], through the SQLite VFS named `vfs` (`None`: the process's default VFS).
+///
+/// For measurements that compare storage layers: `Some("unix")` reaches a real file even where a
+/// simulator has made itself the default VFS. An in-memory database (`:memory:`) keeps its
+/// journal in memory, since WAL needs a file; every other setting is the same.
+pub fn open_with_vfs(path: &str, vfs: Option<&str>) -> Result<Connection, StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let c = Connection::open_with_flags(path, flags)?;
+    let c = match vfs {
+        Some(name) => Connection::open_with_flags_and_vfs(path, flags, name)?,
+        None => Connection::open_with_flags(path, flags)?,
+    };
     let mut reserve = PAGE_RESERVE_BYTES;
     // SAFETY: a live connection handle and a pointer to an int, as this file control expects.
     let rc = unsafe {
@@ -27,7 +39,8 @@ pub fn open(path: &str) -> Result<Connection, StoreError> {
         return Err(StoreError::Sqlite { detail: format!("reserving page checksum bytes failed with code {rc}") });
     }
     let mode: String = c.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
+    let in_memory = path == ":memory:" && mode.eq_ignore_ascii_case("memory");
+    if !mode.eq_ignore_ascii_case("wal") && !in_memory {
         return Err(StoreError::Sqlite { detail: format!("journal_mode is {mode}, not wal") });
     }
     c.execute_batch("PRAGMA synchronous=FULL; PRAGMA mmap_size=0; PRAGMA temp_store=MEMORY; PRAGMA foreign_keys=ON;")?;
@@ -51,6 +64,7 @@ pub const EVENTS_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events(
     seq INTEGER PRIMARY KEY,
+    op_id TEXT NOT NULL UNIQUE,
     tenant TEXT NOT NULL,
     aggregate TEXT NOT NULL,
     kind TEXT NOT NULL,
@@ -68,6 +82,7 @@ CREATE INDEX IF NOT EXISTS events_by_tenant ON events(tenant, seq);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRow {
     pub seq: u64,
+    pub op_id: String,
     pub tenant: String,
     pub aggregate: String,
     pub kind: String,
@@ -78,19 +93,20 @@ pub struct EventRow {
     pub hash: Vec<u8>,
 }
 
-const EVENT_COLUMNS: &str = "seq, tenant, aggregate, kind, replica, write_id, payload, prev_hash, hash";
+const EVENT_COLUMNS: &str = "seq, op_id, tenant, aggregate, kind, replica, write_id, payload, prev_hash, hash";
 
 fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
     Ok(EventRow {
         seq: r.get(0)?,
-        tenant: r.get(1)?,
-        aggregate: r.get(2)?,
-        kind: r.get(3)?,
-        replica: r.get(4)?,
-        write_id: r.get(5)?,
-        payload: r.get(6)?,
-        prev_hash: r.get(7)?,
-        hash: r.get(8)?,
+        op_id: r.get(1)?,
+        tenant: r.get(2)?,
+        aggregate: r.get(3)?,
+        kind: r.get(4)?,
+        replica: r.get(5)?,
+        write_id: r.get(6)?,
+        payload: r.get(7)?,
+        prev_hash: r.get(8)?,
+        hash: r.get(9)?,
     })
 }
 
@@ -112,8 +128,8 @@ pub fn all_events(c: &Connection) -> Result<Vec<EventRow>, StoreError> {
 
 /// Inserts one event.
 pub fn insert_event(c: &Connection, e: &EventRow) -> Result<(), StoreError> {
-    c.prepare_cached(&format!("INSERT INTO events({EVENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"))?
-        .execute(rusqlite::params![e.seq, e.tenant, e.aggregate, e.kind, e.replica, e.write_id, e.payload, e.prev_hash, e.hash])?;
+    c.prepare_cached(&format!("INSERT INTO events({EVENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"))?
+        .execute(rusqlite::params![e.seq, e.op_id, e.tenant, e.aggregate, e.kind, e.replica, e.write_id, e.payload, e.prev_hash, e.hash])?;
     Ok(())
 }
 
