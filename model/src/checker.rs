@@ -104,7 +104,8 @@ impl Checker {
             Fact::SyncFailed { node, code, signature, expected, state_before, state_after } => {
                 self.checked(FAIL_CLOSED);
                 if state_before != state_after {
-                    self.violate(FAIL_CLOSED, &node, line, format!("failed sync attempt ({code}) changed the exported state from {state_before} to {state_after}"));
+                    let what = state_difference(&state_before, &state_after);
+                    self.violate(FAIL_CLOSED, &node, line, format!("failed sync attempt ({code}) changed the exported state: {what}"));
                 }
                 self.check_guardrail(&node, line, signature.as_deref(), expected.as_deref(), &code);
             }
@@ -297,6 +298,23 @@ impl Checker {
         for (node, m) in missing {
             self.violate(DURABLE, &node, line, m);
         }
+    }
+}
+
+/// The fields of two exported states (JSON objects) that differ, as `field: before -> after`.
+fn state_difference(before: &str, after: &str) -> String {
+    let parse = |s: &str| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(s).unwrap_or_default();
+    let (b, a) = (parse(before), parse(after));
+    let keys: BTreeSet<&String> = b.keys().chain(a.keys()).collect();
+    let diffs: Vec<String> = keys
+        .into_iter()
+        .filter(|k| b.get(*k) != a.get(*k))
+        .map(|k| format!("{k}: {} -> {}", b.get(k).map(|v| v.to_string()).unwrap_or_default(), a.get(k).map(|v| v.to_string()).unwrap_or_default()))
+        .collect();
+    if diffs.is_empty() {
+        format!("{before} -> {after}")
+    } else {
+        diffs.join("; ")
     }
 }
 
