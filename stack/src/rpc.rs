@@ -17,7 +17,7 @@ use crate::proto::{self, DecodeError, Request, Response, PROTOCOL_VERSION, TAG_R
 const STALE_RESPONSES_MAX: u32 = 64;
 
 /// A hook on every exchange of one client.
-pub trait TransportFilter {
+pub trait TransportFilter: Send + Sync {
     /// Messages to send before request `id` (each with its own id): duplicates of it, or
     /// replays of older requests.
     fn extra_sends(&mut self, _id: u64, _req: &Request) -> Vec<(u64, Request)> {
