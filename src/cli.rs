@@ -2,16 +2,18 @@
 //! reported the same way (one `error:` line, exit code 2) before anything runs.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use drill_reports::SeedRange;
+use drill_reports::{SeedRange, Shard};
 
 use crate::seeds;
 
 /// Deterministic simulation and fault-injection testing: one seed builds a world, runs it, and
 /// writes a trace that replays byte for byte.
 ///
-/// Exit codes: 0 pass, 1 invariant violated, 2 bad input, 3 liveness, 4 nondeterminism.
+/// Exit codes: 0 pass, 1 invariant violated, 2 bad input, 3 liveness, 4 nondeterminism,
+/// 5 coverage shortfall (`drill gate` and `drill merge` of gates only).
 #[derive(Debug, Parser)]
 #[command(name = "drill", version, propagate_version = true)]
 pub struct Cli {
@@ -32,6 +34,18 @@ pub enum Command {
     Replay(ReplayArgs),
     /// List the scenarios and fault profiles.
     List(ListArgs),
+    /// Minimise a failing run's plan: fewer clients, faults and operations, same failure.
+    Shrink(ShrinkArgs),
+    /// Build (or rebuild) a run folder's report.html timeline from its trace.
+    Timeline(TimelineArgs),
+    /// The release gate: a swarm sweep, every drill, a determinism sample and coverage checks.
+    ///
+    /// Exit codes: 0 pass, 1 invariant violated, 3 liveness, 4 nondeterminism (the worst run
+    /// decides), 5 coverage shortfall (a drill not exercised and passed, an invariant never
+    /// checked, or seeds left unrun when the time budget ran out), 2 bad input.
+    Gate(GateArgs),
+    /// Combine the summaries of sweeps or gates run as shards (or over adjacent seed ranges).
+    Merge(MergeArgs),
     /// Internal: run the seeds read from stdin, one JSON answer a line (used by sweeps).
     #[command(name = "__worker", hide = true)]
     Worker(WorldArgs),
@@ -63,6 +77,9 @@ pub struct RunArgs {
     /// A previous run's folder is replaced; any other non-empty folder is refused.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Print NDJSON (one JSON object a line: start, result) on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options shared by commands that run many seeds.
@@ -86,6 +103,84 @@ pub struct SweepArgs {
     /// Sweep folder: summary.json plus seed-N/ for each failing seed. A previous sweep's folder
     /// is replaced; any other non-empty folder is refused.
     #[arg(long, value_name = "DIR", default_value = "drill-out/sweep")]
+    pub out: PathBuf,
+    /// Run only shard I of N: the seeds s of the range with s mod N = I - 1. Merge the shards'
+    /// folders with `drill merge`.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    pub shard: Option<Shard>,
+    /// Print NDJSON (start, one line per seed, result) on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `drill shrink`.
+#[derive(Debug, Args)]
+pub struct ShrinkArgs {
+    /// A failing run folder (plan.json, summary.json). Its shrunk run goes to DIR/shrunk/.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Runs at most, the original's confirmation and the final run included.
+    #[arg(long, value_name = "N", default_value_t = 500, value_parser = parse_positive)]
+    pub max_runs: u64,
+    /// Wall-clock time at most, for example 90s, 5m, 1h.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub time_budget: Option<Duration>,
+    /// Worker processes [default: number of CPUs].
+    #[arg(long, value_name = "J", value_parser = parse_jobs)]
+    pub jobs: Option<usize>,
+}
+
+/// `drill timeline`.
+#[derive(Debug, Args)]
+pub struct TimelineArgs {
+    /// A run folder holding trace.jsonl (and summary.json); report.html is written there.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+}
+
+/// `drill gate`.
+#[derive(Debug, Args)]
+pub struct GateArgs {
+    /// Swarm seeds 1..=N of the main scenario.
+    #[arg(long, value_name = "N", default_value_t = 500, value_parser = parse_positive)]
+    pub seeds: u64,
+    /// Seeds 1..=K of every drill (every scenario other than the main one).
+    #[arg(long, value_name = "K", default_value_t = 5, value_parser = parse_positive)]
+    pub drill_seeds: u64,
+    /// Fault profile the drills run under (the drill injects its own failure).
+    #[arg(long, value_name = "NAME", default_value = "none", value_parser = parse_profile)]
+    pub drill_profile: String,
+    /// Seeds of the sweep run a second time to check determinism, spread over the range.
+    #[arg(long, value_name = "M", default_value_t = 20)]
+    pub determinism_seeds: u64,
+    /// Stop starting runs after this much wall-clock time (for example 10m); seeds left unrun
+    /// are a coverage shortfall (exit code 5).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub time_budget: Option<Duration>,
+    /// Gate folder: summary.json, junit.xml, report.md, report.html, failing runs' folders.
+    #[arg(long, value_name = "DIR", default_value = "drill-out/gate")]
+    pub out: PathBuf,
+    /// Worker processes [default: number of CPUs].
+    #[arg(long, value_name = "J", value_parser = parse_jobs)]
+    pub jobs: Option<usize>,
+    /// Run only shard I of N (every seed s with s mod N = I - 1, drills and samples included);
+    /// coverage is then judged by `drill merge` of all shards.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    pub shard: Option<Shard>,
+    /// Print NDJSON (start, one line per run, result) on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `drill merge`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Sweep or gate folders, each with its summary.json: all shards of one run, or sweeps of
+    /// adjacent seed ranges.
+    #[arg(value_name = "DIR", required = true, num_args = 1..)]
+    pub dirs: Vec<PathBuf>,
+    /// Folder for the merged summary.json (and, for gates, junit.xml and reports).
+    #[arg(long, value_name = "DIR", default_value = "drill-out/merged")]
     pub out: PathBuf,
 }
 
@@ -145,6 +240,34 @@ fn parse_jobs(text: &str) -> Result<usize, String> {
     }
 }
 
+fn parse_positive(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{text}' is not a whole number")),
+    }
+}
+
+/// `90s`, `5m`, `1h 30m`, as humantime reads them.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if d.is_zero() => Err("a time budget must be more than zero".to_string()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("'{text}' is not a duration like 90s, 5m or 1h ({e})")),
+    }
+}
+
+/// `I/N` with 1 <= I <= N.
+fn parse_shard(text: &str) -> Result<Shard, String> {
+    let bad = || format!("expected a shard I/N with 1 <= I <= N, got '{text}'");
+    let (i, n) = text.trim().split_once('/').ok_or_else(bad)?;
+    let (index, count) = (i.parse::<u64>(), n.parse::<u64>());
+    match (index, count) {
+        (Ok(index), Ok(count)) if index >= 1 && index <= count => Ok(Shard { index, count }),
+        _ => Err(bad()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +299,17 @@ mod tests {
         assert!(Cli::try_parse_from(["drill", "run", "--plan", "p.json", "--seed", "1"]).is_err());
         assert!(Cli::try_parse_from(["drill", "run", "--plan", "p.json"]).is_ok());
         assert!(Cli::try_parse_from(["drill", "run"]).is_err());
+    }
+
+    #[test]
+    fn shards_and_budgets_are_checked() {
+        assert_eq!(parse_shard("2/4"), Ok(Shard { index: 2, count: 4 }));
+        for bad in ["0/4", "5/4", "1", "a/b", "1/0", "-1/2"] {
+            assert!(parse_shard(bad).is_err(), "accepted {bad}");
+        }
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("0s").is_err() && parse_duration("soon").is_err());
     }
 
     #[test]

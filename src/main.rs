@@ -7,11 +7,13 @@ mod cli;
 mod cmd;
 mod diff;
 mod error;
+mod ndjson;
 mod outdir;
 mod pool;
 mod progress;
 mod runfiles;
 mod seeds;
+mod shrink;
 mod worker;
 
 use std::process::ExitCode;
@@ -46,6 +48,10 @@ fn dispatch(command: Command) -> Result<i32, CliError> {
         Command::CheckDeterminism(args) => cmd::determinism::check(args),
         Command::Replay(args) => cmd::replay::replay(args),
         Command::List(args) => cmd::list::list(args),
+        Command::Shrink(args) => cmd::shrink::shrink(args),
+        Command::Timeline(args) => cmd::timeline::timeline(args),
+        Command::Gate(args) => cmd::gate::gate(args),
+        Command::Merge(args) => cmd::merge::merge(args),
         Command::Worker(world) => worker::serve(&world),
     }
 }

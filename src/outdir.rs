@@ -88,6 +88,35 @@ fn refuse(dir: &Path, kind: &str) -> CliError {
     ))
 }
 
+/// Removes a previous output of drill from `dir`, whose entries are `names`: run files and
+/// `files` are removed, folders named in `dirs` are removed with their contents. Anything else
+/// makes it refuse before removing anything.
+pub fn clear_previous(
+    dir: &Path,
+    names: &[String],
+    files: &[&str],
+    dirs: &[&str],
+) -> Result<(), CliError> {
+    let known_file = |n: &str| RUN_FILES.contains(&n) || files.contains(&n);
+    let ok = names.iter().all(|n| {
+        let path = dir.join(n);
+        (known_file(n) && path.is_file()) || (dirs.contains(&n.as_str()) && is_real_dir(&path))
+    });
+    if !ok {
+        return Err(refuse(dir, "output"));
+    }
+    for n in names {
+        let path = dir.join(n);
+        let removed = if path.is_file() {
+            fs::remove_file(&path)
+        } else {
+            fs::remove_dir_all(&path)
+        };
+        removed.map_err(|e| CliError::io("cannot remove", &path, e))?;
+    }
+    Ok(())
+}
+
 /// True when every entry of `dir` is a regular file named like a run file (vacuously for an
 /// empty folder: a worker's scratch folder may not have been written yet).
 fn holds_only_run_files(dir: &Path) -> bool {

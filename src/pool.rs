@@ -1,6 +1,9 @@
 //! The parent side of worker processes: start J copies of this executable as `drill __worker`,
 //! hand each one job at a time as it becomes free, and pass every answer to a [`Dispatch`].
 //!
+//! [`Session`] drives workers in lock step instead, for callers whose next jobs depend on the
+//! last answers.
+//!
 //! One reader thread per worker turns its stdout into events on one channel, so the parent can
 //! wait for whichever worker answers first. A worker that dies is reported as a panic of the job
 //! it held and replaced while jobs remain.
@@ -154,21 +157,7 @@ impl Pool {
     }
 
     fn spawn(&self, slot: usize) -> Result<Worker, CliError> {
-        let exe = std::env::current_exe()
-            .map_err(|e| CliError::new(format!("cannot find drill's own executable: {e}")))?;
-        let mut child = Command::new(&exe)
-            .args([
-                "__worker",
-                "--scenario",
-                &self.world.scenario,
-                "--profile",
-                &self.world.profile,
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| CliError::io("cannot start worker", &exe, e))?;
+        let mut child = worker_command(&self.world)?;
         let stdout = child.stdout.take().ok_or_else(|| unexpected(slot))?;
         read_answers(slot, stdout, self.events_tx.clone());
         Ok(Worker {
@@ -215,4 +204,133 @@ fn died_message(seed: u64, status: ExitStatus) -> String {
 
 fn unexpected(slot: usize) -> CliError {
     CliError::new(format!("worker {slot} answered out of turn"))
+}
+
+/// Workers driven in lock step, for callers that decide their next jobs from the last answers
+/// (shrinking): [`Session::run_batch`] hands one job to each of up to J workers and waits for
+/// all of them. Answers come back in the order of the jobs, whichever worker ran them, so the
+/// caller's decisions do not depend on timing.
+pub struct Session {
+    world: WorldArgs,
+    workers: Vec<Option<SyncWorker>>,
+}
+
+/// A worker read synchronously: one job out, one answer back.
+struct SyncWorker {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Session {
+    /// A session of `workers` processes building `world`; they start on first use.
+    pub fn new(workers: usize, world: &WorldArgs) -> Session {
+        Session {
+            world: world.clone(),
+            workers: (0..workers.max(1)).map(|_| None).collect(),
+        }
+    }
+
+    /// How many jobs one batch can run at once.
+    pub fn width(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Runs up to [`Session::width`] jobs at once; one answer per job, in the jobs' order.
+    pub fn run_batch(&mut self, jobs: &[Job]) -> Result<Vec<Answer>, CliError> {
+        assert!(jobs.len() <= self.width(), "a batch is at most one job per worker");
+        for (slot, job) in jobs.iter().enumerate() {
+            self.send(slot, job)?;
+        }
+        let mut answers = Vec::with_capacity(jobs.len());
+        for (slot, job) in jobs.iter().enumerate() {
+            answers.push(self.receive(slot, job)?);
+        }
+        Ok(answers)
+    }
+
+    fn send(&mut self, slot: usize, job: &Job) -> Result<(), CliError> {
+        if self.workers[slot].is_none() {
+            self.workers[slot] = Some(self.spawn()?);
+        }
+        let line = serde_json::to_string(job)
+            .map_err(|e| CliError::new(format!("cannot encode a job: {e}")))?;
+        let worker = self.workers[slot].as_mut().ok_or_else(|| unexpected(slot))?;
+        // A failed write means the worker died; `receive` then reads its end and says so.
+        let _ = writeln!(worker.stdin, "{line}").and_then(|()| worker.stdin.flush());
+        Ok(())
+    }
+
+    /// The worker's answer; a worker that ends without one is reported as a panic and retired,
+    /// as is one that panicked (it exits after answering).
+    fn receive(&mut self, slot: usize, job: &Job) -> Result<Answer, CliError> {
+        let worker = self.workers[slot].as_mut().ok_or_else(|| unexpected(slot))?;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let read = worker.stdout.read_line(&mut line).unwrap_or(0);
+            if read == 0 {
+                let mut gone = self.workers[slot].take().ok_or_else(|| unexpected(slot))?;
+                let status = gone
+                    .child
+                    .wait()
+                    .map_err(|e| CliError::new(format!("cannot wait for a worker: {e}")))?;
+                let message = died_message(job.seed, status);
+                return Ok(Answer::Panic { message });
+            }
+            if let Some(answer) = parse_answer(line.trim_end()) {
+                let answer = answer?;
+                if matches!(answer, Answer::Panic { .. }) {
+                    self.retire(slot);
+                }
+                return Ok(answer);
+            }
+        }
+    }
+
+    fn retire(&mut self, slot: usize) {
+        if let Some(mut worker) = self.workers[slot].take() {
+            drop(worker.stdin);
+            let _ = worker.child.wait();
+        }
+    }
+
+    fn spawn(&self) -> Result<SyncWorker, CliError> {
+        let mut child = worker_command(&self.world)?;
+        let stdout = child.stdout.take().ok_or_else(|| unexpected(0))?;
+        let stdin = child.stdin.take().ok_or_else(|| unexpected(0))?;
+        Ok(SyncWorker {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout),
+        })
+    }
+}
+
+impl Drop for Session {
+    /// Closes every worker's stdin, which ends it, and waits for it.
+    fn drop(&mut self) {
+        for slot in 0..self.workers.len() {
+            self.retire(slot);
+        }
+    }
+}
+
+/// Starts `drill __worker` for `world`, with piped stdin and stdout.
+fn worker_command(world: &WorldArgs) -> Result<Child, CliError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::new(format!("cannot find drill's own executable: {e}")))?;
+    Command::new(&exe)
+        .args([
+            "__worker",
+            "--scenario",
+            &world.scenario,
+            "--profile",
+            &world.profile,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| CliError::io("cannot start worker", &exe, e))
 }

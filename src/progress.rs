@@ -106,9 +106,9 @@ pub fn rate(count: u64, elapsed: Duration) -> f64 {
     }
 }
 
-/// The real clock. Only the CLI's throughput numbers read it; nothing simulated does, and it is
-/// never called inside a run (workers run the seeds).
+/// The real clock. Only the CLI's throughput numbers and time budgets read it; nothing
+/// simulated does, and it is never called inside a run (workers run the seeds).
 #[allow(clippy::disallowed_methods)]
-fn wall_clock_now() -> Instant {
+pub fn wall_clock_now() -> Instant {
     Instant::now()
 }

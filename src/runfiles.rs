@@ -11,10 +11,12 @@ use serde::Serialize;
 use crate::error::CliError;
 
 /// The files a run folder holds; `trace.jsonl` and `plan.json` are written by the run itself.
-pub const RUN_FILES: [&str; 3] = [TRACE_FILE, PLAN_FILE, SUMMARY_FILE];
+pub const RUN_FILES: [&str; 4] = [TRACE_FILE, PLAN_FILE, SUMMARY_FILE, REPORT_FILE];
 pub const TRACE_FILE: &str = "trace.jsonl";
 pub const PLAN_FILE: &str = "plan.json";
 pub const SUMMARY_FILE: &str = "summary.json";
+/// The run's timeline page (a sweep's or gate's dashboard has the same name).
+pub const REPORT_FILE: &str = "report.html";
 
 /// This build's version, as written into summaries and printed on every first line.
 pub const DRILL_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -87,6 +89,30 @@ pub fn folder_replay(dir: &Path) -> String {
 fn shell_words(words: &[&str]) -> String {
     // Quoting fails only on NUL bytes, which command-line arguments cannot hold.
     shlex::try_join(words.iter().copied()).unwrap_or_else(|_| words.join(" "))
+}
+
+/// Writes the run folder's report.html from its trace lines and summary.
+pub fn write_timeline(dir: &Path, summary: &Summary, trace: &[String]) -> Result<(), CliError> {
+    let path = dir.join(REPORT_FILE);
+    let html = drill_reports::render_timeline(Some(summary), trace);
+    std::fs::write(&path, html).map_err(|e| CliError::io("cannot write", &path, e))
+}
+
+/// Writes the run folder's report.html from the trace.jsonl (and summary.json, if any) in it.
+pub fn write_timeline_from(dir: &Path) -> Result<(), CliError> {
+    let trace_path = dir.join(TRACE_FILE);
+    let text = std::fs::read_to_string(&trace_path)
+        .map_err(|e| CliError::io("cannot read", &trace_path, e))?;
+    let trace: Vec<String> = text.lines().map(str::to_string).collect();
+    let summary_path = dir.join(SUMMARY_FILE);
+    let summary: Option<Summary> = if summary_path.exists() {
+        Some(read_json(&summary_path)?)
+    } else {
+        None
+    };
+    let path = dir.join(REPORT_FILE);
+    let html = drill_reports::render_timeline(summary.as_ref(), &trace);
+    std::fs::write(&path, html).map_err(|e| CliError::io("cannot write", &path, e))
 }
 
 /// Writes `value` as pretty JSON to `path`.

@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::WorldArgs;
 use crate::error::CliError;
-use crate::runfiles::{seed_replay, summary_of, write_json, SUMMARY_FILE};
+use crate::runfiles::{
+    plan_replay, seed_replay, summary_of, write_json, PLAN_FILE, SUMMARY_FILE,
+};
 
 /// Prefix of every answer line.
 pub const ANSWER_MARK: &str = "@drill-answer ";
@@ -28,11 +30,78 @@ pub const ANSWER_MARK: &str = "@drill-answer ";
 /// Exit code of a worker that stopped after a panic (Rust's own code for a panic).
 const EXIT_AFTER_PANIC: i32 = 101;
 
-/// One seed to run, with the existing folder to write its run files into.
+/// One run, with the existing folder to write its run files into.
+///
+/// By default the worker builds the plan from `seed` with its own scenario and profile (the
+/// ones it was started with); `world` names others, and `plan` gives a whole plan instead.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
     pub seed: u64,
     pub dir: PathBuf,
+    /// Scenario and profile for this job, when not the worker's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world: Option<JobWorld>,
+    /// The text of a plan to run instead of building one from the seed (`seed` is then only a
+    /// label for reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+}
+
+/// The scenario and profile of one job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobWorld {
+    pub scenario: String,
+    pub profile: String,
+}
+
+impl Job {
+    /// A seed of the worker's own scenario and profile.
+    pub fn seed(seed: u64, dir: PathBuf) -> Job {
+        Job {
+            seed,
+            dir,
+            world: None,
+            plan: None,
+        }
+    }
+
+    /// A seed of `scenario` under `profile`.
+    pub fn seed_of(seed: u64, dir: PathBuf, scenario: &str, profile: &str) -> Job {
+        Job {
+            world: Some(JobWorld {
+                scenario: scenario.to_string(),
+                profile: profile.to_string(),
+            }),
+            ..Job::seed(seed, dir)
+        }
+    }
+
+    /// A plan, given as the text of its plan.json.
+    pub fn plan(plan_text: String, seed: u64, dir: PathBuf) -> Job {
+        Job {
+            plan: Some(plan_text),
+            ..Job::seed(seed, dir)
+        }
+    }
+
+    /// What the worker runs, and the command that runs it again.
+    fn source(&self, own: &WorldArgs) -> (RunSource, String) {
+        if let Some(text) = &self.plan {
+            let replay = plan_replay(&self.dir.join(PLAN_FILE));
+            return (RunSource::Plan(text.clone()), replay);
+        }
+        let (scenario, profile) = match &self.world {
+            Some(w) => (w.scenario.clone(), w.profile.clone()),
+            None => (own.scenario.clone(), own.profile.clone()),
+        };
+        let replay = seed_replay(self.seed, &scenario, &profile);
+        let source = RunSource::Seed {
+            seed: self.seed,
+            scenario,
+            profile,
+        };
+        (source, replay)
+    }
 }
 
 /// How a job ended.
@@ -75,12 +144,9 @@ pub fn serve(world: &WorldArgs) -> Result<i32, CliError> {
 
 /// Runs one job; a panic inside the world becomes an answer instead of ending the sweep.
 fn run_job(world: &WorldArgs, job: &Job) -> Answer {
+    let (source, replay) = job.source(world);
     let request = RunRequest {
-        source: RunSource::Seed {
-            seed: job.seed,
-            scenario: world.scenario.clone(),
-            profile: world.profile.clone(),
-        },
+        source,
         out_dir: Some(job.dir.clone()),
     };
     let run = || match injected_fault(job.seed).as_deref() {
@@ -89,7 +155,7 @@ fn run_job(world: &WorldArgs, job: &Job) -> Answer {
         _ => drill_scenarios::run(&request),
     };
     match catch_unwind(AssertUnwindSafe(run)) {
-        Ok(Ok(report)) => finish(world, job, &report),
+        Ok(Ok(report)) => finish(job, &report, replay),
         Ok(Err(err)) => Answer::Error {
             message: err.to_string(),
         },
@@ -118,12 +184,10 @@ fn injected_fault(seed: u64) -> Option<String> {
     })
 }
 
-/// Writes the run's summary.json next to the files the run wrote, and answers with it.
-fn finish(world: &WorldArgs, job: &Job, report: &RunReport) -> Answer {
-    let summary = summary_of(
-        report,
-        seed_replay(job.seed, &world.scenario, &world.profile),
-    );
+/// Writes the run's summary.json next to the files the run wrote, and answers with it. (The
+/// timeline page is written only for the runs a sweep keeps.)
+fn finish(job: &Job, report: &RunReport, replay: String) -> Answer {
+    let summary = summary_of(report, replay);
     match write_json(&job.dir.join(SUMMARY_FILE), &summary) {
         Ok(()) => Answer::Done {
             summary: Box::new(summary),

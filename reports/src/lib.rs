@@ -2,18 +2,22 @@
 //!
 //! - [`Summary`]: one run's `summary.json`.
 //! - [`SweepSummary`]: a sweep's `summary.json`, with one [`FailingSeed`] per failing seed.
+//! - [`render_timeline`]: a run's `report.html`.
 //!
 //! The types live here, apart from the world, so that renderers (markdown, JUnit XML, HTML) and
 //! outside tools can read drill's output without building madsim or SQLite. Readers ignore fields
 //! they do not know, so adding a field keeps `format_version`; changing one's meaning bumps it.
 
+pub mod html;
 mod outcome;
 mod summary;
 mod sweep;
+pub mod timeline;
 
 pub use outcome::{Outcome, OutcomeCounts};
 pub use summary::{Summary, Violation};
-pub use sweep::{add_counts, FailingSeed, SeedRange, SweepSummary};
+pub use timeline::render_timeline;
+pub use sweep::{add_counts, FailingSeed, SeedRange, Shard, SweepSummary};
 
 /// The `format_version` every summary this build writes carries.
 pub const FORMAT_VERSION: u32 = 1;

@@ -41,6 +41,45 @@ impl fmt::Display for SeedRange {
     }
 }
 
+/// One of `count` disjoint slices of a seed range: shard `index` (1-based) holds the seeds `s`
+/// with `s mod count = index - 1`. A seed's shard depends only on the seed, so the shards of any
+/// range are disjoint and together hold every seed, each with an even share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Shard {
+    /// 1..=count.
+    pub index: u64,
+    pub count: u64,
+}
+
+impl Shard {
+    /// Whether `seed` belongs to this shard.
+    pub fn contains(&self, seed: u64) -> bool {
+        seed % self.count == self.index - 1
+    }
+
+    /// How many seeds of `range` belong to this shard.
+    pub fn len_in(&self, range: SeedRange) -> u64 {
+        let below = |end: u64| -> u64 {
+            // Seeds s in 0..end with s mod count = index - 1.
+            let r = self.index - 1;
+            if end <= r {
+                0
+            } else {
+                (end - 1 - r) / self.count + 1
+            }
+        };
+        let upto_last = below(range.last).saturating_add(u64::from(self.contains(range.last)));
+        upto_last - below(range.first)
+    }
+}
+
+impl fmt::Display for Shard {
+    /// `I/N`, as `--shard` reads it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
 /// One seed that did not pass, with what is needed to look at it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailingSeed {
@@ -63,6 +102,9 @@ pub struct SweepSummary {
     pub scenario: String,
     pub profile: String,
     pub seeds: SeedRange,
+    /// The shard of `seeds` this sweep ran, when it ran one; `None` for every seed of the range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
     /// Runs by outcome; they add up to the number of seeds.
     pub counts: OutcomeCounts,
     /// The worst outcome of any seed; the sweep's exit code is its exit code.
@@ -105,6 +147,7 @@ mod tests {
                 first: 10,
                 last: 11,
             },
+            shard: None,
             counts,
             outcome: counts.worst(),
             failing: vec![FailingSeed {
@@ -149,6 +192,23 @@ mod tests {
             faults,
             BTreeMap::from([("crash".into(), 5), ("partition".into(), 1)])
         );
+    }
+
+    #[test]
+    fn shards_split_a_range_evenly_and_disjointly() {
+        let range = SeedRange { first: 1, last: 10 };
+        let mut seen = Vec::new();
+        for index in 1..=4 {
+            let shard = Shard { index, count: 4 };
+            let seeds: Vec<u64> = range.iter().filter(|s| shard.contains(*s)).collect();
+            assert_eq!(shard.len_in(range), seeds.len() as u64, "{shard}");
+            seen.extend(seeds);
+        }
+        seen.sort();
+        assert_eq!(seen, range.iter().collect::<Vec<_>>());
+        let top = SeedRange { first: u64::MAX - 5, last: u64::MAX };
+        let n: u64 = (1..=3).map(|index| Shard { index, count: 3 }.len_in(top)).sum();
+        assert_eq!(n, 6);
     }
 
     #[test]

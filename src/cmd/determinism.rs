@@ -109,10 +109,8 @@ impl Check {
             return Ok(None);
         };
         self.next_seed = seed.checked_add(1).filter(|next| *next <= self.last_seed);
-        let mut jobs = [1, 2].map(|run| Job {
-            seed,
-            dir: self.seed_dir(seed).join(format!("run-{run}")),
-        });
+        let mut jobs =
+            [1, 2].map(|run| Job::seed(seed, self.seed_dir(seed).join(format!("run-{run}"))));
         for job in &mut jobs {
             outdir::create(&job.dir)?;
         }

@@ -1,10 +1,14 @@
 //! One module per subcommand; each returns the process exit code.
 
 pub mod determinism;
+pub mod gate;
 pub mod list;
+pub mod merge;
 pub mod replay;
 pub mod run;
+pub mod shrink;
 pub mod sweep;
+pub mod timeline;
 
 use std::collections::BTreeMap;
 

@@ -11,8 +11,8 @@ use crate::cmd::counts_line;
 use crate::error::CliError;
 use crate::outdir;
 use crate::runfiles::{
-    folder_replay, plan_replay, seed_replay, summary_of, write_json, DRILL_VERSION, PLAN_FILE,
-    SUMMARY_FILE,
+    folder_replay, plan_replay, seed_replay, summary_of, write_json, write_timeline,
+    DRILL_VERSION, PLAN_FILE, SUMMARY_FILE,
 };
 
 /// Hex digits of the plan file's hash used to name its default run folder.
@@ -45,6 +45,7 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
         drill_scenarios::run(&request).inspect_err(|_| outdir::remove_created(&created))?;
     let summary = summary_of(&report, replay);
     write_json(&out.join(SUMMARY_FILE), &summary)?;
+    write_timeline(&out, &summary, &report.trace)?;
     print_report(&summary, &out);
     Ok(summary.outcome.exit_code())
 }

@@ -9,43 +9,92 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use drill_reports::{
-    add_counts, FailingSeed, Outcome, OutcomeCounts, SeedRange, SweepSummary, Violation,
+    add_counts, FailingSeed, Outcome, OutcomeCounts, SeedRange, Shard, SweepSummary, Violation,
     FORMAT_VERSION,
 };
+use serde_json::json;
 
 use crate::cli::{SweepArgs, WorldArgs};
 use crate::cmd::{counts_line, worker_count};
 use crate::error::CliError;
+use crate::ndjson::Events;
 use crate::outdir::{self, WORK_DIR};
 use crate::pool::{self, Dispatch};
 use crate::progress::{rate, Progress};
-use crate::runfiles::{seed_replay, write_json, DRILL_VERSION, SUMMARY_FILE};
+use crate::runfiles::{
+    seed_replay, write_json, write_timeline_from, DRILL_VERSION, SUMMARY_FILE, TRACE_FILE,
+};
 use crate::worker::{Answer, Job};
 
 /// The invariant id a sweep records for a run that panicked outside the world (which reports its
 /// own panics under the same id) or whose worker died.
-const PANIC_INVARIANT: &str = "SIM-NO-PANIC";
+pub const PANIC_INVARIANT: &str = "SIM-NO-PANIC";
 
 /// Runs the sweep; the exit code is the worst outcome's.
 pub fn sweep(args: SweepArgs) -> Result<i32, CliError> {
     let range = args.many.seeds;
-    let total = range.len().ok_or_else(|| CliError::new("too many seeds"))?;
+    let total = seed_count(range, args.shard)?;
     outdir::prepare_sweep_dir(&args.out)?;
     let work = args.out.join(WORK_DIR);
     outdir::create(&work)?;
     let workers = worker_count(args.many.jobs, total);
     let world = args.many.world;
-    println!(
-        "drill {DRILL_VERSION} sweep seeds {range} ({total} seeds) profile {} scenario {} jobs {workers}",
-        world.profile, world.scenario
+    let events = Events::new(args.json);
+    let shard = args.shard.map(|s| format!(" shard {s}")).unwrap_or_default();
+    if events.text() {
+        println!(
+            "drill {DRILL_VERSION} sweep seeds {range}{shard} ({total} seeds) profile {} scenario {} jobs {workers}",
+            world.profile, world.scenario
+        );
+    }
+    events.start(
+        "sweep",
+        json!({"seeds": range, "shard": args.shard, "total": total, "scenario": world.scenario,
+               "profile": world.profile, "jobs": workers}),
     );
     let mut sweep = Sweep::new(&args.out, work.clone(), range, &world, total);
+    sweep.shard = args.shard;
+    sweep.next_seed = first_in_shard(range, args.shard);
+    sweep.events = events;
     pool::run(workers, &world, &mut sweep)?;
     fs::remove_dir_all(&work).map_err(|e| CliError::io("cannot remove", &work, e))?;
     let summary = sweep.into_summary(workers);
     write_json(&args.out.join(SUMMARY_FILE), &summary)?;
-    print_table(&summary, &args.out);
+    events.emit("result", &json!({ "summary": summary }));
+    if events.text() {
+        print_table(&summary, &args.out);
+    }
     Ok(summary.outcome.exit_code())
+}
+
+/// How many seeds of `range` a sweep (of one shard) runs.
+pub fn seed_count(range: SeedRange, shard: Option<Shard>) -> Result<u64, CliError> {
+    let total = match shard {
+        Some(s) => s.len_in(range),
+        None => range.len().ok_or_else(|| CliError::new("too many seeds"))?,
+    };
+    if total == 0 {
+        let shard = shard.map(|s| s.to_string()).unwrap_or_default();
+        return Err(CliError::new(format!(
+            "shard {shard} holds no seed of {range}; use fewer shards or more seeds"
+        )));
+    }
+    Ok(total)
+}
+
+/// The first seed of `range` in `shard`, if any.
+pub fn first_in_shard(range: SeedRange, shard: Option<Shard>) -> Option<u64> {
+    let Some(s) = shard else {
+        return Some(range.first);
+    };
+    let offset = (s.index - 1 + s.count - range.first % s.count) % s.count;
+    range.first.checked_add(offset).filter(|f| *f <= range.last)
+}
+
+/// The seed after `seed` in `range` and `shard`, if any.
+pub fn next_in_shard(seed: u64, range: SeedRange, shard: Option<Shard>) -> Option<u64> {
+    let step = shard.map_or(1, |s| s.count);
+    seed.checked_add(step).filter(|next| *next <= range.last)
 }
 
 /// The sweep in progress: which seed is next and what the finished ones found.
@@ -60,6 +109,8 @@ struct Sweep {
     faults: BTreeMap<String, u64>,
     checks: BTreeMap<String, u64>,
     progress: Progress,
+    shard: Option<Shard>,
+    events: Events,
 }
 
 impl Sweep {
@@ -75,6 +126,8 @@ impl Sweep {
             faults: BTreeMap::new(),
             checks: BTreeMap::new(),
             progress: Progress::new("sweep", total),
+            shard: None,
+            events: Events::new(false),
         }
     }
 
@@ -88,6 +141,9 @@ impl Sweep {
         let folder = self.out.join(format!("seed-{}", job.seed));
         fs::rename(&job.dir, &folder)
             .map_err(|e| CliError::io("cannot move a failing run to", &folder, e))?;
+        if folder.join(TRACE_FILE).is_file() {
+            write_timeline_from(&folder)?;
+        }
         let replay = seed_replay(job.seed, &self.world.scenario, &self.world.profile);
         self.progress
             .println(&format!("seed {} {outcome}: {replay}", job.seed));
@@ -113,6 +169,7 @@ impl Sweep {
             scenario: self.world.scenario,
             profile: self.world.profile,
             seeds: self.range,
+            shard: self.shard,
             outcome: self.counts.worst(),
             counts: self.counts,
             failing: self.failing.into_values().collect(),
@@ -130,26 +187,29 @@ impl Dispatch for Sweep {
         let Some(seed) = self.next_seed else {
             return Ok(None);
         };
-        self.next_seed = seed.checked_add(1).filter(|next| *next <= self.range.last);
+        self.next_seed = next_in_shard(seed, self.range, self.shard);
         let dir = self.work.join(format!("seed-{seed}"));
         outdir::create(&dir)?;
-        Ok(Some(Job { seed, dir }))
+        Ok(Some(Job::seed(seed, dir)))
     }
 
     fn finished(&mut self, _slot: usize, job: Job, answer: Answer) -> Result<(), CliError> {
-        let (outcome, first_violation) = match answer {
+        let (outcome, first_violation) = match &answer {
             Answer::Error { message } => {
                 return Err(CliError::new(format!("seed {}: {message}", job.seed)))
             }
             Answer::Done { summary } => {
                 add_counts(&mut self.faults, &summary.faults);
                 add_counts(&mut self.checks, &summary.checks);
-                (summary.outcome, summary.violations.into_iter().next())
+                (summary.outcome, summary.violations.first().cloned())
             }
-            Answer::Panic { message } => (Outcome::Violation, Some(panic_violation(message))),
+            Answer::Panic { message } => {
+                (Outcome::Violation, Some(panic_violation(message.clone())))
+            }
         };
         self.counts.add(outcome);
         self.progress.finish_one(outcome != Outcome::Pass);
+        self.events.emit("seed", &seed_event(job.seed, &answer, outcome, &first_violation));
         if outcome == Outcome::Pass {
             return fs::remove_dir_all(&job.dir)
                 .map_err(|e| CliError::io("cannot remove", &job.dir, e));
@@ -162,8 +222,23 @@ impl Dispatch for Sweep {
     }
 }
 
+/// The NDJSON `seed` event of one finished run.
+pub fn seed_event(
+    seed: u64,
+    answer: &Answer,
+    outcome: Outcome,
+    first_violation: &Option<Violation>,
+) -> serde_json::Value {
+    let (fingerprint, sim_time_ms) = match answer {
+        Answer::Done { summary } => (Some(summary.fingerprint.clone()), Some(summary.sim_time_ms)),
+        _ => (None, None),
+    };
+    json!({"seed": seed, "outcome": outcome, "first_violation": first_violation,
+           "fingerprint": fingerprint, "sim_time_ms": sim_time_ms})
+}
+
 /// A panic counts as a violation: a broken simulator or stack invariant (DESIGN.md).
-fn panic_violation(message: String) -> Violation {
+pub fn panic_violation(message: String) -> Violation {
     Violation {
         invariant: PANIC_INVARIANT.to_string(),
         node: "world".to_string(),
