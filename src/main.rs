@@ -7,6 +7,7 @@ mod cli;
 mod cmd;
 mod diff;
 mod error;
+mod gatefiles;
 mod ndjson;
 mod outdir;
 mod pool;

@@ -232,9 +232,10 @@ impl Plot<'_> {
             let t = (ms * 1000.0) as u64;
             let _ = write!(
                 out,
-                "<g class=\"tick\" data-t=\"{t}\"><line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{}\" y2=\"{:.1}\"/><text x=\"{x:.1}\" y=\"14\" text-anchor=\"middle\">{} ms</text></g>",
+                "<g class=\"tick\" data-t=\"{t}\"><line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{}\" y2=\"{:.1}\"/><text x=\"{x:.1}\" y=\"14\" text-anchor=\"{}\">{} ms</text></g>",
                 AXIS_HEIGHT - 8.0,
                 self.height() - 10.0,
+                if t == 0 { "start" } else { "middle" },
                 format_ms(ms),
                 x = self.x(t),
             );

@@ -1,9 +1,532 @@
-//! `drill gate` (in progress).
+//! `drill gate`: the release gate. One pool of workers runs, in this order, every drill (each
+//! scenario other than the main one) over a few seeds, then the swarm sweep of the main scenario
+//! with a second run of each sampled seed right after its first, for the determinism check.
+//! The verdict (and exit code) is the worst run's; when every run passed, coverage decides:
+//! every drill exercised, every registry invariant checked non-vacuously, no seed left unrun.
+//!
+//! Failing runs keep their folders: `OUT/seed-N/` for the sweep, `OUT/drills/NAME/seed-N/`
+//! for drills, and `OUT/nondeterministic/NAME-seed-N/run-{1,2}/` for seeds whose runs differ.
 
-use crate::cli::GateArgs;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use drill_reports::gate::{
+    slowest, Determinism, DrillResult, Mismatch, SlowRun, GATE_KIND,
+};
+use drill_reports::{
+    add_counts, FailingSeed, GateSummary, Outcome, OutcomeCounts, SeedRange, Shard, SweepSummary,
+    Verdict, Violation, FORMAT_VERSION,
+};
+use serde_json::json;
+
+use crate::cli::{GateArgs, WorldArgs};
+use crate::cmd::sweep::{first_in_shard, next_in_shard, panic_violation, seed_event};
+use crate::cmd::{counts_line, worker_count};
+use crate::diff::{first_difference, trace_lines};
 use crate::error::CliError;
+use crate::gatefiles::{prepare_gate_dir, write_gate_files, DRILLS_DIR, NONDETERMINISTIC_DIR};
+use crate::ndjson::Events;
+use crate::outdir::{self, WORK_DIR};
+use crate::pool::{self, Dispatch};
+use crate::progress::{rate, wall_clock_now, Progress};
+use crate::runfiles::{seed_replay, write_timeline_from, DRILL_VERSION, TRACE_FILE};
+use crate::worker::{Answer, Job};
 
-/// Not yet.
-pub fn gate(_args: GateArgs) -> Result<i32, CliError> {
-    Err(CliError::new("not yet"))
+/// The scenario the gate sweeps; every other registered scenario is a drill.
+pub const MAIN_SCENARIO: &str = "sync-basic";
+/// The fault profile of the gate's sweep.
+pub const MAIN_PROFILE: &str = "swarm";
+
+/// Runs the gate; the exit code is the verdict's (0, 1, 3, 4 or 5).
+pub fn gate(args: GateArgs) -> Result<i32, CliError> {
+    let plan = GatePlan::new(&args)?;
+    prepare_gate_dir(&args.out)?;
+    let work = args.out.join(WORK_DIR);
+    outdir::create(&work)?;
+    let workers = worker_count(args.jobs, plan.queue.len() as u64);
+    let events = Events::new(args.json);
+    announce(&plan, &args, workers, events);
+    let world = WorldArgs {
+        scenario: MAIN_SCENARIO.to_string(),
+        profile: MAIN_PROFILE.to_string(),
+    };
+    let mut run = GateRun::new(plan, args.out.clone(), work.clone(), args.time_budget, events);
+    pool::run(workers, &world, &mut run)?;
+    fs::remove_dir_all(&work).map_err(|e| CliError::io("cannot remove", &work, e))?;
+    let summary = run.into_summary(workers, args.shard);
+    write_gate_files(&args.out, &summary)?;
+    events.emit("result", &json!({ "summary": summary }));
+    if events.text() {
+        print_gate(&summary, &args.out);
+    }
+    Ok(summary.exit_code)
+}
+
+/// The invariant ids of the model's registry.
+pub fn registry_ids() -> Vec<&'static str> {
+    drill_model::REGISTRY.iter().map(|i| i.id).collect()
+}
+
+/// One run the gate will make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Planned {
+    /// 0 for the sweep, 1 + i for drill i.
+    group: usize,
+    seed: u64,
+    /// The determinism check's second run.
+    rerun: bool,
+}
+
+/// What the gate runs: its groups (the sweep, then each drill) and the queue of runs.
+struct GatePlan {
+    groups: Vec<Group>,
+    queue: VecDeque<Planned>,
+    sampled: u64,
+}
+
+impl GatePlan {
+    fn new(args: &GateArgs) -> Result<GatePlan, CliError> {
+        let range = SeedRange { first: 1, last: args.seeds };
+        let drill_range = SeedRange { first: 1, last: args.drill_seeds };
+        let mut groups = vec![Group::new(MAIN_SCENARIO, MAIN_PROFILE, range, &args.out)];
+        for e in drill_scenarios::scenarios().iter().filter(|e| e.name != MAIN_SCENARIO) {
+            let folder = args.out.join(DRILLS_DIR).join(e.name);
+            groups.push(Group::new(e.name, &args.drill_profile, drill_range, &folder));
+        }
+        let sample = sample_seeds(range, args.determinism_seeds);
+        let mut queue = VecDeque::new();
+        for (i, g) in groups.iter().enumerate().skip(1).chain(groups.iter().enumerate().take(1)) {
+            let mut seed = first_in_shard(g.seeds, args.shard);
+            while let Some(s) = seed {
+                queue.push_back(Planned { group: i, seed: s, rerun: false });
+                if i == 0 && sample.contains(&s) {
+                    queue.push_back(Planned { group: i, seed: s, rerun: true });
+                }
+                seed = next_in_shard(s, g.seeds, args.shard);
+            }
+        }
+        let sampled = queue.iter().filter(|p| p.rerun).count() as u64;
+        Ok(GatePlan { groups, queue, sampled })
+    }
+}
+
+/// `m` seeds spread evenly over `range` (all of them when `m` is at least its length).
+fn sample_seeds(range: SeedRange, m: u64) -> BTreeSet<u64> {
+    let len = range.len().unwrap_or(u64::MAX);
+    if m == 0 {
+        return BTreeSet::new();
+    }
+    let m = m.min(len);
+    (0..m).map(|i| range.first + (u128::from(i) * u128::from(len) / u128::from(m)) as u64).collect()
+}
+
+fn announce(plan: &GatePlan, args: &GateArgs, workers: usize, events: Events) {
+    let drills: Vec<&str> = plan.groups[1..].iter().map(|g| g.scenario.as_str()).collect();
+    let shard = args.shard.map(|s| format!(" shard {s}")).unwrap_or_default();
+    if events.text() {
+        println!(
+            "drill {DRILL_VERSION} gate: {MAIN_SCENARIO} {MAIN_PROFILE} seeds 1..={}{shard}, {} drills x {} seeds ({}), {} determinism seeds, {} runs, jobs {workers}",
+            args.seeds,
+            drills.len(),
+            args.drill_seeds,
+            if drills.is_empty() { "none registered".to_string() } else { drills.join(", ") },
+            plan.sampled,
+            plan.queue.len()
+        );
+    }
+    events.start(
+        "gate",
+        json!({"seeds": args.seeds, "shard": args.shard, "drills": drills, "drill_seeds": args.drill_seeds,
+               "drill_profile": args.drill_profile, "determinism_seeds": plan.sampled,
+               "runs": plan.queue.len(), "jobs": workers}),
+    );
+}
+
+/// The runs of one scenario: the sweep, or one drill.
+struct Group {
+    scenario: String,
+    profile: String,
+    seeds: SeedRange,
+    /// Where failing runs' folders go.
+    folder: PathBuf,
+    counts: OutcomeCounts,
+    failing: BTreeMap<u64, FailingSeed>,
+    faults: BTreeMap<String, u64>,
+    checks: BTreeMap<String, u64>,
+    exercised_runs: u64,
+}
+
+impl Group {
+    fn new(scenario: &str, profile: &str, seeds: SeedRange, folder: &Path) -> Group {
+        Group {
+            scenario: scenario.to_string(),
+            profile: profile.to_string(),
+            seeds,
+            folder: folder.to_path_buf(),
+            counts: OutcomeCounts::default(),
+            failing: BTreeMap::new(),
+            faults: BTreeMap::new(),
+            checks: BTreeMap::new(),
+            exercised_runs: 0,
+        }
+    }
+
+    /// Counts a finished first run; the liveness phase checks LIVE-DRAIN in every run that
+    /// reaches it, which run summaries do not count yet.
+    fn record(&mut self, answer: &Answer) -> (Outcome, Option<Violation>) {
+        match answer {
+            Answer::Done { summary } => {
+                add_counts(&mut self.faults, &summary.faults);
+                add_counts(&mut self.checks, &summary.checks);
+                let live = drill_model::invariants::LIVE_DRAIN;
+                if !summary.checks.contains_key(live) && summary.outcome != Outcome::Violation {
+                    *self.checks.entry(live.to_string()).or_default() += 1;
+                }
+                self.exercised_runs += u64::from(!summary.checks.is_empty());
+                self.counts.add(summary.outcome);
+                (summary.outcome, summary.violations.first().cloned())
+            }
+            Answer::Panic { message } => {
+                self.counts.add(Outcome::Violation);
+                (Outcome::Violation, Some(panic_violation(message.clone())))
+            }
+            // The dispatcher stops at an error before recording anything.
+            Answer::Error { .. } => (Outcome::Violation, None),
+        }
+    }
+
+    fn replay(&self, seed: u64) -> String {
+        seed_replay(seed, &self.scenario, &self.profile)
+    }
+}
+
+/// Where a finished run's files are, until the determinism pair is complete.
+struct Arrived {
+    planned: Planned,
+    fingerprint: Option<String>,
+    dir: PathBuf,
+    /// True while `dir` is the scratch folder (a passing run, removable).
+    scratch: bool,
+}
+
+/// The gate in progress.
+struct GateRun {
+    groups: Vec<Group>,
+    queue: VecDeque<Planned>,
+    sampled: u64,
+    /// (group, seed) of every run that has a second run.
+    sample: BTreeSet<(usize, u64)>,
+    out: PathBuf,
+    work: PathBuf,
+    in_flight: BTreeMap<PathBuf, (Planned, Instant)>,
+    pairs: BTreeMap<(usize, u64), Arrived>,
+    determinism: Determinism,
+    slow: Vec<SlowRun>,
+    budget: Option<Duration>,
+    started: Instant,
+    progress: Progress,
+    events: Events,
+}
+
+impl GateRun {
+    fn new(plan: GatePlan, out: PathBuf, work: PathBuf, budget: Option<Duration>, events: Events) -> GateRun {
+        let total = plan.queue.len() as u64;
+        let sample = plan.queue.iter().filter(|p| p.rerun).map(|p| (p.group, p.seed)).collect();
+        GateRun {
+            sample,
+            groups: plan.groups,
+            queue: plan.queue,
+            sampled: plan.sampled,
+            out,
+            work,
+            in_flight: BTreeMap::new(),
+            pairs: BTreeMap::new(),
+            determinism: Determinism::default(),
+            slow: Vec::new(),
+            budget,
+            started: wall_clock_now(),
+            progress: Progress::new("gate", total),
+            events,
+        }
+    }
+
+    fn job_dir(&self, p: Planned) -> PathBuf {
+        let again = if p.rerun { "-again" } else { "" };
+        self.work.join(format!("{}-seed-{}{again}", p.group, p.seed))
+    }
+
+    fn out_of_time(&self) -> bool {
+        self.budget.is_some_and(|b| self.started.elapsed() >= b)
+    }
+
+    /// Counts a first run, keeps its folder if it failed; returns where its files now are.
+    fn first_run(&mut self, p: Planned, job: &Job, answer: &Answer) -> Result<Arrived, CliError> {
+        let group = &mut self.groups[p.group];
+        let (outcome, first_violation) = group.record(answer);
+        let mut event = seed_event(p.seed, answer, outcome, &first_violation);
+        event["scenario"] = json!(group.scenario);
+        self.events.emit("seed", &event);
+        self.progress.finish_one(outcome != Outcome::Pass);
+        let mut arrived = arrived(p, job, answer);
+        if outcome == Outcome::Pass {
+            return Ok(arrived);
+        }
+        let folder = group.folder.join(format!("seed-{}", p.seed));
+        outdir::create(&group.folder)?;
+        fs::rename(&job.dir, &folder).map_err(|e| CliError::io("cannot move a failing run to", &folder, e))?;
+        if folder.join(TRACE_FILE).is_file() {
+            write_timeline_from(&folder)?;
+        }
+        let replay = group.replay(p.seed);
+        self.progress.println(&format!("{} seed {} {outcome}: {replay}", group.scenario, p.seed));
+        let failing = FailingSeed {
+            seed: p.seed,
+            outcome,
+            first_violation,
+            replay,
+            folder: folder.to_string_lossy().into_owned(),
+        };
+        group.failing.insert(p.seed, failing);
+        arrived.dir = folder;
+        arrived.scratch = false;
+        Ok(arrived)
+    }
+
+    /// Pairs a sampled seed's two runs; compares them once both are in.
+    fn pair(&mut self, arrived: Arrived) -> Result<(), CliError> {
+        let key = (arrived.planned.group, arrived.planned.seed);
+        let Some(other) = self.pairs.remove(&key) else {
+            self.pairs.insert(key, arrived);
+            return Ok(());
+        };
+        let (first, second) = if other.planned.rerun { (arrived, other) } else { (other, arrived) };
+        self.determinism.checked += 1;
+        if first.fingerprint == second.fingerprint {
+            return remove_scratch(&[first, second]);
+        }
+        self.mismatch(first, second)
+    }
+
+    fn mismatch(&mut self, first: Arrived, second: Arrived) -> Result<(), CliError> {
+        let group = &self.groups[first.planned.group];
+        let name = format!("{}-seed-{}", group.scenario, first.planned.seed);
+        let folder = self.out.join(NONDETERMINISTIC_DIR).join(name);
+        let runs = [folder.join("run-1"), folder.join("run-2")];
+        for (run, to) in [&first, &second].into_iter().zip(&runs) {
+            take_trace(run, to)?;
+        }
+        let what = match first_difference(trace_lines(&runs[0].join(TRACE_FILE))?, trace_lines(&runs[1].join(TRACE_FILE))?) {
+            Some(d) => d.describe("run 1", "run 2"),
+            None => "the traces are equal line by line; one run did not finish".to_string(),
+        };
+        let replay = group.replay(first.planned.seed);
+        self.progress.println(&format!("{} seed {} differs between two runs: {replay}", group.scenario, first.planned.seed));
+        let fingerprints = [first.fingerprint, second.fingerprint].map(|f| f.unwrap_or_else(|| "(panicked)".into()));
+        self.determinism.mismatches.push(Mismatch {
+            scenario: group.scenario.clone(),
+            seed: first.planned.seed,
+            fingerprints,
+            first_difference: what,
+            folder: folder.to_string_lossy().into_owned(),
+            replay,
+        });
+        Ok(())
+    }
+
+    fn into_summary(mut self, workers: usize, shard: Option<Shard>) -> GateSummary {
+        let wall = self.progress.finish();
+        // Reruns still queued are not counted: the budget covers first runs.
+        let unrun = self.queue.iter().filter(|p| !p.rerun).count() as u64;
+        self.determinism.sampled = self.sampled;
+        self.determinism.mismatches.sort_by_key(|m| m.seed);
+        let mut groups = self.groups.into_iter();
+        let sweep = groups.next().expect("the sweep group");
+        let total = sweep.counts.total();
+        let sweep = SweepSummary {
+            format_version: FORMAT_VERSION,
+            drill_version: DRILL_VERSION.to_string(),
+            scenario: sweep.scenario,
+            profile: sweep.profile,
+            seeds: sweep.seeds,
+            shard,
+            outcome: sweep.counts.worst(),
+            counts: sweep.counts,
+            failing: sweep.failing.into_values().collect(),
+            faults: sweep.faults,
+            checks: sweep.checks,
+            jobs: workers,
+            wall_seconds: wall.as_secs_f64(),
+            seeds_per_second: rate(total, wall),
+        };
+        let drills = groups.map(|g| drill_result(g, shard)).collect();
+        let mut summary = GateSummary {
+            format_version: FORMAT_VERSION,
+            drill_version: DRILL_VERSION.to_string(),
+            kind: GATE_KIND.to_string(),
+            sweep,
+            drills,
+            determinism: self.determinism,
+            invariants: Vec::new(),
+            unrun,
+            shortfalls: Vec::new(),
+            coverage_judged: shard.is_none(),
+            slowest: slowest(self.slow),
+            verdict: Verdict::Pass,
+            exit_code: 0,
+            wall_seconds: wall.as_secs_f64(),
+        };
+        summary.judge(&registry_ids(), shard.is_none());
+        summary
+    }
+}
+
+impl Dispatch for GateRun {
+    fn next_job(&mut self, _slot: usize) -> Result<Option<Job>, CliError> {
+        if self.out_of_time() {
+            return Ok(None);
+        }
+        let Some(p) = self.queue.pop_front() else {
+            return Ok(None);
+        };
+        let dir = self.job_dir(p);
+        outdir::create(&dir)?;
+        let g = &self.groups[p.group];
+        let job = Job::seed_of(p.seed, dir.clone(), &g.scenario, &g.profile);
+        self.in_flight.insert(dir, (p, wall_clock_now()));
+        Ok(Some(job))
+    }
+
+    fn finished(&mut self, _slot: usize, job: Job, answer: Answer) -> Result<(), CliError> {
+        let (p, started) = self
+            .in_flight
+            .remove(&job.dir)
+            .ok_or_else(|| CliError::new("a worker answered a job the gate did not give"))?;
+        if let Answer::Error { message } = &answer {
+            let name = &self.groups[p.group].scenario;
+            return Err(CliError::new(format!("{name} seed {}: {message}", p.seed)));
+        }
+        let arrived = if p.rerun {
+            self.progress.finish_one(false);
+            arrived(p, &job, &answer)
+        } else {
+            self.note_cost(p, started, &answer);
+            self.first_run(p, &job, &answer)?
+        };
+        if self.sample.contains(&(p.group, p.seed)) {
+            return self.pair(arrived);
+        }
+        remove_scratch(&[arrived])
+    }
+
+    fn tick(&mut self) {
+        self.progress.tick();
+    }
+}
+
+impl GateRun {
+    fn note_cost(&mut self, p: Planned, started: Instant, answer: &Answer) {
+        let Answer::Done { summary } = answer else {
+            return;
+        };
+        self.slow.push(SlowRun {
+            scenario: self.groups[p.group].scenario.clone(),
+            seed: p.seed,
+            wall_ms: started.elapsed().as_millis() as u64,
+            sim_time_ms: summary.sim_time_ms,
+            steps: summary.steps,
+        });
+        if self.slow.len() > 4 * drill_reports::gate::SLOWEST_MAX {
+            self.slow = slowest(std::mem::take(&mut self.slow));
+        }
+    }
+}
+
+fn arrived(p: Planned, job: &Job, answer: &Answer) -> Arrived {
+    let fingerprint = match answer {
+        Answer::Done { summary } => Some(summary.fingerprint.clone()),
+        _ => None,
+    };
+    Arrived { planned: p, fingerprint, dir: job.dir.clone(), scratch: true }
+}
+
+fn remove_scratch(runs: &[Arrived]) -> Result<(), CliError> {
+    for r in runs.iter().filter(|r| r.scratch) {
+        fs::remove_dir_all(&r.dir).map_err(|e| CliError::io("cannot remove", &r.dir, e))?;
+    }
+    Ok(())
+}
+
+/// Moves a scratch run folder to `to`, or copies the trace of a kept one there.
+fn take_trace(run: &Arrived, to: &Path) -> Result<(), CliError> {
+    outdir::create(to.parent().unwrap_or(to))?;
+    if run.scratch {
+        return fs::rename(&run.dir, to).map_err(|e| CliError::io("cannot move a run to", to, e));
+    }
+    outdir::create(to)?;
+    let (from, dest) = (run.dir.join(TRACE_FILE), to.join(TRACE_FILE));
+    fs::copy(&from, &dest).map(|_| ()).map_err(|e| CliError::io("cannot copy", &from, e))
+}
+
+fn drill_result(g: Group, shard: Option<Shard>) -> DrillResult {
+    DrillResult {
+        name: g.scenario,
+        profile: g.profile,
+        seeds: g.seeds,
+        shard,
+        counts: g.counts,
+        failing: g.failing.into_values().collect(),
+        faults: g.faults,
+        checks: g.checks,
+        exercised_runs: g.exercised_runs,
+    }
+}
+
+fn print_gate(g: &GateSummary, out: &Path) {
+    let s = &g.sweep;
+    let counts = |c: &OutcomeCounts| {
+        Outcome::ALL.iter().map(|o| format!("{} {}", o.as_str(), c.get(*o))).collect::<Vec<_>>().join(", ")
+    };
+    println!("sweep           {} seeds: {}", s.counts.total(), counts(&s.counts));
+    if g.drills.is_empty() {
+        println!("drills          none registered");
+    }
+    for d in &g.drills {
+        let verdict = if d.exercised_and_passed() { "exercised and passed" } else if d.counts.failing() > 0 { "FAILED" } else { "not exercised" };
+        println!("drill {:<9} {} runs: {} ({verdict})", d.name, d.counts.total(), counts(&d.counts));
+    }
+    let det = &g.determinism;
+    println!("determinism     {} of {} sampled seeds run twice, {} mismatches", det.checked, det.sampled, det.mismatches.len());
+    let inv: BTreeMap<String, u64> = g.invariants.iter().map(|i| (i.id.clone(), i.checks)).collect();
+    println!("invariants      {}", counts_line(&inv));
+    println!("faults          {}", counts_line(&s.faults));
+    println!("seeds/s         {:.1} ({:.2} s on {} workers)", s.seeds_per_second, g.wall_seconds, s.jobs);
+    if !g.coverage_judged {
+        println!("coverage        judged by `drill merge` of all shards");
+    }
+    for p in &g.shortfalls {
+        println!("shortfall       {p}");
+    }
+    for (scenario, f) in g.failing() {
+        println!("failing {scenario} seed {} {}: {}", f.seed, f.outcome, f.replay);
+    }
+    for m in &det.mismatches {
+        println!("nondeterministic {} seed {}: {}\n{}", m.scenario, m.seed, m.folder, m.first_difference);
+    }
+    println!("files: {} (summary.json, junit.xml, report.md, report.html)", out.display());
+    println!("outcome: {} | exit code {}", g.verdict, g.exit_code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_spread_over_the_range() {
+        let r = SeedRange { first: 1, last: 100 };
+        assert_eq!(sample_seeds(r, 4), BTreeSet::from([1, 26, 51, 76]));
+        assert_eq!(sample_seeds(SeedRange { first: 5, last: 6 }, 9), BTreeSet::from([5, 6]));
+        assert!(sample_seeds(r, 0).is_empty());
+    }
 }

@@ -1,0 +1,157 @@
+//! The files of a gate folder (summary.json, junit.xml, report.md, report.html) for `drill gate`
+//! and `drill merge`, the links from its reports to run folders, and preparing the folder.
+
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+use drill_reports::{render_dashboard, render_junit, render_markdown, GateSummary, SweepSummary};
+
+use crate::error::CliError;
+use crate::outdir::{self, is_seed_folder_name, WORK_DIR};
+use crate::runfiles::{read_json, write_json, REPORT_FILE, SUMMARY_FILE};
+
+pub const JUNIT_FILE: &str = "junit.xml";
+pub const MARKDOWN_FILE: &str = "report.md";
+/// Folder of a gate holding one folder per drill, each with its failing seeds.
+pub const DRILLS_DIR: &str = "drills";
+/// Folder of a gate holding both runs of every nondeterministic seed.
+pub const NONDETERMINISTIC_DIR: &str = "nondeterministic";
+
+/// Writes summary.json, junit.xml, report.md and report.html into `out`.
+pub fn write_gate_files(out: &Path, g: &GateSummary) -> Result<(), CliError> {
+    write_json(&out.join(SUMMARY_FILE), g)?;
+    let link = |folder: &str| timeline_href(out, folder);
+    write_text(&out.join(JUNIT_FILE), &render_junit(g))?;
+    write_text(&out.join(MARKDOWN_FILE), &render_markdown(g, &link))?;
+    write_text(&out.join(REPORT_FILE), &render_dashboard(g, &link))
+}
+
+fn write_text(path: &Path, text: &str) -> Result<(), CliError> {
+    fs::write(path, text).map_err(|e| CliError::io("cannot write", path, e))
+}
+
+/// The href from a report in `from` to the timeline of the run folder `folder`.
+pub fn timeline_href(from: &Path, folder: &str) -> String {
+    let target = Path::new(folder).join(REPORT_FILE);
+    let rel = match (fs::canonicalize(from), fs::canonicalize(folder)) {
+        (Ok(a), Ok(b)) => relative(&a, &b.join(REPORT_FILE)),
+        _ => target,
+    };
+    rel.to_string_lossy().replace('\\', "/")
+}
+
+/// The path from folder `from` to `to`, both absolute.
+fn relative(from: &Path, to: &Path) -> PathBuf {
+    let a: Vec<Component> = from.components().collect();
+    let b: Vec<Component> = to.components().collect();
+    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut out = PathBuf::new();
+    for _ in common..a.len() {
+        out.push("..");
+    }
+    for c in &b[common..] {
+        out.push(c.as_os_str());
+    }
+    out
+}
+
+/// Makes `dir` ready for a gate or a merge: missing, empty, or holding exactly what an earlier
+/// gate or merge wrote (then emptied). Anything else is refused before any work starts.
+pub fn prepare_gate_dir(dir: &Path) -> Result<(), CliError> {
+    let names = match fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return outdir::create(dir),
+        Err(e) => return Err(CliError::io("cannot read folder", dir, e)),
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect::<Vec<_>>(),
+    };
+    if names.is_empty() {
+        return Ok(());
+    }
+    let marked = read_json::<GateSummary>(&dir.join(SUMMARY_FILE)).is_ok()
+        || (names.iter().any(|n| n == WORK_DIR) && !names.iter().any(|n| n == SUMMARY_FILE));
+    if !marked || !names.iter().all(|n| is_gate_entry(dir, n)) {
+        return Err(CliError::new(format!(
+            "{} is not empty and does not hold a previous drill gate or merge; choose another --out or empty it",
+            dir.display()
+        )));
+    }
+    for n in &names {
+        let path = dir.join(n);
+        let removed = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        removed.map_err(|e| CliError::io("cannot remove", &path, e))?;
+    }
+    Ok(())
+}
+
+fn is_gate_entry(dir: &Path, name: &str) -> bool {
+    let path = dir.join(name);
+    let real_dir = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+    match name {
+        SUMMARY_FILE | JUNIT_FILE | MARKDOWN_FILE | REPORT_FILE => path.is_file(),
+        WORK_DIR | DRILLS_DIR | NONDETERMINISTIC_DIR => real_dir,
+        n => real_dir && is_seed_folder_name(n),
+    }
+}
+
+/// Where a run folder recorded in a summary is, given the folder the summary now sits in:
+/// `seed-N`, `drills/NAME/seed-N` or `nondeterministic/NAME` inside `dir`.
+pub fn relocate(folder: &str, dir: &Path) -> String {
+    let parts: Vec<&str> = Path::new(folder)
+        .iter()
+        .filter_map(|c| c.to_str())
+        .collect();
+    let n = parts.len();
+    let keep = if n >= 3 && parts[n - 3] == DRILLS_DIR {
+        3
+    } else if n >= 2 && parts[n - 2] == NONDETERMINISTIC_DIR {
+        2
+    } else {
+        1
+    };
+    let mut path = dir.to_path_buf();
+    for p in &parts[n.saturating_sub(keep)..] {
+        path.push(p);
+    }
+    path.to_string_lossy().into_owned()
+}
+
+/// A sweep summary whose failing folders point into `dir`.
+pub fn relocate_sweep(mut s: SweepSummary, dir: &Path) -> SweepSummary {
+    for f in &mut s.failing {
+        f.folder = relocate(&f.folder, dir);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_climb_and_descend() {
+        let p = relative(Path::new("/a/b/merged"), Path::new("/a/b/shard-1/seed-3/report.html"));
+        assert_eq!(p, PathBuf::from("../shard-1/seed-3/report.html"));
+    }
+
+    #[test]
+    fn relocates_the_folders_a_gate_writes() {
+        let d = Path::new("shard-2");
+        assert_eq!(relocate("out/gate/seed-4", d), "shard-2/seed-4");
+        assert_eq!(relocate("out/drills/x/seed-4", d), "shard-2/drills/x/seed-4");
+        assert_eq!(relocate("g/nondeterministic/sync-basic-seed-4", d), "shard-2/nondeterministic/sync-basic-seed-4");
+    }
+
+    #[test]
+    fn refuses_a_folder_of_other_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("notes.txt"), "mine").unwrap();
+        assert!(prepare_gate_dir(tmp.path()).is_err());
+        assert!(tmp.path().join("notes.txt").exists());
+    }
+}
