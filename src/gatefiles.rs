@@ -69,7 +69,9 @@ pub fn prepare_gate_dir(dir: &Path) -> Result<(), CliError> {
     if names.is_empty() {
         return Ok(());
     }
-    let marked = read_json::<GateSummary>(&dir.join(SUMMARY_FILE)).is_ok()
+    let summary = dir.join(SUMMARY_FILE);
+    let marked = read_json::<GateSummary>(&summary).is_ok()
+        || read_json::<SweepSummary>(&summary).is_ok()
         || (names.iter().any(|n| n == WORK_DIR) && !names.iter().any(|n| n == SUMMARY_FILE));
     if !marked || !names.iter().all(|n| is_gate_entry(dir, n)) {
         return Err(CliError::new(format!(

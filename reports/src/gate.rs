@@ -282,8 +282,10 @@ fn union_of_shards(
         .filter(|i| !shards.iter().any(|s| s.index == *i))
         .map(|index| Shard { index, count }.to_string())
         .collect();
-    if !missing.is_empty() {
-        return Err(MergeError(format!("shards {} are missing", missing.join(", "))));
+    match missing.len() {
+        0 => {}
+        1 => return Err(MergeError(format!("shard {} is missing", missing[0]))),
+        _ => return Err(MergeError(format!("shards {} are missing", missing.join(", ")))),
     }
     Ok((range, None))
 }
@@ -420,7 +422,7 @@ mod tests {
     fn refuses_missing_repeated_and_mismatched_shards() {
         let one = sweep(1, 9, shard(1, 3), 3);
         let err = |parts: &[SweepSummary]| merge_sweeps(parts).unwrap_err().0;
-        assert!(err(&[one.clone(), sweep(1, 9, shard(2, 3), 3)]).contains("3/3 are missing"));
+        assert!(err(&[one.clone(), sweep(1, 9, shard(2, 3), 3)]).contains("shard 3/3 is missing"));
         assert!(err(&[one.clone(), one.clone(), sweep(1, 9, shard(3, 3), 3)]).contains("twice"));
         assert!(err(&[one.clone(), sweep(1, 8, shard(2, 3), 3)]).contains("different seed ranges"));
         assert!(err(&[one.clone(), sweep(1, 9, None, 9)]).contains("unsharded"));
