@@ -4,11 +4,13 @@ use std::path::{Path, PathBuf};
 
 use drill_reports::Summary;
 use drill_scenarios::{RunRequest, RunSource};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::cli::RunArgs;
 use crate::cmd::counts_line;
 use crate::error::CliError;
+use crate::ndjson::Events;
 use crate::outdir;
 use crate::runfiles::{
     folder_replay, plan_replay, seed_replay, summary_of, write_json, write_timeline,
@@ -46,7 +48,16 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
     let summary = summary_of(&report, replay);
     write_json(&out.join(SUMMARY_FILE), &summary)?;
     write_timeline(&out, &summary, &report.trace)?;
-    print_report(&summary, &out);
+    let events = Events::new(args.json);
+    if events.text() {
+        print_report(&summary, &out);
+    }
+    events.start(
+        "run",
+        json!({"seed": summary.seed, "scenario": summary.scenario, "profile": summary.profile,
+               "plan_hash": summary.plan_hash, "out": out}),
+    );
+    events.emit("result", &json!({ "summary": summary }));
     Ok(summary.outcome.exit_code())
 }
 
