@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sha2::{Digest, Sha256};
 
-use crate::facts::{digest, ClientSnapshot, EventFact, Fact, ServerSnapshot};
+use crate::facts::{digest, sha256_hex, ClientSnapshot, EventFact, Fact, ServerSnapshot};
 use crate::invariants::{CHAIN, CONVERGE, DURABLE, FAIL_CLOSED, GUARDRAIL, ONCE};
 use crate::Violation;
 
@@ -141,13 +141,18 @@ impl Checker {
         let mut model = self.clients.get(node).cloned().unwrap_or_default();
         let own: Vec<&EventFact> = s.events.iter().filter(|e| e.tenant == model.tenant).collect();
         self.check_order(node, &s.events, line);
-        self.check_chain(node, &own, line);
+        self.check_chain(node, &own, s.anchor.as_ref().map(|(_, h)| h.as_slice()), line);
         // What the device holds of its own writes: pending in the outbox, or applied.
         let mut present: BTreeSet<Vec<u8>> = BTreeSet::new();
         for w in &s.outbox {
             present.insert(w.payload.clone());
+            // Learn op ids of writes whose append was never acknowledged (in flight at a crash),
+            // so a later push acknowledgement can be attributed.
+            model.by_op.entry(w.op_id.clone()).or_insert_with(|| w.payload.clone());
         }
         for e in s.events.iter().filter(|e| e.replica == model.replica) {
+            // An applied event came from the server's total order: the server holds that write.
+            self.server_acked.insert((model.replica.clone(), e.payload.clone()));
             if !present.insert(e.payload.clone()) {
                 self.violate(ONCE, node, line, format!("write {} (payload {}) is applied as event {} and still pending, or applied twice", e.write_id, digest(&e.payload), e.seq));
             }
@@ -190,26 +195,38 @@ impl Checker {
         let tenants: BTreeSet<&str> = s.events.iter().map(|e| e.tenant.as_str()).collect();
         for t in tenants {
             let evs: Vec<&EventFact> = s.events.iter().filter(|e| e.tenant == t).collect();
-            self.check_chain(node, &evs, line);
+            self.check_chain(node, &evs, s.anchor(t).map(|(_, h)| h), line);
         }
-        let mut held: BTreeSet<(&str, &[u8])> = BTreeSet::new();
-        for e in &s.events {
-            if !held.insert((e.replica.as_str(), e.payload.as_slice())) {
-                self.violate(ONCE, node, line, format!("a write of {} (payload {}) is stored twice, again as event {}", e.replica, digest(&e.payload), e.seq));
-            }
-        }
+        let held = self.server_held(s, line);
         if !self.server_acked.is_empty() {
             self.checked(DURABLE);
         }
         let lost: Vec<String> = self
             .server_acked
             .iter()
-            .filter(|(r, p)| !held.contains(&(r.as_str(), p.as_slice())))
+            .filter(|(r, p)| !held.contains(&(r.clone(), sha256_hex(p))))
             .map(|(r, p)| format!("write of {r} (payload {}) the server acknowledged is lost", digest(p)))
             .collect();
         for m in lost {
             self.violate(DURABLE, node, line, m);
         }
+    }
+
+    /// What the server holds, stored or compacted, as (replica, payload SHA-256); a write held
+    /// twice breaks INV-ONCE.
+    fn server_held(&mut self, s: &ServerSnapshot, line: u64) -> BTreeSet<(String, String)> {
+        let mut held = BTreeSet::new();
+        let all = s.events.iter().map(|e| (e.replica.clone(), sha256_hex(&e.payload), e.seq)).chain(s.pruned.iter().map(|p| (p.replica.clone(), p.payload_sha256.clone(), p.seq)));
+        let mut twice = Vec::new();
+        for (replica, sum, seq) in all {
+            if !held.insert((replica.clone(), sum.clone())) {
+                twice.push(format!("a write of {replica} (payload {}) is held twice, again at {seq}", &sum[..12]));
+            }
+        }
+        for m in twice {
+            self.violate(ONCE, &s.node, line, m);
+        }
+        held
     }
 
     /// Sequence numbers strictly increase, and no write appears twice.
@@ -232,13 +249,14 @@ impl Checker {
         }
     }
 
-    /// The hash chain of one tenant's events verifies from genesis.
-    fn check_chain(&mut self, node: &str, events: &[&EventFact], line: u64) {
+    /// The hash chain of one tenant's events verifies from genesis, or from `anchor` (the hash
+    /// of the last compacted event) when older history was compacted away.
+    fn check_chain(&mut self, node: &str, events: &[&EventFact], anchor: Option<&[u8]>, line: u64) {
         if events.is_empty() {
             return;
         }
         self.checked(CHAIN);
-        let mut prev = vec![0u8; 32];
+        let mut prev = anchor.map(<[u8]>::to_vec).unwrap_or_else(|| vec![0u8; 32]);
         for e in events {
             let want = event_hash(&prev, &e.kind, &e.tenant, &e.payload);
             if e.prev_hash != prev || e.hash != want {
@@ -257,8 +275,10 @@ impl Checker {
             if !c.outbox.is_empty() {
                 why.push(format!("{} still has {} pending writes", c.node, c.outbox.len()));
             }
+            // A device may still hold history the server compacted; compare what both hold.
+            let floor = server.anchor(&c.tenant).map(|(s, _)| s).unwrap_or(0);
             let want: Vec<(u64, &[u8])> = server.events.iter().filter(|e| e.tenant == c.tenant).map(|e| (e.seq, e.hash.as_slice())).collect();
-            let have: Vec<(u64, &[u8])> = c.events.iter().map(|e| (e.seq, e.hash.as_slice())).collect();
+            let have: Vec<(u64, &[u8])> = c.events.iter().filter(|e| e.seq > floor).map(|e| (e.seq, e.hash.as_slice())).collect();
             if want != have {
                 why.push(format!("{} holds {} events of tenant {}, the server {}", c.node, have.len(), c.tenant, want.len()));
             }
@@ -286,11 +306,18 @@ impl Checker {
         if let Err(why) = self.converged(server, clients) {
             self.violate(CONVERGE, "world", line, why);
         }
-        let held: BTreeSet<(&str, &[u8])> = server.events.iter().map(|e| (e.replica.as_str(), e.payload.as_slice())).collect();
+        let held = self.server_held(server, line);
+        for c in clients {
+            if let Some((seq, hash)) = &c.anchor {
+                if !server.anchors.iter().any(|(t, s, h)| *t == c.tenant && s == seq && h == hash) {
+                    self.violate(CHAIN, &c.node, line, format!("chain anchored at {seq}, which the server never compacted to"));
+                }
+            }
+        }
         let mut missing = Vec::new();
         for (node, c) in &self.clients {
             for p in &c.acked {
-                if !held.contains(&(c.replica.as_str(), p.as_slice())) {
+                if !held.contains(&(c.replica.clone(), sha256_hex(p))) {
                     missing.push((node.clone(), format!("acknowledged write of {} (payload {}) never reached the server", c.replica, digest(p))));
                 }
             }

@@ -32,6 +32,20 @@ pub struct ClientSnapshot {
     pub tenant: String,
     pub outbox: Vec<OutboxFact>,
     pub events: Vec<EventFact>,
+    /// Where the device's chain starts after a full resync past compacted history: (seq, hash).
+    #[serde(default)]
+    pub anchor: Option<(u64, Vec<u8>)>,
+}
+
+/// A write the server compacted away, as its tombstone records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrunedFact {
+    pub tenant: String,
+    pub replica: String,
+    pub op_id: String,
+    pub seq: u64,
+    /// Hex SHA-256 of the payload.
+    pub payload_sha256: String,
 }
 
 /// The server's stored state.
@@ -39,6 +53,25 @@ pub struct ClientSnapshot {
 pub struct ServerSnapshot {
     pub node: String,
     pub events: Vec<EventFact>,
+    /// Compacted writes.
+    #[serde(default)]
+    pub pruned: Vec<PrunedFact>,
+    /// Every anchor the chains ever had: (tenant, seq, hash), oldest first.
+    #[serde(default)]
+    pub anchors: Vec<(String, u64, Vec<u8>)>,
+}
+
+impl ServerSnapshot {
+    /// The latest anchor of `tenant`: where its stored chain starts.
+    pub fn anchor(&self, tenant: &str) -> Option<(u64, &[u8])> {
+        self.anchors.iter().filter(|(t, _, _)| t == tenant).max_by_key(|(_, s, _)| *s).map(|(_, s, h)| (*s, h.as_slice()))
+    }
+}
+
+/// Hex SHA-256 of a payload, as tombstones record it.
+pub fn sha256_hex(payload: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(payload))
 }
 
 /// Facts from the history, in trace order.

@@ -29,6 +29,7 @@ fn client(outbox: &[(u64, &[u8])], events: Vec<EventFact>) -> ClientSnapshot {
         node: "client-1".into(),
         replica: "client-1".into(),
         tenant: "acme".into(),
+        anchor: None,
         outbox: outbox.iter().map(|(w, p)| OutboxFact { write_id: *w, op_id: format!("client-1-{w}"), payload: p.to_vec() }).collect(),
         events,
     }
@@ -107,7 +108,7 @@ fn once_fires_on_a_write_both_applied_and_pending() {
 #[test]
 fn converge_fires_when_a_device_lags() {
     let mut c = checker_with_ack(b"a");
-    let server = ServerSnapshot { node: "server".into(), events: chain("acme", &[("client-1", 1, b"a"), ("client-2", 1, b"b")]) };
+    let server = ServerSnapshot { node: "server".into(), pruned: vec![], anchors: vec![], events: chain("acme", &[("client-1", 1, b"a"), ("client-2", 1, b"b")]) };
     let lagging = client(&[], chain("acme", &[("client-1", 1, b"a")]));
     c.observe(Fact::PushAcked { node: "client-1".into(), op_ids: vec!["client-1-1".into()] }, 4);
     c.check_final(&server, &[lagging], 10, true);
@@ -118,7 +119,7 @@ fn converge_fires_when_a_device_lags() {
 fn durable_fires_when_the_server_loses_an_acknowledged_push() {
     let mut c = checker_with_ack(b"a");
     c.observe(Fact::PushAcked { node: "client-1".into(), op_ids: vec!["client-1-1".into()] }, 4);
-    c.observe(Fact::ServerState { snapshot: ServerSnapshot { node: "server".into(), events: vec![] } }, 5);
+    c.observe(Fact::ServerState { snapshot: ServerSnapshot { node: "server".into(), pruned: vec![], anchors: vec![], events: vec![] } }, 5);
     assert_eq!(ids(&c), vec!["INV-DURABLE"]);
     assert_eq!(c.violations()[0].node, "server");
 }
@@ -127,7 +128,7 @@ fn durable_fires_when_the_server_loses_an_acknowledged_push() {
 fn a_correct_history_passes_and_counts_checks() {
     let mut c = checker_with_ack(b"a");
     let evs = chain("acme", &[("client-1", 1, b"a")]);
-    let server = ServerSnapshot { node: "server".into(), events: evs.clone() };
+    let server = ServerSnapshot { node: "server".into(), pruned: vec![], anchors: vec![], events: evs.clone() };
     c.observe(Fact::PushAcked { node: "client-1".into(), op_ids: vec!["client-1-1".into()] }, 4);
     c.check_final(&server, &[client(&[], evs)], 10, true);
     assert!(c.violations().is_empty(), "{:?}", c.violations());

@@ -45,6 +45,8 @@ pub enum Action {
     /// Restart sync from the last known-good exported state; `malformed` offers a broken one,
     /// which must be refused.
     Hydrate { malformed: bool },
+    /// Forced sync: drop the device's events and pull and verify everything again.
+    ForceSync,
 }
 
 /// One operation at a simulated time.
@@ -71,6 +73,10 @@ pub struct Plan {
     pub faults: Vec<Scheduled>,
     /// Windows during which a device's transport is faulty.
     pub transport_faults: Vec<TransportFaultAt>,
+    /// When set, the server keeps only about this many events per tenant and compacts the rest:
+    /// devices behind it must resync in full.
+    #[serde(default)]
+    pub server_retention: Option<u64>,
     /// When every fault ends and the liveness phase starts.
     pub heal_at_ms: u64,
     /// How long the devices have to converge after the heal.
@@ -135,6 +141,9 @@ impl Plan {
             if f.at_ms > self.heal_at_ms {
                 return Err(format!("fault at {} ms is after heal_at_ms {}", f.at_ms, self.heal_at_ms));
             }
+        }
+        if self.server_retention == Some(0) {
+            return Err("server_retention must keep at least 1 event".into());
         }
         for c in &self.clients {
             if !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&c.protocol_version) {

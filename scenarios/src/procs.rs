@@ -197,6 +197,7 @@ fn client_snapshot(node: &str, c: &Client) -> Result<ClientSnapshot, String> {
             .map(|w| OutboxFact { write_id: w.write_id, op_id: w.op_id.unwrap_or_default(), payload: w.payload })
             .collect(),
         events: events.iter().map(event_fact).collect(),
+        anchor: c.anchor().map_err(|e| e.to_string())?,
     })
 }
 
@@ -262,12 +263,16 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
                     Err(e) => record(&ctx.shared, name, "op.err", json!({"op": id, "code": e.code(), "message": e.to_string()}), Some(Fact::AppendFailed { node: name.into() })),
                 }
             }
-            Command::Op { id, action: Action::Sync } => {
-                if let Some(good) = sync_op(&ctx, &mut client, &mut rpc, id).await {
-                    last_good = Some(good);
-                }
-            }
+            Command::Op { id, action: Action::Sync } => sync_op(&ctx, &mut client, &mut rpc, id, &mut last_good).await,
             Command::Op { id, action: Action::Hydrate { malformed } } => hydrate_op(&ctx, &mut client, last_good.as_ref(), id, malformed),
+            Command::Op { id, action: Action::ForceSync } => {
+                record(&ctx.shared, name, "op.start", json!({"op": id, "action": "force_sync"}), None);
+                match client.force_resync() {
+                    Ok(()) => record(&ctx.shared, name, "op.ok", json!({"op": id}), None),
+                    Err(e) => record(&ctx.shared, name, "op.err", json!({"op": id, "code": e.code(), "message": e.to_string()}), None),
+                }
+                last_good = None;
+            }
             Command::Snapshot => {
                 let s = client_snapshot(name, &client);
                 lock(&ctx.mailbox).snapshot = Some(s);
@@ -277,14 +282,15 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
 }
 
 /// One sync attempt. The model learns whether it failed closed and raised exactly the
-/// signature of any transport fault injected into it. Returns the state after a success.
-async fn sync_op(ctx: &ClientCtx, client: &mut Client, rpc: &mut RpcClient, id: u64) -> Option<ExportedState> {
+/// signature of any transport fault injected into it. A success becomes the last known-good
+/// state; a full resync makes every earlier one stale.
+async fn sync_op(ctx: &ClientCtx, client: &mut Client, rpc: &mut RpcClient, id: u64, last_good: &mut Option<ExportedState>) {
     let name = ctx.name.as_str();
     let before = match client.export_state() {
         Ok(s) => s,
         Err(e) => {
             record(&ctx.shared, name, "op.err", json!({"op": id, "action": "sync", "code": e.code(), "message": e.to_string()}), None);
-            return None;
+            return;
         }
     };
     lock(&ctx.transport).begin(before.clone(), rpc.version() >= 2);
@@ -299,11 +305,22 @@ async fn sync_op(ctx: &ClientCtx, client: &mut Client, rpc: &mut RpcClient, id: 
             }
             let detail = json!({"op": id, "pulled": r.pulled, "pages": r.pages, "settled": r.settled});
             record(&ctx.shared, name, "op.ok", detail, Some(Fact::SyncSucceeded { node: name.into(), expected }));
-            client.export_state().ok()
+            if let Ok(s) = client.export_state() {
+                *last_good = Some(s);
+            }
         }
         Err(e) => {
             failed_closed(ctx, client, id, &e, expected, &before);
-            None
+            if let drill_stack::SyncError::ResyncRequired { floor_seq, floor_hash } = &e {
+                // The explicit recovery path the protocol defines for a device behind retention.
+                match client.full_resync(*floor_seq, floor_hash) {
+                    Ok(()) => {
+                        *last_good = None;
+                        record(&ctx.shared, name, "op.resync", json!({"op": id, "floor": floor_seq}), None)
+                    }
+                    Err(e) => record(&ctx.shared, name, "op.err", json!({"op": id, "action": "resync", "code": e.code(), "message": e.to_string()}), None),
+                }
+            }
         }
     }
 }
@@ -352,6 +369,7 @@ fn hydrate_op(ctx: &ClientCtx, client: &mut Client, last_good: Option<&ExportedS
 /// What the server's process needs: the slot its store lives in (so the world can read it back
 /// on the server's node), and the model.
 pub struct ServerCtx {
+    pub options: drill_stack::server::ServerOptions,
     pub slot: Arc<Mutex<Option<Server>>>,
     pub shared: SharedRef,
 }
@@ -359,12 +377,19 @@ pub struct ServerCtx {
 /// The server's events as the model sees them.
 pub fn server_snapshot(s: &Server) -> Result<ServerSnapshot, String> {
     let events = s.events().map_err(|e| e.to_string())?;
-    Ok(ServerSnapshot { node: "server".into(), events: events.iter().map(event_fact).collect() })
+    let pruned = s
+        .tombstones()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|t| drill_model::facts::PrunedFact { tenant: t.tenant, replica: t.replica, op_id: t.op_id, seq: t.seq, payload_sha256: t.payload_sha256 })
+        .collect();
+    let anchors = s.anchors().map_err(|e| e.to_string())?;
+    Ok(ServerSnapshot { node: "server".into(), events: events.iter().map(event_fact).collect(), pruned, anchors })
 }
 
 /// The server's process: recover, report what survived, then answer requests.
 pub async fn server_main(ctx: Arc<ServerCtx>) {
-    let Some(server) = open_with_retry(&ctx.shared, "server", || Server::open(SERVER_DB)).await else { return };
+    let Some(server) = open_with_retry(&ctx.shared, "server", || Server::open_with(SERVER_DB, ctx.options)).await else { return };
     match server_snapshot(&server) {
         Ok(s) => {
             let detail = json!({"events": s.events.len()});
@@ -394,12 +419,15 @@ fn trace_request(shared: &SharedRef, req: &drill_stack::proto::Request, resp: &d
     use drill_stack::proto::{Request, Response};
     let outcome = match resp {
         Response::Error { code, .. } => json!({"error": code}),
+        Response::ResyncRequired { floor_seq, .. } => json!({"resync_required": floor_seq}),
+        Response::Blob(_) => json!({"blob": "answered"}),
         Response::Pushed { accepted, .. } => json!({"accepted": accepted.len()}),
         Response::Page { items, has_more, next_cursor, .. } => json!({"items": items.len(), "has_more": has_more, "next_cursor": next_cursor}),
     };
     let detail = match req {
         Request::Push { replica, writes, .. } => json!({"from": replica, "op": "push", "writes": writes.len(), "result": outcome}),
         Request::Pull { replica, since, .. } => json!({"from": replica, "op": "pull", "since": since, "result": outcome}),
+        Request::Blob(_) => json!({"op": "blob", "result": outcome}),
     };
     record(shared, "server", "net.request", detail, None);
 }

@@ -133,7 +133,8 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
     let handle = madsim::runtime::Handle::current();
     let mut nodes = Nodes::new();
     let slot = Arc::new(Mutex::new(None));
-    let sctx = Arc::new(ServerCtx { slot: slot.clone(), shared: shared.clone() });
+    let options = drill_stack::server::ServerOptions { retention_events: plan.server_retention };
+    let sctx = Arc::new(ServerCtx { options, slot: slot.clone(), shared: shared.clone() });
     let server = handle.create_node().name("server").ip(SERVER_IP).init(move || procs::server_main(sctx.clone())).build();
     nodes.add("server", server.id(), plan.knobs.disk.crash, &seeds);
     let mut mailboxes: BTreeMap<String, Arc<Mutex<Mailbox>>> = BTreeMap::new();
@@ -157,6 +158,10 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
         mailboxes.insert(spec.name.clone(), mailbox);
     }
     let mut w = World { plan: &plan, shared, nodes, mailboxes, transports, server, slot, start: clock::now(), steps: 0, timeline: BTreeMap::new(), next_key: 0 };
+    if let Some(keep) = plan.server_retention {
+        *w.nodes.counts.entry("server.retention".into()).or_default() += 1;
+        trace::emit("server", "fault.retention", json!({"keep_events": keep}));
+    }
     w.load_timeline();
     w.play().await;
     let liveness = w.heal_and_converge().await;
@@ -379,6 +384,8 @@ impl World<'_> {
     }
 
     async fn snapshots(&mut self, deadline: Instant) -> Result<(ServerSnapshot, Vec<ClientSnapshot>), String> {
+        // A device busy with its last sync attempt still gets to answer.
+        let deadline = deadline.max(clock::now() + Duration::from_millis(3 * procs::RPC_TIMEOUT_MS));
         let server = self.server_snapshot().await?;
         let mut clients = Vec::new();
         let names: Vec<String> = self.mailboxes.keys().cloned().collect();

@@ -51,7 +51,11 @@ pub fn plan(seed: u64, profile: &str, knobs: Knobs, transport_knobs: TransportKn
         for _ in 0..shape.ops_per_client {
             let at_ms = rng.gen_range(0..shape.duration_ms);
             let action = if rng.gen_bool(hydrate_probability) {
-                Action::Hydrate { malformed: rng.gen_bool(0.3) }
+                if rng.gen_bool(0.3) {
+                    Action::ForceSync
+                } else {
+                    Action::Hydrate { malformed: rng.gen_bool(0.3) }
+                }
             } else if rng.gen_bool(0.7) {
                 Action::Append {
                     aggregate: format!("note-{}", rng.gen_range(1..=5)),
@@ -76,6 +80,7 @@ pub fn plan(seed: u64, profile: &str, knobs: Knobs, transport_knobs: TransportKn
         ops,
         faults: Vec::new(),
         transport_faults: Vec::new(),
+        server_retention: if profile == "swarm" && rng.gen_bool(0.3) { Some(rng.gen_range(4..=20)) } else { None },
         heal_at_ms: shape.duration_ms + 500,
         liveness_ms_max: 30_000,
     };

@@ -198,7 +198,7 @@ fn mutate(kind: TransportFaultKind, req: &Request, resp: Response, base: &Export
     use TransportFaultKind as K;
     let since = match req {
         Request::Pull { since, .. } => *since,
-        Request::Push { .. } => 0,
+        Request::Push { .. } | Request::Blob(_) => 0,
     };
     match (kind, resp) {
         (K::PullEmptyPageHasMore, Response::Page { last_reconciled_write_ids, .. }) => {

@@ -84,6 +84,9 @@ struct Attempt {
     last_reconciled: BTreeMap<String, u64>,
     renumbered: BTreeMap<String, u64>,
     pushed: Vec<String>,
+    /// Pushed ops the server already compacted below this device's anchor: they will never be
+    /// pulled back, so they leave the outbox on the server's word.
+    compacted: Vec<String>,
     items: Vec<EventRow>,
     pages: u32,
     settled: bool,
@@ -216,7 +219,11 @@ impl Client {
         if let Some((r, _)) = state.last_reconciled_write_ids.iter().find(|(_, &w)| w == 0) {
             return refuse(format!("lastReconciledWriteIds must map replicas to positive integers; {r} maps to 0"));
         }
-        let held: u64 = self.conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+        let floor = store::anchor(&self.conn, &self.tenant)?.map(|(seq, _)| seq).unwrap_or(0);
+        let held: u64 = self.conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get::<_, u64>(0))?.max(floor);
+        if state.cursor < floor {
+            return refuse(format!("cursor {} is behind this device's resync floor {floor}", state.cursor));
+        }
         if state.cursor > held {
             return refuse(format!("cursor {} is past the last event this device holds ({held})", state.cursor));
         }
@@ -228,6 +235,34 @@ impl Client {
         store::meta_set(&tx, "last_reconciled_write_ids", &lrw)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Resynchronises from the server's retention floor after a `pull:resyncRequired` answer:
+    /// the device's events go, its chain is anchored at the floor, and the next sync pulls from
+    /// there. Pending writes stay.
+    pub fn full_resync(&mut self, floor_seq: u64, floor_hash: &[u8]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM events WHERE tenant = ?1", [&self.tenant])?;
+        store::set_anchor(&tx, &self.tenant, floor_seq, floor_hash)?;
+        store::meta_set(&tx, "cursor", &floor_seq.to_string())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A forced sync: drops the device's events after its anchor so that the next sync pulls
+    /// and re-verifies everything the server holds for the tenant. Pending writes stay.
+    pub fn force_resync(&mut self) -> Result<(), StoreError> {
+        let floor = store::anchor(&self.conn, &self.tenant)?.map(|(seq, _)| seq).unwrap_or(0);
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM events WHERE seq > ?1", [floor])?;
+        store::meta_set(&tx, "cursor", &floor.to_string())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Where this device's chain starts, if it resynchronised past compacted history.
+    pub fn anchor(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        store::anchor(&self.conn, &self.tenant)
     }
 
     /// One sync attempt: push the outbox, then pull until settled (or the page budget is spent),
@@ -306,14 +341,19 @@ impl Client {
             return Err(guard("reconcile", "reconcileCursorRegression", format!("transport reconcile regressed sync cursor: {} -> {cursor}", a.reconcile_cursor)));
         }
         check_last_write_ids("reconcile", &a.last_reconciled, &lrw)?;
-        let by_op: BTreeMap<&str, u64> = accepted.iter().map(|x| (x.op_id.as_str(), x.write_id)).collect();
+        let by_op: BTreeMap<&str, (u64, u64)> = accepted.iter().map(|x| (x.op_id.as_str(), (x.write_id, x.seq))).collect();
+        let floor = store::anchor(&self.conn, &self.tenant)?.map(|(seq, _)| seq).unwrap_or(0);
         for w in writes {
             let op = w.op_id.clone().unwrap_or_default();
+            // A version-1 push carries no op id: the server knows the write as `replica:write_id`.
             let key = if by_op.contains_key(op.as_str()) { op.clone() } else { format!("{}:{}", self.replica, w.write_id) };
-            let Some(&write_id) = by_op.get(key.as_str()) else {
+            let Some(&(write_id, seq)) = by_op.get(key.as_str()) else {
                 return Err(SyncError::Server { code: "pushIncomplete".into(), message: format!("op {op} was not acknowledged") });
             };
             a.pushed.push(op.clone());
+            if seq <= floor {
+                a.compacted.push(op.clone());
+            }
             if write_id != w.write_id || self.outbox_write_id(&op)? != write_id {
                 a.renumbered.insert(op, write_id);
             }
@@ -338,6 +378,7 @@ impl Client {
                 Response::Page { items, has_more, next_cursor, last_reconciled_write_ids } => {
                     (items, has_more, next_cursor, last_reconciled_write_ids)
                 }
+                Response::ResyncRequired { floor_seq, floor_hash } => return Err(SyncError::ResyncRequired { floor_seq, floor_hash }),
                 Response::Error { code, message, .. } => return Err(SyncError::Server { code, message }),
                 other => return Err(unexpected("pull", &other)),
             };
@@ -379,6 +420,9 @@ impl Client {
             next = next.max(w + 1);
         }
         store::meta_set(&tx, "next_write_id", &next.to_string())?;
+        for op in &a.compacted {
+            tx.execute("DELETE FROM outbox WHERE op_id = ?1", [op])?;
+        }
         for e in &a.items {
             store::insert_event(&tx, e)?;
             if e.replica == self.replica {

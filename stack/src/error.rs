@@ -75,6 +75,9 @@ pub enum SyncError {
     Server { code: String, message: String },
     /// A guardrail stopped the attempt: the transport or server broke a protocol invariant.
     Guardrail { stage: &'static str, code: &'static str, detail: String },
+    /// The server compacted the events this device still needs: resynchronise from the floor
+    /// with `Client::full_resync`.
+    ResyncRequired { floor_seq: u64, floor_hash: Vec<u8> },
     /// The peer speaks a protocol version outside the supported window.
     Protocol { detail: String },
     /// The state to hydrate from is malformed or does not belong to this device.
@@ -100,6 +103,7 @@ impl SyncError {
             SyncError::Server { code, .. } => format!("server:{code}"),
             SyncError::Guardrail { stage, code, .. } => format!("{stage}:{code}"),
             SyncError::Protocol { .. } => "sync:protocolVersion".into(),
+            SyncError::ResyncRequired { .. } => "pull:resyncRequired".into(),
             SyncError::Hydrate { .. } => "hydrate:hydrateGuardrailViolation".into(),
             SyncError::Store(e) => e.code().into(),
         }
@@ -113,6 +117,9 @@ impl fmt::Display for SyncError {
             SyncError::Server { code, message } => write!(f, "server error {code}: {message}"),
             SyncError::Guardrail { stage, code, detail } => write!(f, "{stage}:{code}: {detail}"),
             SyncError::Protocol { detail } => write!(f, "protocol version refused: {detail}"),
+            SyncError::ResyncRequired { floor_seq, .. } => {
+                write!(f, "the server no longer holds events before {floor_seq}: a full resync from there is required")
+            }
             SyncError::Hydrate { detail } => write!(f, "hydrate:hydrateGuardrailViolation: {detail}"),
             SyncError::Store(e) => write!(f, "{e}"),
         }

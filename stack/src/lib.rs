@@ -10,7 +10,10 @@
 //! - [`server`]: the server's store, which holds the total order, and its request handler.
 //! - [`client`]: a device's store with its outbox, and the sync that pushes and pulls.
 //! - [`rpc`]: request/response over madsim endpoints.
+//! - [`blobs`]: staged blobs in an S3-like object store, their registry, and attach with a
+//!   visibility checkpoint (runbook 003 §2, §3).
 
+pub mod blobs;
 pub mod chain;
 pub mod client;
 pub mod clock;

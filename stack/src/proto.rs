@@ -53,6 +53,8 @@ pub enum Request {
     Push { tenant: String, replica: String, writes: Vec<PendingWrite> },
     /// The tenant's events after `since`, one page.
     Pull { tenant: String, replica: String, since: u64, limit: u32 },
+    /// A blob request (runbook 003 §2, §3), served by the server's blob layer.
+    Blob(crate::blobs::BlobRequest),
 }
 
 /// One event on the wire.
@@ -121,6 +123,15 @@ pub enum Response {
         next_cursor: u64,
         last_reconciled_write_ids: BTreeMap<String, u64>,
     },
+    /// The client's `since` is behind the server's retention: the events it would need are
+    /// compacted. It must resynchronise from the floor (the last compacted event).
+    ResyncRequired {
+        floor_seq: u64,
+        #[serde(with = "hex_bytes")]
+        floor_hash: Vec<u8>,
+    },
+    /// The answer to a blob request: HTTP-like, with its own status.
+    Blob(crate::blobs::BlobResponse),
     /// The request failed. A `staleWriteId` error carries the replica's last write id the
     /// server holds, so the client can renumber.
     Error {

@@ -20,12 +20,45 @@ use crate::proto::{Accepted, PendingWrite, Request, Response, WireEvent, PAGE_LI
 use crate::store::{self, EventRow};
 
 const SERVER_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS replicas(replica TEXT PRIMARY KEY, tenant TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS replicas(
+    replica TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    last_write_id INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS pruned(
+    op_id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    replica TEXT NOT NULL,
+    write_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    payload_sha256 TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS anchors(tenant TEXT NOT NULL, seq INTEGER NOT NULL, hash BLOB NOT NULL, PRIMARY KEY(tenant, seq));
 ";
+
+/// Server settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerOptions {
+    /// Keep at least this many events per tenant; older ones are compacted away (a tombstone per
+    /// op stays, so retries stay idempotent), and a device behind them must resync in full.
+    pub retention_events: Option<u64>,
+}
 
 /// The server's store.
 pub struct Server {
     conn: Connection,
+    options: ServerOptions,
+}
+
+/// A compacted write: enough to keep pushes idempotent and to account for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tombstone {
+    pub op_id: String,
+    pub tenant: String,
+    pub replica: String,
+    pub write_id: u64,
+    pub seq: u64,
+    pub payload_sha256: String,
 }
 
 /// Per-tenant consistency diagnostics: how many events, and the chain head.
@@ -54,12 +87,23 @@ impl From<rusqlite::Error> for Refusal {
 }
 
 impl Server {
-    /// Opens (or creates) the server database at `path`.
+    /// Opens (or creates) the server database at `path`, keeping every event.
     pub fn open(path: &str) -> Result<Server, StoreError> {
+        Self::open_with(path, ServerOptions::default())
+    }
+
+    /// Opens (or creates) the server database at `path` with `options`.
+    pub fn open_with(path: &str, options: ServerOptions) -> Result<Server, StoreError> {
         let conn = store::open(path)?;
         conn.execute_batch(store::EVENTS_SCHEMA)?;
         conn.execute_batch(SERVER_SCHEMA)?;
-        Ok(Server { conn })
+        conn.execute_batch(crate::blobs::registry::SCHEMA)?;
+        Ok(Server { conn, options })
+    }
+
+    /// The connection the blob registry lives on (the blob layer borrows it step by step).
+    pub fn registry_conn(&self) -> &Connection {
+        &self.conn
     }
 
     /// Answers one request.
@@ -67,6 +111,8 @@ impl Server {
         let result = match req {
             Request::Push { tenant, replica, writes } => self.push(&tenant, &replica, &writes),
             Request::Pull { tenant, replica, since, limit } => self.pull(&tenant, &replica, since, limit),
+            // Blob requests wait on the object store: `blobs::serve` hands them to the blob layer.
+            Request::Blob(_) => Err(Refusal::Answer(Response::error("blobServiceRequired", "blob requests are served by the blob layer"))),
         };
         match result {
             Ok(r) | Err(Refusal::Answer(r)) => r,
@@ -100,7 +146,12 @@ impl Server {
         for w in writes {
             let op_id = w.op_id.clone().unwrap_or_else(|| format!("{replica}:{}", w.write_id));
             let known: Option<(String, u64, u64)> = tx
-                .query_row("SELECT replica, write_id, seq FROM events WHERE op_id = ?1", [&op_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .query_row(
+                    "SELECT replica, write_id, seq FROM events WHERE op_id = ?1
+                     UNION ALL SELECT replica, write_id, seq FROM pruned WHERE op_id = ?1",
+                    [&op_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
                 .optional()?;
             if let Some((owner, write_id, seq)) = known {
                 if owner != replica {
@@ -109,12 +160,8 @@ impl Server {
                 accepted.push(Accepted { op_id, write_id, seq });
                 continue;
             }
-            let taken: bool = tx
-                .query_row("SELECT 1 FROM events WHERE replica = ?1 AND write_id = ?2", rusqlite::params![replica, w.write_id], |_| Ok(()))
-                .optional()?
-                .is_some();
-            if taken {
-                let last = Self::last_write_id(&tx, replica)?;
+            let last = Self::last_write_id(&tx, replica)?;
+            if w.write_id <= last {
                 return Err(Refusal::Answer(Response::Error {
                     code: "staleWriteId".into(),
                     message: format!("write id {} of replica {replica} is taken by another op; last is {last}", w.write_id),
@@ -135,18 +182,55 @@ impl Server {
                 hash: hash.to_vec(),
             };
             store::insert_event(&tx, &row)?;
+            tx.execute("UPDATE replicas SET last_write_id = MAX(last_write_id, ?1) WHERE replica = ?2", rusqlite::params![w.write_id, replica])?;
             accepted.push(Accepted { op_id, write_id: w.write_id, seq: next_seq });
             head = hash.to_vec();
             next_seq += 1;
         }
+        if let Some(keep) = self.options.retention_events {
+            Self::compact(&tx, tenant, keep)?;
+        }
         let cursor = Self::tenant_cursor(&tx, tenant)?;
         let last_reconciled_write_ids = Self::last_reconciled(&tx, tenant)?;
+        // What this answer acknowledges is the client's reconcile state from the server's view
+        // (`crdt:<replica>`), which blob attach is judged against: it commits with the push.
+        crate::blobs::registry::record_reconcile(&tx, replica, cursor, &last_reconciled_write_ids)?;
         tx.commit()?;
         Ok(Response::Pushed { accepted, cursor, last_reconciled_write_ids })
     }
 
+    /// Compacts `tenant` down to its last `keep` events once it holds twice as many: each
+    /// compacted write leaves a tombstone, and the chain gets a new anchor.
+    fn compact(conn: &Connection, tenant: &str, keep: u64) -> Result<(), StoreError> {
+        let count: u64 = conn.query_row("SELECT COUNT(*) FROM events WHERE tenant = ?1", [tenant], |r| r.get(0))?;
+        if count <= keep.max(1) * 2 {
+            return Ok(());
+        }
+        let (floor, hash): (u64, Vec<u8>) = conn.query_row(
+            "SELECT seq, hash FROM events WHERE tenant = ?1 ORDER BY seq LIMIT 1 OFFSET ?2",
+            rusqlite::params![tenant, count - keep - 1],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let doomed: Vec<EventRow> = store::all_events(conn)?.into_iter().filter(|e| e.tenant == tenant && e.seq <= floor).collect();
+        for e in &doomed {
+            use sha2::{Digest, Sha256};
+            conn.execute(
+                "INSERT INTO pruned(op_id, tenant, replica, write_id, seq, payload_sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                rusqlite::params![e.op_id, e.tenant, e.replica, e.write_id, e.seq, hex::encode(Sha256::digest(&e.payload))],
+            )?;
+        }
+        conn.execute("DELETE FROM events WHERE tenant = ?1 AND seq <= ?2", rusqlite::params![tenant, floor])?;
+        conn.execute("INSERT INTO anchors(tenant, seq, hash) VALUES (?1, ?2, ?3)", rusqlite::params![tenant, floor, hash])?;
+        store::set_anchor(conn, tenant, floor, &hash)
+    }
+
     fn pull(&mut self, tenant: &str, replica: &str, since: u64, limit: u32) -> Result<Response, Refusal> {
         Self::authorize(&self.conn, tenant, replica)?;
+        if let Some((floor_seq, floor_hash)) = store::anchor(&self.conn, tenant)? {
+            if since < floor_seq {
+                return Ok(Response::ResyncRequired { floor_seq, floor_hash });
+            }
+        }
         let limit = limit.clamp(1, PAGE_LIMIT_MAX);
         let mut items = store::events_after(&self.conn, tenant, since, limit + 1)?;
         let has_more = items.len() > limit as usize;
@@ -161,7 +245,7 @@ impl Server {
     }
 
     fn last_write_id(conn: &Connection, replica: &str) -> Result<u64, StoreError> {
-        Ok(conn.query_row("SELECT COALESCE(MAX(write_id), 0) FROM events WHERE replica = ?1", [replica], |r| r.get(0))?)
+        Ok(conn.query_row("SELECT COALESCE(MAX(last_write_id), 0) FROM replicas WHERE replica = ?1", [replica], |r| r.get(0))?)
     }
 
     fn tenant_cursor(conn: &Connection, tenant: &str) -> Result<u64, StoreError> {
@@ -169,7 +253,7 @@ impl Server {
     }
 
     fn last_reconciled(conn: &Connection, tenant: &str) -> Result<BTreeMap<String, u64>, StoreError> {
-        let mut st = conn.prepare_cached("SELECT replica, MAX(write_id) FROM events WHERE tenant = ?1 GROUP BY replica")?;
+        let mut st = conn.prepare_cached("SELECT replica, last_write_id FROM replicas WHERE tenant = ?1 AND last_write_id > 0")?;
         let rows = st.query_map([tenant], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -177,6 +261,22 @@ impl Server {
     /// Every event the server holds, in total order.
     pub fn events(&self) -> Result<Vec<EventRow>, StoreError> {
         store::all_events(&self.conn)
+    }
+
+    /// Every compacted write.
+    pub fn tombstones(&self) -> Result<Vec<Tombstone>, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT op_id, tenant, replica, write_id, seq, payload_sha256 FROM pruned ORDER BY seq")?;
+        let rows = st.query_map([], |r| {
+            Ok(Tombstone { op_id: r.get(0)?, tenant: r.get(1)?, replica: r.get(2)?, write_id: r.get(3)?, seq: r.get(4)?, payload_sha256: r.get(5)? })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every anchor the chains ever had: (tenant, seq, hash), oldest first.
+    pub fn anchors(&self) -> Result<Vec<(String, u64, Vec<u8>)>, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT tenant, seq, hash FROM anchors ORDER BY seq")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Count and chain head of every tenant, for comparing with devices.
@@ -257,6 +357,30 @@ mod tests {
         let d = s.diagnostics().unwrap();
         assert_eq!(d.iter().map(|x| (x.tenant.as_str(), x.count)).collect::<Vec<_>>(), vec![("acme", 2), ("globex", 1)]);
         assert_eq!(d[0].head, s.events().unwrap()[1].hash);
+    }
+
+    #[test]
+    fn retention_compacts_and_asks_a_lagging_device_to_resync() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Server::open_with(dir.path().join("s.db").to_str().unwrap(), ServerOptions { retention_events: Some(3) }).unwrap();
+        let writes: Vec<PendingWrite> = (1..=7).map(|i| write(i, &format!("x-{i}"), b"p")).collect();
+        push(&mut s, "acme", "r1", writes);
+        assert_eq!(s.events().unwrap().len(), 3);
+        assert_eq!(s.tombstones().unwrap().len(), 4);
+        let Response::ResyncRequired { floor_seq, floor_hash } = s.handle(Request::Pull { tenant: "acme".into(), replica: "r1".into(), since: 0, limit: 8 }) else {
+            panic!("a device behind retention must be told to resync")
+        };
+        assert_eq!(floor_seq, 4);
+        assert_eq!(s.events().unwrap()[0].prev_hash, floor_hash);
+        // A retried push of a compacted op is still recognised.
+        match push(&mut s, "acme", "r1", vec![write(2, "x-2", b"p")]) {
+            Response::Pushed { accepted, last_reconciled_write_ids, .. } => {
+                assert_eq!(accepted[0].seq, 2);
+                assert_eq!(last_reconciled_write_ids["r1"], 7);
+            }
+            r => panic!("{r:?}"),
+        }
+        assert!(matches!(s.handle(Request::Pull { tenant: "acme".into(), replica: "r1".into(), since: 4, limit: 8 }), Response::Page { .. }));
     }
 
     #[test]

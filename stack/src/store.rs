@@ -44,6 +44,12 @@ pub fn open_with_vfs(path: &str, vfs: Option<&str>) -> Result<Connection, StoreE
         return Err(StoreError::Sqlite { detail: format!("journal_mode is {mode}, not wal") });
     }
     c.execute_batch("PRAGMA synchronous=FULL; PRAGMA mmap_size=0; PRAGMA temp_store=MEMORY; PRAGMA foreign_keys=ON;")?;
+    // Recovery keeps whatever the log held, and SQLite appends the next transaction right after
+    // it: into the sector that holds the end of the last recovered commit. On a device without
+    // powersafe overwrite a second power loss can garble that sector and the commit with it
+    // (drill's crash oracle shows it). Checkpointing and truncating the log on open means new
+    // frames never share a sector with recovered ones.
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
     Ok(c)
 }
 
@@ -133,11 +139,30 @@ pub fn insert_event(c: &Connection, e: &EventRow) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The hash of `tenant`'s last event (the chain head), or the genesis hash.
+/// The hash of `tenant`'s last event (the chain head); with no event, the chain's anchor (where
+/// compacted history ends) or the genesis hash.
 pub fn chain_head(c: &Connection, tenant: &str) -> Result<Vec<u8>, StoreError> {
     use rusqlite::OptionalExtension;
     let h: Option<Vec<u8>> = c
         .query_row("SELECT hash FROM events WHERE tenant = ?1 ORDER BY seq DESC LIMIT 1", [tenant], |r| r.get(0))
         .optional()?;
-    Ok(h.unwrap_or_else(|| crate::chain::GENESIS.to_vec()))
+    match h {
+        Some(h) => Ok(h),
+        None => Ok(anchor(c, tenant)?.map(|(_, h)| h).unwrap_or_else(|| crate::chain::GENESIS.to_vec())),
+    }
+}
+
+/// Where `tenant`'s stored chain starts when older events were compacted away: the sequence
+/// number and hash of the last event before the stored ones.
+pub fn anchor(c: &Connection, tenant: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+    let Some(v) = meta_get(c, &format!("anchor/{tenant}"))? else { return Ok(None) };
+    let (seq, hash) = v.split_once(':').ok_or_else(|| StoreError::Invalid { detail: format!("anchor {v}") })?;
+    let seq = seq.parse().map_err(|_| StoreError::Invalid { detail: format!("anchor {v}") })?;
+    let hash = hex::decode(hash).map_err(|_| StoreError::Invalid { detail: format!("anchor {v}") })?;
+    Ok(Some((seq, hash)))
+}
+
+/// Records `tenant`'s chain anchor.
+pub fn set_anchor(c: &Connection, tenant: &str, seq: u64, hash: &[u8]) -> Result<(), StoreError> {
+    meta_set(c, &format!("anchor/{tenant}"), &format!("{seq}:{}", hex::encode(hash)))
 }
