@@ -207,7 +207,8 @@ mod tests {
         assert_eq!((e.kind, e.attempts), (ObjectErrorKind::SlowDown, policy.attempts_max));
         assert_eq!(*store.calls.lock().unwrap(), policy.attempts_max);
         let want: u64 = (1..policy.attempts_max).map(|a| policy.backoff_ms(a)).sum();
-        assert_eq!(waited, Duration::from_millis(want));
+        // madsim charges a few microseconds per scheduling step on top of the sleeps.
+        assert!(waited >= Duration::from_millis(want) && waited < Duration::from_millis(want + 5), "waited {waited:?}, backoff {want} ms");
     }
 
     #[test]
