@@ -36,9 +36,13 @@ pub fn render_timeline(summary: Option<&Summary>, trace: &[String]) -> String {
     let events = parse(trace);
     let lanes = lanes(&events);
     let end_us = events.iter().map(|e| e.t_us).max().unwrap_or(0).max(1);
+    let violations = summary.map_or_else(Vec::new, |s| {
+        s.violations.iter().map(|v| v.trace_line as usize).collect()
+    });
     let plot = Plot {
         lanes: &lanes,
         end_us,
+        violations: &violations,
     };
     let mut body = header(summary, &events);
     body.push_str(&legend());
@@ -165,6 +169,9 @@ fn legend() -> String {
 struct Plot<'a> {
     lanes: &'a [String],
     end_us: u64,
+    /// Trace lines the summary names as violations (a liveness failure has no
+    /// `check.violation` line of its own).
+    violations: &'a [usize],
 }
 
 impl Plot<'_> {
@@ -317,7 +324,7 @@ impl Plot<'_> {
         if k == "net.request" {
             return self.arrow(e, &data, &title);
         }
-        if k == "check.violation" {
+        if k == "check.violation" || self.violations.contains(&e.line) {
             let h = self.height() - 10.0;
             return format!(
                 "<g class=\"ev viol\" {data}><line class=\"vline\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{AXIS_HEIGHT}\" y2=\"{h:.1}\"/><circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"8\"/>{title}</g>"
