@@ -33,6 +33,8 @@ pub struct Checker {
     server_acked: BTreeSet<(String, Vec<u8>)>,
     violations: Vec<Violation>,
     checks: BTreeMap<String, u64>,
+    /// Staged, attached and read blobs (runbook 003 §2, §3).
+    blobs: crate::blobs::BlobModel,
 }
 
 impl Checker {
@@ -112,6 +114,15 @@ impl Checker {
             Fact::SyncSucceeded { node, expected } => self.check_guardrail(&node, line, None, expected.as_deref(), "ok"),
             Fact::ClientState { snapshot, after_recovery } => self.check_client(&snapshot, after_recovery, line),
             Fact::ServerState { snapshot } => self.check_server(&snapshot, line),
+            Fact::Blob(f) => {
+                let out = self.blobs.observe(f);
+                for inv in out.checked {
+                    self.checked(inv);
+                }
+                for (inv, node, message) in out.violations {
+                    self.violate(inv, &node, line, message);
+                }
+            }
         }
     }
 

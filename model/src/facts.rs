@@ -100,6 +100,8 @@ pub enum Fact {
     ClientState { snapshot: ClientSnapshot, after_recovery: bool },
     /// The server's state.
     ServerState { snapshot: ServerSnapshot },
+    /// Something about blobs (runbook 003 §2, §3).
+    Blob(crate::blobs::BlobFact),
 }
 
 /// A short digest of a payload, for messages.

@@ -18,6 +18,8 @@ pub const ONCE: &str = "INV-ONCE";
 pub const LIVE_DRAIN: &str = "LIVE-DRAIN";
 pub const FAIL_CLOSED: &str = "INV-FAIL-CLOSED";
 pub const GUARDRAIL: &str = "INV-GUARDRAIL";
+pub const BLOB_VISIBILITY: &str = "INV-BLOB-VISIBILITY";
+pub const BLOB_OBJECT: &str = "INV-BLOB-OBJECT";
 
 /// Every invariant the model checks today.
 pub const REGISTRY: &[Invariant] = &[
@@ -62,6 +64,18 @@ pub const REGISTRY: &[Invariant] = &[
         runbook: "003 §1",
         statement: "after heal, pending queues drain and devices converge within a bounded simulated time",
         checked: "in the liveness phase at the end of every run",
+    },
+    Invariant {
+        id: BLOB_VISIBILITY,
+        runbook: "003 §2",
+        statement: "an attach succeeds only when the server's persisted reconcile state dominates the checkpoint, and is refused as behind only when it does not; that state never moves back; once the device reconciled, an identical retry is not behind",
+        checked: "on every attach answer, and on the retries after the heal",
+    },
+    Invariant {
+        id: BLOB_OBJECT,
+        runbook: "003 §3",
+        statement: "a staged blob stays registered and reads back its bytes; every object failure is one the store produced, retried to the bound when transient and not at all otherwise; the orphan scan finds exactly the registered blobs whose object was deleted",
+        checked: "on every stage and read answer, on the reads after the heal, and on the orphan scan at the end",
     },
 ];
 

@@ -5,6 +5,7 @@
 //! SQLite. Writes in flight at a crash are *uncertain*: the model keeps them as possibilities
 //! until a snapshot taken after the node recovered settles them.
 
+pub mod blobs;
 pub mod checker;
 pub mod facts;
 pub mod invariants;
