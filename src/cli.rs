@@ -253,7 +253,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text.trim()) {
         Ok(d) if d.is_zero() => Err("a time budget must be more than zero".to_string()),
         Ok(d) => Ok(d),
-        Err(e) => Err(format!("'{text}' is not a duration like 90s, 5m or 1h ({e})")),
+        Err(e) => Err(format!(
+            "'{text}' is not a duration like 90s, 5m or 1h ({e})"
+        )),
     }
 }
 

@@ -137,7 +137,10 @@ mod tests {
 
     #[test]
     fn relative_paths_climb_and_descend() {
-        let p = relative(Path::new("/a/b/merged"), Path::new("/a/b/shard-1/seed-3/report.html"));
+        let p = relative(
+            Path::new("/a/b/merged"),
+            Path::new("/a/b/shard-1/seed-3/report.html"),
+        );
         assert_eq!(p, PathBuf::from("../shard-1/seed-3/report.html"));
     }
 
@@ -145,8 +148,14 @@ mod tests {
     fn relocates_the_folders_a_gate_writes() {
         let d = Path::new("shard-2");
         assert_eq!(relocate("out/gate/seed-4", d), "shard-2/seed-4");
-        assert_eq!(relocate("out/drills/x/seed-4", d), "shard-2/drills/x/seed-4");
-        assert_eq!(relocate("g/nondeterministic/sync-basic-seed-4", d), "shard-2/nondeterministic/sync-basic-seed-4");
+        assert_eq!(
+            relocate("out/drills/x/seed-4", d),
+            "shard-2/drills/x/seed-4"
+        );
+        assert_eq!(
+            relocate("g/nondeterministic/sync-basic-seed-4", d),
+            "shard-2/nondeterministic/sync-basic-seed-4"
+        );
     }
 
     #[test]

@@ -238,7 +238,10 @@ impl Session {
 
     /// Runs up to [`Session::width`] jobs at once; one answer per job, in the jobs' order.
     pub fn run_batch(&mut self, jobs: &[Job]) -> Result<Vec<Answer>, CliError> {
-        assert!(jobs.len() <= self.width(), "a batch is at most one job per worker");
+        assert!(
+            jobs.len() <= self.width(),
+            "a batch is at most one job per worker"
+        );
         for (slot, job) in jobs.iter().enumerate() {
             self.send(slot, job)?;
         }
@@ -255,7 +258,9 @@ impl Session {
         }
         let line = serde_json::to_string(job)
             .map_err(|e| CliError::new(format!("cannot encode a job: {e}")))?;
-        let worker = self.workers[slot].as_mut().ok_or_else(|| unexpected(slot))?;
+        let worker = self.workers[slot]
+            .as_mut()
+            .ok_or_else(|| unexpected(slot))?;
         // A failed write means the worker died; `receive` then reads its end and says so.
         let _ = writeln!(worker.stdin, "{line}").and_then(|()| worker.stdin.flush());
         Ok(())
@@ -264,7 +269,9 @@ impl Session {
     /// The worker's answer; a worker that ends without one is reported as a panic and retired,
     /// as is one that panicked (it exits after answering).
     fn receive(&mut self, slot: usize, job: &Job) -> Result<Answer, CliError> {
-        let worker = self.workers[slot].as_mut().ok_or_else(|| unexpected(slot))?;
+        let worker = self.workers[slot]
+            .as_mut()
+            .ok_or_else(|| unexpected(slot))?;
         let mut line = String::new();
         loop {
             line.clear();

@@ -85,7 +85,8 @@ impl Size {
 
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let n =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         write!(
             f,
             "{}, {}, {}, heal at {} ms, liveness bound {} ms",
@@ -177,7 +178,7 @@ impl Shrinker<'_> {
                 .map(|i| without_client(&self.best, i))
                 .collect();
             match self.first_failing(candidates)? {
-                Found::Plan(p) => self.accept(p),
+                Found::Plan(p) => self.accept(*p),
                 Found::None => return Ok(true),
                 Found::Budget => return Ok(false),
             }
@@ -216,7 +217,7 @@ impl Shrinker<'_> {
                 .collect();
             match self.first_failing(candidates)? {
                 Found::Plan(p) => {
-                    self.accept(p);
+                    self.accept(*p);
                     chunks = (chunks - 1).max(2);
                 }
                 Found::None if chunks < len => chunks = (chunks * 2).min(len),
@@ -243,10 +244,14 @@ impl Shrinker<'_> {
                 candidates.push(with_field(&value, "heal_at_ms", last_ms + 1));
             }
             if self.best.liveness_ms_max > 1 {
-                candidates.push(with_field(&value, "liveness_ms_max", self.best.liveness_ms_max / 2));
+                candidates.push(with_field(
+                    &value,
+                    "liveness_ms_max",
+                    self.best.liveness_ms_max / 2,
+                ));
             }
             match self.first_failing(candidates)? {
-                Found::Plan(p) => self.accept(p),
+                Found::Plan(p) => self.accept(*p),
                 Found::None => return Ok(true),
                 Found::Budget => return Ok(false),
             }
@@ -268,7 +273,7 @@ impl Shrinker<'_> {
                 return Ok(Found::Budget);
             };
             if let Some(i) = verdicts.iter().position(|fails| *fails) {
-                return Ok(Found::Plan(batch[i].clone()));
+                return Ok(Found::Plan(Box::new(batch[i].clone())));
             }
             if verdicts.len() < batch.len() {
                 // The budget ran out part way through the batch.
@@ -280,7 +285,7 @@ impl Shrinker<'_> {
 }
 
 enum Found {
-    Plan(Plan),
+    Plan(Box<Plan>),
     None,
     Budget,
 }
@@ -309,7 +314,10 @@ fn lists(value: &Value) -> Vec<String> {
 }
 
 fn list_len(value: &Value, list: &str) -> usize {
-    value.get(list).and_then(Value::as_array).map_or(0, Vec::len)
+    value
+        .get(list)
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len)
 }
 
 fn list_mut<'a>(value: &'a mut Value, list: &str) -> Option<&'a mut Vec<Value>> {
@@ -373,7 +381,10 @@ fn shifted(value: &Value, ms: u64) -> Value {
             }
         }
     }
-    let heal = value.get("heal_at_ms").and_then(Value::as_u64).unwrap_or(ms);
+    let heal = value
+        .get("heal_at_ms")
+        .and_then(Value::as_u64)
+        .unwrap_or(ms);
     with_field(&value, "heal_at_ms", heal.saturating_sub(ms))
 }
 

@@ -20,9 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::WorldArgs;
 use crate::error::CliError;
-use crate::runfiles::{
-    plan_replay, seed_replay, summary_of, write_json, PLAN_FILE, SUMMARY_FILE,
-};
+use crate::runfiles::{plan_replay, seed_replay, summary_of, write_json, PLAN_FILE, SUMMARY_FILE};
 
 /// Prefix of every answer line.
 pub const ANSWER_MARK: &str = "@drill-answer ";

@@ -19,7 +19,12 @@ fn all_pass(profile: &str, seeds: &[u64]) {
         .into_iter()
         .filter_map(|seed| check_seed(seed, "sync-basic", profile, "seeds").err())
         .collect();
-    assert!(failures.is_empty(), "{} failing:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failing:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -45,6 +50,12 @@ fn a_failure_names_the_invariant_and_the_replay_command() {
     let report = run_plan(&serde_json::to_string(&plan).expect("plans serialize"));
     let text = describe_failure(&report, "drill run --plan plan.json").expect("the run fails");
     assert!(text.contains("seed 1 (sync-basic, swarm)"), "{text}");
-    assert!(text.contains("LIVE-DRAIN") || text.contains("INV-"), "{text}");
-    assert!(text.ends_with("replay: drill run --plan plan.json"), "{text}");
+    assert!(
+        text.contains("LIVE-DRAIN") || text.contains("INV-"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("replay: drill run --plan plan.json"),
+        "{text}"
+    );
 }

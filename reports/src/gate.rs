@@ -192,7 +192,10 @@ impl GateSummary {
             out.push(format!("drill {} was never exercised", d.name));
         }
         for i in self.invariants.iter().filter(|i| i.checks == 0) {
-            out.push(format!("invariant {} was never checked non-vacuously", i.id));
+            out.push(format!(
+                "invariant {} was never checked non-vacuously",
+                i.id
+            ));
         }
         if self.unrun > 0 {
             out.push(format!(
@@ -216,7 +219,11 @@ impl GateSummary {
 
     /// Failing seeds of the sweep and of every drill, with their scenario.
     pub fn failing(&self) -> Vec<(&str, &FailingSeed)> {
-        let sweep = self.sweep.failing.iter().map(|f| (self.sweep.scenario.as_str(), f));
+        let sweep = self
+            .sweep
+            .failing
+            .iter()
+            .map(|f| (self.sweep.scenario.as_str(), f));
         let drills = self
             .drills
             .iter()
@@ -237,19 +244,28 @@ impl fmt::Display for MergeError {
 
 /// The range and shard of the union of parts, or why they do not fit together: all shards
 /// `1..=N` of one range, or unsharded adjacent ranges.
-pub fn union_of(parts: &[(SeedRange, Option<Shard>)]) -> Result<(SeedRange, Option<Shard>), MergeError> {
-    let first = parts.first().ok_or_else(|| MergeError("nothing to merge".into()))?;
+pub fn union_of(
+    parts: &[(SeedRange, Option<Shard>)],
+) -> Result<(SeedRange, Option<Shard>), MergeError> {
+    let first = parts
+        .first()
+        .ok_or_else(|| MergeError("nothing to merge".into()))?;
     if parts.iter().all(|(_, s)| s.is_some()) {
         return union_of_shards(parts, first.0);
     }
     if parts.iter().any(|(_, s)| s.is_some()) {
-        return Err(MergeError("cannot merge shards with unsharded sweeps".into()));
+        return Err(MergeError(
+            "cannot merge shards with unsharded sweeps".into(),
+        ));
     }
     let mut ranges: Vec<SeedRange> = parts.iter().map(|(r, _)| *r).collect();
     ranges.sort_by_key(|r| r.first);
     for pair in ranges.windows(2) {
         if pair[1].first <= pair[0].last {
-            return Err(MergeError(format!("seed ranges {} and {} overlap", pair[0], pair[1])));
+            return Err(MergeError(format!(
+                "seed ranges {} and {} overlap",
+                pair[0], pair[1]
+            )));
         }
         if pair[1].first != pair[0].last + 1 {
             return Err(MergeError(format!(
@@ -259,7 +275,13 @@ pub fn union_of(parts: &[(SeedRange, Option<Shard>)]) -> Result<(SeedRange, Opti
         }
     }
     let last = ranges.last().map_or(first.0.last, |r| r.last);
-    Ok((SeedRange { first: ranges[0].first, last }, None))
+    Ok((
+        SeedRange {
+            first: ranges[0].first,
+            last,
+        },
+        None,
+    ))
 }
 
 fn union_of_shards(
@@ -269,10 +291,14 @@ fn union_of_shards(
     let mut shards: Vec<Shard> = parts.iter().filter_map(|(_, s)| *s).collect();
     let count = shards[0].count;
     if let Some((r, _)) = parts.iter().find(|(r, _)| *r != range) {
-        return Err(MergeError(format!("shards of different seed ranges ({range} and {r})")));
+        return Err(MergeError(format!(
+            "shards of different seed ranges ({range} and {r})"
+        )));
     }
     if let Some(s) = shards.iter().find(|s| s.count != count) {
-        return Err(MergeError(format!("shards of different counts (1/{count} and {s})")));
+        return Err(MergeError(format!(
+            "shards of different counts (1/{count} and {s})"
+        )));
     }
     shards.sort();
     if let Some(pair) = shards.windows(2).find(|p| p[0] == p[1]) {
@@ -285,16 +311,25 @@ fn union_of_shards(
     match missing.len() {
         0 => {}
         1 => return Err(MergeError(format!("shard {} is missing", missing[0]))),
-        _ => return Err(MergeError(format!("shards {} are missing", missing.join(", ")))),
+        _ => {
+            return Err(MergeError(format!(
+                "shards {} are missing",
+                missing.join(", ")
+            )))
+        }
     }
     Ok((range, None))
 }
 
 /// Merges sweeps of one scenario and profile: all shards of one range, or adjacent ranges.
 pub fn merge_sweeps(parts: &[SweepSummary]) -> Result<SweepSummary, MergeError> {
-    let first = parts.first().ok_or_else(|| MergeError("nothing to merge".into()))?;
+    let first = parts
+        .first()
+        .ok_or_else(|| MergeError("nothing to merge".into()))?;
     for p in parts {
-        if (p.scenario.as_str(), p.profile.as_str()) != (first.scenario.as_str(), first.profile.as_str()) {
+        if (p.scenario.as_str(), p.profile.as_str())
+            != (first.scenario.as_str(), first.profile.as_str())
+        {
             return Err(MergeError(format!(
                 "sweeps of different worlds ({} / {} and {} / {})",
                 first.scenario, first.profile, p.scenario, p.profile
@@ -347,8 +382,10 @@ pub fn merge_drills(parts: &[&[DrillResult]]) -> Result<Vec<DrillResult>, MergeE
     }
     let mut out = Vec::new();
     for (name, runs) in by_name {
-        let seeds: Vec<(SeedRange, Option<Shard>)> = runs.iter().map(|d| (d.seeds, d.shard)).collect();
-        let (range, shard) = union_of(&seeds).map_err(|e| MergeError(format!("drill {name}: {e}")))?;
+        let seeds: Vec<(SeedRange, Option<Shard>)> =
+            runs.iter().map(|d| (d.seeds, d.shard)).collect();
+        let (range, shard) =
+            union_of(&seeds).map_err(|e| MergeError(format!("drill {name}: {e}")))?;
         let mut merged = DrillResult {
             seeds: range,
             shard,
@@ -414,7 +451,10 @@ mod tests {
     fn merges_all_shards_of_a_range() {
         let parts: Vec<SweepSummary> = (1..=3).map(|i| sweep(1, 9, shard(i, 3), 3)).collect();
         let m = merge_sweeps(&parts).unwrap();
-        assert_eq!((m.seeds, m.shard, m.counts.total()), (SeedRange { first: 1, last: 9 }, None, 9));
+        assert_eq!(
+            (m.seeds, m.shard, m.counts.total()),
+            (SeedRange { first: 1, last: 9 }, None, 9)
+        );
         assert_eq!((m.faults["crash"], m.checks["INV-A"], m.jobs), (3, 6, 6));
     }
 
@@ -435,8 +475,18 @@ mod tests {
     fn merges_adjacent_ranges_and_refuses_overlaps_and_gaps() {
         let m = merge_sweeps(&[sweep(11, 20, None, 10), sweep(1, 10, None, 10)]).unwrap();
         assert_eq!(m.seeds, SeedRange { first: 1, last: 20 });
-        assert!(merge_sweeps(&[sweep(1, 10, None, 10), sweep(10, 20, None, 11)]).unwrap_err().0.contains("overlap"));
-        assert!(merge_sweeps(&[sweep(1, 10, None, 10), sweep(12, 20, None, 9)]).unwrap_err().0.contains("gap"));
+        assert!(
+            merge_sweeps(&[sweep(1, 10, None, 10), sweep(10, 20, None, 11)])
+                .unwrap_err()
+                .0
+                .contains("overlap")
+        );
+        assert!(
+            merge_sweeps(&[sweep(1, 10, None, 10), sweep(12, 20, None, 9)])
+                .unwrap_err()
+                .0
+                .contains("gap")
+        );
     }
 
     fn gate() -> GateSummary {
@@ -467,7 +517,11 @@ mod tests {
         assert_eq!((g.verdict, g.exit_code), (Verdict::Shortfall, 5));
         assert!(g.shortfalls[0].contains("INV-B"));
         g.judge(&["INV-A", "INV-B"], false);
-        assert_eq!(g.verdict, Verdict::Pass, "a shard leaves coverage to the merge");
+        assert_eq!(
+            g.verdict,
+            Verdict::Pass,
+            "a shard leaves coverage to the merge"
+        );
         g.sweep.counts.add(Outcome::Liveness);
         g.judge(&["INV-A", "INV-B"], true);
         assert_eq!((g.verdict, g.exit_code), (Verdict::Liveness, 3));

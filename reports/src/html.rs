@@ -47,7 +47,7 @@ pub fn page(title: &str, css: &str, body: &str, script: &str) -> String {
         text(title)
     );
     if !script.is_empty() {
-        let _ = write!(out, "<script>{script}</script>\n");
+        let _ = writeln!(out, "<script>{script}</script>");
     }
     out.push_str("</body>\n</html>\n");
     out

@@ -20,14 +20,14 @@ mod summary;
 mod sweep;
 pub mod timeline;
 
-pub use outcome::{Outcome, OutcomeCounts};
-pub use summary::{Summary, Violation};
 pub use dashboard::render_dashboard;
 pub use gate::{GateSummary, Verdict};
 pub use junit::render_junit;
 pub use markdown::render_markdown;
-pub use timeline::render_timeline;
+pub use outcome::{Outcome, OutcomeCounts};
+pub use summary::{Summary, Violation};
 pub use sweep::{add_counts, FailingSeed, SeedRange, Shard, SweepSummary};
+pub use timeline::render_timeline;
 
 /// The `format_version` every summary this build writes carries.
 pub const FORMAT_VERSION: u32 = 1;

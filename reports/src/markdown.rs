@@ -10,7 +10,10 @@ use crate::Outcome;
 pub fn render_markdown(g: &GateSummary, link: &dyn Fn(&str) -> String) -> String {
     let mut out = String::new();
     let s = &g.sweep;
-    let shard = s.shard.map(|sh| format!(" (shard {sh})")).unwrap_or_default();
+    let shard = s
+        .shard
+        .map(|sh| format!(" (shard {sh})"))
+        .unwrap_or_default();
     let _ = writeln!(out, "# drill gate: {}\n", g.verdict);
     let _ = writeln!(
         out,
@@ -39,7 +42,11 @@ fn cell(s: &str) -> String {
 }
 
 fn outcomes(out: &mut String, g: &GateSummary) {
-    let _ = writeln!(out, "| runs | {} |\n|---|---:|", Outcome::ALL.map(|o| o.as_str()).join(" | "));
+    let _ = writeln!(
+        out,
+        "| runs | {} |\n|---|---:|",
+        Outcome::ALL.map(|o| o.as_str()).join(" | ")
+    );
     let row = |name: &str, c: &crate::OutcomeCounts| {
         let cells: Vec<String> = Outcome::ALL.iter().map(|o| c.get(*o).to_string()).collect();
         format!("| {} | {} |\n", cell(name), cells.join(" | "))
@@ -66,7 +73,10 @@ fn failing(out: &mut String, g: &GateSummary, link: &dyn Fn(&str) -> String) {
     }
     let _ = writeln!(out, "## Failing seeds\n\n| scenario | seed | outcome | first violation | replay |\n|---|---:|---|---|---|");
     for (scenario, f) in failing {
-        let why = f.first_violation.as_ref().map_or(String::new(), |v| format!("{}: {}", v.invariant, v.message));
+        let why = f
+            .first_violation
+            .as_ref()
+            .map_or(String::new(), |v| format!("{}: {}", v.invariant, v.message));
         let _ = writeln!(
             out,
             "| {} | [{}]({}) | {} | {} | `{}` |",
@@ -97,16 +107,35 @@ fn drills(out: &mut String, g: &GateSummary) {
         let _ = writeln!(out, "No drills are registered yet.\n");
         return;
     }
-    let _ = writeln!(out, "| drill | seeds | exercised runs | failing | verdict |\n|---|---|---:|---:|---|");
+    let _ = writeln!(
+        out,
+        "| drill | seeds | exercised runs | failing | verdict |\n|---|---|---:|---:|---|"
+    );
     for d in &g.drills {
-        let verdict = if d.exercised_and_passed() { "pass" } else if d.counts.failing() > 0 { "fail" } else { "not exercised" };
-        let _ = writeln!(out, "| {} | {} | {} | {} | {verdict} |", cell(&d.name), d.seeds, d.exercised_runs, d.counts.failing());
+        let verdict = if d.exercised_and_passed() {
+            "pass"
+        } else if d.counts.failing() > 0 {
+            "fail"
+        } else {
+            "not exercised"
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {verdict} |",
+            cell(&d.name),
+            d.seeds,
+            d.exercised_runs,
+            d.counts.failing()
+        );
     }
     out.push('\n');
 }
 
 fn invariants(out: &mut String, g: &GateSummary) {
-    let _ = writeln!(out, "## Invariant checks\n\n| invariant | checks |\n|---|---:|");
+    let _ = writeln!(
+        out,
+        "## Invariant checks\n\n| invariant | checks |\n|---|---:|"
+    );
     for i in &g.invariants {
         let _ = writeln!(out, "| {} | {} |", cell(&i.id), i.checks);
     }
@@ -124,6 +153,14 @@ fn table(out: &mut String, title: &str, what: &str, counts: &BTreeMap<String, u6
 fn slowest(out: &mut String, g: &GateSummary) {
     let _ = writeln!(out, "## Slowest runs\n\n| scenario | seed | wall ms | simulated ms | steps |\n|---|---:|---:|---:|---:|");
     for r in &g.slowest {
-        let _ = writeln!(out, "| {} | {} | {} | {} | {} |", cell(&r.scenario), r.seed, r.wall_ms, r.sim_time_ms, r.steps);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            cell(&r.scenario),
+            r.seed,
+            r.wall_ms,
+            r.sim_time_ms,
+            r.steps
+        );
     }
 }

@@ -206,8 +206,13 @@ mod tests {
         }
         seen.sort();
         assert_eq!(seen, range.iter().collect::<Vec<_>>());
-        let top = SeedRange { first: u64::MAX - 5, last: u64::MAX };
-        let n: u64 = (1..=3).map(|index| Shard { index, count: 3 }.len_in(top)).sum();
+        let top = SeedRange {
+            first: u64::MAX - 5,
+            last: u64::MAX,
+        };
+        let n: u64 = (1..=3)
+            .map(|index| Shard { index, count: 3 }.len_in(top))
+            .sum();
         assert_eq!(n, 6);
     }
 

@@ -124,7 +124,10 @@ fn header(summary: Option<&Summary>, events: &[Event]) -> String {
         })
     };
     out.push_str(&facts(&[
-        ("scenario / profile", text(&format!("{} / {}", s.scenario, s.profile))),
+        (
+            "scenario / profile",
+            text(&format!("{} / {}", s.scenario, s.profile)),
+        ),
         ("replay", format!("<code>{}</code>", text(&s.replay))),
         ("faults", counts(&s.faults)),
         ("checks", counts(&s.checks)),
@@ -137,7 +140,14 @@ fn header(summary: Option<&Summary>, events: &[Event]) -> String {
                 events.len()
             )),
         ),
-        ("plan / fingerprint", format!("<code>{}</code> / <code>{}</code>", text(&s.plan_hash), text(&s.fingerprint))),
+        (
+            "plan / fingerprint",
+            format!(
+                "<code>{}</code> / <code>{}</code>",
+                text(&s.plan_hash),
+                text(&s.fingerprint)
+            ),
+        ),
     ]));
     out
 }
@@ -157,7 +167,11 @@ fn legend() -> String {
     ];
     let mut out = String::from("<div class=\"legend\">");
     for (class, label) in items {
-        let _ = write!(out, "<span><i class=\"sw {class}\"></i>{}</span>", text(label));
+        let _ = write!(
+            out,
+            "<span><i class=\"sw {class}\"></i>{}</span>",
+            text(label)
+        );
     }
     out.push_str(
         "<span class=\"zoom\">zoom <button data-zoom=\"0.5\">&minus;</button><button data-zoom=\"2\">+</button><button data-zoom=\"0\">fit</button></span></div>",
@@ -341,8 +355,17 @@ impl Plot<'_> {
             _ => format!("<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"4\"/>"),
         };
         let label = if class == "drill" {
-            let step = e.detail.get("step").and_then(Value::as_str).unwrap_or("step");
-            format!("<text class=\"drill-label\" x=\"{:.1}\" y=\"{:.1}\">{}</text>", x + 6.0, y - 8.0, text(step))
+            let step = e
+                .detail
+                .get("step")
+                .and_then(Value::as_str)
+                .unwrap_or("step");
+            format!(
+                "<text class=\"drill-label\" x=\"{:.1}\" y=\"{:.1}\">{}</text>",
+                x + 6.0,
+                y - 8.0,
+                text(step)
+            )
         } else {
             String::new()
         };
@@ -390,7 +413,11 @@ fn format_ms(ms: f64) -> String {
 fn listing(events: &[Event], total: usize) -> String {
     let mut out = String::from("<h2>Trace</h2><ol id=\"trace\" class=\"mono\">");
     for e in events.iter().take(LISTED_LINES_MAX) {
-        let class = if e.kind == "check.violation" { " class=\"bad\"" } else { "" };
+        let class = if e.kind == "check.violation" {
+            " class=\"bad\""
+        } else {
+            ""
+        };
         let _ = write!(
             out,
             "<li id=\"L{}\" value=\"{}\"{class}>{}</li>",
@@ -506,7 +533,10 @@ mod tests {
         assert!(html.find(">server</text>") < html.find(">client-1</text>"));
         assert!(html.contains("class=\"ev net\"") && html.contains("marker-end"));
         assert!(html.contains("class=\"span down ev\""));
-        assert!(html.contains("class=\"ev viol\"") && html.contains("id=\"L8\" value=\"8\" class=\"bad\""));
+        assert!(
+            html.contains("class=\"ev viol\"")
+                && html.contains("id=\"L8\" value=\"8\" class=\"bad\"")
+        );
         assert!(html.contains(">restore &lt;backup&gt;</text>"));
     }
 

@@ -52,7 +52,10 @@ fn read_parts(dirs: &[PathBuf]) -> Result<Vec<(PathBuf, Value)>, CliError> {
 
 fn parse<T: serde::de::DeserializeOwned>(dir: &Path, v: &Value) -> Result<T, CliError> {
     serde_json::from_value(v.clone()).map_err(|e| {
-        CliError::new(format!("malformed {}: {e}", dir.join(SUMMARY_FILE).display()))
+        CliError::new(format!(
+            "malformed {}: {e}",
+            dir.join(SUMMARY_FILE).display()
+        ))
     })
 }
 
@@ -72,7 +75,10 @@ fn merge_sweep_parts(parts: &[(PathBuf, Value)], out: &Path) -> Result<i32, CliE
         out.join(SUMMARY_FILE).display()
     );
     for f in &merged.failing {
-        println!("failing seed {} {}: {} ({})", f.seed, f.outcome, f.replay, f.folder);
+        println!(
+            "failing seed {} {}: {} ({})",
+            f.seed, f.outcome, f.replay, f.folder
+        );
     }
     println!("outcome: {}", merged.outcome);
     Ok(merged.outcome.exit_code())
@@ -92,14 +98,21 @@ fn merge_gates(parts: &[(PathBuf, Value)], out: &Path) -> Result<i32, CliError> 
     for g in &gates {
         determinism.sampled += g.determinism.sampled;
         determinism.checked += g.determinism.checked;
-        determinism.mismatches.extend(g.determinism.mismatches.iter().cloned());
+        determinism
+            .mismatches
+            .extend(g.determinism.mismatches.iter().cloned());
     }
     let mut merged = GateSummary {
         sweep,
         drills,
         determinism,
         unrun: gates.iter().map(|g| g.unrun).sum(),
-        slowest: slowest(gates.iter().flat_map(|g| g.slowest.iter().cloned()).collect()),
+        slowest: slowest(
+            gates
+                .iter()
+                .flat_map(|g| g.slowest.iter().cloned())
+                .collect(),
+        ),
         wall_seconds: gates.iter().map(|g| g.wall_seconds).fold(0.0, f64::max),
         verdict: Verdict::Pass,
         ..gates[0].clone()
@@ -141,8 +154,14 @@ fn print_merged_gate(g: &GateSummary, out: &Path) {
         println!("shortfall: {p}");
     }
     for (scenario, f) in g.failing() {
-        println!("failing {scenario} seed {} {}: {} ({})", f.seed, f.outcome, f.replay, f.folder);
+        println!(
+            "failing {scenario} seed {} {}: {} ({})",
+            f.seed, f.outcome, f.replay, f.folder
+        );
     }
-    println!("files: {} (summary.json, junit.xml, report.md, report.html)", out.display());
+    println!(
+        "files: {} (summary.json, junit.xml, report.md, report.html)",
+        out.display()
+    );
     println!("outcome: {} | exit code {}", g.verdict, g.exit_code);
 }

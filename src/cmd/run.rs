@@ -13,8 +13,8 @@ use crate::error::CliError;
 use crate::ndjson::Events;
 use crate::outdir;
 use crate::runfiles::{
-    folder_replay, plan_replay, seed_replay, summary_of, write_json, write_timeline,
-    DRILL_VERSION, PLAN_FILE, SUMMARY_FILE,
+    folder_replay, plan_replay, seed_replay, summary_of, write_json, write_timeline, DRILL_VERSION,
+    PLAN_FILE, SUMMARY_FILE,
 };
 
 /// Hex digits of the plan file's hash used to name its default run folder.

@@ -19,8 +19,7 @@ use crate::outdir::{self, WORK_DIR};
 use crate::pool::Session;
 use crate::progress::wall_clock_now;
 use crate::runfiles::{
-    plan_replay, read_json, write_json, write_timeline_from, DRILL_VERSION, PLAN_FILE,
-    SUMMARY_FILE,
+    plan_replay, read_json, write_json, write_timeline_from, DRILL_VERSION, PLAN_FILE, SUMMARY_FILE,
 };
 use crate::shrink::{self, is_failing, Oracle, Signature, Size, Stop};
 use crate::worker::{Answer, Job};
@@ -223,9 +222,10 @@ impl RunOracle {
         let answer = self.session.run_batch(&[job])?.remove(0);
         match answer {
             Answer::Done { summary } => Ok(*summary),
-            Answer::Panic { message } | Answer::Error { message } => {
-                Err(CliError::new(format!("the run in {} failed: {message}", dir.display())))
-            }
+            Answer::Panic { message } | Answer::Error { message } => Err(CliError::new(format!(
+                "the run in {} failed: {message}",
+                dir.display()
+            ))),
         }
     }
 

@@ -40,7 +40,10 @@ pub fn sweep(args: SweepArgs) -> Result<i32, CliError> {
     let workers = worker_count(args.many.jobs, total);
     let world = args.many.world;
     let events = Events::new(args.json);
-    let shard = args.shard.map(|s| format!(" shard {s}")).unwrap_or_default();
+    let shard = args
+        .shard
+        .map(|s| format!(" shard {s}"))
+        .unwrap_or_default();
     if events.text() {
         println!(
             "drill {DRILL_VERSION} sweep seeds {range}{shard} ({total} seeds) profile {} scenario {} jobs {workers}",
@@ -209,7 +212,10 @@ impl Dispatch for Sweep {
         };
         self.counts.add(outcome);
         self.progress.finish_one(outcome != Outcome::Pass);
-        self.events.emit("seed", &seed_event(job.seed, &answer, outcome, &first_violation));
+        self.events.emit(
+            "seed",
+            &seed_event(job.seed, &answer, outcome, &first_violation),
+        );
         if outcome == Outcome::Pass {
             return fs::remove_dir_all(&job.dir)
                 .map_err(|e| CliError::io("cannot remove", &job.dir, e));

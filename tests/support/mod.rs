@@ -27,14 +27,19 @@ pub fn seeds_or(defaults: &[u64]) -> Vec<u64> {
 
 /// Runs one seed in this process (one world at a time).
 pub fn run_seed(seed: u64, scenario: &str, profile: &str) -> RunReport {
-    let _one = ONE_WORLD_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = ONE_WORLD_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     let source = RunSource::Seed {
         seed,
         scenario: scenario.to_string(),
         profile: profile.to_string(),
     };
-    drill_scenarios::run(&RunRequest { source, out_dir: None })
-        .unwrap_or_else(|e| panic!("seed {seed} ({scenario}, {profile}) was refused: {e}"))
+    drill_scenarios::run(&RunRequest {
+        source,
+        out_dir: None,
+    })
+    .unwrap_or_else(|e| panic!("seed {seed} ({scenario}, {profile}) was refused: {e}"))
 }
 
 /// `Ok` when the seed passes; otherwise what broke and the exact commands that replay it.
@@ -52,10 +57,15 @@ pub fn check_seed(seed: u64, scenario: &str, profile: &str, test: &str) -> Resul
 
 /// Runs the text of a plan in this process (one world at a time).
 pub fn run_plan(plan_text: &str) -> RunReport {
-    let _one = ONE_WORLD_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = ONE_WORLD_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     let source = RunSource::Plan(plan_text.to_string());
-    drill_scenarios::run(&RunRequest { source, out_dir: None })
-        .unwrap_or_else(|e| panic!("the plan was refused: {e}"))
+    drill_scenarios::run(&RunRequest {
+        source,
+        out_dir: None,
+    })
+    .unwrap_or_else(|e| panic!("the plan was refused: {e}"))
 }
 
 /// `None` for a passing run; otherwise its outcome, first violations and `replay`.
