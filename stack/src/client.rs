@@ -17,7 +17,7 @@ use crate::chain;
 use crate::clock::Clock;
 use crate::error::{StoreError, SyncError};
 use crate::proto::{PendingWrite, Request, Response, WireEvent, PAGE_LIMIT_MAX};
-use crate::rpc::RpcClient;
+use crate::rpc::Exchange;
 use crate::store::{self, EventRow};
 
 /// Writes pushed in one request at most.
@@ -267,7 +267,7 @@ impl Client {
 
     /// One sync attempt: push the outbox, then pull until settled (or the page budget is spent),
     /// and commit everything at once. On any error nothing changes locally.
-    pub async fn sync(&mut self, rpc: &mut RpcClient) -> Result<SyncReport, SyncError> {
+    pub async fn sync(&mut self, rpc: &mut impl Exchange) -> Result<SyncReport, SyncError> {
         let base = self.export_state()?;
         let mut a = Attempt {
             cursor: base.cursor,
@@ -291,7 +291,7 @@ impl Client {
     /// Pushes the oldest pending writes and validates the reconcile acknowledgement. A push the
     /// server refuses for stale write ids is renumbered above the server's last write id and
     /// retried, at most [`STALE_WRITE_RETRIES_MAX`] times.
-    async fn push(&mut self, rpc: &mut RpcClient, a: &mut Attempt) -> Result<(), SyncError> {
+    async fn push(&mut self, rpc: &mut impl Exchange, a: &mut Attempt) -> Result<(), SyncError> {
         let mut writes = self.outbox()?;
         writes.truncate(PUSH_BATCH_MAX);
         if writes.is_empty() {
@@ -369,7 +369,7 @@ impl Client {
 
     /// Pulls the tenant's events until settled (or the page budget is spent), validating every
     /// page and every event against the local hash chain.
-    async fn pull(&mut self, rpc: &mut RpcClient, a: &mut Attempt) -> Result<(), SyncError> {
+    async fn pull(&mut self, rpc: &mut impl Exchange, a: &mut Attempt) -> Result<(), SyncError> {
         let mut seen: BTreeSet<String> = BTreeSet::new();
         let mut head = store::chain_head(&self.conn, &self.tenant)?;
         while a.pages < PULL_PAGES_MAX {

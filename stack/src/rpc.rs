@@ -16,6 +16,25 @@ use crate::proto::{self, DecodeError, Request, Response, PROTOCOL_VERSION, TAG_R
 /// Most stale responses skipped while waiting for one answer; past it the call fails.
 const STALE_RESPONSES_MAX: u32 = 64;
 
+/// Something a client can send requests through: the network ([`RpcClient`]) or, in tests
+/// outside a simulation, a server in the same process.
+pub trait Exchange {
+    /// The protocol version spoken.
+    fn version(&self) -> u32;
+    /// Sends `req` and waits for its response.
+    fn call(&mut self, req: &Request) -> impl std::future::Future<Output = Result<Response, SyncError>>;
+}
+
+impl Exchange for RpcClient {
+    fn version(&self) -> u32 {
+        self.version
+    }
+
+    fn call(&mut self, req: &Request) -> impl std::future::Future<Output = Result<Response, SyncError>> {
+        RpcClient::call(self, req)
+    }
+}
+
 /// A hook on every exchange of one client.
 pub trait TransportFilter: Send + Sync {
     /// Messages to send before request `id` (each with its own id): duplicates of it, or
