@@ -35,6 +35,11 @@ pub enum Command {
     /// List the scenarios and fault profiles.
     List(ListArgs),
     /// Minimise a failing run's plan: fewer clients, faults and operations, same failure.
+    ///
+    /// The smallest plan found that fails with the same outcome and first violated invariant
+    /// goes to DIR/shrunk/ (plan.json, trace.jsonl, summary.json, report.html, shrink.json).
+    /// Exit code: the shrunk run's (1 or 3); 4 when DIR's plan no longer fails as its summary
+    /// says; 2 for a passing run or bad input.
     Shrink(ShrinkArgs),
     /// Build (or rebuild) a run folder's report.html timeline from its trace.
     Timeline(TimelineArgs),
@@ -201,7 +206,11 @@ pub struct ReplayArgs {
 
 /// `drill list`. Flags for further lists (invariants, drills) belong here.
 #[derive(Debug, Args)]
-pub struct ListArgs {}
+pub struct ListArgs {
+    /// List the invariants the reference model checks: id, runbook source, statement, where.
+    #[arg(long)]
+    pub invariants: bool,
+}
 
 fn parse_scenario(name: &str) -> Result<String, String> {
     known(

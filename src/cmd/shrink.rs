@@ -86,6 +86,7 @@ pub fn shrink(args: ShrinkArgs) -> Result<i32, CliError> {
     let mut oracle = RunOracle::new(session, work.clone(), target.clone(), &args);
     let original = oracle.run_one(&plan, &work.join("original"))?;
     if is_failing(&original).as_ref() != Some(&target) {
+        fs::remove_dir_all(&work).map_err(|e| CliError::io("cannot remove", &work, e))?;
         return Ok(not_reproduced(&args.dir, &target, &original));
     }
     let shrunk = shrink::shrink(plan, &mut oracle)?;
