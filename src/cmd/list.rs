@@ -1,12 +1,17 @@
-//! `drill list`: what `--scenario` and `--profile` accept.
+//! `drill list`: what `--scenario` and `--profile` accept; with `--invariants`, the registry of
+//! invariants the reference model checks.
 
 use drill_scenarios::Entry;
 
 use crate::cli::ListArgs;
 use crate::error::CliError;
 
-/// Prints the scenarios and the fault profiles with their descriptions.
-pub fn list(_args: ListArgs) -> Result<i32, CliError> {
+/// Prints the scenarios and the fault profiles with their descriptions (or the invariants).
+pub fn list(args: ListArgs) -> Result<i32, CliError> {
+    if args.invariants {
+        print_invariants();
+        return Ok(0);
+    }
     print_section("scenarios", drill_scenarios::scenarios());
     print_section("profiles", drill_scenarios::profiles());
     Ok(0)
@@ -17,5 +22,14 @@ fn print_section(title: &str, entries: &[Entry]) {
     let width = entries.iter().map(|e| e.name.len()).max().unwrap_or(0);
     for e in entries {
         println!("  {:width$}  {}", e.name, e.description);
+    }
+}
+
+fn print_invariants() {
+    println!("invariants:");
+    let width = drill_model::REGISTRY.iter().map(|i| i.id.len()).max().unwrap_or(0);
+    for i in drill_model::REGISTRY {
+        println!("  {:width$}  {}", i.id, i.statement);
+        println!("  {:width$}  source: runbook {}; checked {}", "", i.runbook, i.checked);
     }
 }
