@@ -521,6 +521,64 @@ mod tests {
         assert_eq!(sig(check_page(5, &[item(3)], false, 3)).as_deref(), Some("pull:pullCursorRegression"));
     }
 
+    fn device(dir: &tempfile::TempDir) -> Client {
+        let path = dir.path().join("device.db");
+        Client::open(path.to_str().unwrap(), "client-1", "acme", Box::new(crate::clock::FixedClock(0))).unwrap()
+    }
+
+    #[test]
+    fn hydrate_refuses_malformed_or_foreign_states_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = device(&dir);
+        c.append("a", "k", b"x").unwrap();
+        let good = c.export_state().unwrap();
+        let mut cases = Vec::new();
+        let mut s = good.clone();
+        s.replica = "client-2".into();
+        cases.push(s);
+        let mut s = good.clone();
+        s.last_reconciled_write_ids.insert("client-1".into(), 0);
+        cases.push(s);
+        let mut s = good.clone();
+        s.cursor = 9;
+        cases.push(s);
+        for bad in cases {
+            let err = c.hydrate(&bad).unwrap_err();
+            assert_eq!(err.signature().as_deref(), Some("hydrate:hydrateGuardrailViolation"), "{err}");
+            assert_eq!(c.export_state().unwrap(), good, "a refused hydrate changed the state");
+        }
+        c.hydrate(&good).unwrap();
+    }
+
+    #[test]
+    fn a_database_belongs_to_one_replica_and_keeps_its_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = device(&dir);
+        let (w1, op1) = c.append("a", "k", b"one").unwrap();
+        let (w2, op2) = c.append("a", "k", b"two").unwrap();
+        assert_eq!((w1, w2), (1, 2));
+        assert_ne!(op1, op2);
+        drop(c);
+        let c = device(&dir);
+        assert_eq!(c.boots(), 2);
+        assert_eq!(c.outbox().unwrap().len(), 2);
+        let path = dir.path().join("device.db");
+        let other = Client::open(path.to_str().unwrap(), "client-9", "acme", Box::new(crate::clock::FixedClock(0)));
+        assert!(matches!(other, Err(StoreError::Invalid { .. })));
+    }
+
+    #[test]
+    fn full_resync_anchors_the_chain_and_keeps_pending_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = device(&dir);
+        c.append("a", "k", b"pending").unwrap();
+        c.full_resync(40, &[7u8; 32]).unwrap();
+        assert_eq!(c.anchor().unwrap(), Some((40, vec![7u8; 32])));
+        assert_eq!(c.export_state().unwrap().cursor, 40);
+        assert_eq!(c.outbox().unwrap().len(), 1);
+        assert_eq!(c.diagnostics().unwrap(), (0, vec![7u8; 32]));
+    }
+
     #[test]
     fn write_id_regressions_are_refused_per_stage() {
         let old: BTreeMap<String, u64> = [("a".to_string(), 3)].into();
