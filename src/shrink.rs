@@ -1,5 +1,5 @@
 //! Shrinking a failing plan: delta debugging over its clients, faults and operations, then its
-//! times, keeping only candidates that still fail the same way.
+//! times and settings, keeping only candidates that still fail the same way.
 //!
 //! The passes edit the plan as JSON, so that every list the plan has (operations, faults,
 //! transport faults, and whatever lists it grows) is shrunk without this file knowing it; each
@@ -156,12 +156,12 @@ impl Shrinker<'_> {
     /// Runs every pass until a whole round changes nothing or the budget is spent.
     fn run(&mut self) -> Result<Stop, CliError> {
         loop {
-            let before = Size::of(&self.best);
-            let finished = self.clients()? && self.lists()? && self.times()?;
+            let before = self.best.clone();
+            let finished = self.clients()? && self.lists()? && self.times()? && self.knobs()?;
             if !finished {
                 return Ok(Stop::Budget);
             }
-            if Size::of(&self.best) == before {
+            if self.best == before {
                 return Ok(Stop::Fixpoint);
             }
         }
@@ -250,6 +250,24 @@ impl Shrinker<'_> {
                     self.best.liveness_ms_max / 2,
                 ));
             }
+            match self.first_failing(candidates)? {
+                Found::Plan(p) => self.accept(*p),
+                Found::None => return Ok(true),
+                Found::Budget => return Ok(false),
+            }
+        }
+    }
+
+    /// Turns settings off one at a time (a number to absent or 0, a flag to false): fault
+    /// rates, latencies, optional features such as server retention. The plan's identity
+    /// (seed, scenario, profile) and its times are left to the other passes.
+    fn knobs(&mut self) -> Flow {
+        loop {
+            let value = to_value(&self.best);
+            let candidates: Vec<Value> = leaves(&value)
+                .iter()
+                .flat_map(|path| simpler(&value, path))
+                .collect();
             match self.first_failing(candidates)? {
                 Found::Plan(p) => self.accept(*p),
                 Found::None => return Ok(true),
@@ -394,6 +412,61 @@ fn with_field(value: &Value, field: &str, n: u64) -> Value {
     value
 }
 
+/// Plan fields the knob pass leaves alone: what the run is, and what the time pass shrinks.
+const FIXED_FIELDS: [&str; 6] = [
+    "format_version",
+    "seed",
+    "scenario",
+    "profile",
+    "heal_at_ms",
+    "liveness_ms_max",
+];
+
+/// Paths to every number and flag outside the plan's lists and fixed fields.
+fn leaves(value: &Value) -> Vec<Vec<String>> {
+    fn walk(v: &Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        match v {
+            Value::Object(fields) => {
+                for (k, child) in fields {
+                    if path.is_empty() && FIXED_FIELDS.contains(&k.as_str()) {
+                        continue;
+                    }
+                    path.push(k.clone());
+                    walk(child, path, out);
+                    path.pop();
+                }
+            }
+            Value::Number(_) | Value::Bool(_) => out.push(path.clone()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(value, &mut Vec::new(), &mut out);
+    out
+}
+
+/// Simpler values for the leaf at `path`: absent (`null`) or 0 for a number, false for a flag.
+fn simpler(value: &Value, path: &[String]) -> Vec<Value> {
+    let Some(leaf) = path.iter().try_fold(value, |v, k| v.get(k)) else {
+        return Vec::new();
+    };
+    let options = match leaf {
+        Value::Bool(true) => vec![Value::Bool(false)],
+        Value::Number(n) if n.as_f64() != Some(0.0) => vec![Value::Null, Value::from(0)],
+        _ => Vec::new(),
+    };
+    options
+        .into_iter()
+        .map(|option| {
+            let mut candidate = value.clone();
+            if let Some(slot) = path.iter().try_fold(&mut candidate, |v, k| v.get_mut(k)) {
+                *slot = option;
+            }
+            candidate
+        })
+        .collect()
+}
+
 /// `0..len` in `chunks` contiguous ranges of nearly equal size (the first ones larger).
 fn split(len: usize, chunks: usize) -> Vec<Range<usize>> {
     let chunks = chunks.clamp(1, len.max(1));
@@ -504,6 +577,25 @@ mod tests {
             .faults
             .iter()
             .all(|f| !f.fault.nodes().contains(&"client-1")));
+    }
+
+    #[test]
+    fn knob_candidates_turn_one_setting_off_and_keep_the_identity() {
+        let p = plan(3);
+        let v = to_value(&p);
+        let paths = leaves(&v);
+        assert!(paths
+            .iter()
+            .all(|path| !FIXED_FIELDS.contains(&path[0].as_str())));
+        let loss = vec!["knobs".to_string(), "net".into(), "loss_probability".into()];
+        assert!(paths.contains(&loss));
+        let off: Vec<Plan> = simpler(&v, &loss)
+            .into_iter()
+            .filter_map(valid_plan)
+            .collect();
+        assert!(off
+            .iter()
+            .any(|q| q.knobs.net.loss_probability == 0.0 && q.seed == p.seed));
     }
 
     #[test]
