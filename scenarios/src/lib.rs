@@ -4,6 +4,7 @@
 //! from a plan file, and [`run::execute`]s it.
 
 mod api;
+pub mod blobs_world;
 pub mod plan;
 pub mod procs;
 pub mod run;

@@ -47,6 +47,16 @@ pub enum Action {
     Hydrate { malformed: bool },
     /// Forced sync: drop the device's events and pull and verify everything again.
     ForceSync,
+    /// Stage a blob of `bytes` bytes on the server, with a local write that references it; the
+    /// device keeps the visibility checkpoint it took from its exported state.
+    StageBlob { bytes: u32 },
+    /// Attach the device's staged blobs, each with the checkpoint it took when it staged.
+    AttachBlob,
+    /// Read one of the device's staged blobs back (every one with `all`).
+    ReadBlob {
+        #[serde(default)]
+        all: bool,
+    },
 }
 
 /// One operation at a simulated time.
@@ -77,6 +87,9 @@ pub struct Plan {
     /// devices behind it must resync in full.
     #[serde(default)]
     pub server_retention: Option<u64>,
+    /// Blob traffic and blob store faults; without it the world has no blob store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blobs: Option<crate::blobs_world::BlobPlan>,
     /// When every fault ends and the liveness phase starts.
     pub heal_at_ms: u64,
     /// How long the devices have to converge after the heal.
@@ -161,6 +174,7 @@ impl Plan {
         if self.heal_at_ms > HEAL_AT_MS_MAX || self.liveness_ms_max > LIVENESS_MS_MAX || self.liveness_ms_max == 0 {
             return Err(format!("heal_at_ms must be at most {HEAL_AT_MS_MAX} and liveness_ms_max within 1..={LIVENESS_MS_MAX}"));
         }
+        crate::blobs_world::validate(self)?;
         self.knobs.validate()
     }
 }

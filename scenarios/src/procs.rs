@@ -17,7 +17,7 @@ use drill_sim::trace;
 use drill_stack::client::{Client, ExportedState};
 use drill_stack::clock::Clock;
 use drill_stack::proto::SERVER_PORT;
-use drill_stack::rpc::{serve, RpcClient};
+use drill_stack::rpc::RpcClient;
 use drill_stack::server::Server;
 use drill_stack::store::EventRow;
 use serde_json::{json, Value};
@@ -249,6 +249,7 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
     };
     // The last state a sync attempt succeeded from: what a hydrate restarts from.
     let mut last_good: Option<ExportedState> = None;
+    let mut blobs = crate::blobs_world::BlobDevice::new(client.boots());
     loop {
         match next_command(&ctx.mailbox).await {
             Command::Op { id, action: Action::Append { aggregate, kind, bytes } } => {
@@ -272,6 +273,9 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
                     Err(e) => record(&ctx.shared, name, "op.err", json!({"op": id, "code": e.code(), "message": e.to_string()}), None),
                 }
                 last_good = None;
+            }
+            Command::Op { id, action: a @ (Action::StageBlob { .. } | Action::AttachBlob | Action::ReadBlob { .. }) } => {
+                blobs.op(&ctx, &mut client, id, &a).await
             }
             Command::Snapshot => {
                 let s = client_snapshot(name, &client);
@@ -404,14 +408,15 @@ pub async fn server_main(ctx: Arc<ServerCtx>) {
     };
     let shared = ctx.shared.clone();
     let slot = ctx.slot.clone();
-    let _ = serve(&ep, move |req| {
+    let blobs = crate::blobs_world::server_blobs(&ctx.slot, &ctx.shared);
+    let _ = drill_stack::blobs::serve::serve_with_blobs(ep, move |req| {
         let resp = match lock(&slot).as_mut() {
             Some(s) => s.handle(req.clone()),
             None => drill_stack::proto::Response::error("unavailable", "server store is closed"),
         };
         trace_request(&shared, &req, &resp);
         resp
-    })
+    }, blobs)
     .await;
 }
 

@@ -40,6 +40,7 @@ enum Step {
     Transport { node: String, kind: Option<TransportFaultKind> },
     Fault(FaultStep),
     Boot(String),
+    Blob(crate::blobs_world::BlobStep),
 }
 
 /// What the world hands back to `execute`.
@@ -137,6 +138,10 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
     let sctx = Arc::new(ServerCtx { options, slot: slot.clone(), shared: shared.clone() });
     let server = handle.create_node().name("server").ip(SERVER_IP).init(move || procs::server_main(sctx.clone())).build();
     nodes.add("server", server.id(), plan.knobs.disk.crash, &seeds);
+    let blobs = plan.blobs.as_ref().map(|_| crate::blobs_world::BlobWorld::create(&handle, &shared));
+    if let Some(b) = &blobs {
+        nodes.add(crate::blobs_world::BLOBSTORE_NODE, b.node, drill_sim::disk::DiskFaults::none(), &seeds);
+    }
     let mut mailboxes: BTreeMap<String, Arc<Mutex<Mailbox>>> = BTreeMap::new();
     let mut transports: BTreeMap<String, Arc<Mutex<TransportState>>> = BTreeMap::new();
     for (i, spec) in plan.clients.iter().enumerate() {
@@ -157,7 +162,7 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
         nodes.add(&spec.name, node.id(), plan.knobs.disk.crash, &seeds);
         mailboxes.insert(spec.name.clone(), mailbox);
     }
-    let mut w = World { plan: &plan, shared, nodes, mailboxes, transports, server, slot, start: clock::now(), steps: 0, timeline: BTreeMap::new(), next_key: 0 };
+    let mut w = World { plan: &plan, shared, nodes, mailboxes, transports, server, slot, start: clock::now(), steps: 0, timeline: BTreeMap::new(), next_key: 0, blobs };
     if let Some(keep) = plan.server_retention {
         *w.nodes.counts.entry("server.retention".into()).or_default() += 1;
         trace::emit("server", "fault.retention", json!({"keep_events": keep}));
@@ -165,6 +170,9 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
     w.load_timeline();
     w.play().await;
     let liveness = w.heal_and_converge().await;
+    if let (None, Some(b)) = (&liveness, &w.blobs) {
+        b.final_round(&w.mailboxes, w.server.id(), &w.slot).await;
+    }
     w.judge(liveness.is_none()).await;
     let faults = w.nodes.counts.clone();
     trace::emit("world", "run.end", json!({"steps": w.steps, "liveness": liveness, "faults": faults}));
@@ -184,6 +192,8 @@ struct World<'a> {
     /// Steps by (time in ms, order of insertion).
     timeline: BTreeMap<(u64, u64), Step>,
     next_key: u64,
+    /// The object store, when the plan has blobs.
+    blobs: Option<crate::blobs_world::BlobWorld>,
 }
 
 impl World<'_> {
@@ -206,6 +216,9 @@ impl World<'_> {
         for f in &self.plan.transport_faults {
             self.at(f.at_ms, Step::Transport { node: f.node.clone(), kind: Some(f.kind) });
             self.at(f.at_ms + f.ms, Step::Transport { node: f.node.clone(), kind: None });
+        }
+        for (t, s) in crate::blobs_world::steps(self.plan) {
+            self.at(t, Step::Blob(s));
         }
     }
 
@@ -295,6 +308,11 @@ impl World<'_> {
             Step::Fault(s) => self.nodes.apply(&s),
             Step::Transport { node, kind } => self.set_transport(&node, kind),
             Step::Boot(name) => self.nodes.boot(&name),
+            Step::Blob(s) => {
+                if let Some(b) = self.blobs.as_mut() {
+                    b.apply(s, &mut self.nodes.counts);
+                }
+            }
         }
     }
 
@@ -318,6 +336,9 @@ impl World<'_> {
         self.take_power_cuts();
         self.timeline.clear();
         self.nodes.heal_all();
+        if let Some(b) = self.blobs.as_mut() {
+            b.heal();
+        }
         let names: Vec<String> = self.transports.keys().cloned().collect();
         for n in names {
             self.set_transport(&n, None);
