@@ -114,7 +114,13 @@ impl Client {
     /// Opens (or creates) the device database at `path` for `replica` of `tenant`, recovering
     /// whatever the disk kept.
     pub fn open(path: &str, replica: &str, tenant: &str, clock: Box<dyn Clock>) -> Result<Client, StoreError> {
-        let conn = store::open(path)?;
+        Client::open_with_vfs(path, None, replica, tenant, clock)
+    }
+
+    /// Like [`Client::open`], through the SQLite VFS named `vfs` (see [`store::open_with_vfs`]);
+    /// `drill bench` uses it to run the same workload on a real file and in memory.
+    pub fn open_with_vfs(path: &str, vfs: Option<&str>, replica: &str, tenant: &str, clock: Box<dyn Clock>) -> Result<Client, StoreError> {
+        let conn = store::open_with_vfs(path, vfs)?;
         conn.execute_batch(store::EVENTS_SCHEMA)?;
         conn.execute_batch(CLIENT_SCHEMA)?;
         let tx = conn.unchecked_transaction()?;
