@@ -12,12 +12,17 @@
 //! - [`rpc`]: request/response over madsim endpoints.
 //! - [`blobs`]: staged blobs in an S3-like object store, their registry, and attach with a
 //!   visibility checkpoint (runbook 003 §2, §3).
+//! - [`fs`]: plain files beside the databases (the [`fs::FileSystem`] seam).
+//! - [`jobs`]: ingest → backend run → persist, JSONL export and import, and the persistence
+//!   recoveries of runbook 001.
 
 pub mod blobs;
 pub mod chain;
 pub mod client;
 pub mod clock;
 pub mod error;
+pub mod fs;
+pub mod jobs;
 pub mod proto;
 pub mod rpc;
 pub mod server;

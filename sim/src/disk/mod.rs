@@ -6,6 +6,7 @@
 //! durable images, injected I/O errors, a capacity, and a power cut at a chosen operation index.
 
 pub mod file;
+pub mod files;
 pub mod vfs;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 pub use file::{CrashModel, CrashTally, FileEntry, Pending};
+pub use files::{FileError, NodeFiles};
 
 use crate::rng::{SeedTree, Stream};
 use crate::trace;
@@ -126,6 +128,8 @@ pub(crate) struct NodeDisk {
     pub(crate) cut_fired: bool,
     pub(crate) next_temp: u64,
     pub(crate) last_tally: CrashTally,
+    /// Renames of whole files (see [`files`]) not yet made durable by a sync on the node.
+    pub(crate) renames: Vec<files::PendingRename>,
 }
 
 impl NodeDisk {
@@ -173,6 +177,7 @@ impl NodeDisk {
     /// Makes every pending delete of the node durable: a sync commits earlier namespace changes.
     pub(crate) fn flush_deletes(&mut self) {
         self.files.retain(|_, f| !f.flush_deletes());
+        files::flush_renames(self);
     }
 
     /// Whether a write growing the node's files by `grow` bytes fits its capacity.
@@ -187,6 +192,7 @@ impl NodeDisk {
     /// handle from before now refused.
     pub(crate) fn crash(&mut self, model: CrashModel) -> CrashTally {
         let mut tally = CrashTally::default();
+        files::crash_renames(self, &model, &mut tally);
         let names: Vec<String> = self.files.keys().cloned().collect();
         for name in names {
             let f = self.files.get_mut(&name).expect("listed");
@@ -275,6 +281,7 @@ impl DiskSim {
             cut_fired: false,
             next_temp: 0,
             last_tally: CrashTally::default(),
+            renames: Vec::new(),
         };
         self.lock().nodes.insert(id, disk);
     }
