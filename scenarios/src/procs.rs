@@ -56,16 +56,27 @@ pub type SharedRef = Arc<Mutex<Shared>>;
 /// Records one trace line and, when given, hands a fact to the model. A node whose power is cut
 /// says nothing more: lines and facts from its dying task are dropped.
 pub fn record(shared: &SharedRef, node: &str, kind: &str, detail: Value, fact: Option<Fact>) {
-    if let Ok(h) = madsim::runtime::Handle::try_current() {
-        let _ = h;
-        let here = madsim::plugin::node();
-        if DiskSim::current().is_known_and_down(here) {
-            return;
-        }
+    record_at(shared, node, kind, detail, fact);
+}
+
+/// [`record`], returning the trace line (none when the node's power is cut).
+pub fn record_at(shared: &SharedRef, node: &str, kind: &str, detail: Value, fact: Option<Fact>) -> Option<u64> {
+    if madsim::runtime::Handle::try_current().is_ok() && DiskSim::current().is_known_and_down(madsim::plugin::node()) {
+        return None;
     }
     let line = trace::emit(node, kind, detail);
     if let Some(f) = fact {
         observe(shared, f, line);
+    }
+    Some(line)
+}
+
+/// Checks a device's whole stored state against the model right after an operation (recorded at
+/// `line`): invariants are checked continuously, not only at recovery and at the end.
+fn check_now(ctx: &ClientCtx, client: &Client, line: Option<u64>) {
+    let Some(line) = line else { return };
+    if let Ok(snapshot) = client_snapshot(&ctx.name, client) {
+        observe(&ctx.shared, Fact::ClientState { snapshot, after_recovery: false }, line);
     }
 }
 
@@ -308,7 +319,8 @@ async fn sync_op(ctx: &ClientCtx, client: &mut Client, rpc: &mut RpcClient, id: 
                 record(&ctx.shared, name, "op.pushed", json!({"op": id, "ops": r.pushed.len(), "renumbered": r.renumbered}), Some(fact));
             }
             let detail = json!({"op": id, "pulled": r.pulled, "pages": r.pages, "settled": r.settled});
-            record(&ctx.shared, name, "op.ok", detail, Some(Fact::SyncSucceeded { node: name.into(), expected }));
+            let line = record_at(&ctx.shared, name, "op.ok", detail, Some(Fact::SyncSucceeded { node: name.into(), expected }));
+            check_now(ctx, client, line);
             if let Ok(s) = client.export_state() {
                 *last_good = Some(s);
             }
@@ -344,7 +356,8 @@ fn failed_closed(ctx: &ClientCtx, client: &Client, id: u64, e: &drill_stack::Syn
                 state_before: before.to_json(),
                 state_after: after.to_json(),
             };
-            record(&ctx.shared, name, "op.err", detail, Some(fact));
+            let line = record_at(&ctx.shared, name, "op.err", detail, Some(fact));
+            check_now(ctx, client, line);
         }
         // The disk refused the read: there is nothing to compare, and nothing is claimed.
         Err(_) => record(&ctx.shared, name, "op.err", detail, None),
