@@ -15,14 +15,20 @@
 //! - [`fs`]: plain files beside the databases (the [`fs::FileSystem`] seam).
 //! - [`jobs`]: ingest → backend run → persist, JSONL export and import, and the persistence
 //!   recoveries of runbook 001.
+//! - [`crypto`]: XChaCha20-Poly1305 seals for payloads (bound to tenant, aggregate and type) and
+//!   wrapped keys.
+//! - [`keys`]: the key store (identity, aggregate, vault and group keys under a passphrase),
+//!   backups, half-restore detection and tokens (runbooks 000, 002).
 
 pub mod blobs;
 pub mod chain;
 pub mod client;
 pub mod clock;
+pub mod crypto;
 pub mod error;
 pub mod fs;
 pub mod jobs;
+pub mod keys;
 pub mod proto;
 pub mod rpc;
 pub mod server;
