@@ -35,6 +35,8 @@ pub struct Checker {
     checks: BTreeMap<String, u64>,
     /// Staged, attached and read blobs (runbook 003 §2, §3).
     blobs: crate::blobs::BlobModel,
+    /// Exports and imports of the jobs node (runbook 001 §B, §C).
+    jobs: crate::jobs::JobsModel,
 }
 
 impl Checker {
@@ -59,6 +61,12 @@ impl Checker {
 
     fn violate(&mut self, invariant: &str, node: &str, line: u64, message: String) {
         self.violations.push(Violation { invariant: invariant.into(), node: node.into(), trace_line: line, message });
+    }
+
+    /// Counts one non-vacuous check of `invariant` made outside the checker (the world's
+    /// liveness phase).
+    pub fn count_check(&mut self, invariant: &str) {
+        self.checked(invariant);
     }
 
     fn checked(&mut self, invariant: &str) {
@@ -116,6 +124,15 @@ impl Checker {
             Fact::ServerState { snapshot } => self.check_server(&snapshot, line),
             Fact::Blob(f) => {
                 let out = self.blobs.observe(f);
+                for inv in out.checked {
+                    self.checked(inv);
+                }
+                for (inv, node, message) in out.violations {
+                    self.violate(inv, &node, line, message);
+                }
+            }
+            Fact::Jobs(f) => {
+                let out = self.jobs.observe(f);
                 for inv in out.checked {
                     self.checked(inv);
                 }

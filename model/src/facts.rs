@@ -102,6 +102,8 @@ pub enum Fact {
     ServerState { snapshot: ServerSnapshot },
     /// Something about blobs (runbook 003 §2, §3).
     Blob(crate::blobs::BlobFact),
+    /// Something about jobs: exports read back, imports (runbook 001 §B, §C).
+    Jobs(crate::jobs::JobsFact),
 }
 
 /// A short digest of a payload, for messages.

@@ -20,6 +20,8 @@ pub const FAIL_CLOSED: &str = "INV-FAIL-CLOSED";
 pub const GUARDRAIL: &str = "INV-GUARDRAIL";
 pub const BLOB_VISIBILITY: &str = "INV-BLOB-VISIBILITY";
 pub const BLOB_OBJECT: &str = "INV-BLOB-OBJECT";
+pub const EXPORT: &str = "INV-EXPORT";
+pub const IMPORT_REJECT: &str = "INV-IMPORT-REJECT";
 
 /// Every invariant the model checks today.
 pub const REGISTRY: &[Invariant] = &[
@@ -76,6 +78,18 @@ pub const REGISTRY: &[Invariant] = &[
         runbook: "003 §3",
         statement: "a staged blob stays registered and reads back its bytes; every object failure is one the store produced, retried to the bound when transient and not at all otherwise; the orphan scan finds exactly the registered blobs whose object was deleted",
         checked: "on every stage and read answer, on the reads after the heal, and on the orphan scan at the end",
+    },
+    Invariant {
+        id: EXPORT,
+        runbook: "001 Scenario B",
+        statement: "a manifest that exists matches its files: each file it names exists with its SHA-256, byte count and row count",
+        checked: "after every export (finished or cut short), after every recovery of the jobs node, and at the end of the run",
+    },
+    Invariant {
+        id: IMPORT_REJECT,
+        runbook: "001 Scenario C",
+        statement: "an import with the reject policy never changes an existing row",
+        checked: "when every import with reject ends, or when the jobs node recovered from a crash during one",
     },
 ];
 

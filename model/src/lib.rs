@@ -9,6 +9,7 @@ pub mod blobs;
 pub mod checker;
 pub mod facts;
 pub mod invariants;
+pub mod jobs;
 
 pub use checker::Checker;
 pub use facts::{ClientSnapshot, EventFact, Fact, OutboxFact, ServerSnapshot};
