@@ -368,8 +368,8 @@ impl BlobDevice {
         let mut last = None;
         for _ in 0..attempts {
             match rpc.call(&Request::Blob(req.clone())).await {
-                Ok(Response::Blob(r)) if id == 0 && r.code.as_deref() == Some("s3:timeout") => last = Some(Ok(r)),
-                Ok(Response::Blob(r)) => return Ok(r),
+                Ok(Response::Blob(r)) if id == 0 && r.code.as_deref() == Some("s3:timeout") => last = Some(Ok(*r)),
+                Ok(Response::Blob(r)) => return Ok(*r),
                 Ok(other) => return Err(SyncError::Server { code: "unexpectedResponse".into(), message: format!("blob request got {other:?}") }),
                 Err(e) => last = Some(Err(e)),
             }

@@ -131,7 +131,7 @@ pub enum Response {
         floor_hash: Vec<u8>,
     },
     /// The answer to a blob request: HTTP-like, with its own status.
-    Blob(crate::blobs::BlobResponse),
+    Blob(Box<crate::blobs::BlobResponse>),
     /// The request failed. A `staleWriteId` error carries the replica's last write id the
     /// server holds, so the client can renumber.
     Error {

@@ -199,7 +199,7 @@ mod tests {
         let store = scripted(&[ObjectErrorKind::SlowDown; 10]);
         let policy = RetryPolicy::DEFAULT;
         let (result, waited) = block_on(async {
-            let start = madsim::time::Instant::now();
+            let start = madsim::time::TimeHandle::current().now_instant();
             let r = with_retries(&store, &policy, &get()).await;
             (r, start.elapsed())
         });

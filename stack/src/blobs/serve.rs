@@ -29,7 +29,7 @@ where
                     let ep = ep.clone();
                     let (v, id) = (env.v, env.id);
                     madsim::task::spawn(async move {
-                        let resp = Response::Blob(answer.await);
+                        let resp = Response::Blob(Box::new(answer.await));
                         // The asker may be gone; its retry gets its own answer.
                         let _ = ep.send_to_raw(from, TAG_RESPONSE, Box::new(proto::encode(v, id, &resp))).await;
                     });
