@@ -359,10 +359,12 @@ impl World<'_> {
             match why {
                 None => {
                     trace::emit("world", "liveness.converged", json!({"rounds": round}));
+                    lock(&self.shared).checker.count_check(drill_model::invariants::LIVE_DRAIN);
                     return None;
                 }
                 Some(why) if clock::now() >= deadline => {
                     trace::emit("world", "liveness.stuck", json!({"rounds": round, "why": why}));
+                    lock(&self.shared).checker.count_check(drill_model::invariants::LIVE_DRAIN);
                     return Some(format!("no convergence within {} ms after heal: {why}", self.plan.liveness_ms_max));
                 }
                 Some(_) => self.wait_until(clock::now() + Duration::from_millis(200)).await,
@@ -407,12 +409,14 @@ impl World<'_> {
     async fn snapshots(&mut self, deadline: Instant) -> Result<(ServerSnapshot, Vec<ClientSnapshot>), String> {
         // A device busy with its last sync attempt still gets to answer.
         let deadline = deadline.max(clock::now() + Duration::from_millis(3 * procs::RPC_TIMEOUT_MS));
-        let server = self.server_snapshot().await?;
+        // Devices first, the server last: every push a device saw acknowledged before its
+        // snapshot was committed on the server before the server's snapshot.
         let mut clients = Vec::new();
         let names: Vec<String> = self.mailboxes.keys().cloned().collect();
         for n in names {
             clients.push(self.client_snapshot(&n, deadline).await?);
         }
+        let server = self.server_snapshot().await?;
         Ok((server, clients))
     }
 
