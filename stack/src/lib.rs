@@ -19,6 +19,8 @@
 //!   wrapped keys.
 //! - [`keys`]: the key store (identity, aggregate, vault and group keys under a passphrase),
 //!   backups, half-restore detection and tokens (runbooks 000, 002).
+//! - [`projections`]: derived tables folded from decrypted events, rebuilds, snapshots,
+//!   resilience modes and health (runbooks 004, 000).
 
 pub mod blobs;
 pub mod chain;
@@ -29,6 +31,7 @@ pub mod error;
 pub mod fs;
 pub mod jobs;
 pub mod keys;
+pub mod projections;
 pub mod proto;
 pub mod rpc;
 pub mod server;

@@ -1,0 +1,269 @@
+//! The projection engine: folds events into projections, once each, and rebuilds them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rusqlite::Connection;
+
+use crate::crypto;
+use crate::error::StoreError;
+use crate::keys::KeyError;
+
+use super::builtin::{AggregateState, TenantCounters};
+use super::health::{self, EventStoreStatus, Health};
+use super::resilience::{self, Write};
+use super::{DecryptedEvent, KeyRing, Projection, ProjectionError, SealedEvent};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS proj_cursor(projection TEXT NOT NULL, tenant TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY(projection, tenant));
+CREATE TABLE IF NOT EXISTS proj_incomplete(
+    projection TEXT NOT NULL, tenant TEXT NOT NULL, aggregate TEXT NOT NULL, reason TEXT NOT NULL, first_seq INTEGER NOT NULL,
+    PRIMARY KEY(projection, tenant, aggregate));
+CREATE TABLE IF NOT EXISTS proj_unhealthy(projection TEXT PRIMARY KEY, detail TEXT NOT NULL);
+";
+
+/// An aggregate a projection skipped, and why (`keys:aggregateKeyMissing`,
+/// `keys:payloadsUnrecoverable`, `crypto:tampered`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Incomplete {
+    pub projection: String,
+    pub tenant: String,
+    pub aggregate: String,
+    pub reason: String,
+    pub first_seq: u64,
+}
+
+/// What one apply or rebuild did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Event applications (one per event per projection).
+    pub applied: u64,
+    /// `(tenant, aggregate)` skipped for a missing key or a payload that did not open.
+    pub incomplete: BTreeSet<(String, String)>,
+    /// Projections switched off by DEGRADED, left untouched.
+    pub disabled: Vec<String>,
+}
+
+/// Which part of the derived state a rebuild replaces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// One tenant, or every tenant.
+    pub tenant: Option<String>,
+    /// One projection, or every one.
+    pub projection: Option<String>,
+    /// Replay only events created at or before this time: the state as of then.
+    pub until_ts_ms: Option<i64>,
+}
+
+/// The projections of one database.
+pub struct Engine {
+    projections: Vec<Box<dyn Projection>>,
+}
+
+impl Engine {
+    /// The built-in projections: `aggregate_state` and `tenant_counters`.
+    pub fn builtin() -> Engine {
+        Engine::with(vec![Box::new(AggregateState), Box::new(TenantCounters)])
+    }
+
+    pub fn with(projections: Vec<Box<dyn Projection>>) -> Engine {
+        Engine { projections }
+    }
+
+    /// Creates the engine's and every projection's tables.
+    pub fn install(&self, c: &Connection) -> Result<(), StoreError> {
+        c.execute_batch(SCHEMA)?;
+        c.execute_batch(super::snapshot::SCHEMA)?;
+        for p in &self.projections {
+            c.execute_batch(p.schema())?;
+        }
+        Ok(())
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.projections.iter().map(|p| p.name()).collect()
+    }
+
+    pub(super) fn find(&self, name: &str) -> Result<&dyn Projection, ProjectionError> {
+        self.projections.iter().find(|p| p.name() == name).map(|p| p.as_ref()).ok_or(ProjectionError::UnknownProjection { name: name.into() })
+    }
+
+    /// The projections in `scope` that the mode leaves on, and the names it switched off.
+    pub(super) fn active(&self, c: &Connection, only: Option<&str>) -> Result<(Vec<&dyn Projection>, Vec<String>), ProjectionError> {
+        if let Some(name) = only {
+            self.find(name)?;
+        }
+        let off = resilience::disabled(c)?;
+        let mut on = Vec::new();
+        let mut disabled = Vec::new();
+        for p in self.projections.iter().filter(|p| only.is_none_or(|n| n == p.name())) {
+            if !p.essential() && off.iter().any(|n| n == p.name()) {
+                disabled.push(p.name().to_string());
+            } else {
+                on.push(p.as_ref());
+            }
+        }
+        Ok((on, disabled))
+    }
+
+    /// Folds new events into every active projection, in one transaction; events at or below a
+    /// projection's cursor are skipped, so passing an event twice applies it once. A command:
+    /// refused in READ_ONLY with `store:readOnly`, changing nothing.
+    pub fn apply(&self, c: &Connection, events: &[SealedEvent], keys: &dyn KeyRing) -> Result<ApplyReport, ProjectionError> {
+        resilience::check_write(c, Write::Command)?;
+        let (on, disabled) = self.active(c, None)?;
+        let tx = c.unchecked_transaction()?;
+        let mut report = feed(&tx, &on, events.iter(), keys)?;
+        tx.commit()?;
+        report.disabled = disabled;
+        Ok(report)
+    }
+
+    /// Clears the projections and tenants in `scope` and replays `events` into them (runbook 004
+    /// §3.2, §3.3). Recovery, so allowed in READ_ONLY; all or nothing.
+    pub fn rebuild(&self, c: &Connection, events: &[SealedEvent], keys: &dyn KeyRing, scope: &Scope) -> Result<ApplyReport, ProjectionError> {
+        resilience::check_write(c, Write::Recovery)?;
+        let (on, disabled) = self.active(c, scope.projection.as_deref())?;
+        let tenants: BTreeSet<String> = match &scope.tenant {
+            Some(t) => [t.clone()].into(),
+            None => events.iter().map(|e| e.tenant.clone()).chain(known_tenants(c)?).collect(),
+        };
+        let tx = c.unchecked_transaction()?;
+        for p in &on {
+            // A rebuilt projection is healthy again, whichever tenants it holds.
+            tx.execute("DELETE FROM proj_unhealthy WHERE projection = ?1", [p.name()])?;
+            for t in &tenants {
+                clear(&tx, *p, t)?;
+            }
+        }
+        let chosen = events
+            .iter()
+            .filter(|e| tenants.contains(&e.tenant))
+            .filter(|e| scope.until_ts_ms.is_none_or(|until| e.ts_ms <= until));
+        let mut report = feed(&tx, &on, chosen, keys)?;
+        tx.commit()?;
+        report.disabled = disabled;
+        Ok(report)
+    }
+
+    /// `tenant`'s state in `projection`, as canonical rows.
+    pub fn rows(&self, c: &Connection, projection: &str, tenant: &str) -> Result<Vec<Vec<String>>, ProjectionError> {
+        Ok(self.find(projection)?.rows(c, tenant)?)
+    }
+
+    /// The aggregates skipped for `tenant`, every projection.
+    pub fn incomplete(&self, c: &Connection, tenant: &str) -> Result<Vec<Incomplete>, ProjectionError> {
+        let mut st = c.prepare("SELECT projection, tenant, aggregate, reason, first_seq FROM proj_incomplete WHERE tenant = ?1 ORDER BY projection, aggregate")?;
+        let rows = st.query_map([tenant], |r| {
+            Ok(Incomplete { projection: r.get(0)?, tenant: r.get(1)?, aggregate: r.get(2)?, reason: r.get(3)?, first_seq: r.get(4)? })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The last seq `projection` folded for `tenant`.
+    pub fn cursor(&self, c: &Connection, projection: &str, tenant: &str) -> Result<u64, ProjectionError> {
+        Ok(cursor(c, projection, tenant)?)
+    }
+
+    /// Marks a projection unhealthy (an inconsistency found by a check), until its next rebuild.
+    pub fn mark_unhealthy(&self, c: &Connection, projection: &str, detail: &str) -> Result<(), ProjectionError> {
+        self.find(projection)?;
+        c.execute("INSERT OR REPLACE INTO proj_unhealthy(projection, detail) VALUES (?1, ?2)", [projection, detail])?;
+        Ok(())
+    }
+
+    /// The dashboard status (runbook 004 §7), given how the event store answered.
+    pub fn health(&self, c: &Connection, event_store: EventStoreStatus) -> Result<Health, ProjectionError> {
+        let mut st = c.prepare("SELECT projection FROM proj_unhealthy ORDER BY projection")?;
+        let unhealthy: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(health::status(resilience::mode(c)?, unhealthy, event_store))
+    }
+}
+
+pub(super) fn known_tenants(c: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut st = c.prepare("SELECT DISTINCT tenant FROM proj_cursor ORDER BY tenant")?;
+    let rows = st.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn cursor(c: &Connection, projection: &str, tenant: &str) -> Result<u64, StoreError> {
+    use rusqlite::OptionalExtension;
+    let seq: Option<u64> = c.query_row("SELECT seq FROM proj_cursor WHERE projection = ?1 AND tenant = ?2", [projection, tenant], |r| r.get(0)).optional()?;
+    Ok(seq.unwrap_or(0))
+}
+
+pub(super) fn set_cursor(c: &Connection, projection: &str, tenant: &str, seq: u64) -> Result<(), StoreError> {
+    c.execute("INSERT OR REPLACE INTO proj_cursor(projection, tenant, seq) VALUES (?1, ?2, ?3)", rusqlite::params![projection, tenant, seq])?;
+    Ok(())
+}
+
+/// Empties one projection of one tenant: its rows, cursor, skipped aggregates and unhealthy mark.
+pub(super) fn clear(c: &Connection, p: &dyn Projection, tenant: &str) -> Result<(), StoreError> {
+    p.clear(c, tenant)?;
+    c.execute("DELETE FROM proj_cursor WHERE projection = ?1 AND tenant = ?2", [p.name(), tenant])?;
+    c.execute("DELETE FROM proj_incomplete WHERE projection = ?1 AND tenant = ?2", [p.name(), tenant])?;
+    c.execute("DELETE FROM proj_unhealthy WHERE projection = ?1", [p.name()])?;
+    Ok(())
+}
+
+/// Why an event's payload is not available, as a stable code.
+fn decrypt(e: &SealedEvent, keys: &dyn KeyRing) -> Result<DecryptedEvent, &'static str> {
+    let key = keys.aggregate_key(&e.aggregate).map_err(|k: KeyError| k.code())?;
+    let payload = crypto::open_payload(&key, &e.nonce, &e.tenant, &e.aggregate, &e.kind, &e.ciphertext).map_err(|x| x.code())?;
+    Ok(DecryptedEvent { seq: e.seq, tenant: e.tenant.clone(), aggregate: e.aggregate.clone(), kind: e.kind.clone(), ts_ms: e.ts_ms, payload })
+}
+
+/// Folds `events` (in seq order) into `on`. An aggregate that cannot be read is recorded as
+/// incomplete for each projection and skipped from then on, so no projection ever holds a
+/// partial fold of an aggregate.
+pub(super) fn feed<'a>(
+    c: &Connection,
+    on: &[&dyn Projection],
+    events: impl Iterator<Item = &'a SealedEvent>,
+    keys: &dyn KeyRing,
+) -> Result<ApplyReport, StoreError> {
+    let mut report = ApplyReport::default();
+    let mut cursors: BTreeMap<(&str, String), u64> = BTreeMap::new();
+    for e in events {
+        let mut opened: Option<Result<DecryptedEvent, &'static str>> = None;
+        for p in on {
+            let key = (p.name(), e.tenant.clone());
+            let at = match cursors.get(&key) {
+                Some(&s) => s,
+                None => cursor(c, p.name(), &e.tenant)?,
+            };
+            if e.seq <= at {
+                continue;
+            }
+            cursors.insert(key, e.seq);
+            set_cursor(c, p.name(), &e.tenant, e.seq)?;
+            if is_incomplete(c, p.name(), &e.tenant, &e.aggregate)? {
+                continue;
+            }
+            match opened.get_or_insert_with(|| decrypt(e, keys)) {
+                Ok(d) => {
+                    p.apply(c, d)?;
+                    report.applied += 1;
+                }
+                Err(reason) => {
+                    c.execute(
+                        "INSERT OR IGNORE INTO proj_incomplete(projection, tenant, aggregate, reason, first_seq) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        rusqlite::params![p.name(), e.tenant, e.aggregate, *reason, e.seq],
+                    )?;
+                    report.incomplete.insert((e.tenant.clone(), e.aggregate.clone()));
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn is_incomplete(c: &Connection, projection: &str, tenant: &str, aggregate: &str) -> Result<bool, StoreError> {
+    use rusqlite::OptionalExtension;
+    Ok(c.query_row(
+        "SELECT 1 FROM proj_incomplete WHERE projection = ?1 AND tenant = ?2 AND aggregate = ?3",
+        [projection, tenant, aggregate],
+        |_| Ok(()),
+    )
+    .optional()?
+    .is_some())
+}
