@@ -62,6 +62,8 @@ pub enum BlobFact {
     Injected { key: String, code: String },
     /// The object of `key` was deleted behind the registry's back.
     DeletedOutOfBand { key: String },
+    /// The server's persisted reconcile state of `client_id` was made malformed behind its back.
+    ReconcileStateCorrupted { client_id: String },
     /// From here on every fault is healed and every device has reconciled.
     FinalRound,
     /// The operator's orphan scan (with cleanup) found these `(blob id, object key)` pairs.
@@ -77,6 +79,8 @@ pub struct BlobModel {
     /// Injected error codes per object key.
     injected: BTreeMap<String, BTreeSet<String>>,
     deleted_out_of_band: BTreeSet<String>,
+    /// Clients whose persisted reconcile state was made malformed.
+    corrupted: BTreeSet<String>,
     /// Blob ids the orphan cleanup removed.
     cleaned: BTreeSet<String>,
     /// The most the server ever showed of each client's reconcile state.
@@ -125,6 +129,9 @@ impl BlobModel {
             BlobFact::DeletedOutOfBand { key } => {
                 self.deleted_out_of_band.insert(key);
             }
+            BlobFact::ReconcileStateCorrupted { client_id } => {
+                self.corrupted.insert(client_id);
+            }
             BlobFact::FinalRound => self.final_round = true,
             BlobFact::Orphans { found, .. } => self.check_orphans(&mut out, &found),
         }
@@ -160,8 +167,12 @@ impl BlobModel {
             }
         }
         if code == Some("blob:attachFailed") {
+            // The runbook's deterministic 500 is right for state made malformed behind the
+            // stack's back; for anything the stack wrote itself it is a bug.
             out.checked.push(BLOB_VISIBILITY);
-            out.violate(BLOB_VISIBILITY, node, format!("attach of {blob_id} found malformed metadata or reconcile state the stack wrote itself"));
+            if status != 500 || !self.corrupted.contains(&checkpoint.client_id) {
+                out.violate(BLOB_VISIBILITY, node, format!("attach of {blob_id} answered {status} attachFailed, but nothing made the metadata or reconcile state malformed"));
+            }
         }
         if let Some(o) = observed {
             let max = self.observed_max.entry(checkpoint.client_id.clone()).or_default();

@@ -94,12 +94,16 @@ fn an_attach_still_behind_after_the_heal_breaks_visibility() {
 }
 
 #[test]
-fn malformed_state_the_stack_wrote_itself_breaks_visibility() {
+fn a_500_for_malformed_state_nothing_corrupted_breaks_visibility() {
     let mut c = checker();
     c.observe(attach(500, Some("store:io"), checkpoint(1, &[]), None), 2);
     assert!(ids(&c).is_empty(), "a disk fault may fail an attach");
     c.observe(attach(500, Some("blob:attachFailed"), checkpoint(1, &[]), None), 3);
     assert_eq!(ids(&c), vec!["INV-BLOB-VISIBILITY"]);
+    // State made malformed behind the stack's back gets the runbook's deterministic 500.
+    c.observe(Fact::Blob(BlobFact::ReconcileStateCorrupted { client_id: "client-1".into() }), 4);
+    c.observe(attach(500, Some("blob:attachFailed"), checkpoint(1, &[]), None), 5);
+    assert_eq!(ids(&c).len(), 1);
 }
 
 #[test]

@@ -4,8 +4,8 @@
 //! The failure: devices stage blobs on the server, whose blob layer keeps the bytes on an
 //! S3-like object store (its own node, `blobstore`, with objects in SQLite on its simulated disk)
 //! while the store answers with each of its error codes in windows (`NoSuchKey`, `AccessDenied`,
-//! `ServiceUnavailable`, `SlowDown`, `InternalError`) and objects are deleted behind the
-//! registry's back. A device attaches a staged blob with the visibility checkpoint it took from
+//! `ServiceUnavailable`, `SlowDown`, `InternalError`), objects are deleted behind the registry's
+//! back, and a device's persisted reconcile state is rewritten malformed. A device attaches a staged blob with the visibility checkpoint it took from
 //! its exported state when it staged — its cursor, and its `lastReconciledWriteIds` including its
 //! own write that references the blob — so an attach is legitimately refused (409) until the
 //! device has synced.
@@ -13,7 +13,9 @@
 //! The recovery, as the runbook says: retry the attach with the identical payload once
 //! reconcile has advanced (after the heal every device has synced, and every staged blob that
 //! has not expired must attach); transient object errors are retried with backoff by the
-//! server; orphaned metadata is found and cleaned up by the operator's orphan scan.
+//! server; orphaned metadata is found and cleaned up by the operator's orphan scan; a malformed
+//! reconcile state fails attaches with a deterministic 500 until the device's next push records
+//! a well-formed one over it.
 //!
 //! Checked (drill-model `blobs`): INV-BLOB-VISIBILITY and INV-BLOB-OBJECT.
 
@@ -85,16 +87,21 @@ pub enum BlobFaultKind {
     InternalError,
     /// An object deleted behind the registry's back: orphaned metadata.
     OutOfBandDelete,
+    /// A client's persisted reconcile state rewritten malformed behind the server's back (a
+    /// non-object or non-positive write-id map, a non-integer cursor): its attaches fail with a
+    /// deterministic 500 until a push records a well-formed state over it.
+    MalformedReconcileState,
 }
 
 impl BlobFaultKind {
-    pub const ALL: [BlobFaultKind; 6] = [
+    pub const ALL: [BlobFaultKind; 7] = [
         BlobFaultKind::NoSuchKey,
         BlobFaultKind::AccessDenied,
         BlobFaultKind::ServiceUnavailable,
         BlobFaultKind::SlowDown,
         BlobFaultKind::InternalError,
         BlobFaultKind::OutOfBandDelete,
+        BlobFaultKind::MalformedReconcileState,
     ];
 
     /// The error code the store answers with during the window.
@@ -105,7 +112,7 @@ impl BlobFaultKind {
             BlobFaultKind::ServiceUnavailable => Some(S3ErrorCode::ServiceUnavailable),
             BlobFaultKind::SlowDown => Some(S3ErrorCode::SlowDown),
             BlobFaultKind::InternalError => Some(S3ErrorCode::InternalError),
-            BlobFaultKind::OutOfBandDelete => None,
+            BlobFaultKind::OutOfBandDelete | BlobFaultKind::MalformedReconcileState => None,
         }
     }
 
@@ -120,9 +127,10 @@ impl BlobFaultKind {
 pub struct BlobFaultAt {
     pub at_ms: u64,
     pub kind: BlobFaultKind,
-    /// How long the store answers with the error (0 for a deletion).
+    /// How long the store answers with the error (0 for a deletion or a malformed state).
     pub ms: u64,
-    /// Which stored object a deletion removes: the `nth` by key, modulo how many there are.
+    /// Which stored object a deletion removes (the `nth` by key, modulo how many there are), or
+    /// which device's reconcile state is made malformed, and how.
     pub nth: u32,
 }
 
@@ -175,7 +183,7 @@ pub fn add_to_plan(plan: &mut Plan, seeds: &SeedTree, duration_ms: u64) {
     let mut faults: Vec<BlobFaultAt> = (0..rng.gen_range(0..=knobs.faults_max))
         .map(|_| {
             let kind = BlobFaultKind::ALL[rng.gen_range(0..BlobFaultKind::ALL.len())];
-            let ms = if kind == BlobFaultKind::OutOfBandDelete { 0 } else { rng.gen_range(1..=knobs.window_ms_max.max(1)) };
+            let ms = if kind.s3_code().is_none() { 0 } else { rng.gen_range(1..=knobs.window_ms_max.max(1)) };
             BlobFaultAt { at_ms: rng.gen_range(0..duration_ms.max(1)), kind, ms, nth: rng.gen_range(0..64) }
         })
         .collect();
@@ -501,6 +509,7 @@ pub enum BlobStep {
     Arm(BlobFaultKind),
     Disarm,
     Delete { nth: u32 },
+    Corrupt { nth: u32 },
 }
 
 /// The timed steps of a plan's blob faults.
@@ -509,6 +518,7 @@ pub fn steps(plan: &Plan) -> Vec<(u64, BlobStep)> {
     for f in plan.blobs.iter().flat_map(|b| &b.faults) {
         match f.kind {
             BlobFaultKind::OutOfBandDelete => out.push((f.at_ms, BlobStep::Delete { nth: f.nth })),
+            BlobFaultKind::MalformedReconcileState => out.push((f.at_ms, BlobStep::Corrupt { nth: f.nth })),
             kind => {
                 out.push((f.at_ms, BlobStep::Arm(kind)));
                 out.push((f.at_ms + f.ms, BlobStep::Disarm));
@@ -518,9 +528,13 @@ pub fn steps(plan: &Plan) -> Vec<(u64, BlobStep)> {
     out
 }
 
-/// The world's handle on the object store: its node, the armed error, its store.
+/// The world's handle on the object store (its node, the armed error, its store) and on the
+/// server's registry, for the faults that reach behind the stack's back.
 pub struct BlobWorld {
     pub node: NodeId,
+    server: NodeId,
+    server_slot: Arc<Mutex<Option<Server>>>,
+    clients: Vec<String>,
     armed: Arc<Mutex<Option<S3ErrorCode>>>,
     slot: Arc<Mutex<Option<ObjectServer>>>,
     shared: SharedRef,
@@ -530,14 +544,14 @@ pub struct BlobWorld {
 
 impl BlobWorld {
     /// Creates the object store's node and tells the model the server's retry bound.
-    pub fn create(handle: &madsim::runtime::Handle, shared: &SharedRef) -> BlobWorld {
+    pub fn create(handle: &madsim::runtime::Handle, shared: &SharedRef, server: NodeId, server_slot: &Arc<Mutex<Option<Server>>>, clients: Vec<String>) -> BlobWorld {
         let armed = Arc::new(Mutex::new(None));
         let slot = Arc::new(Mutex::new(None));
         let ctx = Arc::new(BlobStoreCtx { shared: shared.clone(), armed: armed.clone(), slot: slot.clone() });
         let node = handle.create_node().name(BLOBSTORE_NODE).ip(BLOBSTORE_IP).init(move || blobstore_main(ctx.clone())).build();
         let attempts_max = config().retry.attempts_max;
         record(shared, BLOBSTORE_NODE, "node.start", json!({"attempts_max": attempts_max}), Some(Fact::Blob(BlobFact::Config { attempts_max })));
-        BlobWorld { node: node.id(), armed, slot, shared: shared.clone(), open: Vec::new() }
+        BlobWorld { node: node.id(), server, server_slot: server_slot.clone(), clients, armed, slot, shared: shared.clone(), open: Vec::new() }
     }
 
     /// Plays one step; counts what was injected.
@@ -559,6 +573,10 @@ impl BlobWorld {
             BlobStep::Delete { nth } => {
                 *counts.entry(BlobFaultKind::OutOfBandDelete.counted_as()).or_default() += 1;
                 self.delete_out_of_band(nth);
+            }
+            BlobStep::Corrupt { nth } => {
+                *counts.entry(BlobFaultKind::MalformedReconcileState.counted_as()).or_default() += 1;
+                self.corrupt_reconcile_state(nth);
             }
         }
         *lock(&self.armed) = self.open.last().and_then(|k| k.s3_code());
@@ -585,6 +603,46 @@ impl BlobWorld {
             if deleted {
                 let fact = Fact::Blob(BlobFact::DeletedOutOfBand { key: key.clone() });
                 record(&shared, BLOBSTORE_NODE, "fault.blob_delete", json!({"deleted": key}), Some(fact));
+            }
+        });
+    }
+
+    /// Rewrites a device's persisted reconcile state malformed, on the server's node, with
+    /// plain SQL behind the stack's back (runbook 003 §2, triage step 4).
+    fn corrupt_reconcile_state(&self, nth: u32) {
+        let Some(node) = madsim::runtime::Handle::current().get_node(self.server) else { return };
+        if self.clients.is_empty() {
+            return;
+        }
+        let client = self.clients[nth as usize % self.clients.len()].clone();
+        // Each malformed shape the runbook names: a zero write id, a non-object map, a
+        // non-integer cursor.
+        let (column, value) = [
+            ("last_reconciled_write_ids", format!("{{\"{client}\":0}}")),
+            ("last_reconciled_write_ids", "[1,2]".to_string()),
+            ("cursor", "not-a-cursor".to_string()),
+        ][(nth as usize / self.clients.len()) % 3]
+            .clone();
+        let slot = self.server_slot.clone();
+        let shared = self.shared.clone();
+        node.spawn(async move {
+            let key = drill_stack::blobs::registry::client_key(&client);
+            let changed = lock(&slot)
+                .as_ref()
+                .map(|s| s.registry_conn().execute(&format!("UPDATE reconcile_state SET {column} = ?1 WHERE client_key = ?2"), [value.as_str(), key.as_str()]));
+            match changed {
+                Some(Ok(n)) if n > 0 => {
+                    let fact = Fact::Blob(BlobFact::ReconcileStateCorrupted { client_id: client.clone() });
+                    record(&shared, "server", "fault.blob_reconcile_state", json!({"client": client, column: value}), Some(fact));
+                }
+                other => {
+                    let why = match other {
+                        Some(Err(e)) => e.to_string(),
+                        Some(Ok(_)) => "no reconcile state yet".into(),
+                        None => "the server store is closed".into(),
+                    };
+                    trace::emit("server", "fault.blob_reconcile_state", json!({"client": client, "skipped": why}));
+                }
             }
         });
     }
@@ -661,7 +719,15 @@ mod tests {
         let names: Vec<String> = BlobFaultKind::ALL.iter().map(|k| k.counted_as()).collect();
         assert_eq!(
             names,
-            ["blob.no_such_key", "blob.access_denied", "blob.service_unavailable", "blob.slow_down", "blob.internal_error", "blob.out_of_band_delete"]
+            [
+                "blob.no_such_key",
+                "blob.access_denied",
+                "blob.service_unavailable",
+                "blob.slow_down",
+                "blob.internal_error",
+                "blob.out_of_band_delete",
+                "blob.malformed_reconcile_state"
+            ]
         );
     }
 }

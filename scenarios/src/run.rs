@@ -138,7 +138,8 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
     let sctx = Arc::new(ServerCtx { options, slot: slot.clone(), shared: shared.clone() });
     let server = handle.create_node().name("server").ip(SERVER_IP).init(move || procs::server_main(sctx.clone())).build();
     nodes.add("server", server.id(), plan.knobs.disk.crash, &seeds);
-    let blobs = plan.blobs.as_ref().map(|_| crate::blobs_world::BlobWorld::create(&handle, &shared));
+    let devices: Vec<String> = plan.clients.iter().map(|c| c.name.clone()).collect();
+    let blobs = plan.blobs.as_ref().map(|_| crate::blobs_world::BlobWorld::create(&handle, &shared, server.id(), &slot, devices));
     if let Some(b) = &blobs {
         nodes.add(crate::blobs_world::BLOBSTORE_NODE, b.node, drill_sim::disk::DiskFaults::none(), &seeds);
     }

@@ -119,3 +119,28 @@ fn blob_plans_round_trip_and_plans_without_blobs_keep_their_text() {
     bad.ops[0].action = Action::StageBlob { bytes: 10 };
     assert!(bad.validate().unwrap_err().contains("without a blob store"));
 }
+
+#[test]
+fn malformed_reconcile_state_is_a_deterministic_500_until_a_push_records_a_good_one() {
+    let append = Action::Append { aggregate: "note-1".into(), kind: "edited".into(), bytes: 32 };
+    let p = plan(
+        &[
+            (100, Action::StageBlob { bytes: 200 }),
+            (200, Action::StageBlob { bytes: 200 }),
+            (300, Action::Sync),
+            (700, Action::AttachBlob),
+            (800, Action::AttachBlob),
+            (1_000, append),
+            (1_100, Action::Sync),
+            (1_300, Action::AttachBlob),
+        ],
+        vec![BlobFaultAt { at_ms: 500, kind: BlobFaultKind::MalformedReconcileState, ms: 0, nth: 0 }],
+    );
+    let (r, lines) = run(&p);
+    assert_eq!(r.faults.get("blob.malformed_reconcile_state"), Some(&1));
+    let attaches: Vec<(u64, String)> = answers(&lines).into_iter().filter(|(op, s, _)| *op != 0 && *s != 0).map(|(_, s, c)| (s, c)).collect();
+    let failed = (500, "blob:attachFailed".to_string());
+    // Both staged blobs, twice each: the same 500 every time; after a push recorded a well-formed
+    // state over it, both attach.
+    assert_eq!(attaches, vec![failed.clone(), failed.clone(), failed.clone(), failed, (200, String::new()), (200, String::new())], "{lines:#?}");
+}
