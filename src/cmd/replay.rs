@@ -38,11 +38,16 @@ pub fn replay(args: ReplayArgs) -> Result<i32, CliError> {
     let comparison = compare(dir, &summary, &report)?;
     let again = folder_replay(dir);
     if comparison.matches() {
-        println!(
-            "replay matches: fingerprint {}, {} trace lines",
-            report.fingerprint,
-            report.trace.len()
-        );
+        match &comparison.other_build {
+            Some(build) => println!(
+                "replay matches line for line, but for the build named on line 1: the folder was written by {build}"
+            ),
+            None => println!(
+                "replay matches: fingerprint {}, {} trace lines",
+                report.fingerprint,
+                report.trace.len()
+            ),
+        }
         let outcome = outcome_of(report.outcome);
         println!("outcome: {outcome} | replay: {again}");
         return Ok(outcome.exit_code());
@@ -81,6 +86,8 @@ struct Comparison {
     first_diff: Option<LineDiff>,
     /// Set when the folder has no trace.jsonl, so only fingerprints could be compared.
     no_trace_file: bool,
+    /// Set when the traces differ only in the build named on the first line.
+    other_build: Option<String>,
 }
 
 impl Comparison {
@@ -111,6 +118,27 @@ impl Comparison {
     }
 }
 
+/// When two traces differ only in the `version` and `commit` of their first line, the build
+/// that wrote the recorded one.
+fn only_the_build_differs(replayed: &[String], recorded: &[String]) -> Option<String> {
+    if replayed.len() != recorded.len() || replayed.is_empty() || replayed[1..] != recorded[1..] || replayed[0] == recorded[0] {
+        return None;
+    }
+    let strip = |line: &str| -> Option<(serde_json::Value, String)> {
+        let mut v: serde_json::Value = serde_json::from_str(line).ok()?;
+        let d = v.get_mut("detail")?.as_object_mut()?;
+        let build = format!(
+            "drill {} at commit {}",
+            d.remove("version")?.as_str().unwrap_or("?"),
+            d.remove("commit")?.as_str().unwrap_or("?")
+        );
+        Some((v, build))
+    };
+    let (a, _) = strip(&replayed[0])?;
+    let (b, build) = strip(&recorded[0])?;
+    (a == b).then_some(build)
+}
+
 fn compare(dir: &Path, summary: &Summary, report: &RunReport) -> Result<Comparison, CliError> {
     let mut c = Comparison::default();
     let mut differs = |what: &str, folder: &str, replay: &str| {
@@ -130,6 +158,13 @@ fn compare(dir: &Path, summary: &Summary, report: &RunReport) -> Result<Comparis
     let trace = dir.join(TRACE_FILE);
     if !trace.exists() {
         c.no_trace_file = true;
+        return Ok(c);
+    }
+    let recorded: Vec<String> = trace_lines(&trace)?.collect();
+    if let Some(build) = only_the_build_differs(&report.trace, &recorded) {
+        // Another build of drill ran the same world: everything that happened is identical.
+        c.problems.retain(|p| !p.starts_with("fingerprint"));
+        c.other_build = Some(build);
         return Ok(c);
     }
     // Bytes first: the fingerprint is `sha256sum trace.jsonl`, so any edit at all shows here.
