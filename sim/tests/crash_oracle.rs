@@ -308,14 +308,6 @@ fn io_errors_and_full_disk_leave_the_database_consistent() {
     assert!(reported > cases / 4, "most injected errors should surface");
 }
 
-#[test]
-#[ignore]
-fn debug_one_cut() {
-    let k: u64 = std::env::var("CUT").unwrap().parse().unwrap();
-    let seed: u64 = std::env::var("SEED").unwrap().parse().unwrap();
-    let r = trial(WAL_FULL, 6, Some(k), seed);
-    println!("acked {} recovered {:?}", r.acked, r.recovered);
-}
 
 /// Two power cuts: the first during the workload, then a reboot whose connection reads what
 /// survived and goes on committing (the WAL is not checkpointed in between, as in a server that
