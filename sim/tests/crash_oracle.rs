@@ -113,14 +113,22 @@ fn faults() -> DiskFaults {
     DiskFaults { crash_keep_probability: 0.4, crash_tear_probability: 0.3, capacity_bytes: None }
 }
 
-/// One world: the workload with power cut before VFS operation `cut_at`, then boot and check.
-fn trial(mode: Mode, n: u32, cut_at: Option<u64>, seed: u64) -> Trial {
+/// Runs `f` in a fresh world whose supervisor node has a disk with `disk_faults`; `f` gets the
+/// disk and the node.
+fn in_world<T>(seed: u64, disk_faults: DiskFaults, f: impl FnOnce(std::sync::Arc<DiskSim>, madsim::task::NodeId) -> T) -> T {
     let seeds = SeedTree::new(seed);
     let rt = Runtime::new(seeds, NetConfig::default(), DiskConfig::default(), std::time::Duration::from_secs(60));
     rt.block_on(async move {
         let disk = DiskSim::current();
         let node = madsim::plugin::node();
-        disk.add_node(node, "oracle", faults(), &seeds);
+        disk.add_node(node, "oracle", disk_faults, &seeds);
+        f(disk, node)
+    })
+}
+
+/// One world: the workload with power cut before VFS operation `cut_at`, then boot and check.
+fn trial(mode: Mode, n: u32, cut_at: Option<u64>, seed: u64) -> Trial {
+    in_world(seed, faults(), |disk, node| {
         if let Some(k) = cut_at {
             disk.power_cut_at(node, k);
         }
@@ -131,11 +139,7 @@ fn trial(mode: Mode, n: u32, cut_at: Option<u64>, seed: u64) -> Trial {
 }
 
 fn ops_of(mode: Mode, n: u32) -> u64 {
-    let rt = Runtime::new(SeedTree::new(0), NetConfig::default(), DiskConfig::default(), std::time::Duration::from_secs(60));
-    rt.block_on(async move {
-        let disk = DiskSim::current();
-        let node = madsim::plugin::node();
-        disk.add_node(node, "oracle", faults(), &SeedTree::new(0));
+    in_world(0, faults(), |disk, node| {
         assert_eq!(workload(mode, n), n, "the workload completes without faults");
         disk.ops(node)
     })
@@ -243,12 +247,7 @@ fn flipped_bits_are_always_detected() {
     let mut detected = 0;
     let trials = 200;
     for seed in 0..trials {
-        let seeds = SeedTree::new(10_000 + seed);
-        let rt = Runtime::new(seeds, NetConfig::default(), DiskConfig::default(), std::time::Duration::from_secs(60));
-        let outcome = rt.block_on(async move {
-            let disk = DiskSim::current();
-            let node = madsim::plugin::node();
-            disk.add_node(node, "oracle", DiskFaults::none(), &seeds);
+        let outcome = in_world(10_000 + seed, DiskFaults::none(), |disk, node| {
             assert_eq!(workload(WAL_FULL, 8), 8);
             disk.flip_bit(node, DB).expect("a database to corrupt");
             recovered(WAL_FULL)
@@ -265,12 +264,7 @@ fn flipped_bits_are_always_detected() {
 /// With an error injected, the workload stops at the failing statement; the database must then
 /// hold an atomic prefix covering every acknowledged commit, before and after a clean reopen.
 fn io_error_trial(fault: IoFault, capacity: Option<u64>, seed: u64) -> (u32, Result<u32, String>, bool) {
-    let seeds = SeedTree::new(seed);
-    let rt = Runtime::new(seeds, NetConfig::default(), DiskConfig::default(), std::time::Duration::from_secs(60));
-    rt.block_on(async move {
-        let disk = DiskSim::current();
-        let node = madsim::plugin::node();
-        disk.add_node(node, "oracle", DiskFaults { capacity_bytes: capacity, ..DiskFaults::none() }, &seeds);
+    in_world(seed, DiskFaults { capacity_bytes: capacity, ..DiskFaults::none() }, |disk, node| {
         disk.arm_io_fault(node, fault);
         let acked = workload(WAL_FULL, 12);
         let failed = acked < 12;
@@ -313,12 +307,7 @@ fn io_errors_and_full_disk_leave_the_database_consistent() {
 /// survived and goes on committing (the WAL is not checkpointed in between, as in a server that
 /// stays up), then a second cut. Returns (acknowledged, recovered) over all commits.
 fn two_crash_trial(mode: Mode, n: u32, cut1: u64, cut2_after: u64, seed: u64) -> (u32, Result<u32, String>) {
-    let seeds = SeedTree::new(seed);
-    let rt = Runtime::new(seeds, NetConfig::default(), DiskConfig::default(), std::time::Duration::from_secs(60));
-    rt.block_on(async move {
-        let disk = DiskSim::current();
-        let node = madsim::plugin::node();
-        disk.add_node(node, "oracle", faults(), &seeds);
+    in_world(seed, faults(), |disk, node| {
         disk.power_cut_at(node, cut1);
         let first = workload(mode, n);
         disk.boot(node);
