@@ -5,9 +5,11 @@
 
 mod api;
 pub mod blobs_world;
+pub mod jobs_world;
 pub mod plan;
 pub mod procs;
 pub mod run;
+pub mod sim_fs;
 pub mod sync_basic;
 pub mod transport;
 

@@ -90,6 +90,9 @@ pub struct Plan {
     /// Blob traffic and blob store faults; without it the world has no blob store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blobs: Option<crate::blobs_world::BlobPlan>,
+    /// The jobs node and its operations; without it the world has no jobs node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<crate::jobs_world::JobsPlan>,
     /// When every fault ends and the liveness phase starts.
     pub heal_at_ms: u64,
     /// How long the devices have to converge after the heal.
@@ -175,6 +178,7 @@ impl Plan {
             return Err(format!("heal_at_ms must be at most {HEAL_AT_MS_MAX} and liveness_ms_max within 1..={LIVENESS_MS_MAX}"));
         }
         crate::blobs_world::validate(self)?;
+        crate::jobs_world::validate(self)?;
         self.knobs.validate()
     }
 }

@@ -41,6 +41,7 @@ enum Step {
     Fault(FaultStep),
     Boot(String),
     Blob(crate::blobs_world::BlobStep),
+    Jobs(crate::jobs_world::JobsStep),
 }
 
 /// What the world hands back to `execute`.
@@ -143,6 +144,10 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
     if let Some(b) = &blobs {
         nodes.add(crate::blobs_world::BLOBSTORE_NODE, b.node, drill_sim::disk::DiskFaults::none(), &seeds);
     }
+    let jobs = plan.jobs.as_ref().map(|_| crate::jobs_world::JobsWorld::create(&handle, &shared));
+    if let Some(j) = &jobs {
+        nodes.add(crate::jobs_world::JOBS_NODE, j.node, plan.knobs.disk.crash, &seeds);
+    }
     let mut mailboxes: BTreeMap<String, Arc<Mutex<Mailbox>>> = BTreeMap::new();
     let mut transports: BTreeMap<String, Arc<Mutex<TransportState>>> = BTreeMap::new();
     for (i, spec) in plan.clients.iter().enumerate() {
@@ -163,7 +168,7 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
         nodes.add(&spec.name, node.id(), plan.knobs.disk.crash, &seeds);
         mailboxes.insert(spec.name.clone(), mailbox);
     }
-    let mut w = World { plan: &plan, shared, nodes, mailboxes, transports, server, slot, start: clock::now(), steps: 0, timeline: BTreeMap::new(), next_key: 0, blobs };
+    let mut w = World { plan: &plan, shared, nodes, mailboxes, transports, server, slot, start: clock::now(), steps: 0, timeline: BTreeMap::new(), next_key: 0, blobs, jobs };
     if let Some(keep) = plan.server_retention {
         *w.nodes.counts.entry("server.retention".into()).or_default() += 1;
         trace::emit("server", "fault.retention", json!({"keep_events": keep}));
@@ -173,6 +178,10 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
     let liveness = w.heal_and_converge().await;
     if let (None, Some(b)) = (&liveness, &w.blobs) {
         b.final_round(&w.mailboxes, w.server.id(), &w.slot).await;
+    }
+    if let Some(j) = &w.jobs {
+        j.final_round().await;
+        j.add_counts(&mut w.nodes.counts);
     }
     w.judge(liveness.is_none()).await;
     let faults = w.nodes.counts.clone();
@@ -195,6 +204,8 @@ struct World<'a> {
     next_key: u64,
     /// The object store, when the plan has blobs.
     blobs: Option<crate::blobs_world::BlobWorld>,
+    /// The jobs node, when the plan has jobs.
+    jobs: Option<crate::jobs_world::JobsWorld>,
 }
 
 impl World<'_> {
@@ -220,6 +231,9 @@ impl World<'_> {
         }
         for (t, s) in crate::blobs_world::steps(self.plan) {
             self.at(t, Step::Blob(s));
+        }
+        for (t, s) in crate::jobs_world::steps(self.plan) {
+            self.at(t, Step::Jobs(s));
         }
     }
 
@@ -312,6 +326,12 @@ impl World<'_> {
             Step::Blob(s) => {
                 if let Some(b) = self.blobs.as_mut() {
                     b.apply(s, &mut self.nodes.counts);
+                }
+            }
+            Step::Jobs(s) => {
+                let down = self.nodes.is_down(crate::jobs_world::JOBS_NODE);
+                if let Some(j) = self.jobs.as_mut() {
+                    j.apply(s, down);
                 }
             }
         }

@@ -82,6 +82,7 @@ pub fn plan(seed: u64, profile: &str, knobs: Knobs, transport_knobs: TransportKn
         transport_faults: Vec::new(),
         server_retention: if profile == "swarm" && rng.gen_bool(0.3) { Some(rng.gen_range(4..=20)) } else { None },
         blobs: None,
+        jobs: None,
         heal_at_ms: shape.duration_ms + 500,
         liveness_ms_max: 30_000,
     };
@@ -91,6 +92,7 @@ pub fn plan(seed: u64, profile: &str, knobs: Knobs, transport_knobs: TransportKn
     plan.transport_faults = plan.transport_knobs.schedule(&devices, shape.duration_ms, &mut seeds.stream("transport"));
     if profile == "swarm" {
         crate::blobs_world::add_to_plan(&mut plan, &seeds, shape.duration_ms);
+        crate::jobs_world::add_to_plan(&mut plan, &seeds, shape.duration_ms);
     }
     plan
 }

@@ -109,6 +109,7 @@ fn build(n: usize, ops: Vec<(u64, usize, Action)>, faults: Vec<(u64, FaultSpec)>
         liveness_ms_max: 30_000,
         server_retention: retention,
         blobs: None,
+        jobs: None,
     }
 }
 

@@ -351,7 +351,8 @@ impl JobsDb {
         &self.name
     }
 
-    pub(crate) fn conn(&self) -> &Connection {
+    /// The connection, for operator queries (and tests that damage a database on purpose).
+    pub fn conn(&self) -> &Connection {
         &self.conn
     }
 
