@@ -158,9 +158,23 @@ fn a_staged_blob_unreadable_after_the_heal_breaks_object() {
     c.observe(Fact::Blob(BlobFact::FinalRound), 5);
     c.observe(read("b-2", "k2", 500, Some("s3:NoSuchKey"), 1, None), 6);
     assert!(ids(&c).is_empty(), "an orphan cannot be read");
-    c.observe(Fact::Blob(BlobFact::Injected { key: "k1".into(), code: "s3:InternalError".into() }), 7);
-    c.observe(read("b-1", "k1", 500, Some("s3:InternalError"), 4, None), 8);
+    c.observe(read("b-1", "k1", 500, Some("s3:timeout"), 4, None), 7);
+    assert!(ids(&c).is_empty(), "a message lost to the network even after retries proves nothing");
+    c.observe(Fact::Blob(BlobFact::Injected { key: "k1".into(), code: "s3:InternalError".into() }), 8);
+    c.observe(read("b-1", "k1", 500, Some("s3:InternalError"), 4, None), 9);
     assert_eq!(ids(&c), vec!["INV-BLOB-OBJECT"]);
+}
+
+#[test]
+fn an_injection_before_the_heal_explains_nothing_after_it() {
+    let mut c = checker();
+    c.observe(staged("b-1", "k1", "aaa"), 2);
+    c.observe(Fact::Blob(BlobFact::Injected { key: "k1".into(), code: "s3:AccessDenied".into() }), 3);
+    c.observe(read("b-1", "k1", 500, Some("s3:AccessDenied"), 1, None), 4);
+    assert!(ids(&c).is_empty());
+    c.observe(Fact::Blob(BlobFact::FinalRound), 5);
+    c.observe(read("b-1", "k1", 500, Some("s3:AccessDenied"), 1, None), 6);
+    assert!(ids(&c).contains(&"INV-BLOB-OBJECT".to_string()));
 }
 
 #[test]

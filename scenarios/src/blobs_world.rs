@@ -258,7 +258,13 @@ fn answer_s3(ctx: &BlobStoreCtx, req: &S3Request) -> drill_stack::blobs::s3::S3R
     }
     match lock(&ctx.slot).as_mut() {
         Some(s) => s.handle(req, injected),
-        None => S3Response::Error { code: S3ErrorCode::ServiceUnavailable, message: "the store is starting".into() },
+        None => {
+            // Not injected, but the store's own answer all the same: the model hears of it.
+            let code = S3ErrorCode::ServiceUnavailable;
+            let fact = BlobFact::Injected { key: req.key().to_string(), code: code.kind().code().to_string() };
+            record(&ctx.shared, BLOBSTORE_NODE, "blob.unavailable", json!({"op": req.op(), "key": req.key()}), Some(Fact::Blob(fact)));
+            S3Response::Error { code, message: "the store is starting".into() }
+        }
     }
 }
 
