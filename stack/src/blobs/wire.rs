@@ -212,5 +212,13 @@ mod tests {
         let resp = BlobResponse::ok(BlobBody { bytes: Some(vec![0, 255]), attempts: 2, ..BlobBody::default() });
         let text = serde_json::to_string(&resp).unwrap();
         assert_eq!(serde_json::from_str::<BlobResponse>(&text).unwrap(), resp);
+        // Inside the sync protocol's envelope, as the server and devices exchange them.
+        use crate::proto::{decode, encode, Envelope, Request, Response, PROTOCOL_VERSION};
+        let bytes = encode(PROTOCOL_VERSION, 9, &Request::Blob(req.clone()));
+        let env: Envelope<Request> = decode(&bytes).unwrap();
+        assert_eq!(env.body, Request::Blob(req));
+        let bytes = encode(PROTOCOL_VERSION, 9, &Response::Blob(Box::new(resp.clone())));
+        let env: Envelope<Response> = decode(&bytes).unwrap();
+        assert_eq!(env.body, Response::Blob(Box::new(resp)));
     }
 }
