@@ -55,6 +55,7 @@ impl Runtime {
         let mut rt = madsim::runtime::Runtime::with_seed_and_config(seeds.derive_u64("madsim"), config);
         rt.add_simulator::<DiskSim>();
         rt.add_simulator::<ClockSim>();
+        rt.add_simulator::<NodeList>();
         rt.set_time_limit(time_limit);
         Runtime { rt, seeds, disk, elapsed_ms: std::cell::Cell::new(0), _lock: lock }
     }
@@ -81,6 +82,57 @@ impl Runtime {
     /// The underlying madsim runtime, to create nodes before `block_on`.
     pub fn madsim(&self) -> &madsim::runtime::Runtime {
         &self.rt
+    }
+}
+
+impl Drop for Runtime {
+    /// Stops every node's processes before the world goes, so that their memory goes with it.
+    ///
+    /// A process waiting for its mailbox or a socket holds, inside its own future, the waker
+    /// that would run it again: madsim never drops such a task by itself, and with it would keep
+    /// the process's database connection and, through the connection's file handles, the whole
+    /// simulated disk. Without this, every run left its disk behind and a worker grew by
+    /// megabytes a seed. Killed tasks are dropped by the executor, so the kills run in one last
+    /// turn of it, after the disks are powered off: a closing connection would otherwise
+    /// checkpoint its WAL, work nobody reads. By then the run is over (its trace recorder is
+    /// gone), so nothing the dying processes do is recorded. Skipped while unwinding from a
+    /// panic, to not panic twice.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        self.rt.block_on(async {
+            DiskSim::current().power_off_all();
+            let handle = madsim::runtime::Handle::current();
+            let main = madsim::plugin::node();
+            for id in madsim::plugin::simulator::<NodeList>().ids() {
+                if id != main {
+                    handle.kill(id);
+                }
+            }
+        });
+    }
+}
+
+/// Every node the world created (madsim tells its simulators), so that [`Runtime`] can stop
+/// them all when it is dropped.
+struct NodeList {
+    ids: Mutex<Vec<NodeId>>,
+}
+
+impl NodeList {
+    fn ids(&self) -> Vec<NodeId> {
+        self.ids.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl madsim::plugin::Simulator for NodeList {
+    fn new(_rand: &madsim::rand::GlobalRng, _time: &madsim::time::TimeHandle, _config: &madsim::Config) -> Self {
+        NodeList { ids: Mutex::new(Vec::new()) }
+    }
+
+    fn create_node(&self, id: NodeId) {
+        self.ids.lock().unwrap_or_else(|e| e.into_inner()).push(id);
     }
 }
 

@@ -205,10 +205,14 @@ fn choose(model: &CrashModel, rng: &mut Stream, can_tear: bool) -> Outcome {
 
 fn write_at(buf: &mut Vec<u8>, data: &[u8], offset: u64) {
     let off = offset as usize;
-    if buf.len() < off + data.len() {
-        buf.resize(off + data.len(), 0);
+    // Files grow mostly by appends (WAL frames, new pages): extend rather than zero-fill and
+    // overwrite, which cost as much as the copy itself. A hole before `off` reads as zeros.
+    if buf.len() < off {
+        buf.resize(off, 0);
     }
-    buf[off..off + data.len()].copy_from_slice(data);
+    let overlap = (buf.len() - off).min(data.len());
+    buf[off..off + overlap].copy_from_slice(&data[..overlap]);
+    buf.extend_from_slice(&data[overlap..]);
 }
 
 /// Applies one entry to an image. `creating` allows a `Create` to bring a missing file into being.
@@ -264,6 +268,21 @@ mod tests {
 
     fn model(keep: f64, tear: f64) -> CrashModel {
         CrashModel { keep_probability: keep, tear_probability: tear, sector_size: 512 }
+    }
+
+    #[test]
+    fn writes_land_inside_across_and_past_the_end() {
+        let mut buf = b"abcdef".to_vec();
+        write_at(&mut buf, b"XY", 1);
+        assert_eq!(buf, b"aXYdef");
+        write_at(&mut buf, b"123", 4);
+        assert_eq!(buf, b"aXYd123");
+        write_at(&mut buf, b"z", 7);
+        assert_eq!(buf, b"aXYd123z");
+        write_at(&mut buf, b"!", 10);
+        assert_eq!(buf, b"aXYd123z\0\0!");
+        write_at(&mut buf, b"", 20);
+        assert_eq!(buf.len(), 20, "an empty write past the end still extends the file, as before");
     }
 
     #[test]

@@ -311,6 +311,15 @@ impl DiskSim {
         });
     }
 
+    /// Cuts power to every node when a world ends, without deciding any crash: every later call
+    /// is refused and changes nothing, so processes dropped after the run (whose connections
+    /// would otherwise checkpoint on close) cost nothing.
+    pub(crate) fn power_off_all(&self) {
+        for d in self.lock().nodes.values_mut() {
+            d.down = true;
+        }
+    }
+
     /// Whether `id` has a disk and it is powered off; false for nodes without a disk.
     pub fn is_known_and_down(&self, id: NodeId) -> bool {
         self.lock().nodes.get(&id).is_some_and(|d| d.down)
