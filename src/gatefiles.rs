@@ -1,5 +1,6 @@
-//! The files of a gate folder (summary.json, junit.xml, report.md, report.html) for `drill gate`
-//! and `drill merge`, the links from its reports to run folders, and preparing the folder.
+//! The files of a gate or sweep folder (summary.json, junit.xml, report.md, report.html) for
+//! `drill gate`, `drill sweep` and `drill merge`, the links from its reports to run folders, and
+//! preparing a gate's folder.
 
 use std::fs;
 use std::path::{Component, Path, PathBuf};
@@ -20,6 +21,18 @@ pub const NONDETERMINISTIC_DIR: &str = "nondeterministic";
 /// Writes summary.json, junit.xml, report.md and report.html into `out`.
 pub fn write_gate_files(out: &Path, g: &GateSummary) -> Result<(), CliError> {
     write_json(&out.join(SUMMARY_FILE), g)?;
+    write_reports(out, g)
+}
+
+/// Writes a sweep's summary.json, and its junit.xml, report.md and report.html rendered as a
+/// gate's without drills, determinism sample or coverage ([`GateSummary::of_sweep`]).
+pub fn write_sweep_files(out: &Path, s: &SweepSummary) -> Result<(), CliError> {
+    write_json(&out.join(SUMMARY_FILE), s)?;
+    write_reports(out, &GateSummary::of_sweep(s))
+}
+
+/// Writes junit.xml, report.md and report.html into `out`, linking failing runs' timelines.
+fn write_reports(out: &Path, g: &GateSummary) -> Result<(), CliError> {
     let link = |folder: &str| timeline_href(out, folder);
     write_text(&out.join(JUNIT_FILE), &render_junit(g))?;
     write_text(&out.join(MARKDOWN_FILE), &render_markdown(g, &link))?;

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use drill_reports::{Summary, SweepSummary};
 
 use crate::error::CliError;
-use crate::runfiles::{read_json, PLAN_FILE, RUN_FILES, SUMMARY_FILE, TRACE_FILE};
+use crate::gatefiles::{JUNIT_FILE, MARKDOWN_FILE};
+use crate::runfiles::{read_json, PLAN_FILE, REPORT_FILE, RUN_FILES, SUMMARY_FILE, TRACE_FILE};
 
 /// The scratch folder inside a sweep folder where workers write runs in progress. It sits inside
 /// the sweep folder so that keeping a failing run is a rename on the same file system.
@@ -34,7 +35,8 @@ pub fn prepare_run_dir(dir: &Path) -> Result<Vec<PathBuf>, CliError> {
     }
 }
 
-/// Makes `dir` ready for a sweep: summary.json, seed-N/ folders and the scratch folder.
+/// Makes `dir` ready for a sweep: summary.json, its reports (junit.xml, report.md,
+/// report.html), seed-N/ folders and the scratch folder.
 pub fn prepare_sweep_dir(dir: &Path) -> Result<(), CliError> {
     match list(dir)? {
         None => create(dir),
@@ -157,7 +159,11 @@ fn remove_run_files(dir: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-/// A previous sweep: its summary.json or its scratch folder, plus seed-N/ run folders.
+/// The report files a sweep writes next to its summary.json.
+const SWEEP_REPORTS: [&str; 3] = [JUNIT_FILE, MARKDOWN_FILE, REPORT_FILE];
+
+/// A previous sweep: its summary.json or its scratch folder, plus its reports and seed-N/ run
+/// folders.
 fn is_previous_sweep(dir: &Path, names: &[String]) -> bool {
     let marked = names.iter().any(|n| n == SUMMARY_FILE || n == WORK_DIR);
     marked
@@ -170,6 +176,9 @@ fn is_sweep_entry(path: &Path, name: &str) -> bool {
     if name == SUMMARY_FILE {
         return path.is_file() && read_json::<SweepSummary>(path).is_ok();
     }
+    if SWEEP_REPORTS.contains(&name) {
+        return path.is_file();
+    }
     if name == WORK_DIR {
         return is_real_dir(path)
             && subfolders(path).is_some_and(|dirs| dirs.iter().all(|d| holds_only_run_files(d)));
@@ -181,7 +190,7 @@ fn remove_sweep(dir: &Path, names: &[String]) -> Result<(), CliError> {
     for name in names {
         let path = dir.join(name);
         // Every entry was checked above to be drill's own output.
-        let removed = if name == SUMMARY_FILE {
+        let removed = if name == SUMMARY_FILE || SWEEP_REPORTS.contains(&name.as_str()) {
             fs::remove_file(&path)
         } else {
             fs::remove_dir_all(&path)

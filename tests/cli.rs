@@ -230,6 +230,125 @@ fn bad_input_exits_2_with_one_error_line_and_writes_nothing() {
     assert!(!t.join("drill-out").exists(), "bad input created drill-out");
 }
 
+/// A sweep's `--out` whose name needs escaping in XML, HTML and markdown.
+const NASTY_OUT: &str = "sw <&> \"q\"";
+
+/// Checks that the sweep folder `dir`, whose summary is `s`, holds exactly the summary, its
+/// reports and one folder per failing seed; that junit.xml is well-formed XML with one failing
+/// test case per failing seed; and that report.html is one page loading nothing from elsewhere
+/// and linking each failing seed's timeline.
+fn assert_sweep_files(dir: &Path, s: &Value) {
+    let failing = s["failing"].as_array().unwrap();
+    let seeds: Vec<u64> = failing
+        .iter()
+        .map(|f| f["seed"].as_u64().unwrap())
+        .collect();
+    let mut expected: Vec<String> = ["junit.xml", "report.html", "report.md", "summary.json"]
+        .map(String::from)
+        .to_vec();
+    expected.extend(seeds.iter().map(|n| format!("seed-{n}")));
+    expected.sort();
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, expected);
+
+    let junit = fs::read_to_string(dir.join("junit.xml")).unwrap();
+    assert_eq!(xml_root(&junit), "testsuites", "{junit}");
+    // One passing case for the sweep as a whole, one failing case per failing seed.
+    assert_eq!(
+        junit.matches("<testcase ").count(),
+        1 + seeds.len(),
+        "{junit}"
+    );
+    assert_eq!(junit.matches("<failure ").count(), seeds.len(), "{junit}");
+    let scenario = s["scenario"].as_str().unwrap();
+    for n in &seeds {
+        let case = format!("<testcase name=\"{scenario} seed {n}\"");
+        assert_eq!(junit.matches(&case).count(), 1, "{case}: {junit}");
+    }
+
+    let md = fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.starts_with("# drill sweep: "), "{md}");
+    let html = fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>"), "{html}");
+    for remote in ["http://", "https://", "<link", " src="] {
+        assert!(
+            !html.contains(remote),
+            "report.html refers elsewhere ({remote})"
+        );
+    }
+    for n in &seeds {
+        assert!(
+            html.contains(&format!("href=\"seed-{n}/report.html\"")),
+            "{html}"
+        );
+        // A run that panicked before it began has no trace, and so no timeline.
+        let seed = dir.join(format!("seed-{n}"));
+        if seed.join("trace.jsonl").is_file() {
+            assert!(seed.join("report.html").is_file());
+        }
+    }
+}
+
+/// The root element of `xml`, after checking that it is well-formed enough for a CI system: an
+/// XML declaration, elements that nest and close, one root, quoted attributes, and no `<` or
+/// stray `&` in text or attribute values.
+fn xml_root(xml: &str) -> String {
+    let rest = xml.strip_prefix("<?xml ").expect("an XML declaration");
+    let mut rest = &rest[rest.find("?>").expect("the declaration ends") + 2..];
+    let escaped = |t: &str| {
+        t.split('&').skip(1).all(|e| {
+            ["amp;", "lt;", "gt;", "quot;", "apos;", "#"]
+                .iter()
+                .any(|entity| e.starts_with(entity))
+        })
+    };
+    let (mut stack, mut root) = (Vec::<String>::new(), None::<String>);
+    while let Some(open) = rest.find('<') {
+        let text = &rest[..open];
+        assert!(escaped(text), "unescaped & in {text:?}");
+        assert!(
+            !stack.is_empty() || text.trim().is_empty(),
+            "text outside the root: {text:?}"
+        );
+        let close = rest[open..].find('>').expect("a tag ends") + open;
+        let tag = &rest[open + 1..close];
+        rest = &rest[close + 1..];
+        assert!(!tag.contains('<') && escaped(tag), "malformed tag <{tag}>");
+        if let Some(name) = tag.strip_prefix('/') {
+            assert_eq!(
+                stack.pop().as_deref(),
+                Some(name),
+                "</{name}> closes nothing open"
+            );
+            continue;
+        }
+        let empty = tag.ends_with('/');
+        let tag = tag.trim_end_matches('/');
+        let name = tag.split_whitespace().next().expect("an element name");
+        let attrs = tag[name.len()..].trim();
+        // name="value" pairs: the quotes come in pairs and no value holds a quote.
+        assert_eq!(
+            attrs.matches('"').count(),
+            2 * attrs.matches("=\"").count(),
+            "<{tag}>"
+        );
+        if stack.is_empty() {
+            assert!(root.is_none(), "a second root <{name}>");
+            root = Some(name.to_string());
+        }
+        if !empty {
+            stack.push(name.to_string());
+        }
+    }
+    assert!(stack.is_empty(), "unclosed {stack:?}");
+    assert!(rest.trim().is_empty(), "text after the root: {rest:?}");
+    root.expect("a root element")
+}
+
 #[test]
 fn sweep_counts_every_seed_and_keeps_only_failing_folders() {
     let tmp = tempfile::tempdir().unwrap();
@@ -264,11 +383,8 @@ fn sweep_counts_every_seed_and_keeps_only_failing_folders() {
             .unwrap()
             .starts_with("drill run --seed "));
     }
-    // Only the summary and the failing seeds' folders remain.
-    assert_eq!(
-        fs::read_dir(tmp.path().join("sw")).unwrap().count(),
-        1 + failing.len()
-    );
+    // Only the summary, its reports and the failing seeds' folders remain.
+    assert_sweep_files(&tmp.path().join("sw"), &s);
     assert!(stdout(&out)
         .lines()
         .last()
@@ -299,6 +415,7 @@ fn a_fault_free_sweep_passes_and_replaces_its_previous_folder() {
             (Some(3), Some("pass"))
         );
         assert!(s["seeds_per_second"].as_f64().unwrap() > 0.0);
+        assert_sweep_files(&tmp.path().join("sw"), &s);
     }
     // A run folder is not a sweep folder: the sweep refuses it and leaves it alone.
     let run = run_into(tmp.path(), "run", &["--seed", "1", "--profile", "none"]);
@@ -404,11 +521,11 @@ fn a_sweep_survives_panicking_and_dying_workers() {
         "--jobs",
         "2",
         "--out",
-        "sw",
+        NASTY_OUT,
     ];
     let out = with_worker_faults(tmp.path(), &args);
     assert_eq!(code(&out), 1, "{}{}", stdout(&out), stderr(&out));
-    let s = read_json(&tmp.path().join("sw/summary.json"));
+    let s = read_json(&tmp.path().join(NASTY_OUT).join("summary.json"));
     assert_eq!(
         (
             s["counts"]["pass"].as_u64(),
@@ -435,6 +552,14 @@ fn a_sweep_survives_panicking_and_dying_workers() {
         "{messages}"
     );
     assert!(stdout(&out).contains("drill run --seed 1 --scenario sync-basic --profile none"));
+    // The failing folders' paths hold markup characters, which the reports escape.
+    let dir = tmp.path().join(NASTY_OUT);
+    assert_sweep_files(&dir, &s);
+    let junit = fs::read_to_string(dir.join("junit.xml")).unwrap();
+    assert!(
+        junit.contains("folder: sw &lt;&amp;&gt; &quot;q&quot;/seed-1"),
+        "{junit}"
+    );
 }
 
 #[test]

@@ -205,6 +205,17 @@ fn four_shards_merged_count_what_the_whole_sweep_counts() {
         assert_eq!(a[field], b[field], "{field} differs");
     }
     assert!(b.get("shard").is_none());
+    // A merge of sweeps writes a sweep's reports too.
+    for (dir, file) in [("whole", "junit.xml"), ("merged", "junit.xml")] {
+        let junit = fs::read_to_string(t.join(dir).join(file)).unwrap();
+        assert!(
+            junit.contains("<testsuites name=\"drill sweep\""),
+            "{dir}: {junit}"
+        );
+    }
+    let md = fs::read_to_string(t.join("merged/report.md")).unwrap();
+    assert!(md.starts_with("# drill sweep: pass"), "{md}");
+    assert!(t.join("merged/report.html").is_file());
 
     // Overlapping or incomplete parts are refused, and nothing is written.
     for parts in [
@@ -219,6 +230,45 @@ fn four_shards_merged_count_what_the_whole_sweep_counts() {
         assert_eq!(code(&out), 2, "{parts:?}: {}", text(&out));
         assert!(!t.join("refused").exists());
     }
+}
+
+#[test]
+fn merged_sweep_reports_link_the_failing_seeds_in_their_shards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    for i in 1..=2 {
+        let (shard, dir) = (format!("{i}/2"), format!("part-{i}"));
+        let args = [
+            "sweep",
+            "--seeds",
+            "1..=4",
+            "--profile",
+            "none",
+            "--shard",
+            &shard,
+            "--jobs",
+            "1",
+            "--out",
+            &dir,
+        ];
+        let out = drill_env(t, &args, &[("DRILL_TEST_WORKER_FAULT", "panic:2")]);
+        assert_eq!(code(&out), if i == 1 { 1 } else { 0 }, "{}", text(&out));
+    }
+    let out = drill(t, &["merge", "part-1", "part-2", "--out", "merged"]);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let junit = fs::read_to_string(t.join("merged/junit.xml")).unwrap();
+    assert!(
+        junit.contains("<testcase name=\"sync-basic seed 2\""),
+        "{junit}"
+    );
+    assert_eq!(junit.matches("<failure ").count(), 1, "{junit}");
+    let html = fs::read_to_string(t.join("merged/report.html")).unwrap();
+    assert!(
+        html.contains("href=\"../part-1/seed-2/report.html\""),
+        "{html}"
+    );
+    let md = fs::read_to_string(t.join("merged/report.md")).unwrap();
+    assert!(md.contains("[2](../part-1/seed-2/report.html)"), "{md}");
 }
 
 #[test]

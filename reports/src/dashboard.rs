@@ -1,5 +1,6 @@
 //! A gate's `report.html`: outcomes, faults by kind, the drill coverage matrix, invariant check
-//! counts, the slowest seeds, and a link to each failing seed's timeline.
+//! counts, the slowest seeds, and a link to each failing seed's timeline. A sweep's (a sweep
+//! viewed as a gate, [`GateSummary::of_sweep`]) leaves out drills, determinism and slowest runs.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -12,11 +13,12 @@ use crate::{Outcome, OutcomeCounts};
 pub fn render_dashboard(g: &GateSummary, link: &dyn Fn(&str) -> String) -> String {
     let s = &g.sweep;
     let mut body = format!(
-        "<h1>drill gate {}</h1>",
+        "<h1>drill {} {}</h1>",
+        g.what(),
         badge(g.verdict.as_str(), g.verdict.as_str())
     );
     let shard = s.shard.map_or("all".to_string(), |sh| sh.to_string());
-    body.push_str(&facts(&[
+    let mut rows = vec![
         (
             "sweep",
             text(&format!("{} / {} seeds {}", s.scenario, s.profile, s.seeds)),
@@ -28,7 +30,9 @@ pub fn render_dashboard(g: &GateSummary, link: &dyn Fn(&str) -> String) -> Strin
             "wall clock",
             format!("{:.1} s, {:.1} seeds/s", g.wall_seconds, s.seeds_per_second),
         ),
-        (
+    ];
+    if !g.is_sweep() {
+        rows.push((
             "determinism",
             text(&format!(
                 "{} of {} sampled seeds run twice, {} mismatches",
@@ -36,14 +40,17 @@ pub fn render_dashboard(g: &GateSummary, link: &dyn Fn(&str) -> String) -> Strin
                 g.determinism.sampled,
                 g.determinism.mismatches.len()
             )),
-        ),
-    ]));
+        ));
+    }
+    body.push_str(&facts(&rows));
     for p in &g.shortfalls {
         let _ = write!(body, "<div class=\"alert\">coverage: {}</div>", text(p));
     }
     body.push_str(&outcomes(g));
     body.push_str(&failing(g, link));
-    body.push_str(&drills(g));
+    if !g.is_sweep() {
+        body.push_str(&drills(g));
+    }
     body.push_str("<div class=\"cols\">");
     body.push_str(&bars(
         "Invariant checks",
@@ -54,8 +61,15 @@ pub fn render_dashboard(g: &GateSummary, link: &dyn Fn(&str) -> String) -> Strin
     ));
     body.push_str(&bars("Faults by kind", s.faults.clone()));
     body.push_str("</div>");
-    body.push_str(&slowest(g));
-    page(&format!("drill gate: {}", g.verdict), CSS, &body, "")
+    if !g.is_sweep() {
+        body.push_str(&slowest(g));
+    }
+    page(
+        &format!("drill {}: {}", g.what(), g.verdict),
+        CSS,
+        &body,
+        "",
+    )
 }
 
 const CSS: &str =

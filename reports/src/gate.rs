@@ -9,6 +9,9 @@ use crate::{add_counts, FailingSeed, Outcome, OutcomeCounts, SeedRange, Shard, S
 
 /// The value of [`GateSummary::kind`], which tells a gate's summary.json from a sweep's.
 pub const GATE_KIND: &str = "gate";
+/// The value of [`GateSummary::kind`] for a sweep viewed as a gate ([`GateSummary::of_sweep`]),
+/// which only drill's renderers see: a sweep's summary.json is the [`SweepSummary`] itself.
+pub const SWEEP_KIND: &str = "sweep";
 /// Slowest runs a gate summary lists.
 pub const SLOWEST_MAX: usize = 10;
 
@@ -159,6 +162,52 @@ pub struct GateSummary {
 }
 
 impl GateSummary {
+    /// A sweep viewed as a gate with no drills, no determinism sample and no coverage judgement,
+    /// so that the gate's renderers write a sweep's junit.xml, report.md and report.html. The
+    /// verdict and exit code are the sweep's worst outcome's (a sweep has no shortfall), and the
+    /// invariants are those the sweep checked.
+    pub fn of_sweep(s: &SweepSummary) -> GateSummary {
+        let verdict = Verdict::from(s.outcome);
+        GateSummary {
+            format_version: s.format_version,
+            drill_version: s.drill_version.clone(),
+            kind: SWEEP_KIND.to_string(),
+            sweep: s.clone(),
+            drills: Vec::new(),
+            determinism: Determinism::default(),
+            invariants: s
+                .checks
+                .iter()
+                .map(|(id, n)| InvariantCoverage {
+                    id: id.clone(),
+                    checks: *n,
+                })
+                .collect(),
+            unrun: 0,
+            shortfalls: Vec::new(),
+            coverage_judged: false,
+            slowest: Vec::new(),
+            verdict,
+            exit_code: verdict.exit_code(),
+            wall_seconds: s.wall_seconds,
+        }
+    }
+
+    /// True for a sweep viewed as a gate ([`GateSummary::of_sweep`]): its reports leave out the
+    /// drills, the determinism sample, coverage and the slowest runs.
+    pub fn is_sweep(&self) -> bool {
+        self.kind == SWEEP_KIND
+    }
+
+    /// `gate` or `sweep`, for the reports' titles.
+    pub fn what(&self) -> &'static str {
+        if self.is_sweep() {
+            SWEEP_KIND
+        } else {
+            GATE_KIND
+        }
+    }
+
     /// Counts checks per registry invariant, lists shortfalls (when `judge_coverage`), and sets
     /// the verdict and exit code.
     pub fn judge(&mut self, invariant_ids: &[&str], judge_coverage: bool) {
@@ -525,5 +574,78 @@ mod tests {
         g.sweep.counts.add(Outcome::Liveness);
         g.judge(&["INV-A", "INV-B"], true);
         assert_eq!((g.verdict, g.exit_code), (Verdict::Liveness, 3));
+    }
+
+    #[test]
+    fn a_sweep_viewed_as_a_gate_keeps_the_sweeps_outcome() {
+        let mut s = sweep(1, 3, None, 2);
+        s.counts.add(Outcome::Liveness);
+        s.outcome = s.counts.worst();
+        let g = GateSummary::of_sweep(&s);
+        assert!(g.is_sweep() && !g.coverage_judged && g.drills.is_empty());
+        assert_eq!((g.verdict, g.exit_code), (Verdict::Liveness, 3));
+        assert_eq!(
+            g.invariants,
+            [InvariantCoverage {
+                id: "INV-A".into(),
+                checks: 2
+            }]
+        );
+        assert_eq!(g.what(), "sweep");
+    }
+
+    #[test]
+    fn a_sweeps_reports_leave_out_what_only_a_gate_has() {
+        let mut s = sweep(1, 3, None, 2);
+        s.counts.add(Outcome::Violation);
+        s.outcome = s.counts.worst();
+        s.failing.push(FailingSeed {
+            seed: 3,
+            outcome: Outcome::Violation,
+            first_violation: None,
+            replay: "drill run --seed 3".into(),
+            folder: "out/seed-<3>".into(),
+        });
+        let g = GateSummary::of_sweep(&s);
+        let link = |f: &str| format!("{f}/report.html");
+        let junit = crate::render_junit(&g);
+        assert!(
+            junit.contains("<testsuites name=\"drill sweep\""),
+            "{junit}"
+        );
+        assert_eq!(junit.matches("<testsuite ").count(), 1, "{junit}");
+        assert_eq!(junit.matches("<testcase ").count(), 2, "{junit}");
+        assert!(junit.contains("out/seed-&lt;3&gt;") && !junit.contains("seed-<3>"));
+        let md = crate::render_markdown(&g, &link);
+        assert!(md.starts_with("# drill sweep: violation"), "{md}");
+        assert!(
+            !md.contains("Determinism") && !md.contains("## Drills") && !md.contains("Slowest")
+        );
+        assert!(md.contains("| sweep | 2 | 1 | 0 | 0 |"), "{md}");
+        let html = crate::render_dashboard(&g, &link);
+        assert!(html.contains("<title>drill sweep: violation</title>"));
+        assert!(
+            html.contains("href=\"out/seed-&lt;3&gt;/report.html\""),
+            "{html}"
+        );
+        assert!(!html.contains("Drill coverage") && !html.contains("<dt>determinism</dt>"));
+    }
+
+    #[test]
+    fn the_markdown_outcome_table_has_one_delimiter_row_as_wide_as_its_header() {
+        let md = crate::render_markdown(&gate(), &|f: &str| f.to_string());
+        let lines: Vec<&str> = md
+            .lines()
+            .skip_while(|l| !l.starts_with("| runs |"))
+            .collect();
+        assert_eq!(
+            lines[0].matches('|').count(),
+            lines[1].matches('|').count(),
+            "{md}"
+        );
+        assert!(
+            lines[1].starts_with("|---|") && lines[2].starts_with("| sweep |"),
+            "{md}"
+        );
     }
 }

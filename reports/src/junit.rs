@@ -1,17 +1,20 @@
 //! A gate's `junit.xml`: one test case per drill, per failing seed, per nondeterministic seed
 //! and per invariant, so that CI systems show what failed without reading drill's own files.
+//! A sweep's (a sweep viewed as a gate, [`GateSummary::of_sweep`]) has the `seeds` suite only.
 
 use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 
 use crate::gate::GateSummary;
 
-/// Renders the gate's JUnit XML (quick-junit escapes every name and message).
+/// Renders the gate's (or sweep's) JUnit XML (quick-junit escapes every name and message).
 pub fn render_junit(g: &GateSummary) -> String {
-    let mut report = Report::new("drill gate");
+    let mut report = Report::new(format!("drill {}", g.what()));
     report.add_test_suite(seeds_suite(g));
-    report.add_test_suite(drills_suite(g));
-    report.add_test_suite(determinism_suite(g));
-    report.add_test_suite(coverage_suite(g));
+    if !g.is_sweep() {
+        report.add_test_suite(drills_suite(g));
+        report.add_test_suite(determinism_suite(g));
+        report.add_test_suite(coverage_suite(g));
+    }
     report
         .to_string()
         .unwrap_or_else(|e| format!("<!-- cannot render junit.xml: {e} -->\n"))

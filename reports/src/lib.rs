@@ -3,7 +3,8 @@
 //! - [`Summary`]: one run's `summary.json`.
 //! - [`SweepSummary`]: a sweep's `summary.json`, with one [`FailingSeed`] per failing seed.
 //! - [`GateSummary`]: a gate's `summary.json`, rendered by [`render_junit`],
-//!   [`render_markdown`] and [`render_dashboard`].
+//!   [`render_markdown`] and [`render_dashboard`]; a sweep's reports are rendered from
+//!   [`GateSummary::of_sweep`].
 //! - [`render_timeline`]: a run's `report.html`.
 //!
 //! The types live here, apart from the world, so that renderers (markdown, JUnit XML, HTML) and

@@ -1,4 +1,5 @@
-//! A gate's `report.md`: the same facts as the dashboard, for a CI job summary or a pull request.
+//! A gate's (or sweep's) `report.md`: the same facts as the dashboard, for a CI job summary or a
+//! pull request.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -6,7 +7,7 @@ use std::fmt::Write;
 use crate::gate::GateSummary;
 use crate::Outcome;
 
-/// Renders the gate's markdown report. `link` maps a run folder to the link to its timeline.
+/// Renders the gate's (or sweep's) markdown report. `link` maps a run folder to the link to its timeline.
 pub fn render_markdown(g: &GateSummary, link: &dyn Fn(&str) -> String) -> String {
     let mut out = String::new();
     let s = &g.sweep;
@@ -14,7 +15,7 @@ pub fn render_markdown(g: &GateSummary, link: &dyn Fn(&str) -> String) -> String
         .shard
         .map(|sh| format!(" (shard {sh})"))
         .unwrap_or_default();
-    let _ = writeln!(out, "# drill gate: {}\n", g.verdict);
+    let _ = writeln!(out, "# drill {}: {}\n", g.what(), g.verdict);
     let _ = writeln!(
         out,
         "{} / {} seeds {}{shard}, drill {}, {:.1} s wall clock, exit code {}.\n",
@@ -29,10 +30,14 @@ pub fn render_markdown(g: &GateSummary, link: &dyn Fn(&str) -> String) -> String
         out.push('\n');
     }
     failing(&mut out, g, link);
-    drills(&mut out, g);
+    if !g.is_sweep() {
+        drills(&mut out, g);
+    }
     invariants(&mut out, g);
     table(&mut out, "Faults by kind", "fault", &s.faults);
-    slowest(&mut out, g);
+    if !g.is_sweep() {
+        slowest(&mut out, g);
+    }
     out
 }
 
@@ -44,19 +49,23 @@ fn cell(s: &str) -> String {
 fn outcomes(out: &mut String, g: &GateSummary) {
     let _ = writeln!(
         out,
-        "| runs | {} |\n|---|---:|",
+        "| runs | {} |",
         Outcome::ALL.map(|o| o.as_str()).join(" | ")
     );
     let row = |name: &str, c: &crate::OutcomeCounts| {
         let cells: Vec<String> = Outcome::ALL.iter().map(|o| c.get(*o).to_string()).collect();
         format!("| {} | {} |\n", cell(name), cells.join(" | "))
     };
-    let _ = writeln!(out, "|---|{}", "---:|".repeat(Outcome::ALL.len() - 1));
+    let _ = writeln!(out, "|---|{}", "---:|".repeat(Outcome::ALL.len()));
     out.push_str(&row("sweep", &g.sweep.counts));
     for d in &g.drills {
         out.push_str(&row(&format!("drill {}", d.name), &d.counts));
     }
     let det = &g.determinism;
+    if g.is_sweep() {
+        out.push('\n');
+        return;
+    }
     let _ = writeln!(
         out,
         "\nDeterminism: {} of {} sampled seeds run twice, {} mismatches.\n",

@@ -3,8 +3,9 @@
 //! mismatched parts are refused as bad input (exit code 2) before anything is written.
 //!
 //! A merge of gates judges coverage over all shards and exits like a gate (0, 1, 3, 4 or 5); a
-//! merge of sweeps exits with the worst outcome's code. Failing runs stay in their shard's
-//! folder; the merged summary and reports point there.
+//! merge of sweeps exits with the worst outcome's code. Either writes summary.json, junit.xml,
+//! report.md and report.html. Failing runs stay in their shard's folder; the merged summary and
+//! reports point there.
 
 use std::path::{Path, PathBuf};
 
@@ -15,8 +16,10 @@ use serde_json::Value;
 use crate::cli::MergeArgs;
 use crate::cmd::gate::registry_ids;
 use crate::error::CliError;
-use crate::gatefiles::{prepare_gate_dir, relocate, relocate_sweep, write_gate_files};
-use crate::runfiles::{read_json, write_json, DRILL_VERSION, SUMMARY_FILE};
+use crate::gatefiles::{
+    prepare_gate_dir, relocate, relocate_sweep, write_gate_files, write_sweep_files,
+};
+use crate::runfiles::{read_json, DRILL_VERSION, SUMMARY_FILE};
 
 /// Merges the folders' summaries into `--out`.
 pub fn merge(args: MergeArgs) -> Result<i32, CliError> {
@@ -66,13 +69,13 @@ fn merge_sweep_parts(parts: &[(PathBuf, Value)], out: &Path) -> Result<i32, CliE
         .collect::<Result<Vec<_>, _>>()?;
     let merged = merge_sweeps(&sweeps).map_err(|e| CliError::new(e.to_string()))?;
     prepare_gate_dir(out)?;
-    write_json(&out.join(SUMMARY_FILE), &merged)?;
+    write_sweep_files(out, &merged)?;
     println!(
-        "seeds {}: {} seeds, {} failing; summary: {}",
+        "seeds {}: {} seeds, {} failing; files: {} (summary.json, junit.xml, report.md, report.html)",
         merged.seeds,
         merged.counts.total(),
         merged.counts.failing(),
-        out.join(SUMMARY_FILE).display()
+        out.display()
     );
     for f in &merged.failing {
         println!(

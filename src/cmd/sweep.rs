@@ -1,4 +1,5 @@
-//! `drill sweep`: a range of seeds on worker processes; a folder per failing seed and a summary.
+//! `drill sweep`: a range of seeds on worker processes; a folder per failing seed, a summary and
+//! its reports (junit.xml, report.md, report.html).
 //!
 //! Every seed runs with its files in `OUT/.drill-work/seed-N/`, so that even a run that panics
 //! or kills its worker leaves its trace so far. A passing seed's folder is then deleted and a
@@ -17,13 +18,12 @@ use serde_json::json;
 use crate::cli::{SweepArgs, WorldArgs};
 use crate::cmd::{counts_line, worker_count};
 use crate::error::CliError;
+use crate::gatefiles::write_sweep_files;
 use crate::ndjson::Events;
 use crate::outdir::{self, WORK_DIR};
 use crate::pool::{self, Dispatch};
 use crate::progress::{rate, Progress};
-use crate::runfiles::{
-    seed_replay, write_json, write_timeline_from, DRILL_VERSION, SUMMARY_FILE, TRACE_FILE,
-};
+use crate::runfiles::{seed_replay, write_timeline_from, DRILL_VERSION, TRACE_FILE};
 use crate::worker::{Answer, Job};
 
 /// The invariant id a sweep records for a run that panicked outside the world (which reports its
@@ -62,7 +62,7 @@ pub fn sweep(args: SweepArgs) -> Result<i32, CliError> {
     pool::run(workers, &world, &mut sweep)?;
     fs::remove_dir_all(&work).map_err(|e| CliError::io("cannot remove", &work, e))?;
     let summary = sweep.into_summary(workers);
-    write_json(&args.out.join(SUMMARY_FILE), &summary)?;
+    write_sweep_files(&args.out, &summary)?;
     events.emit("result", &json!({ "summary": summary }));
     if events.text() {
         print_table(&summary, &args.out);
@@ -278,7 +278,10 @@ fn print_table(s: &SweepSummary, out: &Path) {
         println!("  replay: {}", f.replay);
         println!("  folder: {}", f.folder);
     }
-    println!("summary: {}", out.join(SUMMARY_FILE).display());
+    println!(
+        "files: {} (summary.json, junit.xml, report.md, report.html)",
+        out.display()
+    );
     match s.failing.first() {
         None => println!("outcome: pass | all {} seeds passed", s.counts.total()),
         Some(f) => println!(
