@@ -51,6 +51,8 @@ pub enum Command {
     Gate(GateArgs),
     /// Combine the summaries of sweeps or gates run as shards (or over adjacent seed ranges).
     Merge(MergeArgs),
+    /// Measure drill's speed and memory on this machine; write bench.json.
+    Bench(crate::cmd::bench::BenchArgs),
     /// Internal: run the seeds read from stdin, one JSON answer a line (used by sweeps).
     #[command(name = "__worker", hide = true)]
     Worker(WorldArgs),

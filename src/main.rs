@@ -3,6 +3,7 @@
 //! Every command returns the exit code DESIGN.md assigns (0 pass, 1 violation, 3 liveness,
 //! 4 nondeterminism) or a [`CliError`], which is printed as one `error:` line with exit code 2.
 
+mod bench;
 mod cli;
 mod cmd;
 mod diff;
@@ -53,6 +54,7 @@ fn dispatch(command: Command) -> Result<i32, CliError> {
         Command::Timeline(args) => cmd::timeline::timeline(args),
         Command::Gate(args) => cmd::gate::gate(args),
         Command::Merge(args) => cmd::merge::merge(args),
+        Command::Bench(args) => cmd::bench::bench(args),
         Command::Worker(world) => worker::serve(&world),
     }
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand; each returns the process exit code.
 
+pub mod bench;
 pub mod determinism;
 pub mod gate;
 pub mod list;
