@@ -266,10 +266,8 @@ pub fn validate(plan: &Plan) -> Result<(), String> {
             return Err(format!("jobs operation at {} ms is after heal_at_ms {}", o.at_ms, plan.heal_at_ms));
         }
         match &o.op {
-            JobOp::Job { backends, .. } => {
-                if backends.is_empty() || backends.len() > BACKENDS.len() || backends.iter().any(|b| b.work_ms > WORK_MS_MAX) {
-                    return Err(format!("job at {} ms needs 1 to {} backends working at most {WORK_MS_MAX} ms", o.at_ms, BACKENDS.len()));
-                }
+            JobOp::Job { backends, .. } if backends.is_empty() || backends.len() > BACKENDS.len() || backends.iter().any(|b| b.work_ms > WORK_MS_MAX) => {
+                return Err(format!("job at {} ms needs 1 to {} backends working at most {WORK_MS_MAX} ms", o.at_ms, BACKENDS.len()));
             }
             JobOp::Export { crash_after_ops: Some(k) } | JobOp::Import { crash_after_ops: Some(k), .. } if *k == 0 || *k > CUT_AFTER_OPS_MAX => {
                 return Err(format!("jobs operation at {} ms cuts the power at disk operation {k}, outside 1..={CUT_AFTER_OPS_MAX}", o.at_ms));

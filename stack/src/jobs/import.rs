@@ -102,10 +102,7 @@ pub fn import_jsonl(fs: &dyn FileSystem, db: &JobsDb, dir: &str, policy: Conflic
     Ok(report)
 }
 
-fn apply<R: Row>(c: &rusqlite::Connection, rows: &[R], policy: ConflictPolicy, report: &mut ImportReport, conflicts: &mut Vec<Conflict>) -> Result<(), JobError>
-where
-    R: Overwrite,
-{
+fn apply<R: Overwrite>(c: &rusqlite::Connection, rows: &[R], policy: ConflictPolicy, report: &mut ImportReport, conflicts: &mut Vec<Conflict>) -> Result<(), JobError> {
     for row in rows {
         match row.stored(c)? {
             None => {
