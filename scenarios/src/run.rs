@@ -377,6 +377,12 @@ impl World<'_> {
                 Ok((server, clients)) => lock(&self.shared).checker.converged(&server, &clients).err(),
                 Err(e) => Some(e),
             };
+            // Converging after the bound is a liveness failure all the same.
+            let late = clock::now() > deadline;
+            let why = match why {
+                None if late => Some(format!("converged only after the bound, in round {round}")),
+                other => other,
+            };
             match why {
                 None => {
                     trace::emit("world", "liveness.converged", json!({"rounds": round}));
