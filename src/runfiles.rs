@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use drill_reports::{Outcome, Summary, Violation, FORMAT_VERSION};
+use drill_reports::{Summary, Violation, FORMAT_VERSION};
 use drill_scenarios::RunReport;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -29,7 +29,7 @@ pub fn summary_of(report: &RunReport, replay: String) -> Summary {
         seed: report.seed,
         scenario: report.scenario.clone(),
         profile: report.profile.clone(),
-        outcome: outcome_of(report.outcome),
+        outcome: report.outcome,
         violations: report.violations.iter().map(violation_of).collect(),
         fingerprint: report.fingerprint.clone(),
         plan_hash: report.plan_hash.clone(),
@@ -42,15 +42,6 @@ pub fn summary_of(report: &RunReport, replay: String) -> Summary {
     }
 }
 
-/// The file format's outcome for the world's outcome (the same four verdicts).
-pub fn outcome_of(outcome: drill_scenarios::Outcome) -> Outcome {
-    match outcome {
-        drill_scenarios::Outcome::Pass => Outcome::Pass,
-        drill_scenarios::Outcome::Violation => Outcome::Violation,
-        drill_scenarios::Outcome::Liveness => Outcome::Liveness,
-        drill_scenarios::Outcome::Nondeterminism => Outcome::Nondeterminism,
-    }
-}
 
 fn violation_of(v: &drill_scenarios::Violation) -> Violation {
     Violation {

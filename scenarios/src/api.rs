@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
 
 /// Where a run starts from.
 #[derive(Debug, Clone)]
@@ -26,27 +25,8 @@ pub struct RunRequest {
     pub out_dir: Option<PathBuf>,
 }
 
-/// The verdict of one run, in the order of severity the exit codes use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Pass,
-    Violation,
-    Liveness,
-    Nondeterminism,
-}
-
-impl Outcome {
-    /// The process exit code DESIGN.md assigns to this outcome.
-    pub fn exit_code(self) -> i32 {
-        match self {
-            Outcome::Pass => 0,
-            Outcome::Violation => 1,
-            Outcome::Liveness => 3,
-            Outcome::Nondeterminism => 4,
-        }
-    }
-}
+/// The verdict of one run: the file formats' type, so callers write it as it is.
+pub use drill_reports::Outcome;
 
 /// One broken invariant (the model's type).
 pub use drill_model::Violation;

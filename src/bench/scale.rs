@@ -104,7 +104,7 @@ fn size(label: String, shape: Shape, seeds: u64) -> Result<SizeResult, CliError>
         let (report, took) = measured(Who::This, || drill_scenarios::run::execute(&plan, None));
         wall += took.wall.as_secs_f64();
         cpu += took.cpu_seconds;
-        let outcome = crate::runfiles::outcome_of(report?.outcome).to_string();
+        let outcome = report?.outcome.to_string();
         *outcomes.entry(outcome).or_default() += 1;
     }
     Ok(SizeResult {

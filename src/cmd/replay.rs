@@ -13,7 +13,7 @@ use crate::cli::ReplayArgs;
 use crate::diff::{file_fingerprint, first_difference, trace_lines, LineDiff};
 use crate::error::CliError;
 use crate::runfiles::{
-    folder_replay, outcome_of, read_json, DRILL_VERSION, PLAN_FILE, SUMMARY_FILE, TRACE_FILE,
+    folder_replay, read_json, DRILL_VERSION, PLAN_FILE, SUMMARY_FILE, TRACE_FILE,
 };
 
 /// Exit code when the replay differs from the folder.
@@ -48,7 +48,7 @@ pub fn replay(args: ReplayArgs) -> Result<i32, CliError> {
                 report.trace.len()
             ),
         }
-        let outcome = outcome_of(report.outcome);
+        let outcome = report.outcome;
         println!("outcome: {outcome} | replay: {again}");
         return Ok(outcome.exit_code());
     }
@@ -153,7 +153,7 @@ fn compare(dir: &Path, summary: &Summary, report: &RunReport) -> Result<Comparis
     differs(
         "outcome",
         summary.outcome.as_str(),
-        outcome_of(report.outcome).as_str(),
+        report.outcome.as_str(),
     );
     let trace = dir.join(TRACE_FILE);
     if !trace.exists() {
