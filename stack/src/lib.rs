@@ -21,6 +21,8 @@
 //!   backups, half-restore detection and tokens (runbooks 000, 002).
 //! - [`projections`]: derived tables folded from decrypted events, rebuilds, snapshots,
 //!   resilience modes and health (runbooks 004, 000).
+//! - [`saga`]: a saga that persists its own state and reconciles on start, so its external
+//!   effect happens exactly once across crashes (runbook 000).
 
 pub mod blobs;
 pub mod chain;
@@ -34,6 +36,7 @@ pub mod keys;
 pub mod projections;
 pub mod proto;
 pub mod rpc;
+pub mod saga;
 pub mod server;
 pub mod store;
 
