@@ -22,6 +22,13 @@ pub const BLOB_VISIBILITY: &str = "INV-BLOB-VISIBILITY";
 pub const BLOB_OBJECT: &str = "INV-BLOB-OBJECT";
 pub const EXPORT: &str = "INV-EXPORT";
 pub const IMPORT_REJECT: &str = "INV-IMPORT-REJECT";
+pub const RECOVERY: &str = "INV-RECOVERY";
+pub const PROJECTION: &str = "INV-PROJECTION";
+pub const SNAPSHOT: &str = "INV-SNAPSHOT";
+pub const NO_PLAINTEXT: &str = "INV-NO-PLAINTEXT";
+pub const NO_REGEN: &str = "INV-NO-REGEN";
+pub const TENANT: &str = "INV-TENANT";
+pub const READ_ONLY: &str = "INV-READ-ONLY";
 
 /// Every invariant the model checks today.
 pub const REGISTRY: &[Invariant] = &[
@@ -90,6 +97,48 @@ pub const REGISTRY: &[Invariant] = &[
         runbook: "001 Scenario C",
         statement: "an import with the reject policy never changes an existing row",
         checked: "when every import with reject ends, or when the jobs node recovered from a crash during one",
+    },
+    Invariant {
+        id: RECOVERY,
+        runbook: "every drilled section of 001, 002, 003, 004",
+        statement: "after a drill's recovery no committed event is lost, changed or held twice, except what the runbook says is unrecoverable",
+        checked: "at the end of every drill, on the events committed before its failure and read back after its recovery",
+    },
+    Invariant {
+        id: PROJECTION,
+        runbook: "004 §3.2, §6.2; 000 Key loss",
+        statement: "each projection equals the fold of its events for the aggregates whose keys are present; an aggregate reported incomplete is absent from it, and after a rebuild exactly the unreadable aggregates are reported incomplete",
+        checked: "whenever a node's projections are read back with its decrypted events and the keys it holds (after rebuilds and at the end of the run)",
+    },
+    Invariant {
+        id: SNAPSHOT,
+        runbook: "004 §4.2",
+        statement: "restoring from the latest valid snapshot plus the tail equals a full replay, for the aggregates both report complete",
+        checked: "whenever a node restores a projection from a snapshot and the world replays it in full to compare",
+    },
+    Invariant {
+        id: NO_PLAINTEXT,
+        runbook: "000 Open Questions (diagnostics export); 002 Backup and Recovery Guidance",
+        statement: "no payload plaintext or key material appears in any disk image, export or diagnostics bundle",
+        checked: "on every disk image, export and diagnostics bundle the world scans (at the end of the run and after drills)",
+    },
+    Invariant {
+        id: NO_REGEN,
+        runbook: "002 Vault Key Unavailable",
+        statement: "an initialized vault key is never regenerated: its fingerprint never changes, and a recovery restores the same key",
+        checked: "on every read of a node's vault and on every vault recovery",
+    },
+    Invariant {
+        id: TENANT,
+        runbook: "004 §6.4",
+        statement: "no device or projection ever sees another tenant's events",
+        checked: "whenever a device's events and projection rows are read back",
+    },
+    Invariant {
+        id: READ_ONLY,
+        runbook: "004 §2",
+        statement: "in READ_ONLY no command succeeds and stored content does not change (the runbook's own recovery may rebuild derived tables)",
+        checked: "at the end of every READ_ONLY period of a node",
     },
 ];
 

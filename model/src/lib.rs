@@ -10,6 +10,9 @@ pub mod checker;
 pub mod facts;
 pub mod invariants;
 pub mod jobs;
+pub mod recovery;
+pub mod secrets;
+pub mod store;
 
 pub use checker::Checker;
 pub use facts::{ClientSnapshot, EventFact, Fact, OutboxFact, ServerSnapshot};
