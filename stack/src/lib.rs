@@ -23,7 +23,10 @@
 //!   resilience modes and health (runbooks 004, 000).
 //! - [`saga`]: a saga that persists its own state and reconciles on start, so its external
 //!   effect happens exactly once across crashes (runbook 000).
+//! - [`artifacts`]: encrypted index artifacts derived from projections; a corrupt one is
+//!   detected, deleted and rebuilt (runbook 000).
 
+pub mod artifacts;
 pub mod blobs;
 pub mod chain;
 pub mod client;
