@@ -25,6 +25,8 @@
 //!   effect happens exactly once across crashes (runbook 000).
 //! - [`artifacts`]: encrypted index artifacts derived from projections; a corrupt one is
 //!   detected, deleted and rebuilt (runbook 000).
+//! - [`migrate`]: schema versions and the crash-safe migration (snapshot, rebuild, swap), with
+//!   `migrate:legacyMigrationBlocked` when it cannot finish.
 
 pub mod artifacts;
 pub mod blobs;
@@ -36,6 +38,7 @@ pub mod error;
 pub mod fs;
 pub mod jobs;
 pub mod keys;
+pub mod migrate;
 pub mod projections;
 pub mod proto;
 pub mod rpc;
