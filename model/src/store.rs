@@ -482,3 +482,54 @@ pub fn check_read_only(facts: &ReadOnlyFacts, line: u64) -> Judgement {
     }
     j
 }
+
+// ---------------------------------------------------------------------------------------------
+// One entry point for the checker.
+
+/// Something about stores and secrets the world read back, for [`StoreModel::observe`]: each
+/// variant is the input of one check above.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreFact {
+    /// A node's projections of one tenant, with its decrypted events and the keys it holds.
+    Projection(ProjectionFacts),
+    /// A restore from the latest valid snapshot plus the tail, next to a full replay.
+    Snapshot(SnapshotFacts),
+    /// What a device holds or saw, with tenants.
+    Tenant(TenantFacts),
+    /// A node's READ_ONLY period, at its end.
+    ReadOnly(ReadOnlyFacts),
+    /// Byte images (disk files, exports, diagnostics bundles) of `node` (or `world`) and the
+    /// secrets that must not be in them.
+    Scan { node: String, images: Vec<(String, Vec<u8>)>, secrets: Vec<crate::secrets::Secret> },
+    /// A read of a node's vault, or an explicit recovery of its key.
+    Vault(crate::secrets::VaultObservation),
+}
+
+/// The store and secrets part of the model: stateless checks, plus what it remembers of vault
+/// keys.
+#[derive(Debug, Clone, Default)]
+pub struct StoreModel {
+    vaults: crate::secrets::NoRegen,
+}
+
+impl StoreModel {
+    pub fn new() -> StoreModel {
+        StoreModel::default()
+    }
+
+    /// Takes one fact; `line` is the trace line that recorded it (a vault observation carries
+    /// its own).
+    pub fn observe(&mut self, fact: &StoreFact, line: u64) -> Judgement {
+        match fact {
+            StoreFact::Projection(f) => check_projection(f, line),
+            StoreFact::Snapshot(f) => check_snapshot(f, line),
+            StoreFact::Tenant(f) => check_tenant(f, line),
+            StoreFact::ReadOnly(f) => check_read_only(f, line),
+            StoreFact::Scan { node, images, secrets } => {
+                let images: Vec<(String, &[u8])> = images.iter().map(|(n, b)| (n.clone(), b.as_slice())).collect();
+                crate::secrets::check_no_plaintext(node, line, &images, secrets)
+            }
+            StoreFact::Vault(o) => self.vaults.observe(o),
+        }
+    }
+}

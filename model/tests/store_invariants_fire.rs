@@ -452,3 +452,21 @@ fn every_store_and_secrets_invariant_is_in_the_registry() {
         assert!(!i.runbook.is_empty() && !i.statement.is_empty() && !i.checked.is_empty(), "{id}");
     }
 }
+
+#[test]
+fn the_store_model_routes_each_fact_to_its_check_and_remembers_vaults() {
+    use drill_model::store::{StoreFact, StoreModel};
+    let mut m = StoreModel::new();
+    let mut all = Judgement::default();
+    all.merge(m.observe(&StoreFact::Vault(read_vault("client-1", 1, Some("aaaa"))), 1));
+    all.merge(m.observe(&StoreFact::Vault(read_vault("client-1", 2, Some("bbbb"))), 2));
+    all.merge(m.observe(&StoreFact::Tenant(tenant_facts(&[(1, "globex")], &[])), 3));
+    all.merge(m.observe(&StoreFact::ReadOnly(read_only(vec![], "d1", "d2")), 4));
+    all.merge(m.observe(&StoreFact::Snapshot(snap(vec![pair(TENANT_COUNTERS, vec![row(&["note", "1"])], vec![])])), 5));
+    all.merge(m.observe(&StoreFact::Projection(facts(events(), &["a-1", "b-2", "c-3"], true, vec![read(TENANT_COUNTERS, vec![], &[])])), 6));
+    let scan = StoreFact::Scan { node: "world".into(), images: vec![("bundle".into(), b"..a-secret-payload..".to_vec())], secrets: vec![Secret::plaintext("p", b"a-secret-payload")] };
+    all.merge(m.observe(&scan, 7));
+    let lines: Vec<(String, u64)> = all.violations.iter().map(|v| (v.invariant.clone(), v.trace_line)).collect();
+    let want = [invariants::NO_REGEN, invariants::TENANT, invariants::READ_ONLY, invariants::SNAPSHOT, invariants::PROJECTION, invariants::NO_PLAINTEXT];
+    assert_eq!(lines, want.iter().zip(2..).map(|(i, l)| (i.to_string(), l)).collect::<Vec<_>>(), "{:?}", all.violations);
+}
