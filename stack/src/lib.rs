@@ -27,6 +27,8 @@
 //!   detected, deleted and rebuilt (runbook 000).
 //! - [`migrate`]: schema versions and the crash-safe migration (snapshot, rebuild, swap), with
 //!   `migrate:legacyMigrationBlocked` when it cannot finish.
+//! - [`diagnostics`]: the export bundle (counts, hashes, modes, health, recent error codes),
+//!   free of keys and plaintext by construction, and the check that proves it (runbook 000).
 
 pub mod artifacts;
 pub mod blobs;
@@ -34,6 +36,7 @@ pub mod chain;
 pub mod client;
 pub mod clock;
 pub mod crypto;
+pub mod diagnostics;
 pub mod error;
 pub mod fs;
 pub mod jobs;
