@@ -318,7 +318,7 @@ mod tests {
         fn write_events(&mut self, n: usize) {
             for _ in 0..n {
                 let i = self.events.len();
-                let tenant = if i % 3 == 0 { "globex" } else { "acme" };
+                let tenant = ["globex", "acme", "acme"][i % 3];
                 let aggregate = format!("{tenant}-order-{}", i % 4);
                 let kind = ["created", "updated", "closed"][i % 3];
                 let key = self.keys.entry(aggregate.clone()).or_insert_with(|| Key::generate(&mut self.rng)).clone();
