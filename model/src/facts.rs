@@ -11,7 +11,10 @@ pub struct EventFact {
     pub kind: String,
     pub replica: String,
     pub write_id: u64,
+    /// The plaintext the world opened the stored payload to: the model knows writes by it.
     pub payload: Vec<u8>,
+    /// The payload as the node stores it (a sealed envelope), which the hash chain covers.
+    pub stored: Vec<u8>,
     pub prev_hash: Vec<u8>,
     pub hash: Vec<u8>,
 }
@@ -21,7 +24,11 @@ pub struct EventFact {
 pub struct OutboxFact {
     pub write_id: u64,
     pub op_id: String,
+    /// The plaintext of the pending write.
     pub payload: Vec<u8>,
+    /// Hex SHA-256 of the payload as stored and pushed (the sealed envelope): what the server's
+    /// tombstones record once it compacts the write.
+    pub stored_sha256: String,
 }
 
 /// A device's stored state.
@@ -44,7 +51,7 @@ pub struct PrunedFact {
     pub replica: String,
     pub op_id: String,
     pub seq: u64,
-    /// Hex SHA-256 of the payload.
+    /// Hex SHA-256 of the payload as the server stored it (the sealed envelope).
     pub payload_sha256: String,
 }
 
@@ -82,7 +89,8 @@ pub enum Fact {
     /// A local append began, with this payload.
     AppendStarted { node: String, payload: Vec<u8> },
     /// The append committed as `write_id`, with op id `op_id`.
-    AppendAcked { node: String, write_id: u64, op_id: String },
+    /// `stored_sha256` is the hex SHA-256 of the write's stored form (its sealed envelope).
+    AppendAcked { node: String, write_id: u64, op_id: String, stored_sha256: String },
     /// The append reported an error: it probably did not happen, but a commit whose sync failed
     /// may still surface after a crash, so it stays uncertain until a recovery settles it.
     AppendFailed { node: String },
@@ -98,6 +106,10 @@ pub enum Fact {
     Crashed { node: String },
     /// A device's state, read back after it recovered, or whenever the world looks.
     ClientState { snapshot: ClientSnapshot, after_recovery: bool },
+    /// A device's state after an operation, with only its events after `after_seq`: the model
+    /// verified the ones before when it last looked (see `Checker::verified_through`), and the
+    /// operation cannot have changed them. The outbox and anchor are whole.
+    ClientTail { snapshot: ClientSnapshot, after_seq: u64 },
     /// The server's state.
     ServerState { snapshot: ServerSnapshot },
     /// Something about blobs (runbook 003 §2, §3).

@@ -12,6 +12,7 @@ pub mod invariants;
 pub mod jobs;
 pub mod secrets;
 pub mod store;
+mod verified;
 
 pub use checker::Checker;
 pub use facts::{ClientSnapshot, EventFact, Fact, OutboxFact, ServerSnapshot};

@@ -16,6 +16,7 @@ fn chain(tenant: &str, writes: &[(&str, u64, &[u8])]) -> Vec<EventFact> {
             replica: replica.to_string(),
             write_id: *w,
             payload: p.to_vec(),
+            stored: p.to_vec(),
             prev_hash: prev.clone(),
             hash: hash.clone(),
         });
@@ -30,7 +31,7 @@ fn client(outbox: &[(u64, &[u8])], events: Vec<EventFact>) -> ClientSnapshot {
         replica: "client-1".into(),
         tenant: "acme".into(),
         anchor: None,
-        outbox: outbox.iter().map(|(w, p)| OutboxFact { write_id: *w, op_id: format!("client-1-{w}"), payload: p.to_vec() }).collect(),
+        outbox: outbox.iter().map(|(w, p)| OutboxFact { write_id: *w, op_id: format!("client-1-{w}"), payload: p.to_vec(), stored_sha256: drill_model::facts::sha256_hex(p) }).collect(),
         events,
     }
 }
@@ -39,7 +40,7 @@ fn checker_with_ack(payload: &[u8]) -> Checker {
     let mut c = Checker::new();
     c.observe(Fact::Client { node: "client-1".into(), replica: "client-1".into(), tenant: "acme".into() }, 1);
     c.observe(Fact::AppendStarted { node: "client-1".into(), payload: payload.to_vec() }, 2);
-    c.observe(Fact::AppendAcked { node: "client-1".into(), write_id: 1, op_id: "client-1-1".into() }, 3);
+    c.observe(Fact::AppendAcked { node: "client-1".into(), write_id: 1, op_id: "client-1-1".into(), stored_sha256: drill_model::facts::sha256_hex(payload) }, 3);
     c
 }
 
@@ -145,12 +146,12 @@ fn fail_closed_fires_when_a_failed_attempt_changed_state() {
         code: "sync:transport".into(),
         signature: None,
         expected: None,
-        state_before: "{\"cursor\":3}".into(),
+        state_before: "{\"replica\":\"client-1\",\"cursor\":3}".into(),
         state_after: after.into(),
     };
-    c.observe(failed("{\"cursor\":3}"), 4);
+    c.observe(failed("{\"replica\":\"client-1\",\"cursor\":3}"), 4);
     assert!(c.violations().is_empty());
-    c.observe(failed("{\"cursor\":5}"), 5);
+    c.observe(failed("{\"replica\":\"client-1\",\"cursor\":5}"), 5);
     assert_eq!(ids(&c), vec!["INV-FAIL-CLOSED"]);
 }
 
@@ -161,8 +162,8 @@ fn guardrail_fires_on_a_wrong_missing_or_spurious_signature() {
         code: got.unwrap_or("sync:transport").into(),
         signature: got.map(Into::into),
         expected: expected.map(Into::into),
-        state_before: "s".into(),
-        state_after: "s".into(),
+        state_before: "{\"replica\":\"client-1\"}".into(),
+        state_after: "{\"replica\":\"client-1\"}".into(),
     };
     let mut c = checker_with_ack(b"a");
     c.observe(sig(Some("pull:pullCursorRegression"), Some("pull:pullCursorRegression")), 4);

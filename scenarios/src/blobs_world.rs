@@ -399,9 +399,9 @@ impl BlobDevice {
         let reference = format!("blob-ref:{blob_id}").into_bytes();
         let detail = json!({"op": id, "action": "stage_blob", "blob": blob_id, "bytes": data.len()});
         record(&ctx.shared, name, "op.start", detail, Some(Fact::AppendStarted { node: name.into(), payload: reference.clone() }));
-        match client.append(&format!("blob-{blob_id}"), "blob.staged", &reference) {
+        match client.append(crate::procs::BLOBS_AGGREGATE, "blob.staged", &reference) {
             Ok((w, op_id)) => {
-                let fact = Fact::AppendAcked { node: name.into(), write_id: w, op_id: op_id.clone() };
+                let fact = crate::procs::append_acked(name, client, w, &op_id);
                 record(&ctx.shared, name, "op.progress", json!({"op": id, "write_id": w, "op_id": op_id}), Some(fact));
             }
             Err(e) => {

@@ -4,7 +4,7 @@
 //! recovers from whatever its disk kept. Devices take commands (the user's operations) from a
 //! mailbox the world fills; what they do is recorded as trace lines and as facts for the model.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
@@ -14,8 +14,12 @@ use drill_model::facts::digest;
 use drill_model::{Checker, ClientSnapshot, EventFact, Fact, OutboxFact, ServerSnapshot};
 use drill_sim::disk::DiskSim;
 use drill_sim::trace;
-use drill_stack::client::{Client, ExportedState};
+use drill_sim::rng::SeedTree;
+use drill_stack::client::{Client, DeviceKeys, ExportedState, Ring};
 use drill_stack::clock::Clock;
+use drill_stack::crypto::Key;
+use drill_stack::envelope;
+use drill_stack::keys::{KdfParams, KeyError, KeyStore};
 use drill_stack::proto::SERVER_PORT;
 use drill_stack::rpc::RpcClient;
 use drill_stack::server::Server;
@@ -27,6 +31,8 @@ use crate::transport::{FaultyTransport, TransportState};
 
 /// The device database's file name.
 pub const DEVICE_DB: &str = "device.db";
+/// The device key store's file name, beside the database.
+pub const KEYS_DB: &str = "keys.db";
 /// The server database's file name.
 pub const SERVER_DB: &str = "server.db";
 /// How long a device waits for an answer from the server.
@@ -71,12 +77,23 @@ pub fn record_at(shared: &SharedRef, node: &str, kind: &str, detail: Value, fact
     Some(line)
 }
 
-/// Checks a device's whole stored state against the model right after an operation (recorded at
-/// `line`): invariants are checked continuously, not only at recovery and at the end.
-fn check_now(ctx: &ClientCtx, client: &Client, line: Option<u64>) {
+/// Checks a device's stored state against the model right after a sync attempt (recorded at
+/// `line`) that started from cursor `since`: invariants are checked continuously, not only at
+/// recovery and at the end. The attempt can only have changed events after `since`, and the
+/// model verified the ones up to what it saw last, so only the events after the lower of the two
+/// are read and verified (the outbox is read whole); the first check of a device is whole.
+fn check_now(ctx: &ClientCtx, client: &Client, line: Option<u64>, since: u64) {
     let Some(line) = line else { return };
-    if let Ok(snapshot) = client_snapshot(&ctx.name, client) {
-        observe(&ctx.shared, Fact::ClientState { snapshot, after_recovery: false }, line);
+    let through = lock(&ctx.shared).checker.verified_through(&ctx.name);
+    let fact = match through {
+        Some(seq) => {
+            let after_seq = seq.min(since);
+            client_snapshot_after(ctx, client, Some(after_seq)).map(|snapshot| Fact::ClientTail { snapshot, after_seq })
+        }
+        None => client_snapshot(ctx, client).map(|snapshot| Fact::ClientState { snapshot, after_recovery: false }),
+    };
+    if let Ok(fact) = fact {
+        observe(&ctx.shared, fact, line);
     }
 }
 
@@ -162,6 +179,16 @@ async fn next_command(mb: &Mutex<Mailbox>) -> Command {
 pub struct ClientCtx {
     pub name: String,
     pub tenant: String,
+    /// The tenant's aggregate keys, as pairing hands them to every device of the tenant; the
+    /// world keeps them too, to open what devices store for the model.
+    pub tenant_keys: Arc<TenantKeys>,
+    /// The passphrase of the device's key store.
+    pub passphrase: String,
+    /// Where the device's key and nonce streams come from.
+    pub seeds: SeedTree,
+    /// How many times the device's process started: every start draws fresh streams, so a
+    /// nonce is never drawn twice.
+    pub starts: Mutex<u64>,
     pub protocol_version: u32,
     pub transport: Arc<Mutex<TransportState>>,
     pub mailbox: Arc<Mutex<Mailbox>>,
@@ -182,7 +209,40 @@ pub fn payload_for(node: &str, op: u64, bytes: u32) -> Vec<u8> {
     p
 }
 
-fn event_fact(e: &EventRow) -> EventFact {
+/// Aggregate keys by aggregate, of one tenant.
+pub type TenantKeys = BTreeMap<String, Key>;
+
+/// The aggregate the devices' blob references are written to.
+pub const BLOBS_AGGREGATE: &str = "blobs";
+
+/// Every tenant's aggregate keys, drawn from the seed: one key per aggregate the plan writes to
+/// (and the blob references' aggregate), handed to each device of the tenant when it pairs.
+pub fn provision(plan: &crate::plan::Plan) -> BTreeMap<String, Arc<TenantKeys>> {
+    let seeds = SeedTree::new(plan.seed).child("tenant-keys");
+    let mut aggregates: std::collections::BTreeSet<&str> = [BLOBS_AGGREGATE].into();
+    for op in &plan.ops {
+        if let Action::Append { aggregate, .. } = &op.action {
+            aggregates.insert(aggregate);
+        }
+    }
+    let tenants: std::collections::BTreeSet<&str> = plan.clients.iter().map(|c| c.tenant.as_str()).collect();
+    tenants
+        .into_iter()
+        .map(|t| {
+            let mut rng = seeds.stream(t);
+            let keys = aggregates.iter().map(|a| (a.to_string(), Key::generate(&mut rng))).collect();
+            (t.to_string(), Arc::new(keys))
+        })
+        .collect()
+}
+
+/// The plaintext of a stored payload, opened with the keys the world handed out; a payload that
+/// does not open (tampered, corrupt) is given to the model as stored, so it matches no write.
+fn opened(keys: &TenantKeys, tenant: &str, aggregate: &str, kind: &str, stored: &[u8]) -> Vec<u8> {
+    envelope::open(keys, tenant, aggregate, kind, stored).unwrap_or_else(|_| stored.to_vec())
+}
+
+fn event_fact(e: &EventRow, keys: &TenantKeys) -> EventFact {
     EventFact {
         seq: e.seq,
         op_id: e.op_id.clone(),
@@ -190,26 +250,69 @@ fn event_fact(e: &EventRow) -> EventFact {
         kind: e.kind.clone(),
         replica: e.replica.clone(),
         write_id: e.write_id,
-        payload: e.payload.clone(),
+        payload: opened(keys, &e.tenant, &e.aggregate, &e.kind, &e.payload),
+        stored: e.payload.clone(),
         prev_hash: e.prev_hash.clone(),
         hash: e.hash.clone(),
     }
 }
 
-fn client_snapshot(node: &str, c: &Client) -> Result<ClientSnapshot, String> {
+fn client_snapshot(ctx: &ClientCtx, c: &Client) -> Result<ClientSnapshot, String> {
+    client_snapshot_after(ctx, c, None)
+}
+
+/// [`client_snapshot`] holding only the events after `after` (every event with none).
+fn client_snapshot_after(ctx: &ClientCtx, c: &Client, after: Option<u64>) -> Result<ClientSnapshot, String> {
     let outbox = c.outbox().map_err(|e| e.to_string())?;
-    let events = c.events().map_err(|e| e.to_string())?;
+    let events = match after {
+        None => c.events(),
+        Some(seq) => drill_stack::store::events_since(c.db(), seq),
+    }
+    .map_err(|e| e.to_string())?;
+    let keys = &*ctx.tenant_keys;
     Ok(ClientSnapshot {
-        node: node.into(),
+        node: ctx.name.clone(),
         replica: c.replica().into(),
         tenant: c.tenant().into(),
         outbox: outbox
             .into_iter()
-            .map(|w| OutboxFact { write_id: w.write_id, op_id: w.op_id.unwrap_or_default(), payload: w.payload })
+            .map(|w| OutboxFact {
+                write_id: w.write_id,
+                op_id: w.op_id.unwrap_or_default(),
+                payload: opened(keys, c.tenant(), &w.aggregate, &w.kind, &w.payload),
+                stored_sha256: drill_model::facts::sha256_hex(&w.payload),
+            })
             .collect(),
-        events: events.iter().map(event_fact).collect(),
+        events: events.iter().map(|e| event_fact(e, keys)).collect(),
         anchor: c.anchor().map_err(|e| e.to_string())?,
     })
+}
+
+/// The fact that an append committed as `write_id` with `op_id`, with its stored form's hash.
+pub fn append_acked(node: &str, client: &Client, write_id: u64, op_id: &str) -> Fact {
+    let stored = client.pending_write(op_id).ok().flatten().map(|w| drill_model::facts::sha256_hex(&w.payload)).unwrap_or_default();
+    Fact::AppendAcked { node: node.into(), write_id, op_id: op_id.into(), stored_sha256: stored }
+}
+
+/// Opens (creating and provisioning on first start) the device's key store and draws the
+/// streams of this start and attempt: the key store holds every aggregate key of the tenant.
+fn device_keys(ctx: &ClientCtx, start: u64, attempt: u32) -> Result<DeviceKeys, KeyError> {
+    let streams = ctx.seeds.child(&format!("device/{}/start-{start}/attempt-{attempt}", ctx.name));
+    let mut rng = streams.stream("keys");
+    let mut ks = match KeyStore::open(KEYS_DB) {
+        Ok(mut ks) => {
+            ks.unlock(&ctx.passphrase)?;
+            ks
+        }
+        Err(KeyError::KeyStoreUninitialized) => KeyStore::create(KEYS_DB, &ctx.passphrase, KdfParams::sim(), &mut rng)?,
+        Err(e) => return Err(e),
+    };
+    for (aggregate, key) in ctx.tenant_keys.iter() {
+        if ks.aggregate_key(aggregate).is_err() {
+            ks.import_aggregate_key(aggregate, key, &mut rng)?;
+        }
+    }
+    Ok(DeviceKeys::new(Ring::Store(ks), Box::new(streams.stream("nonces"))))
 }
 
 /// Opens a store, retrying while the disk refuses (an I/O fault window, a full disk).
@@ -231,6 +334,12 @@ pub trait HasCode {
     fn code(&self) -> String;
 }
 
+impl HasCode for KeyError {
+    fn code(&self) -> String {
+        KeyError::code(self).to_string()
+    }
+}
+
 impl HasCode for drill_stack::StoreError {
     fn code(&self) -> String {
         drill_stack::StoreError::code(self).to_string()
@@ -241,12 +350,26 @@ impl HasCode for drill_stack::StoreError {
 pub async fn client_main(ctx: Arc<ClientCtx>) {
     let node = madsim::plugin::node();
     let name = ctx.name.as_str();
-    let Some(mut client) =
-        open_with_retry(&ctx.shared, name, || Client::open(DEVICE_DB, name, &ctx.tenant, Box::new(NodeClock(node)))).await
+    let start = {
+        let mut s = lock(&ctx.starts);
+        *s += 1;
+        *s
+    };
+    let attempt = std::cell::Cell::new(0u32);
+    let Some(mut client) = open_with_retry(&ctx.shared, name, || {
+        attempt.set(attempt.get() + 1);
+        let keys = device_keys(&ctx, start, attempt.get())?;
+        Client::open(DEVICE_DB, name, &ctx.tenant, Box::new(NodeClock(node)), keys)
+    })
+    .await
     else {
         return;
     };
-    match client_snapshot(name, &client) {
+    // Derived state catches up with whatever the disk kept.
+    if let Err(e) = client.project() {
+        record(&ctx.shared, name, "node.projection_behind", json!({"code": e.code(), "message": e.to_string()}), None);
+    }
+    match client_snapshot(&ctx, &client) {
         Ok(s) => {
             let detail = json!({"boots": client.boots(), "pending": s.outbox.len(), "events": s.events.len()});
             record(&ctx.shared, name, "node.recovered", detail, Some(Fact::ClientState { snapshot: s, after_recovery: true }));
@@ -269,7 +392,7 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
                 record(&ctx.shared, name, "op.start", detail, Some(Fact::AppendStarted { node: name.into(), payload: payload.clone() }));
                 match client.append(&aggregate, &kind, &payload) {
                     Ok((w, op_id)) => {
-                        let fact = Fact::AppendAcked { node: name.into(), write_id: w, op_id: op_id.clone() };
+                        let fact = append_acked(name, &client, w, &op_id);
                         record(&ctx.shared, name, "op.ok", json!({"op": id, "write_id": w, "op_id": op_id}), Some(fact))
                     }
                     Err(e) => record(&ctx.shared, name, "op.err", json!({"op": id, "code": e.code(), "message": e.to_string()}), Some(Fact::AppendFailed { node: name.into() })),
@@ -289,7 +412,7 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
                 blobs.op(&ctx, &mut client, id, &a).await
             }
             Command::Snapshot => {
-                let s = client_snapshot(name, &client);
+                let s = client_snapshot(&ctx, &client);
                 lock(&ctx.mailbox).snapshot = Some(s);
             }
         }
@@ -320,7 +443,7 @@ async fn sync_op(ctx: &ClientCtx, client: &mut Client, rpc: &mut RpcClient, id: 
             }
             let detail = json!({"op": id, "pulled": r.pulled, "pages": r.pages, "settled": r.settled});
             let line = record_at(&ctx.shared, name, "op.ok", detail, Some(Fact::SyncSucceeded { node: name.into(), expected }));
-            check_now(ctx, client, line);
+            check_now(ctx, client, line, before.cursor);
             if let Ok(s) = client.export_state() {
                 *last_good = Some(s);
             }
@@ -357,7 +480,7 @@ fn failed_closed(ctx: &ClientCtx, client: &Client, id: u64, e: &drill_stack::Syn
                 state_after: after.to_json(),
             };
             let line = record_at(&ctx.shared, name, "op.err", detail, Some(fact));
-            check_now(ctx, client, line);
+            check_now(ctx, client, line, before.cursor);
         }
         // The disk refused the read: there is nothing to compare, and nothing is claimed.
         Err(_) => record(&ctx.shared, name, "op.err", detail, None),
@@ -387,13 +510,17 @@ fn hydrate_op(ctx: &ClientCtx, client: &mut Client, last_good: Option<&ExportedS
 /// on the server's node), and the model.
 pub struct ServerCtx {
     pub options: drill_stack::server::ServerOptions,
+    /// Every tenant's aggregate keys: the server never has them; the world opens what the
+    /// server stores for the model.
+    pub tenant_keys: Arc<BTreeMap<String, Arc<TenantKeys>>>,
     pub slot: Arc<Mutex<Option<Server>>>,
     pub shared: SharedRef,
 }
 
 /// The server's events as the model sees them.
-pub fn server_snapshot(s: &Server) -> Result<ServerSnapshot, String> {
+pub fn server_snapshot(s: &Server, keys: &BTreeMap<String, Arc<TenantKeys>>) -> Result<ServerSnapshot, String> {
     let events = s.events().map_err(|e| e.to_string())?;
+    let none = TenantKeys::new();
     let pruned = s
         .tombstones()
         .map_err(|e| e.to_string())?
@@ -401,13 +528,14 @@ pub fn server_snapshot(s: &Server) -> Result<ServerSnapshot, String> {
         .map(|t| drill_model::facts::PrunedFact { tenant: t.tenant, replica: t.replica, op_id: t.op_id, seq: t.seq, payload_sha256: t.payload_sha256 })
         .collect();
     let anchors = s.anchors().map_err(|e| e.to_string())?;
-    Ok(ServerSnapshot { node: "server".into(), events: events.iter().map(event_fact).collect(), pruned, anchors })
+    let events = events.iter().map(|e| event_fact(e, keys.get(&e.tenant).map(|k| &**k).unwrap_or(&none))).collect();
+    Ok(ServerSnapshot { node: "server".into(), events, pruned, anchors })
 }
 
 /// The server's process: recover, report what survived, then answer requests.
 pub async fn server_main(ctx: Arc<ServerCtx>) {
     let Some(server) = open_with_retry(&ctx.shared, "server", || Server::open_with(SERVER_DB, ctx.options)).await else { return };
-    match server_snapshot(&server) {
+    match server_snapshot(&server, &ctx.tenant_keys) {
         Ok(s) => {
             let detail = json!({"events": s.events.len()});
             record(&ctx.shared, "server", "node.recovered", detail, Some(Fact::ServerState { snapshot: s }));

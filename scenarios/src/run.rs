@@ -136,7 +136,8 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
     let mut nodes = Nodes::new();
     let slot = Arc::new(Mutex::new(None));
     let options = drill_stack::server::ServerOptions { retention_events: plan.server_retention };
-    let sctx = Arc::new(ServerCtx { options, slot: slot.clone(), shared: shared.clone() });
+    let tenant_keys = Arc::new(procs::provision(&plan));
+    let sctx = Arc::new(ServerCtx { options, tenant_keys: tenant_keys.clone(), slot: slot.clone(), shared: shared.clone() });
     let server = handle.create_node().name("server").ip(SERVER_IP).init(move || procs::server_main(sctx.clone())).build();
     nodes.add("server", server.id(), plan.knobs.disk.crash, &seeds);
     let devices: Vec<String> = plan.clients.iter().map(|c| c.name.clone()).collect();
@@ -158,6 +159,10 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
         let ctx = Arc::new(ClientCtx {
             name: spec.name.clone(),
             tenant: spec.tenant.clone(),
+            tenant_keys: tenant_keys[&spec.tenant].clone(),
+            passphrase: format!("passphrase of {}", spec.name),
+            seeds: seeds.child("devices"),
+            starts: Mutex::new(0),
             protocol_version: spec.protocol_version,
             transport: transport.clone(),
             mailbox: mailbox.clone(),
@@ -168,7 +173,7 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
         nodes.add(&spec.name, node.id(), plan.knobs.disk.crash, &seeds);
         mailboxes.insert(spec.name.clone(), mailbox);
     }
-    let mut w = World { plan: &plan, shared, nodes, mailboxes, transports, server, slot, start: clock::now(), steps: 0, timeline: BTreeMap::new(), next_key: 0, blobs, jobs };
+    let mut w = World { plan: &plan, shared, tenant_keys, nodes, mailboxes, transports, server, slot, start: clock::now(), steps: 0, timeline: BTreeMap::new(), next_key: 0, blobs, jobs };
     if let Some(keep) = plan.server_retention {
         *w.nodes.counts.entry("server.retention".into()).or_default() += 1;
         trace::emit("server", "fault.retention", json!({"keep_events": keep}));
@@ -192,6 +197,7 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
 struct World<'a> {
     plan: &'a Plan,
     shared: SharedRef,
+    tenant_keys: Arc<BTreeMap<String, Arc<procs::TenantKeys>>>,
     nodes: Nodes,
     mailboxes: BTreeMap<String, Arc<Mutex<Mailbox>>>,
     transports: BTreeMap<String, Arc<Mutex<TransportState>>>,
@@ -422,11 +428,12 @@ impl World<'_> {
 
     async fn server_snapshot(&mut self) -> Result<ServerSnapshot, String> {
         let slot = self.slot.clone();
+        let keys = self.tenant_keys.clone();
         // A restarted node has a new identity in madsim: spawn through a fresh handle.
         let node = madsim::runtime::Handle::current().get_node(self.server.id()).ok_or("the server node is gone")?;
         let task = node.spawn(async move {
             match lock(&slot).as_ref() {
-                Some(s) => procs::server_snapshot(s),
+                Some(s) => procs::server_snapshot(s, &keys),
                 None => Err("server store is not open".to_string()),
             }
         });

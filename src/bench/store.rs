@@ -13,7 +13,8 @@ use std::time::Duration;
 use drill_sim::disk::{DiskConfig, DiskFaults, DiskSim};
 use drill_sim::rng::SeedTree;
 use drill_sim::world::{NetConfig, Runtime};
-use drill_stack::client::Client;
+use drill_stack::client::{Client, DeviceKeys, Ring};
+use drill_stack::crypto::Key;
 use drill_stack::clock::FixedClock;
 use serde::Serialize;
 
@@ -156,7 +157,11 @@ fn workload(client: &mut Client, commits: u32) -> Result<(), String> {
 }
 
 fn open(path: &str, vfs: Option<&str>) -> Result<Client, String> {
-    Client::open_with_vfs(path, vfs, "bench", "acme", Box::new(FixedClock(0)))
+    use rand_chacha::rand_core::SeedableRng;
+    // The same keys and nonces on every storage layer: the three measure the same work.
+    let ring = (1..=5).map(|i| (format!("note-{i}"), Key::from_bytes([i as u8; 32]))).collect();
+    let keys = DeviceKeys::new(Ring::Fixed(ring), Box::new(rand_chacha::ChaCha8Rng::seed_from_u64(0)));
+    Client::open_with_vfs(path, vfs, "bench", "acme", Box::new(FixedClock(0)), keys)
         .map_err(|e| e.to_string())
 }
 

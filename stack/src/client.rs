@@ -7,15 +7,28 @@
 //! leaves [`Client::export_state`] exactly as it was (fail-closed). A write leaves the outbox
 //! only in the transaction that applies its event from the server, so it is never lost and never
 //! applied twice. Every write carries an op id that survives retries and renumbering.
+//!
+//! Payloads are sealed under their aggregate's key as they are appended ([`crate::envelope`]):
+//! the outbox, the wire and the server only ever hold ciphertext. The device's projections fold
+//! the tenant's events after every sync that brought new ones, skipping aggregates whose key it
+//! lacks (reported incomplete). Every command checks the resilience mode first: READ_ONLY
+//! refuses appends and syncs with `store:readOnly` and changes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use rand_core::RngCore;
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
 use crate::chain;
 use crate::clock::Clock;
+use crate::crypto::{self, Key};
+use crate::envelope;
 use crate::error::{StoreError, SyncError};
+use crate::keys::{KeyError, KeyStore};
+use crate::projections::health::{EventStoreStatus, Health};
+use crate::projections::resilience::{self, Mode, Write};
+use crate::projections::{ApplyReport, Engine, Incomplete, KeyRing, Scope};
 use crate::proto::{PendingWrite, Request, Response, WireEvent, PAGE_LIMIT_MAX};
 use crate::rpc::Exchange;
 use crate::store::{self, EventRow};
@@ -63,6 +76,37 @@ impl ExportedState {
     }
 }
 
+/// Where a device's aggregate keys live.
+pub enum Ring {
+    /// The device's key store file, unlocked.
+    Store(KeyStore),
+    /// Keys held in memory: storage-layer tests and benchmarks, which measure the store, not the
+    /// key store.
+    Fixed(BTreeMap<String, Key>),
+}
+
+impl KeyRing for Ring {
+    fn aggregate_key(&self, aggregate: &str) -> Result<Key, KeyError> {
+        match self {
+            Ring::Store(ks) => ks.aggregate_key(aggregate),
+            Ring::Fixed(keys) => keys.aggregate_key(aggregate),
+        }
+    }
+}
+
+/// A device's keys, and the stream its nonces come from (in a run, a seeded stream that never
+/// repeats across the device's restarts; never the OS).
+pub struct DeviceKeys {
+    pub ring: Ring,
+    nonces: Box<dyn RngCore + Send>,
+}
+
+impl DeviceKeys {
+    pub fn new(ring: Ring, nonces: Box<dyn RngCore + Send>) -> DeviceKeys {
+        DeviceKeys { ring, nonces }
+    }
+}
+
 /// What one successful sync attempt did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SyncReport {
@@ -74,6 +118,11 @@ pub struct SyncReport {
     pub pages: u32,
     /// Whether the device caught up with the server (no page left).
     pub settled: bool,
+    /// Events the projections folded after the commit.
+    pub projected: u64,
+    /// Why the projections could not catch up after the commit, if they could not (they catch
+    /// up at the next sync or boot).
+    pub projection_error: Option<String>,
 }
 
 /// Everything an attempt will commit, held in memory until it has fully succeeded.
@@ -100,6 +149,8 @@ pub struct Client {
     incarnation: String,
     clock: Box<dyn Clock>,
     boots: u64,
+    keys: DeviceKeys,
+    engine: Engine,
 }
 
 fn guard(stage: &'static str, code: &'static str, detail: String) -> SyncError {
@@ -113,16 +164,25 @@ fn get_u64(c: &Connection, key: &str) -> Result<u64, StoreError> {
 impl Client {
     /// Opens (or creates) the device database at `path` for `replica` of `tenant`, recovering
     /// whatever the disk kept.
-    pub fn open(path: &str, replica: &str, tenant: &str, clock: Box<dyn Clock>) -> Result<Client, StoreError> {
-        Client::open_with_vfs(path, None, replica, tenant, clock)
+    pub fn open(path: &str, replica: &str, tenant: &str, clock: Box<dyn Clock>, keys: DeviceKeys) -> Result<Client, StoreError> {
+        Client::open_with_vfs(path, None, replica, tenant, clock, keys)
     }
 
     /// Like [`Client::open`], through the SQLite VFS named `vfs` (see [`store::open_with_vfs`]);
     /// `drill bench` uses it to run the same workload on a real file and in memory.
-    pub fn open_with_vfs(path: &str, vfs: Option<&str>, replica: &str, tenant: &str, clock: Box<dyn Clock>) -> Result<Client, StoreError> {
+    pub fn open_with_vfs(
+        path: &str,
+        vfs: Option<&str>,
+        replica: &str,
+        tenant: &str,
+        clock: Box<dyn Clock>,
+        keys: DeviceKeys,
+    ) -> Result<Client, StoreError> {
         let conn = store::open_with_vfs(path, vfs)?;
         conn.execute_batch(store::EVENTS_SCHEMA)?;
         conn.execute_batch(CLIENT_SCHEMA)?;
+        let engine = Engine::builtin();
+        engine.install(&conn)?;
         let tx = conn.unchecked_transaction()?;
         for (key, want) in [("replica", replica), ("tenant", tenant)] {
             match store::meta_get(&tx, key)? {
@@ -146,7 +206,7 @@ impl Client {
         let boots = get_u64(&tx, "boots")? + 1;
         store::meta_set(&tx, "boots", &boots.to_string())?;
         tx.commit()?;
-        Ok(Client { conn, replica: replica.into(), tenant: tenant.into(), incarnation, clock, boots })
+        Ok(Client { conn, replica: replica.into(), tenant: tenant.into(), incarnation, clock, boots, keys, engine })
     }
 
     /// How many times this database has been opened, this time included.
@@ -162,15 +222,22 @@ impl Client {
         &self.tenant
     }
 
-    /// Records a write locally; it is durable when this returns, and pushed by a later sync.
-    /// Returns its write id and op id.
+    /// Records a write locally, its payload sealed under the aggregate's key; it is durable when
+    /// this returns, and pushed by a later sync. Returns its write id and op id. Refused in
+    /// READ_ONLY (`store:readOnly`) and without the aggregate's key (`keys:aggregateKeyMissing`),
+    /// changing nothing.
     pub fn append(&mut self, aggregate: &str, kind: &str, payload: &[u8]) -> Result<(u64, String), StoreError> {
+        resilience::check_write(&self.conn, Write::Command)?;
+        let key = self.keys.ring.aggregate_key(aggregate)?;
+        let ts = self.clock.now_unix_ms();
+        let nonce = crypto::nonce_from(&mut *self.keys.nonces);
+        let sealed = envelope::seal(&key, &nonce, &self.tenant, aggregate, kind, ts, payload);
         let tx = self.conn.transaction()?;
         let next = get_u64(&tx, "next_write_id")?.max(1);
         let op_id = format!("{}-{next}", self.incarnation);
         tx.execute(
             "INSERT INTO outbox(write_id, op_id, aggregate, kind, payload, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            rusqlite::params![next, op_id, aggregate, kind, payload, self.clock.now_unix_ms()],
+            rusqlite::params![next, op_id, aggregate, kind, sealed, ts],
         )?;
         store::meta_set(&tx, "next_write_id", &(next + 1).to_string())?;
         tx.commit()?;
@@ -184,6 +251,17 @@ impl Client {
             Ok(PendingWrite { write_id: r.get(0)?, op_id: Some(r.get(1)?), aggregate: r.get(2)?, kind: r.get(3)?, payload: r.get(4)? })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The pending write with op id `op_id`, if it is still pending.
+    pub fn pending_write(&self, op_id: &str) -> Result<Option<PendingWrite>, StoreError> {
+        use rusqlite::OptionalExtension;
+        let mut st = self.conn.prepare_cached("SELECT write_id, op_id, aggregate, kind, payload FROM outbox WHERE op_id = ?1")?;
+        Ok(st
+            .query_row([op_id], |r| {
+                Ok(PendingWrite { write_id: r.get(0)?, op_id: Some(r.get(1)?), aggregate: r.get(2)?, kind: r.get(3)?, payload: r.get(4)? })
+            })
+            .optional()?)
     }
 
     /// Every event this device holds, in the server's order.
@@ -235,11 +313,15 @@ impl Client {
         }
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM events WHERE seq > ?1", [state.cursor])?;
+        self.engine.reset(&tx, &self.tenant).map_err(StoreError::from)?;
         store::meta_set(&tx, "cursor", &state.cursor.to_string())?;
         store::meta_set(&tx, "reconcile_cursor", &state.reconcile_cursor.to_string())?;
         let lrw = serde_json::to_string(&state.last_reconciled_write_ids).expect("a map serializes");
         store::meta_set(&tx, "last_reconciled_write_ids", &lrw)?;
         tx.commit()?;
+        // Derived state refolds from what the device still holds; if the disk refuses now, the
+        // next sync or boot catches up.
+        let _ = self.project();
         Ok(())
     }
 
@@ -249,6 +331,7 @@ impl Client {
     pub fn full_resync(&mut self, floor_seq: u64, floor_hash: &[u8]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM events WHERE tenant = ?1", [&self.tenant])?;
+        self.engine.reset(&tx, &self.tenant)?;
         store::set_anchor(&tx, &self.tenant, floor_seq, floor_hash)?;
         store::meta_set(&tx, "cursor", &floor_seq.to_string())?;
         tx.commit()?;
@@ -261,6 +344,7 @@ impl Client {
         let floor = store::anchor(&self.conn, &self.tenant)?.map(|(seq, _)| seq).unwrap_or(0);
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM events WHERE seq > ?1", [floor])?;
+        self.engine.reset(&tx, &self.tenant)?;
         store::meta_set(&tx, "cursor", &floor.to_string())?;
         tx.commit()?;
         Ok(())
@@ -274,6 +358,7 @@ impl Client {
     /// One sync attempt: push the outbox, then pull until settled (or the page budget is spent),
     /// and commit everything at once. On any error nothing changes locally.
     pub async fn sync(&mut self, rpc: &mut impl Exchange) -> Result<SyncReport, SyncError> {
+        resilience::check_write(&self.conn, Write::Command).map_err(StoreError::from)?;
         let base = self.export_state()?;
         let mut a = Attempt {
             cursor: base.cursor,
@@ -283,14 +368,19 @@ impl Client {
         };
         self.push(rpc, &mut a).await?;
         self.pull(rpc, &mut a).await?;
-        let report = SyncReport {
+        let mut report = SyncReport {
             pushed: a.pushed.clone(),
             renumbered: a.renumbered.len(),
             pulled: a.items.len(),
             pages: a.pages,
             settled: a.settled,
+            ..SyncReport::default()
         };
         self.commit(a)?;
+        match self.project() {
+            Ok(r) => report.projected = r.applied,
+            Err(e) => report.projection_error = Some(format!("{}: {e}", e.code())),
+        }
         Ok(report)
     }
 
@@ -449,6 +539,84 @@ impl Client {
         Ok(())
     }
 
+    /// Folds the tenant's events the projections have not folded yet (after a sync, at boot).
+    /// An event is folded at most once per projection; aggregates without a key are skipped and
+    /// reported incomplete.
+    pub fn project(&mut self) -> Result<ApplyReport, StoreError> {
+        let mut from = u64::MAX;
+        for name in self.engine.names() {
+            from = from.min(self.engine.cursor(&self.conn, name, &self.tenant)?);
+        }
+        let events = store::events_after(&self.conn, &self.tenant, from, u32::MAX)?;
+        let sealed = events.iter().map(envelope::sealed_event).collect::<Result<Vec<_>, _>>()?;
+        Ok(self.engine.apply(&self.conn, &sealed, &self.keys.ring)?)
+    }
+
+    /// Clears and refolds the projections in `scope` from the events the device holds (runbook
+    /// 004 §3: full, per tenant, per projection, up to a time). Recovery: allowed in READ_ONLY.
+    pub fn rebuild_projections(&mut self, scope: &Scope) -> Result<ApplyReport, StoreError> {
+        let events = store::all_events(&self.conn)?;
+        let sealed = events.iter().map(envelope::sealed_event).collect::<Result<Vec<_>, _>>()?;
+        Ok(self.engine.rebuild(&self.conn, &sealed, &self.keys.ring, scope)?)
+    }
+
+    /// The projections' engine, for operator tools (snapshots, health, rows).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The device's database, for operator tools that work on it (snapshots, sagas, artifacts,
+    /// migrations, diagnostics). One connection per database: tools borrow this one.
+    pub fn db(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The device's keys.
+    pub fn keys(&self) -> &DeviceKeys {
+        &self.keys
+    }
+
+    /// The device's keys, to import or restore them (runbook 000).
+    pub fn keys_mut(&mut self) -> &mut DeviceKeys {
+        &mut self.keys
+    }
+
+    /// `projection`'s rows for this device's tenant.
+    pub fn projection_rows(&self, projection: &str) -> Result<Vec<Vec<String>>, StoreError> {
+        Ok(self.engine.rows(&self.conn, projection, &self.tenant)?)
+    }
+
+    /// The last seq `projection` folded.
+    pub fn projection_cursor(&self, projection: &str) -> Result<u64, StoreError> {
+        Ok(self.engine.cursor(&self.conn, projection, &self.tenant)?)
+    }
+
+    /// Aggregates the projections skipped (keys missing), every projection.
+    pub fn incomplete(&self) -> Result<Vec<Incomplete>, StoreError> {
+        Ok(self.engine.incomplete(&self.conn, &self.tenant)?)
+    }
+
+    /// The resilience mode.
+    pub fn mode(&self) -> Result<Mode, StoreError> {
+        resilience::mode(&self.conn)
+    }
+
+    /// Sets the resilience mode (an operator action, allowed in every mode); in DEGRADED,
+    /// `disabled` names the projections to switch off.
+    pub fn set_mode(&self, mode: Mode, disabled: &[&str]) -> Result<(), StoreError> {
+        resilience::set_mode(&self.conn, mode, disabled)
+    }
+
+    /// The health status of runbook 004 §7, given how the event store answered.
+    pub fn health(&self, event_store: EventStoreStatus) -> Result<Health, StoreError> {
+        Ok(self.engine.health(&self.conn, event_store)?)
+    }
+
+    /// An event's payload, opened with the device's keys.
+    pub fn open_payload(&self, e: &EventRow) -> Result<Vec<u8>, envelope::Unreadable> {
+        envelope::open(&self.keys.ring, &e.tenant, &e.aggregate, &e.kind, &e.payload)
+    }
+
     /// Count and chain head of this device's tenant, to compare with the server's.
     pub fn diagnostics(&self) -> Result<(u64, Vec<u8>), StoreError> {
         let count: u64 = self.conn.query_row("SELECT COUNT(*) FROM events WHERE tenant = ?1", [&self.tenant], |r| r.get(0))?;
@@ -527,9 +695,16 @@ mod tests {
         assert_eq!(sig(check_page(5, &[item(3)], false, 3)).as_deref(), Some("pull:pullCursorRegression"));
     }
 
+    /// Keys for aggregate `a`, held in memory.
+    pub(crate) fn test_keys() -> DeviceKeys {
+        use rand_chacha::rand_core::SeedableRng;
+        let ring = Ring::Fixed([("a".to_string(), Key::from_bytes([7; 32]))].into());
+        DeviceKeys::new(ring, Box::new(rand_chacha::ChaCha8Rng::seed_from_u64(1)))
+    }
+
     fn device(dir: &tempfile::TempDir) -> Client {
         let path = dir.path().join("device.db");
-        Client::open(path.to_str().unwrap(), "client-1", "acme", Box::new(crate::clock::FixedClock(0))).unwrap()
+        Client::open(path.to_str().unwrap(), "client-1", "acme", Box::new(crate::clock::FixedClock(0)), test_keys()).unwrap()
     }
 
     #[test]
@@ -569,7 +744,7 @@ mod tests {
         assert_eq!(c.boots(), 2);
         assert_eq!(c.outbox().unwrap().len(), 2);
         let path = dir.path().join("device.db");
-        let other = Client::open(path.to_str().unwrap(), "client-9", "acme", Box::new(crate::clock::FixedClock(0)));
+        let other = Client::open(path.to_str().unwrap(), "client-9", "acme", Box::new(crate::clock::FixedClock(0)), test_keys());
         assert!(matches!(other, Err(StoreError::Invalid { .. })));
     }
 

@@ -16,6 +16,10 @@ pub enum StoreError {
     Sqlite { detail: String },
     /// The database holds something the stack did not write (a broken invariant of its own).
     Invalid { detail: String },
+    /// The store is READ_ONLY (runbook 004): the write was refused and nothing changed.
+    ReadOnly,
+    /// A key the write needs is not available: `code` is the key store's (`keys:...`).
+    Keys { code: &'static str, detail: String },
 }
 
 impl StoreError {
@@ -27,6 +31,8 @@ impl StoreError {
             StoreError::Io { .. } => "store:io",
             StoreError::Sqlite { .. } => "store:sqlite",
             StoreError::Invalid { .. } => "store:invalid",
+            StoreError::ReadOnly => "store:readOnly",
+            StoreError::Keys { code, .. } => code,
         }
     }
 }
@@ -39,6 +45,8 @@ impl fmt::Display for StoreError {
             StoreError::Io { detail } => write!(f, "disk I/O error: {detail}"),
             StoreError::Sqlite { detail } => write!(f, "sqlite error: {detail}"),
             StoreError::Invalid { detail } => write!(f, "stored data is invalid: {detail}"),
+            StoreError::ReadOnly => write!(f, "{}", crate::projections::resilience::ReadOnly),
+            StoreError::Keys { detail, .. } => write!(f, "{detail}"),
         }
     }
 }
@@ -62,6 +70,35 @@ impl From<rusqlite::Error> for StoreError {
                 StoreError::Io { detail }
             }
             _ => StoreError::Sqlite { detail },
+        }
+    }
+}
+
+impl From<crate::keys::KeyError> for StoreError {
+    fn from(e: crate::keys::KeyError) -> Self {
+        match e {
+            crate::keys::KeyError::Store(s) => s,
+            other => StoreError::Keys { code: other.code(), detail: other.to_string() },
+        }
+    }
+}
+
+impl From<crate::projections::resilience::CheckError> for StoreError {
+    fn from(e: crate::projections::resilience::CheckError) -> Self {
+        match e {
+            crate::projections::resilience::CheckError::ReadOnly(_) => StoreError::ReadOnly,
+            crate::projections::resilience::CheckError::Store(s) => s,
+        }
+    }
+}
+
+impl From<crate::projections::ProjectionError> for StoreError {
+    fn from(e: crate::projections::ProjectionError) -> Self {
+        use crate::projections::ProjectionError as P;
+        match e {
+            P::ReadOnly => StoreError::ReadOnly,
+            P::Store(s) => s,
+            other => StoreError::Invalid { detail: other.to_string() },
         }
     }
 }

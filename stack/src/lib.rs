@@ -15,6 +15,7 @@
 //! - [`fs`]: plain files beside the databases (the [`fs::FileSystem`] seam).
 //! - [`jobs`]: ingest → backend run → persist, JSONL export and import, and the persistence
 //!   recoveries of runbook 001.
+//! - [`envelope`]: the stored form of a payload, sealed under its aggregate's key.
 //! - [`crypto`]: XChaCha20-Poly1305 seals for payloads (bound to tenant, aggregate and type) and
 //!   wrapped keys.
 //! - [`keys`]: the key store (identity, aggregate, vault and group keys under a passphrase),
@@ -37,6 +38,7 @@ pub mod client;
 pub mod clock;
 pub mod crypto;
 pub mod diagnostics;
+pub mod envelope;
 pub mod error;
 pub mod fs;
 pub mod jobs;

@@ -11,7 +11,9 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use drill_stack::chain::{first_broken, Link};
-use drill_stack::client::{Client, ExportedState};
+use drill_stack::client::{Client, DeviceKeys, ExportedState, Ring};
+use drill_stack::crypto::Key;
+use drill_stack::envelope;
 use drill_stack::clock::FixedClock;
 use drill_stack::proto::{Request, Response};
 use drill_stack::rpc::Exchange;
@@ -95,9 +97,31 @@ impl World {
     }
 }
 
+/// Every device of a tenant holds the tenant's key for the one aggregate the test writes.
+fn ring(tenant: &str) -> BTreeMap<String, Key> {
+    let byte = tenant.bytes().fold(0u8, |a, b| a.wrapping_add(b));
+    [("note".to_string(), Key::from_bytes([byte; 32]))].into()
+}
+
 fn open_client(dir: &tempfile::TempDir, c: usize) -> Client {
+    use rand_chacha::rand_core::SeedableRng;
     let path = dir.path().join(format!("client-{c}.db"));
-    Client::open(path.to_str().unwrap(), &format!("client-{c}"), TENANTS[c], Box::new(FixedClock(0))).unwrap()
+    // A reopened device draws nonces from a fresh stream: the count of opens makes it one.
+    let opens = OPENS.with(|o| {
+        *o.borrow_mut() += 1;
+        *o.borrow()
+    });
+    let keys = DeviceKeys::new(Ring::Fixed(ring(TENANTS[c])), Box::new(rand_chacha::ChaCha8Rng::seed_from_u64(opens)));
+    Client::open(path.to_str().unwrap(), &format!("client-{c}"), TENANTS[c], Box::new(FixedClock(0)), keys).unwrap()
+}
+
+thread_local! {
+    static OPENS: std::cell::RefCell<u64> = const { std::cell::RefCell::new(0) };
+}
+
+/// The plaintext of a stored envelope.
+fn plain(tenant: &str, kind: &str, sealed: &[u8]) -> Vec<u8> {
+    envelope::open(&ring(tenant), tenant, "note", kind, sealed).expect("a stored payload opens with its tenant's key")
 }
 
 fn step(w: &mut World, m: &mut Model, op: &Op) {
@@ -159,7 +183,7 @@ fn chain_ok(events: &[EventRow]) -> Option<u64> {
 fn check(w: &World, m: &Model) -> Result<(), TestCaseError> {
     let server = w.server.events().unwrap();
     for (tenant, order) in &m.order {
-        let held: Vec<Vec<u8>> = server.iter().filter(|e| e.tenant == *tenant).map(|e| e.payload.clone()).collect();
+        let held: Vec<Vec<u8>> = server.iter().filter(|e| e.tenant == *tenant).map(|e| plain(tenant, &e.kind, &e.payload)).collect();
         prop_assert_eq!(&held, order, "server order of {}", tenant);
         let evs: Vec<EventRow> = server.iter().filter(|e| e.tenant == *tenant).cloned().collect();
         prop_assert_eq!(chain_ok(&evs), None, "server chain of {}", tenant);
@@ -167,11 +191,15 @@ fn check(w: &World, m: &Model) -> Result<(), TestCaseError> {
     for c in 0..3 {
         let order = m.order.get(TENANTS[c]).cloned().unwrap_or_default();
         let pending: Vec<Vec<u8>> = m.appended[c].iter().filter(|p| !order.contains(p)).cloned().collect();
-        let outbox: Vec<Vec<u8>> = w.clients[c].outbox().unwrap().into_iter().map(|x| x.payload).collect();
+        let outbox: Vec<Vec<u8>> = w.clients[c].outbox().unwrap().into_iter().map(|x| plain(TENANTS[c], &x.kind, &x.payload)).collect();
         prop_assert_eq!(outbox, pending, "outbox of client {}", c);
         let events = w.clients[c].events().unwrap();
-        let held: Vec<Vec<u8>> = events.iter().map(|e| e.payload.clone()).collect();
+        let held: Vec<Vec<u8>> = events.iter().map(|e| plain(TENANTS[c], &e.kind, &e.payload)).collect();
         prop_assert_eq!(&held[..], &order[..m.applied[c]], "events of client {}", c);
+        // The aggregate-state projection has folded exactly the events the device holds.
+        let rows = w.clients[c].projection_rows("aggregate_state").unwrap();
+        let folded: usize = rows.iter().map(|r| r[1].parse::<usize>().unwrap()).sum();
+        prop_assert_eq!(folded, m.applied[c], "projection of client {}: {:?}", c, rows);
         prop_assert_eq!(chain_ok(&events), None, "chain of client {}", c);
         let state = w.clients[c].export_state().unwrap();
         prop_assert_eq!(state.pending.len(), m.appended[c].iter().filter(|p| !order.contains(p)).count());

@@ -145,6 +145,16 @@ impl Engine {
         Ok(report)
     }
 
+    /// Empties every projection of `tenant` inside the caller's transaction, so that the next
+    /// [`Engine::apply`] refolds from the start: for when the events a projection folded are
+    /// dropped (hydrate, forced or full resync) in that same transaction.
+    pub fn reset(&self, c: &Connection, tenant: &str) -> Result<(), ProjectionError> {
+        for p in &self.projections {
+            clear(c, p.as_ref(), tenant)?;
+        }
+        Ok(())
+    }
+
     /// `tenant`'s state in `projection`, as canonical rows.
     pub fn rows(&self, c: &Connection, projection: &str, tenant: &str) -> Result<Vec<Vec<String>>, ProjectionError> {
         Ok(self.find(projection)?.rows(c, tenant)?)
