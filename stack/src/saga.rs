@@ -8,7 +8,9 @@
 //! `requested → delivering → done`, each step its own committed transaction:
 //!
 //! 1. [`AchievementSaga::observe`] records `requested` when the count passes the threshold;
-//! 2. [`drive`] records `delivering`, calls [`EffectSink::deliver`], then records `done`.
+//! 2. [`drive`] records `delivering`, calls [`EffectSink::deliver`], then records `done`
+//!    ([`begin_deliveries`] and [`finish_delivery`] are the same two halves, for a caller that
+//!    sends the effect asynchronously).
 //!
 //! A crash can stop it between any two of these. [`reconcile`], called on start, re-derives the
 //! requests from the counts (so even cleared saga tables are rebuilt: the runbook's manual
@@ -307,28 +309,50 @@ pub fn drive(c: &Connection, sink: &mut dyn EffectSink, clock: &dyn Clock) -> Re
 /// [`drive`], stopped at `crash` (the first effect that reaches it) with
 /// [`SagaError::Interrupted`]: what a power cut at that point leaves on disk.
 pub fn drive_with(c: &Connection, sink: &mut dyn EffectSink, clock: &dyn Clock, crash: Option<Crash>) -> Result<DriveReport, SagaError> {
-    resilience::check_write(c, Write::Command)?;
     let mut report = DriveReport::default();
-    for step in steps(c)?.into_iter().filter(|s| s.state != State::Done) {
-        set_state(c, &step.effect_id, State::Delivering, None, clock)?;
+    for step in begin_deliveries(c, clock)? {
         if crash == Some(Crash::BeforeEffect) {
             return Err(SagaError::Interrupted { effect_id: step.effect_id, at: Crash::BeforeEffect });
         }
-        match sink.deliver(&step.effect_id, &step.body) {
-            Ok(d) => {
-                if crash == Some(Crash::BeforeDone) {
-                    return Err(SagaError::Interrupted { effect_id: step.effect_id, at: Crash::BeforeDone });
-                }
-                set_state(c, &step.effect_id, State::Done, None, clock)?;
-                if d.first_time { report.delivered.push(step.effect_id) } else { report.duplicates.push(step.effect_id) }
-            }
-            Err(e) => {
-                set_state(c, &step.effect_id, State::Delivering, Some(e.code()), clock)?;
-                report.failed.push((step.effect_id, e));
-            }
+        let outcome = sink.deliver(&step.effect_id, &step.body);
+        if outcome.is_ok() && crash == Some(Crash::BeforeDone) {
+            return Err(SagaError::Interrupted { effect_id: step.effect_id, at: Crash::BeforeDone });
+        }
+        finish_delivery(c, &step.effect_id, &outcome, clock)?;
+        match outcome {
+            Ok(d) if d.first_time => report.delivered.push(step.effect_id),
+            Ok(_) => report.duplicates.push(step.effect_id),
+            Err(e) => report.failed.push((step.effect_id, e)),
         }
     }
     Ok(report)
+}
+
+/// The first half of a delivery, for a caller that sends effects itself (over the network,
+/// asynchronously): marks every effect not `done` as `delivering` (committed, one attempt
+/// each) and returns them. Send each, then call [`finish_delivery`] with the answer; a crash
+/// in between is what [`reconcile`] recovers. A command.
+pub fn begin_deliveries(c: &Connection, clock: &dyn Clock) -> Result<Vec<Step>, SagaError> {
+    resilience::check_write(c, Write::Command)?;
+    let mut out = Vec::new();
+    for mut step in steps(c)?.into_iter().filter(|s| s.state != State::Done) {
+        set_state(c, &step.effect_id, State::Delivering, None, clock)?;
+        step.state = State::Delivering;
+        step.attempts += 1;
+        out.push(step);
+    }
+    Ok(out)
+}
+
+/// The second half of a delivery: records `done` when the receiver took the effect (first
+/// time or duplicate), or the failure's code, leaving it `delivering`. A command.
+pub fn finish_delivery(c: &Connection, effect_id: &str, outcome: &Result<Delivered, EffectError>, clock: &dyn Clock) -> Result<(), SagaError> {
+    resilience::check_write(c, Write::Command)?;
+    match outcome {
+        Ok(_) => set_state(c, effect_id, State::Done, None, clock)?,
+        Err(e) => set_state(c, effect_id, State::Delivering, Some(e.code()), clock)?,
+    }
+    Ok(())
 }
 
 /// Commits one state change; starting a delivery counts an attempt.
@@ -476,7 +500,9 @@ mod tests {
     /// Every effect the saga recorded is applied exactly once, and nothing else is.
     fn assert_once(d: &Device) {
         assert!(d.receiver.applied_twice().unwrap().is_empty());
-        assert_eq!(done_effects(&d.c).unwrap(), d.receiver.applied().unwrap());
+        let mut applied = d.receiver.applied().unwrap();
+        applied.sort();
+        assert_eq!(done_effects(&d.c).unwrap(), applied);
         assert!(steps(&d.c).unwrap().iter().all(|s| s.state == State::Done));
     }
 
@@ -580,6 +606,99 @@ mod tests {
         )
         .unwrap();
         assert_eq!(tenant_counts(&d.c).unwrap(), counts(&[("acme", 5), ("globex", 1)]));
+    }
+
+    #[test]
+    fn the_two_halves_of_a_delivery_recover_like_drive() {
+        let mut d = device();
+        let saga = AchievementSaga::new(1);
+        saga.observe(&d.c, "acme", 1, &CLOCK).unwrap();
+        let begun = begin_deliveries(&d.c, &CLOCK).unwrap();
+        assert_eq!((begun.len(), begun[0].state, begun[0].attempts), (1, State::Delivering, 1));
+        let outcome = d.receiver.deliver(&begun[0].effect_id, &begun[0].body);
+        // The device crashes before recording the answer; the next start finishes it.
+        d.restart();
+        let r = reconcile(&d.c, &saga, &counts(&[("acme", 1)]), &mut d.receiver, &CLOCK).unwrap();
+        assert_eq!(r.drive.duplicates, vec![begun[0].effect_id.clone()]);
+        finish_delivery(&d.c, &begun[0].effect_id, &outcome, &CLOCK).unwrap();
+        assert_once(&d);
+    }
+
+    /// A receiver that is down for the next `down` deliveries.
+    struct Flaky<'a> {
+        inner: &'a mut Receiver,
+        down: u32,
+    }
+
+    impl EffectSink for Flaky<'_> {
+        fn deliver(&mut self, effect_id: &str, body: &str) -> Result<Delivered, EffectError> {
+            if self.down > 0 {
+                self.down -= 1;
+                return Err(EffectError::Unavailable { detail: "down".into() });
+            }
+            self.inner.deliver(effect_id, body)
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A tenant's count grows by this much and the saga observes it.
+        Grow(usize, u64),
+        /// A delivery round with the receiver down for a few deliveries, maybe cut by a crash.
+        Drive(u32, Option<Crash>),
+        Restart,
+        Clear,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        let crash = prop_oneof![Just(None), Just(Some(Crash::BeforeEffect)), Just(Some(Crash::BeforeDone))];
+        prop_oneof![
+            (0..3usize, 0..4u64).prop_map(|(t, n)| Op::Grow(t, n)),
+            (0..3u32, crash).prop_map(|(down, crash)| Op::Drive(down, crash)),
+            Just(Op::Restart),
+            Just(Op::Clear),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any interleaving of growth, deliveries, crashes at either point, an unavailable
+        /// receiver and cleared saga tables ends, after one reconcile on start, with every
+        /// tenant past the threshold rewarded exactly once and no one else.
+        #[test]
+        fn effects_happen_exactly_once_whatever_the_crashes(ops in proptest::collection::vec(op(), 1..24)) {
+            let mut d = device();
+            let saga = AchievementSaga::new(4);
+            let tenants = ["acme", "globex", "initech"];
+            let mut totals = [0u64; 3];
+            for op in ops {
+                match op {
+                    Op::Grow(t, n) => {
+                        totals[t] += n;
+                        saga.observe(&d.c, tenants[t], totals[t], &CLOCK).unwrap();
+                    }
+                    Op::Drive(down, crash) => {
+                        let mut sink = Flaky { inner: &mut d.receiver, down };
+                        match drive_with(&d.c, &mut sink, &CLOCK, crash) {
+                            Ok(_) | Err(SagaError::Interrupted { .. }) => {}
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    Op::Restart => d.restart(),
+                    Op::Clear => {
+                        clear(&d.c).unwrap();
+                    }
+                }
+            }
+            d.restart();
+            let all: BTreeMap<String, u64> = tenants.iter().zip(totals).map(|(t, n)| (t.to_string(), n)).collect();
+            reconcile(&d.c, &saga, &all, &mut d.receiver, &CLOCK).unwrap();
+            let rewarded: Vec<String> = tenants.iter().zip(totals).filter(|(_, n)| *n >= 4).map(|(t, _)| saga.effect_id(t)).collect();
+            let mut applied = d.receiver.applied().unwrap();
+            applied.sort();
+            proptest::prop_assert_eq!(applied, rewarded);
+            assert_once(&d);
+        }
     }
 
     #[test]
