@@ -20,6 +20,10 @@
 //! writing after a crash), it starts over from a fresh snapshot, so nothing written in between
 //! is lost.
 //!
+//! A device runs it on open, after installing the projection engine (which creates version 1
+//! tables in a new database; a migrated table is left alone, as the engine only creates tables
+//! that do not exist). The engine's SQL works on both layouts.
+//!
 //! When the migration cannot finish, `migrate:legacyMigrationBlocked` says why, and the
 //! database stays usable at its old version with no staging left behind: the recorded version
 //! has no migration path (unknown, or newer than this code), the snapshot fails its check, or
@@ -532,6 +536,17 @@ mod tests {
             assert!(m.restarted, "{at:?}: the stale snapshot is retaken");
             assert_eq!(assert_whole(&d, &after_writes), 2);
         }
+    }
+
+    #[test]
+    fn an_empty_or_a_new_database_migrates_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = store::open(dir.path().join("new.db").to_str().unwrap()).unwrap();
+        assert_eq!(run(&c, &CLOCK).unwrap().rows, 0);
+        assert_eq!((version(&c).unwrap(), strict(&c, "proj_tenant_counters")), (2, true));
+        let engine = Engine::builtin();
+        engine.install(&c).unwrap();
+        assert!(strict(&c, "proj_aggregate_state"), "installing the engine keeps the new layout");
     }
 
     #[test]
