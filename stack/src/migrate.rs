@@ -538,6 +538,33 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// Any amount of data, a crash at any step (or none), then writes before the rerun:
+        /// after the crash the database is whole at version 1, and the rerun ends whole at
+        /// version 2 with every row, including the ones written in between.
+        #[test]
+        fn any_crash_then_writes_then_a_rerun_ends_whole(
+            events in 0..25usize,
+            crash in proptest::option::of(proptest::sample::select(Crash::ALL.to_vec())),
+            between in 0..4usize,
+        ) {
+            let mut d = device();
+            d.write(events);
+            let before = d.state();
+            let first = run_with(&d.c, &CLOCK, crash);
+            d.restart();
+            let v = assert_whole(&d, &before);
+            proptest::prop_assert_eq!(v, if crash.is_some() { 1 } else { 2 }, "{:?}: {:?}", crash, first);
+            d.write(between);
+            let now = d.state();
+            run(&d.c, &CLOCK).unwrap();
+            proptest::prop_assert_eq!(assert_whole(&d, &now), 2);
+            proptest::prop_assert_eq!(pending(&d.c).unwrap(), None);
+        }
+    }
+
     #[test]
     fn an_empty_or_a_new_database_migrates_too() {
         let dir = tempfile::tempdir().unwrap();
