@@ -212,6 +212,9 @@ pub struct ListArgs {
     /// List the invariants the reference model checks: id, runbook source, statement, where.
     #[arg(long)]
     pub invariants: bool,
+    /// List the runbook drills: id, runbook section, title and recovery steps.
+    #[arg(long, conflicts_with = "invariants")]
+    pub drills: bool,
 }
 
 fn parse_scenario(name: &str) -> Result<String, String> {

@@ -245,6 +245,7 @@ mod tests {
             steps: 0,
             trace_lines: 0,
             replay: String::new(),
+            drills: Default::default(),
         };
         serde_json::to_string(&s).unwrap()
     }

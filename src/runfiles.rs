@@ -39,6 +39,7 @@ pub fn summary_of(report: &RunReport, replay: String) -> Summary {
         steps: report.steps,
         trace_lines: report.trace.len() as u64,
         replay,
+        drills: report.drills.clone(),
     }
 }
 

@@ -22,6 +22,7 @@ pub const BLOB_VISIBILITY: &str = "INV-BLOB-VISIBILITY";
 pub const BLOB_OBJECT: &str = "INV-BLOB-OBJECT";
 pub const EXPORT: &str = "INV-EXPORT";
 pub const IMPORT_REJECT: &str = "INV-IMPORT-REJECT";
+pub const RECOVERY: &str = "INV-RECOVERY";
 pub const PROJECTION: &str = "INV-PROJECTION";
 pub const SNAPSHOT: &str = "INV-SNAPSHOT";
 pub const NO_PLAINTEXT: &str = "INV-NO-PLAINTEXT";
@@ -96,6 +97,12 @@ pub const REGISTRY: &[Invariant] = &[
         runbook: "001 Scenario C",
         statement: "an import with the reject policy never changes an existing row",
         checked: "when every import with reject ends, or when the jobs node recovered from a crash during one",
+    },
+    Invariant {
+        id: RECOVERY,
+        runbook: "every drilled section of 001, 002, 003, 004",
+        statement: "after a drill's recovery no committed event is lost, changed or held twice, except what the runbook says is unrecoverable",
+        checked: "at the end of every drill, on the events committed before its failure and read back after its recovery",
     },
     Invariant {
         id: PROJECTION,

@@ -10,6 +10,7 @@ pub mod checker;
 pub mod facts;
 pub mod invariants;
 pub mod jobs;
+pub mod recovery;
 pub mod secrets;
 pub mod store;
 mod verified;

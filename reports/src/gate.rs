@@ -403,6 +403,7 @@ pub fn merge_sweeps(parts: &[SweepSummary]) -> Result<SweepSummary, MergeError> 
         jobs: 0,
         wall_seconds: 0.0,
         seeds_per_second: 0.0,
+        drills: BTreeMap::new(),
         ..first.clone()
     };
     for p in parts {
@@ -414,6 +415,7 @@ pub fn merge_sweeps(parts: &[SweepSummary]) -> Result<SweepSummary, MergeError> 
         merged.failing.extend(p.failing.iter().cloned());
         add_counts(&mut merged.faults, &p.faults);
         add_counts(&mut merged.checks, &p.checks);
+        crate::add_drills(&mut merged.drills, &p.drills);
         merged.jobs += p.jobs;
         merged.wall_seconds = merged.wall_seconds.max(p.wall_seconds);
         merged.seeds_per_second += p.seeds_per_second;
@@ -489,6 +491,7 @@ mod tests {
             jobs: 2,
             wall_seconds: 1.0,
             seeds_per_second: 5.0,
+            drills: BTreeMap::new(),
         }
     }
 

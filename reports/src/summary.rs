@@ -51,6 +51,36 @@ pub struct Summary {
     /// The shell command that runs the same input again, for example
     /// `drill run --seed 7 --scenario sync-basic --profile swarm`.
     pub replay: String,
+    /// The drill coverage table: per drill the run (or, inside a swarm run, picked) it.
+    #[serde(default)]
+    pub drills: BTreeMap<String, DrillCoverage>,
+}
+
+/// One drill's line of a coverage table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillCoverage {
+    /// Runs that ran the drill (or picked it, inside swarm runs).
+    pub runs: u64,
+    /// Runs in which its failure happened and every recovery step ran.
+    pub exercised: u64,
+    /// Exercised runs that passed.
+    pub passed: u64,
+}
+
+impl DrillCoverage {
+    /// Adds another table's line.
+    pub fn add(&mut self, other: &DrillCoverage) {
+        self.runs += other.runs;
+        self.exercised += other.exercised;
+        self.passed += other.passed;
+    }
+}
+
+/// Adds every line of `from` into `into`.
+pub fn add_drills(into: &mut BTreeMap<String, DrillCoverage>, from: &BTreeMap<String, DrillCoverage>) {
+    for (id, c) in from {
+        into.entry(id.clone()).or_default().add(c);
+    }
 }
 
 impl Summary {
@@ -87,6 +117,7 @@ mod tests {
             trace_lines: 900,
             replay: "drill run --seed 18446744073709551615 --scenario sync-basic --profile swarm"
                 .into(),
+            drills: BTreeMap::from([("003-4-pull-cursor-regression".into(), DrillCoverage { runs: 1, exercised: 1, passed: 1 })]),
         }
     }
 

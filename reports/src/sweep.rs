@@ -121,6 +121,9 @@ pub struct SweepSummary {
     pub wall_seconds: f64,
     /// Seeds finished per wall-clock second.
     pub seeds_per_second: f64,
+    /// The drill coverage table over all seeds: runs, exercised and passed per drill.
+    #[serde(default)]
+    pub drills: BTreeMap<String, crate::DrillCoverage>,
 }
 
 /// Adds every count of `from` into `into` (faults by kind, checks by invariant).
@@ -162,6 +165,7 @@ mod tests {
             jobs: 2,
             wall_seconds: 0.5,
             seeds_per_second: 4.0,
+            drills: BTreeMap::new(),
         }
     }
 

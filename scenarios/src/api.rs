@@ -28,6 +28,9 @@ pub struct RunRequest {
 /// The verdict of one run: the file formats' type, so callers write it as it is.
 pub use drill_reports::Outcome;
 
+/// One drill's line of the coverage table (the file format's type).
+pub use drill_reports::DrillCoverage;
+
 /// One broken invariant (the model's type).
 pub use drill_model::Violation;
 
@@ -55,6 +58,9 @@ pub struct RunReport {
     pub plan_json: String,
     /// Every trace line, without trailing newlines.
     pub trace: Vec<String>,
+    /// The drill coverage table: the drill this run ran (or, in a swarm run, picked), whether
+    /// it was exercised and whether it passed.
+    pub drills: BTreeMap<String, DrillCoverage>,
 }
 
 /// Bad input: the caller exits 2 with this message on one line.

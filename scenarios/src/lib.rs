@@ -5,6 +5,7 @@
 
 mod api;
 pub mod blobs_world;
+pub mod drills;
 pub mod jobs_world;
 pub mod plan;
 pub mod procs;
@@ -21,9 +22,13 @@ use drill_sim::rng::SeedTree;
 use crate::plan::Plan;
 use crate::transport::TransportKnobs;
 
-/// Scenarios `drill run --scenario` accepts.
+/// Scenarios `drill run --scenario` accepts: the workload, then every drill of the registry.
 pub fn scenarios() -> &'static [Entry] {
-    &[Entry { name: sync_basic::NAME, description: "devices of two tenants record events offline and sync them through the server" }]
+    static ALL: std::sync::OnceLock<Vec<Entry>> = std::sync::OnceLock::new();
+    ALL.get_or_init(|| {
+        let main = Entry { name: sync_basic::NAME, description: "devices of two tenants record events offline and sync them through the server" };
+        std::iter::once(main).chain(drills::registry().into_iter().map(|d| Entry { name: d.id, description: d.title })).collect()
+    })
 }
 
 /// Fault profiles `--profile` accepts.
@@ -61,6 +66,7 @@ pub fn plan_for(seed: u64, scenario: &str, profile: &str) -> Result<Plan, RunErr
     let transport = transport_knobs(profile, seed)?;
     match scenario {
         sync_basic::NAME => Ok(sync_basic::plan(seed, profile, knobs, transport, sync_basic::Shape::STANDARD)),
+        other if drills::find(other).is_some() => drills::plan(seed, other, profile),
         other => Err(RunError::UnknownScenario(other.to_string())),
     }
 }
@@ -86,5 +92,10 @@ pub fn prepare(source: &RunSource) -> Result<Plan, RunError> {
 /// Runs one world. `RunReport::trace` always holds every line, with or without `out_dir`.
 pub fn run(req: &RunRequest) -> Result<RunReport, RunError> {
     let plan = prepare(&req.source)?;
-    run::execute(&plan, req.out_dir.as_deref())
+    if plan.scenario != sync_basic::NAME && plan.drill.is_some() {
+        return drills::execute(&plan, req.out_dir.as_deref());
+    }
+    let mut report = run::execute(&plan, req.out_dir.as_deref())?;
+    drills::swarm::judge(&plan, &mut report);
+    Ok(report)
 }

@@ -93,6 +93,9 @@ pub struct Plan {
     /// The jobs node and its operations; without it the world has no jobs node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jobs: Option<crate::jobs_world::JobsPlan>,
+    /// The runbook drill the plan runs (a drill's own plan), or injects into a swarm world.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<crate::drills::DrillPlan>,
     /// When every fault ends and the liveness phase starts.
     pub heal_at_ms: u64,
     /// How long the devices have to converge after the heal.
@@ -179,6 +182,7 @@ impl Plan {
         }
         crate::blobs_world::validate(self)?;
         crate::jobs_world::validate(self)?;
+        crate::drills::validate(self)?;
         self.knobs.validate()
     }
 }

@@ -42,6 +42,8 @@ enum Step {
     Boot(String),
     Blob(crate::blobs_world::BlobStep),
     Jobs(crate::jobs_world::JobsStep),
+    /// A recovery step of a drill injected into the world (a `drill.step` line).
+    DrillMark(crate::drills::swarm::Mark),
 }
 
 /// What the world hands back to `execute`.
@@ -116,6 +118,7 @@ pub fn execute(plan: &Plan, out_dir: Option<&Path>) -> Result<RunReport, RunErro
         plan_hash,
         plan_json,
         trace,
+        drills: BTreeMap::new(),
     })
 }
 
@@ -241,6 +244,9 @@ impl World<'_> {
         for (t, s) in crate::jobs_world::steps(self.plan) {
             self.at(t, Step::Jobs(s));
         }
+        for (t, m) in crate::drills::swarm::marks(self.plan) {
+            self.at(t, Step::DrillMark(m));
+        }
     }
 
     /// Sleeps until `deadline`, or until a power cut fires somewhere (then handles it).
@@ -334,6 +340,7 @@ impl World<'_> {
                     b.apply(s, &mut self.nodes.counts);
                 }
             }
+            Step::DrillMark(m) => crate::drills::swarm::mark(&m),
             Step::Jobs(s) => {
                 let down = self.nodes.is_down(crate::jobs_world::JOBS_NODE);
                 if let Some(j) = self.jobs.as_mut() {

@@ -1,5 +1,5 @@
-//! `drill gate`: the release gate. One pool of workers runs, in this order, every drill (each
-//! scenario other than the main one) over a few seeds, then the swarm sweep of the main scenario
+//! `drill gate`: the release gate. One pool of workers runs, in this order, every drill of the
+//! registry (`drill list --drills`) over a few seeds, then the swarm sweep of the main scenario
 //! with a second run of each sampled seed right after its first, for the determinism check.
 //! The verdict (and exit code) is the worst run's; when every run passed, coverage decides:
 //! every drill exercised, every registry invariant checked non-vacuously, no seed left unrun.
@@ -32,7 +32,7 @@ use crate::progress::{rate, wall_clock_now, Progress};
 use crate::runfiles::{seed_replay, write_timeline_from, DRILL_VERSION, TRACE_FILE};
 use crate::worker::{Answer, Job};
 
-/// The scenario the gate sweeps; every other registered scenario is a drill.
+/// The scenario the gate sweeps; the drills come from the drill registry.
 pub const MAIN_SCENARIO: &str = "sync-basic";
 /// The fault profile of the gate's sweep.
 pub const MAIN_PROFILE: &str = "swarm";
@@ -101,13 +101,10 @@ impl GatePlan {
             last: args.drill_seeds,
         };
         let mut groups = vec![Group::new(MAIN_SCENARIO, MAIN_PROFILE, range, &args.out)];
-        for e in drill_scenarios::scenarios()
-            .iter()
-            .filter(|e| e.name != MAIN_SCENARIO)
-        {
-            let folder = args.out.join(DRILLS_DIR).join(e.name);
+        for d in drill_scenarios::drills::registry() {
+            let folder = args.out.join(DRILLS_DIR).join(d.id);
             groups.push(Group::new(
-                e.name,
+                d.id,
                 &args.drill_profile,
                 drill_range,
                 &folder,
@@ -199,6 +196,8 @@ struct Group {
     faults: BTreeMap<String, u64>,
     checks: BTreeMap<String, u64>,
     exercised_runs: u64,
+    /// The runs' drill coverage tables, summed.
+    drills: BTreeMap<String, drill_reports::DrillCoverage>,
 }
 
 impl Group {
@@ -213,6 +212,7 @@ impl Group {
             faults: BTreeMap::new(),
             checks: BTreeMap::new(),
             exercised_runs: 0,
+            drills: BTreeMap::new(),
         }
     }
 
@@ -227,7 +227,9 @@ impl Group {
                 if !summary.checks.contains_key(live) && summary.outcome != Outcome::Violation {
                     *self.checks.entry(live.to_string()).or_default() += 1;
                 }
-                self.exercised_runs += u64::from(!summary.checks.is_empty());
+                drill_reports::add_drills(&mut self.drills, &summary.drills);
+                // A drill run reports whether its failure happened and its recovery ran.
+                self.exercised_runs += summary.drills.get(&self.scenario).map(|c| c.exercised).unwrap_or(0);
                 self.counts.add(summary.outcome);
                 (summary.outcome, summary.violations.first().cloned())
             }
@@ -429,6 +431,7 @@ impl GateRun {
             jobs: workers,
             wall_seconds: wall.as_secs_f64(),
             seeds_per_second: rate(total, wall),
+            drills: sweep.drills,
         };
         let drills = groups.map(|g| drill_result(g, shard)).collect();
         let mut summary = GateSummary {

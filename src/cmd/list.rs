@@ -12,6 +12,10 @@ pub fn list(args: ListArgs) -> Result<i32, CliError> {
         print_invariants();
         return Ok(0);
     }
+    if args.drills {
+        print_drills();
+        return Ok(0);
+    }
     print_section("scenarios", drill_scenarios::scenarios());
     print_section("profiles", drill_scenarios::profiles());
     Ok(0)
@@ -22,6 +26,16 @@ fn print_section(title: &str, entries: &[Entry]) {
     let width = entries.iter().map(|e| e.name.len()).max().unwrap_or(0);
     for e in entries {
         println!("  {:width$}  {}", e.name, e.description);
+    }
+}
+
+fn print_drills() {
+    let all = drill_scenarios::drills::registry();
+    println!("drills ({}):", all.len());
+    let width = all.iter().map(|d| d.id.len()).max().unwrap_or(0);
+    for d in all {
+        println!("  {:width$}  {}: {}", d.id, d.section, d.title);
+        println!("  {:width$}  steps: {}", "", d.steps.join(" -> "));
     }
 }
 

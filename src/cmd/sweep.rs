@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use drill_reports::{
-    add_counts, FailingSeed, Outcome, OutcomeCounts, SeedRange, Shard, SweepSummary, Violation,
+    add_counts, add_drills, DrillCoverage, FailingSeed, Outcome, OutcomeCounts, SeedRange, Shard, SweepSummary, Violation,
     FORMAT_VERSION,
 };
 use serde_json::json;
@@ -111,6 +111,7 @@ struct Sweep {
     failing: BTreeMap<u64, FailingSeed>,
     faults: BTreeMap<String, u64>,
     checks: BTreeMap<String, u64>,
+    drills: BTreeMap<String, DrillCoverage>,
     progress: Progress,
     shard: Option<Shard>,
     events: Events,
@@ -128,6 +129,7 @@ impl Sweep {
             failing: BTreeMap::new(),
             faults: BTreeMap::new(),
             checks: BTreeMap::new(),
+            drills: BTreeMap::new(),
             progress: Progress::new("sweep", total),
             shard: None,
             events: Events::new(false),
@@ -181,6 +183,7 @@ impl Sweep {
             jobs,
             wall_seconds: wall.as_secs_f64(),
             seeds_per_second: rate(self.counts.total(), wall),
+            drills: self.drills,
         }
     }
 }
@@ -204,6 +207,7 @@ impl Dispatch for Sweep {
             Answer::Done { summary } => {
                 add_counts(&mut self.faults, &summary.faults);
                 add_counts(&mut self.checks, &summary.checks);
+                add_drills(&mut self.drills, &summary.drills);
                 (summary.outcome, summary.violations.first().cloned())
             }
             Answer::Panic { message } => {
@@ -264,6 +268,9 @@ fn print_table(s: &SweepSummary, out: &Path) {
     );
     println!("faults          {}", counts_line(&s.faults));
     println!("checks          {}", counts_line(&s.checks));
+    for (id, c) in &s.drills {
+        println!("drill           {id}: {} runs, {} exercised, {} passed", c.runs, c.exercised, c.passed);
+    }
     for f in &s.failing {
         let why = f
             .first_violation

@@ -1,0 +1,292 @@
+//! Runbook 002 (operations): "Database Corruption on Native" and "Sync Divergence"; and runbook
+//! 003 §1, whose last triage step restarts a device from its last known-good exported state.
+//!
+//! - `002-database-corruption-native`. The failure: a device's database file is overwritten with
+//!   bytes that are not a database while the device is down. The symptom: opening it fails with
+//!   the store's corruption error ("file is not a database"). The recovery: capture the error and
+//!   the file name, recreate the database (the damaged file kept aside), recover by syncing from
+//!   the server, validate convergence by count and hash. Writes the device never synced are lost
+//!   with its file: the runbook recovers from peers, and no peer ever had them.
+//! - `002-sync-divergence`. The failure: a device's event rows are lost behind the stack's back
+//!   while its cursor stays, so it holds fewer events than the server and an ordinary sync does not
+//!   notice. The symptoms: the consistency check (count + head) differs, and still differs after
+//!   a retry. The recovery: run the consistency check, inspect the device's sync errors, force a
+//!   sync, inspect the server's RBAC rejections (a device of the other tenant asking for this one
+//!   is refused), and check every device is within the N/N-1 protocol window (one device speaks
+//!   N-1; a peer speaking N-2 is refused).
+//! - `003-1-hydrate-last-known-good`. The same lost rows, recovered the way runbook 003 §1 says:
+//!   capture the state, retry, compare with the server's order, hydrate from the last known-good
+//!   exported state, and sync again.
+//!
+//! Checked: every device converges with the server, and no committed event is lost
+//! (INV-RECOVERY), except the corrupted device's never-synced writes.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use drill_sim::disk::DiskSim;
+use drill_stack::fs::FileSystem;
+use drill_stack::proto::{Request, Response, PROTOCOL_VERSION, SERVER_PORT};
+use drill_stack::rpc::RpcClient;
+use drill_stack::StoreError;
+use serde_json::json;
+
+use super::harness::Ctx;
+use super::Drill;
+use crate::procs::{DEVICE_DB, SERVER_IP};
+
+pub const DRILLS: &[Drill] = &[
+    Drill {
+        id: "002-database-corruption-native",
+        section: "002 Database Corruption on Native",
+        title: "a device's file is not a database: capture, recreate, recover from the server, converge",
+        steps: &["capture-logs", "recreate-database", "sync-recovery", "validate-convergence"],
+        devices: 3,
+        param: 0,
+        body: corruption_body,
+    },
+    Drill {
+        id: "002-sync-divergence",
+        section: "002 Sync Divergence",
+        title: "a device's counts differ after convergence: consistency check, packet flow, forced sync, RBAC rejections, N/N-1 window",
+        steps: &["consistency-check", "inspect-packet-flow", "forced-sync", "inspect-rbac-rejections", "check-version-window"],
+        devices: 3,
+        param: 0,
+        body: divergence_body,
+    },
+    Drill {
+        id: "003-1-hydrate-last-known-good",
+        section: "003 §1",
+        title: "a device that no longer converges after retries: triage, hydrate from the last known-good state, sync",
+        steps: &["capture-state", "retry-and-compare", "compare-with-server", "hydrate-last-known-good", "re-run-sync"],
+        devices: 3,
+        param: 0,
+        body: hydrate_body,
+    },
+];
+
+fn corruption_body(cx: &mut Ctx) -> Pin<Box<dyn Future<Output = ()> + '_>> {
+    Box::pin(corruption(cx))
+}
+
+fn divergence_body(cx: &mut Ctx) -> Pin<Box<dyn Future<Output = ()> + '_>> {
+    Box::pin(divergence(cx))
+}
+
+fn hydrate_body(cx: &mut Ctx) -> Pin<Box<dyn Future<Output = ()> + '_>> {
+    Box::pin(hydrate(cx))
+}
+
+async fn corruption(cx: &mut Ctx) {
+    cx.warm_up().await;
+    let tenant = cx.devs[0].tenant.clone();
+    let committed = cx.server_tenant(&tenant).await;
+    // Writes the device never synced: lost with its file, by the runbook's own account.
+    let lost: BTreeSet<String> = cx.append(0, 2).into_iter().collect();
+    let node = cx.devs[0].node;
+    let name = cx.devs[0].name.clone();
+    cx.devs[0].client = None;
+    cx.devs[0].rpc = None;
+    cx.nodes.crash(&name);
+    // One page of bytes that are not a database, with a page checksum that holds: what SQLite
+    // then reads is a header it does not recognise, not a damaged page.
+    let mut garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let sum = drill_sim::disk::page_checksum(&garbage);
+    let n = garbage.len();
+    garbage[n - sum.len()..].copy_from_slice(&sum);
+    // The whole file is replaced, its log with it: nothing of the database is left to read.
+    DiskSim::current().put_file(node, DEVICE_DB, &garbage);
+    DiskSim::current().put_file(node, "device.db-wal", &[]);
+    cx.inject("database_not_a_database", json!({"device": name, "file": DEVICE_DB}));
+    cx.nodes.boot(&name);
+    let opened = cx.open(0).await;
+    let seen = matches!(&opened, Err(StoreError::Corrupt { detail }) if detail.contains("not a database"));
+    cx.symptom(seen, "sqlite open fails: file is not a database", json!({"error": opened.as_ref().err().map(|e| e.to_string())}));
+    if cx.step("capture-logs") {
+        let files = DiskSim::current().files(node);
+        cx.check(files.iter().any(|f| f == DEVICE_DB), "the damaged database file is named in the capture", json!({"files": files, "error": opened.err().map(|e| e.to_string())}));
+    }
+    if cx.step("recreate-database") {
+        let fs = cx.files(node);
+        let kept = fs.rename(DEVICE_DB, "device.db.corrupt").is_ok();
+        for side in ["device.db-wal", "device.db-shm"] {
+            if fs.exists(side).unwrap_or(false) {
+                let _ = fs.remove(side);
+            }
+        }
+        let _ = fs.sync_dir();
+        let r = cx.open(0).await;
+        cx.check(kept && r.is_ok(), "a fresh database opens, the damaged file kept aside", json!({"kept": kept, "error": r.err().map(|e| e.to_string())}));
+    }
+    if cx.step("sync-recovery") && cx.devs[0].client.is_some() {
+        let r = cx.sync(0).await;
+        cx.check(r.is_ok(), "the recreated device recovers the tenant's events from the server", json!({"error": r.err().map(|e| e.to_string())}));
+    }
+    if cx.step("validate-convergence") {
+        let ok = cx.devs[0].client.is_some() && cx.converged(0).await;
+        cx.check(ok, "count and hash equal the server's", json!({}));
+    }
+    if cx.devs[0].client.is_none() {
+        cx.check(false, "the device has a working database after the recovery", json!({}));
+        return;
+    }
+    // The recreated device writes and syncs again (its write ids start over; the server
+    // renumbers nothing it already holds).
+    let fresh = cx.append(0, 1);
+    let r = cx.sync(0).await;
+    let server = cx.server_tenant(&tenant).await;
+    cx.check(r.is_ok() && server.iter().any(|e| e.op_id == fresh[0]), "the recreated device's new write reaches the server", json!({}));
+    let device = cx.device_events(0);
+    cx.recovery("device", &committed, &device, &lost);
+    cx.recovery("server", &committed, &server, &lost);
+}
+
+/// Drops device `i`'s tenant events after `seq` with plain SQL on its node, behind the stack's
+/// back (its cursor stays where it was); the device is closed around it.
+async fn lose_rows_after(cx: &mut Ctx, i: usize, seq: u64) -> usize {
+    cx.devs[i].client = None;
+    cx.devs[i].rpc = None;
+    let node = cx.devs[i].node;
+    let n = cx
+        .on(node, async move {
+            let c = drill_stack::store::open(DEVICE_DB).expect("the device database opens");
+            c.execute("DELETE FROM events WHERE seq > ?1", [seq]).expect("rows deleted")
+        })
+        .await;
+    cx.open(i).await.expect("the device reopens");
+    n
+}
+
+/// A device whose last rows are gone: returns the committed events, and the seq the device's
+/// last known-good state (taken before the lost rows arrived) points at.
+async fn diverge(cx: &mut Ctx) -> (Vec<drill_model::EventFact>, drill_stack::client::ExportedState) {
+    cx.warm_up().await;
+    let good = cx.devs[0].last_good.clone().expect("known-good");
+    let n = rand::Rng::gen_range(&mut cx.rng, 2..=4);
+    cx.append(2, n);
+    cx.sync(2).await.expect("the other device syncs");
+    cx.sync(0).await.expect("the device pulls them");
+    let tenant = cx.devs[0].tenant.clone();
+    let committed = cx.server_tenant(&tenant).await;
+    let lost = lose_rows_after(cx, 0, good.cursor).await;
+    cx.inject("event_rows_lost", json!({"device": cx.devs[0].name, "after_seq": good.cursor, "rows": lost}));
+    let first = cx.converged(0).await;
+    let _ = cx.sync(0).await;
+    let still = cx.converged(0).await;
+    cx.symptom(lost > 0 && !first && !still, "counts differ after the expected convergence window, and after a retry", json!({"rows_lost": lost}));
+    (committed, good)
+}
+
+async fn divergence(cx: &mut Ctx) {
+    // The third device is an older build: N-1 must interoperate with N.
+    cx.devs[2].version = PROTOCOL_VERSION - 1;
+    cx.open(2).await.expect("reopen as N-1");
+    let (committed, _) = diverge(cx).await;
+    let tenant = cx.devs[0].tenant.clone();
+    if cx.step("consistency-check") {
+        let server = cx.server(|s| s.diagnostics().expect("diagnostics")).await;
+        let have = cx.devs[0].client().diagnostics().expect("diagnostics");
+        let want = server.iter().find(|d| d.tenant == tenant).map(|d| d.count).unwrap_or(0);
+        cx.check(have.0 < want, "the consistency check shows the device behind by count", json!({"device": have.0, "server": want}));
+    }
+    if cx.step("inspect-packet-flow") {
+        // No attempt failed on a signature or a decrypt: the divergence is not in the packets.
+        let r = cx.sync_once(0).await;
+        cx.check(r.is_ok(), "the device's sync raises no signature or decrypt failure", json!({"error": r.err().map(|e| e.to_string())}));
+    }
+    if cx.step("forced-sync") {
+        let r = if cx.wrong("forced-sync") { Ok(()) } else { cx.devs[0].client().force_resync() };
+        let s = cx.sync(0).await;
+        cx.check(r.is_ok() && s.is_ok(), "the forced sync pulls and verifies the tenant again", json!({}));
+    }
+    if cx.step("inspect-rbac-rejections") {
+        // A device of the other tenant asks for this tenant's events: the server refuses it and
+        // nothing of this tenant reaches it.
+        let other = cx.devs[1].name.clone();
+        let node = cx.devs[1].node;
+        let req = Request::Pull { tenant: tenant.clone(), replica: other, since: 0, limit: 100 };
+        let resp = cx
+            .on(node, async move {
+                let server = SocketAddr::new(SERVER_IP, SERVER_PORT);
+                let mut rpc = RpcClient::bind(server, 9_000, Duration::from_millis(1_000)).await.ok()?;
+                for _ in 0..5 {
+                    if let Ok(r) = rpc.call(&req).await {
+                        return Some(r);
+                    }
+                }
+                None
+            })
+            .await;
+        let refused = matches!(&resp, Some(Response::Error { code, .. }) if code == "rbacDenied");
+        cx.check(refused, "a cross-tenant pull is refused with rbacDenied, never merged", json!({"answer": format!("{resp:?}").chars().take(120).collect::<String>()}));
+        let leaked = cx.device_events(1).iter().any(|e| e.tenant == tenant);
+        cx.check(!leaked, "the other tenant's device holds none of this tenant's events", json!({}));
+    }
+    if cx.step("check-version-window") {
+        let versions: Vec<u32> = cx.devs.iter().map(|d| d.version).collect();
+        let inside = versions.iter().all(|v| (PROTOCOL_VERSION - 1..=PROTOCOL_VERSION).contains(v));
+        cx.check(inside, "every device is within the N/N-1 window", json!({"versions": versions}));
+        let node = cx.devs[1].node;
+        let (t, r) = (cx.devs[1].tenant.clone(), cx.devs[1].name.clone());
+        let resp = cx
+            .on(node, async move {
+                let server = SocketAddr::new(SERVER_IP, SERVER_PORT);
+                let mut rpc = RpcClient::bind(server, 9_100, Duration::from_millis(1_000)).await.ok()?.with_version(PROTOCOL_VERSION - 2);
+                for _ in 0..5 {
+                    match rpc.call(&Request::Pull { tenant: t.clone(), replica: r.clone(), since: 0, limit: 1 }).await {
+                        Ok(resp) => return Some(Ok(resp)),
+                        Err(drill_stack::SyncError::Transport { .. }) => continue,
+                        Err(e) => return Some(Err(e.code())),
+                    }
+                }
+                None
+            })
+            .await;
+        let refused = matches!(&resp, Some(Err(code)) if code == "sync:protocolVersion") || matches!(&resp, Some(Ok(Response::Error { code, .. })) if code.contains("protocol"));
+        cx.check(refused, "a peer outside N-1..N is refused", json!({"answer": format!("{resp:?}").chars().take(120).collect::<String>()}));
+    }
+    for i in 0..cx.devs.len() {
+        let _ = cx.sync(i).await;
+        let ok = cx.converged(i).await;
+        cx.check(ok, "every device converged after the recovery", json!({"device": cx.devs[i].name}));
+    }
+    let device = cx.device_events(0);
+    cx.recovery("device", &committed, &device, &BTreeSet::new());
+}
+
+async fn hydrate(cx: &mut Ctx) {
+    let (committed, good) = diverge(cx).await;
+    let tenant = cx.devs[0].tenant.clone();
+    let mut captured = None;
+    if cx.step("capture-state") {
+        captured = cx.devs[0].client().export_state().ok();
+    }
+    if cx.step("retry-and-compare") {
+        let _ = cx.sync_once(0).await;
+        let after = cx.devs[0].client().export_state().ok();
+        cx.check(captured.is_some() && after == captured, "a retry leaves the exported state as captured", json!({}));
+    }
+    if cx.step("compare-with-server") {
+        let state = cx.devs[0].client().export_state().expect("state");
+        let server = cx.server_tenant(&tenant).await;
+        let held = cx.device_events(0).len();
+        let at_cursor = server.iter().filter(|e| e.seq <= state.cursor).count();
+        cx.check(held < at_cursor, "the cursor claims events the device does not hold", json!({"cursor": state.cursor, "held": held, "server_upto_cursor": at_cursor}));
+    }
+    if cx.step("hydrate-last-known-good") {
+        let state = if cx.wrong("hydrate-last-known-good") { cx.devs[0].client().export_state().expect("state") } else { good.clone() };
+        let r = cx.devs[0].client().hydrate(&state);
+        cx.check(r.is_ok(), "the device hydrates from its last known-good state", json!({"cursor": state.cursor}));
+    }
+    if cx.step("re-run-sync") {
+        let r = cx.sync(0).await;
+        cx.check(r.is_ok(), "the sync after hydrate succeeds", json!({"error": r.err().map(|e| e.to_string())}));
+    }
+    let ok = cx.converged(0).await;
+    cx.check(ok, "the device converged with the server (count and chain head)", json!({}));
+    let device = cx.device_events(0);
+    cx.recovery("device", &committed, &device, &BTreeSet::new());
+}

@@ -1,0 +1,3 @@
+//! Runbook 003 §2, §3.
+use super::Drill;
+pub const DRILLS: &[Drill] = &[];
