@@ -269,19 +269,23 @@ async fn scenario_b(cx: &mut Ctx, validation: bool) {
     let more = run_ids(cx, "s");
     fill(&mut j, &db, &more).await;
     let committed = rows(&db);
-    // The export of boot 2 dies at a call the seed picks, after it wrote some temp files.
-    let mut cut_at = rand::Rng::gen_range(&mut cx.rng, 6..=14);
+    // The export dies at a call the seed picks, once it has written a temp file: each try is
+    // a new boot of the exporter (the earlier one is gone), cut one call later than the last.
+    let mut cut_at = rand::Rng::gen_range(&mut cx.rng, 4..=12);
+    let mut boot = 1;
     let mut left = Vec::new();
     for _ in 0..32 {
+        boot += 1;
         let cut = CutFs { inner: &j.fs, left: Cell::new(cut_at) };
-        let r = export(&cut, &db, "export", &me(2), 2_000);
+        let r = export(&cut, &db, "export", &me(boot), 2_000);
         j.robot.command("export", &r);
         left = temps(&j.fs);
         if r.is_err() && !left.is_empty() {
             break;
         }
-        cut_at = cut_at.saturating_sub(1).max(1);
+        cut_at += 1;
     }
+    let restarted = me(boot + 1);
     cx.inject("export_cut_mid_write", json!({"node": JOBS_NODE, "after_calls": cut_at}));
     let stale_manifest = validate_snapshot(&j.fs, "export").map(|s| s.manifest.files.iter().map(|f| f.rows).collect::<Vec<_>>()).ok();
     let counts = db.counts().expect("counts");
@@ -292,11 +296,11 @@ async fn scenario_b(cx: &mut Ctx, validation: bool) {
     if !validation {
         if cx.step("confirm-lock-stale") {
             let found = j.fs.read("export/sync.lock").ok().and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok());
-            let stale = export::lock_is_stale(found.as_ref(), &me(3), now);
+            let stale = export::lock_is_stale(found.as_ref(), &restarted, now);
             cx.check(stale, "the lock left behind belongs to a boot that is gone", json!({"lock": found.map(|l| l.owner.label())}));
         }
         if cx.step("archive-temp-files") {
-            let lock = export::acquire_lock(&j.fs, "export", &me(3), now);
+            let lock = export::acquire_lock(&j.fs, "export", &restarted, now);
             let archived = export::archive_stale_temps(&j.fs, "export", "t3").unwrap_or_default();
             if let Ok(l) = lock {
                 let _ = l.release(&j.fs);
@@ -306,7 +310,7 @@ async fn scenario_b(cx: &mut Ctx, validation: bool) {
         }
     }
     if cx.step("re-run-export") {
-        let r = export(&j.fs, &db, "export", &me(3), now);
+        let r = export(&j.fs, &db, "export", &restarted, now);
         j.robot.command("export", &r);
     }
     if !validation {

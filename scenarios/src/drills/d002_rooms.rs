@@ -194,7 +194,7 @@ async fn divergence(cx: &mut Ctx) {
     }
     if cx.step("inspect-packet-flow") {
         // No attempt failed on a signature or a decrypt: the divergence is not in the packets.
-        let r = cx.sync_once(0).await;
+        let r = cx.sync_through_loss(0).await;
         cx.check(r.is_ok(), "the device's sync raises no signature or decrypt failure", json!({"error": r.err().map(|e| e.to_string())}));
     }
     if cx.step("forced-sync") {
@@ -212,7 +212,7 @@ async fn divergence(cx: &mut Ctx) {
             .on(node, async move {
                 let server = SocketAddr::new(SERVER_IP, SERVER_PORT);
                 let mut rpc = RpcClient::bind(server, 9_000, Duration::from_millis(1_000)).await.ok()?;
-                for _ in 0..5 {
+                for _ in 0..super::harness::SYNC_ATTEMPTS_MAX {
                     if let Ok(r) = rpc.call(&req).await {
                         return Some(r);
                     }
@@ -235,7 +235,7 @@ async fn divergence(cx: &mut Ctx) {
             .on(node, async move {
                 let server = SocketAddr::new(SERVER_IP, SERVER_PORT);
                 let mut rpc = RpcClient::bind(server, 9_100, Duration::from_millis(1_000)).await.ok()?.with_version(PROTOCOL_VERSION - 2);
-                for _ in 0..5 {
+                for _ in 0..super::harness::SYNC_ATTEMPTS_MAX {
                     match rpc.call(&Request::Pull { tenant: t.clone(), replica: r.clone(), since: 0, limit: 1 }).await {
                         Ok(resp) => return Some(Ok(resp)),
                         Err(drill_stack::SyncError::Transport { .. }) => continue,
@@ -265,7 +265,7 @@ async fn hydrate(cx: &mut Ctx) {
         captured = cx.devs[0].client().export_state().ok();
     }
     if cx.step("retry-and-compare") {
-        let _ = cx.sync_once(0).await;
+        let _ = cx.sync_through_loss(0).await;
         let after = cx.devs[0].client().export_state().ok();
         cx.check(captured.is_some() && after == captured, "a retry leaves the exported state as captured", json!({}));
     }

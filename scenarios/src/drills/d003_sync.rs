@@ -80,7 +80,7 @@ async fn guardrail_drill(cx: &mut Ctx) {
     let pending = cx.append(0, 2);
     cx.transport(0, Some(kind));
     cx.inject("transport", json!({"device": cx.devs[0].name, "fault": kind}));
-    let first = cx.sync_once(0).await;
+    let first = cx.sync_through_loss(0).await;
     let sig = first.as_ref().err().and_then(|e| e.signature());
     cx.symptom(sig.as_deref() == Some(want), want, json!({"got": sig}));
 
@@ -89,7 +89,7 @@ async fn guardrail_drill(cx: &mut Ctx) {
         captured = cx.devs[0].client().export_state().ok();
     }
     if cx.step("retry-and-compare") {
-        let again = cx.sync_once(0).await;
+        let again = cx.sync_through_loss(0).await;
         let after = cx.devs[0].client().export_state().ok();
         let sig = again.as_ref().err().and_then(|e| e.signature());
         cx.check(sig.as_deref() == Some(want), "the retry fails with the same signature", json!({"got": sig}));

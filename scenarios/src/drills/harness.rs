@@ -405,6 +405,19 @@ impl Ctx {
         result
     }
 
+    /// One sync attempt of device `i` that reached the server and came back: attempts whose
+    /// messages the network lost are tried again (a bounded number of times).
+    pub async fn sync_through_loss(&mut self, i: usize) -> Result<SyncReport, SyncError> {
+        let mut last = None;
+        for _ in 0..SYNC_ATTEMPTS_MAX {
+            match self.sync_once(i).await {
+                Err(SyncError::Transport { detail }) => last = Some(Err(SyncError::Transport { detail })),
+                other => return other,
+            }
+        }
+        last.expect("at least one attempt")
+    }
+
     /// Syncs device `i` until an attempt succeeds and settles, retrying what the network lost;
     /// any other error is returned at once.
     pub async fn sync(&mut self, i: usize) -> Result<SyncReport, SyncError> {
