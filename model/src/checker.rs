@@ -46,6 +46,8 @@ pub struct Checker {
     blobs: crate::blobs::BlobModel,
     /// Exports and imports of the jobs node (runbook 001 §B, §C).
     jobs: crate::jobs::JobsModel,
+    /// Projections, snapshots, tenants, READ_ONLY, scans and vault keys.
+    store: crate::store::StoreModel,
 }
 
 impl Checker {
@@ -143,6 +145,13 @@ impl Checker {
                 for (inv, node, message) in out.violations {
                     self.violate(inv, &node, line, message);
                 }
+            }
+            Fact::Store(f) => {
+                let out = self.store.observe(&f, line);
+                for inv in out.checked {
+                    self.checked(inv);
+                }
+                self.violations.extend(out.violations);
             }
             Fact::Jobs(f) => {
                 let out = self.jobs.observe(f);

@@ -116,6 +116,9 @@ pub enum Fact {
     Blob(crate::blobs::BlobFact),
     /// Something about jobs: exports read back, imports (runbook 001 §B, §C).
     Jobs(crate::jobs::JobsFact),
+    /// Something about a node's store or secrets: projections, snapshots, tenants, READ_ONLY
+    /// periods, scans for plaintext and key material, vault keys (runbooks 000, 002, 004).
+    Store(crate::store::StoreFact),
 }
 
 /// A short digest of a payload, for messages.

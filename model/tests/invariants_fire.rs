@@ -83,6 +83,9 @@ fn uncertain_writes_may_go_either_way_but_then_stay_settled() {
 fn chain_fires_at_the_exact_event() {
     let mut c = checker_with_ack(b"a");
     let mut evs = chain("acme", &[("client-1", 1, b"a"), ("client-2", 1, b"x"), ("client-2", 2, b"y")]);
+    // The chain covers the stored form; a tampered one no longer opens, so the world hands the
+    // model the stored bytes as the payload.
+    evs[1].stored = b"tampered".to_vec();
     evs[1].payload = b"tampered".to_vec();
     c.observe(Fact::ClientState { snapshot: client(&[], evs), after_recovery: false }, 9);
     assert_eq!(ids(&c), vec!["INV-CHAIN"]);

@@ -191,6 +191,11 @@ pub fn add_to_plan(plan: &mut Plan, seeds: &SeedTree, duration_ms: u64) {
     plan.blobs = Some(BlobPlan { knobs, faults });
 }
 
+/// The local write that references the blob device `node` stages in operation `op`.
+pub fn reference(node: &str, op: u64) -> Vec<u8> {
+    format!("blob-ref:{node}-blob-{op}").into_bytes()
+}
+
 /// Checks the blob part of a plan.
 pub fn validate(plan: &Plan) -> Result<(), String> {
     for op in &plan.ops {
@@ -396,7 +401,7 @@ impl BlobDevice {
         let name = ctx.name.as_str();
         let blob_id = format!("{name}-blob-{id}");
         let data = payload_for(&format!("{name}/blob"), id, bytes);
-        let reference = format!("blob-ref:{blob_id}").into_bytes();
+        let reference = reference(name, id);
         let detail = json!({"op": id, "action": "stage_blob", "blob": blob_id, "bytes": data.len()});
         record(&ctx.shared, name, "op.start", detail, Some(Fact::AppendStarted { node: name.into(), payload: reference.clone() }));
         match client.append(crate::procs::BLOBS_AGGREGATE, "blob.staged", &reference) {

@@ -11,6 +11,7 @@ pub mod plan;
 pub mod procs;
 pub mod run;
 pub mod sim_fs;
+pub mod store_world;
 pub mod sync_basic;
 pub mod transport;
 

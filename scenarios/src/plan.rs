@@ -87,6 +87,9 @@ pub struct Plan {
     /// devices behind it must resync in full.
     #[serde(default)]
     pub server_retention: Option<u64>,
+    /// READ_ONLY windows, key store losses and planted bugs; without it, none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<crate::store_world::StorePlan>,
     /// Blob traffic and blob store faults; without it the world has no blob store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blobs: Option<crate::blobs_world::BlobPlan>,
@@ -182,6 +185,7 @@ impl Plan {
         }
         crate::blobs_world::validate(self)?;
         crate::jobs_world::validate(self)?;
+        crate::store_world::validate(self)?;
         crate::drills::validate(self)?;
         self.knobs.validate()
     }

@@ -11,6 +11,10 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use drill_model::facts::digest;
+use drill_model::store::{
+    PlainEvent, ProjectionFacts, ProjectionRead, ReadOnlyFacts, SnapshotFacts, SnapshotPair, StoreFact, TenantFacts, WriteAttempt,
+};
+use drill_stack::projections::resilience::Mode;
 use drill_model::{Checker, ClientSnapshot, EventFact, Fact, OutboxFact, ServerSnapshot};
 use drill_sim::disk::DiskSim;
 use drill_sim::trace;
@@ -125,6 +129,11 @@ impl Clock for NodeClock {
 pub enum Command {
     Op { id: u64, action: Action },
     Snapshot,
+    /// Switch the device to READ_ONLY, or back to NORMAL (an operator's action).
+    SetReadOnly(bool),
+    /// The end-of-run audit of the device's store: projections, tenants, a snapshot restore
+    /// against a full replay; the answer is the key material the device holds, for the scan.
+    Audit { converged: bool },
 }
 
 /// A device's inbox, filled by the world and drained by the device's process.
@@ -134,6 +143,7 @@ pub struct Mailbox {
     waker: Option<Waker>,
     pub busy: bool,
     pub snapshot: Option<Result<ClientSnapshot, String>>,
+    pub audit: Option<Vec<drill_model::secrets::Secret>>,
 }
 
 impl Mailbox {
@@ -212,6 +222,29 @@ pub fn payload_for(node: &str, op: u64, bytes: u32) -> Vec<u8> {
 /// Aggregate keys by aggregate, of one tenant.
 pub type TenantKeys = BTreeMap<String, Key>;
 
+/// What no disk image may hold: every plaintext the plan's workload writes (payloads and blob
+/// references) and every tenant's aggregate keys.
+pub fn workload_secrets(plan: &crate::plan::Plan, keys: &BTreeMap<String, Arc<TenantKeys>>) -> Vec<drill_model::secrets::Secret> {
+    use drill_model::secrets::Secret;
+    let mut out = Vec::new();
+    for (i, op) in plan.ops.iter().enumerate() {
+        let id = i as u64 + 1;
+        match &op.action {
+            Action::Append { bytes, .. } => out.push(Secret::plaintext(format!("payload of {} op {id}", op.client), &payload_for(&op.client, id, *bytes))),
+            Action::StageBlob { .. } => {
+                out.push(Secret::plaintext(format!("blob reference of {} op {id}", op.client), &crate::blobs_world::reference(&op.client, id)))
+            }
+            _ => {}
+        }
+    }
+    for (tenant, ks) in keys {
+        for (aggregate, k) in ks.iter() {
+            out.extend(Secret::key(format!("aggregate key {tenant}/{aggregate}"), k.as_bytes()));
+        }
+    }
+    out
+}
+
 /// The aggregate the devices' blob references are written to.
 pub const BLOBS_AGGREGATE: &str = "blobs";
 
@@ -286,6 +319,128 @@ fn client_snapshot_after(ctx: &ClientCtx, c: &Client, after: Option<u64>) -> Res
         events: events.iter().map(|e| event_fact(e, keys)).collect(),
         anchor: c.anchor().map_err(|e| e.to_string())?,
     })
+}
+
+/// What a device's projections and tenants are, read back for the model: its events opened
+/// with the keys it holds, its projections' rows, cursors and skipped aggregates, and the
+/// tenants its events and projection tables name.
+fn store_facts(ctx: &ClientCtx, c: &Client) -> Result<Vec<StoreFact>, String> {
+    let s = |e: drill_stack::StoreError| e.to_string();
+    let events = c.events().map_err(s)?;
+    let plain: Vec<PlainEvent> = events
+        .iter()
+        .map(|e| PlainEvent {
+            seq: e.seq,
+            tenant: e.tenant.clone(),
+            aggregate: e.aggregate.clone(),
+            kind: e.kind.clone(),
+            ts_ms: envelope::parse(&e.payload).map(|(ts, _, _)| ts).unwrap_or(i64::MIN),
+            payload: c.open_payload(e).ok(),
+        })
+        .collect();
+    let keys_present = c.keys().ring.aggregates().map_err(|e| e.to_string())?.into_iter().collect();
+    let incomplete = c.incomplete().map_err(s)?;
+    let mut projections = Vec::new();
+    for name in c.engine().names() {
+        projections.push(ProjectionRead {
+            name: name.to_string(),
+            rows: c.projection_rows(name).map_err(s)?,
+            incomplete: incomplete.iter().filter(|i| i.projection == name).map(|i| i.aggregate.clone()).collect(),
+            cursor: Some(c.projection_cursor(name).map_err(s)?),
+        });
+    }
+    let mut projection_tenants = Vec::new();
+    for table in ["proj_aggregate_state", "proj_tenant_counters", "proj_cursor"] {
+        let mut st = c.db().prepare(&format!("SELECT DISTINCT tenant FROM {table} ORDER BY tenant")).map_err(|e| e.to_string())?;
+        let tenants = st.query_map([], |r| r.get::<_, String>(0)).map_err(|e| e.to_string())?;
+        for t in tenants {
+            projection_tenants.push((table.to_string(), t.map_err(|e| e.to_string())?));
+        }
+    }
+    let tenant = TenantFacts {
+        node: ctx.name.clone(),
+        tenant: ctx.tenant.clone(),
+        events: events.iter().map(|e| (e.seq, e.tenant.clone())).collect(),
+        projection_tenants,
+        seen: Vec::new(),
+    };
+    let projection = ProjectionFacts {
+        node: ctx.name.clone(),
+        tenant: ctx.tenant.clone(),
+        events: plain,
+        keys_present,
+        rebuilt: false,
+        until_ts_ms: None,
+        projections,
+    };
+    Ok(vec![StoreFact::Projection(projection), StoreFact::Tenant(tenant)])
+}
+
+/// Hands store facts to the model at a `check.store` line.
+fn observe_store(ctx: &ClientCtx, what: &str, facts: Vec<StoreFact>) {
+    let Some(line) = record_at(&ctx.shared, &ctx.name, "check.store", json!({"what": what}), None) else { return };
+    for f in facts {
+        observe(&ctx.shared, Fact::Store(f), line);
+    }
+}
+
+/// The end-of-run audit: projections and tenants; when the device converged (it holds the
+/// whole history it will ever hold) and keeps its full history, a restore of every projection
+/// from its latest valid snapshot plus the tail, compared with a full replay. Returns the key
+/// material the device holds, which no disk image may contain.
+fn audit(ctx: &ClientCtx, c: &mut Client, converged: bool) -> Vec<drill_model::secrets::Secret> {
+    match store_facts(ctx, c) {
+        Ok(facts) => observe_store(ctx, "projections", facts),
+        Err(e) => {
+            record(&ctx.shared, &ctx.name, "check.store_unreadable", json!({"message": e}), None);
+        }
+    }
+    if converged && matches!(c.anchor(), Ok(None)) {
+        match snapshot_pairs(c) {
+            Ok(pairs) if !pairs.is_empty() => {
+                let f = SnapshotFacts { node: ctx.name.clone(), tenant: ctx.tenant.clone(), projections: pairs };
+                observe_store(ctx, "snapshot", vec![StoreFact::Snapshot(f)]);
+            }
+            Ok(_) => {}
+            Err(e) => record(&ctx.shared, &ctx.name, "check.snapshot_unreadable", json!({"code": e.code(), "message": e.to_string()}), None),
+        }
+    }
+    let mut secrets = Vec::new();
+    if let Ring::Store(ks) = &c.keys().ring {
+        if let Ok(k) = ks.identity_key() {
+            secrets.extend(drill_model::secrets::Secret::key(format!("identity key of {}", ctx.name), k.as_bytes()));
+        }
+    }
+    secrets
+}
+
+/// Each projection restored from its latest valid snapshot plus the tail, next to a full
+/// replay of the same events; projections with no snapshot yet are left out.
+fn snapshot_pairs(c: &mut Client) -> Result<Vec<SnapshotPair>, drill_stack::StoreError> {
+    let mut restored = Vec::new();
+    for name in c.engine().names() {
+        let r = c.restore_projection(name)?;
+        if r.used.is_some() {
+            let incomplete = c.incomplete()?.into_iter().filter(|i| i.projection == name).map(|i| i.aggregate).collect();
+            restored.push((name, c.projection_rows(name)?, incomplete));
+        }
+    }
+    if restored.is_empty() {
+        return Ok(Vec::new());
+    }
+    c.rebuild_projections(&drill_stack::projections::Scope::default())?;
+    let incomplete = c.incomplete()?;
+    let mut pairs = Vec::new();
+    for (name, rows, restored_incomplete) in restored {
+        pairs.push(SnapshotPair {
+            name: name.to_string(),
+            restored: rows,
+            restored_incomplete,
+            replayed: c.projection_rows(name)?,
+            replayed_incomplete: incomplete.iter().filter(|i| i.projection == name).map(|i| i.aggregate.clone()).collect(),
+        });
+    }
+    Ok(pairs)
 }
 
 /// The fact that an append committed as `write_id` with `op_id`, with its stored form's hash.
@@ -376,10 +531,20 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
         }
         Err(e) => record(&ctx.shared, name, "node.snapshot_failed", json!({"message": e}), None),
     }
+    match store_facts(&ctx, &client) {
+        Ok(facts) => observe_store(&ctx, "recovery", facts),
+        Err(e) => record(&ctx.shared, name, "check.store_unreadable", json!({"message": e}), None),
+    }
     let server = SocketAddr::new(SERVER_IP, SERVER_PORT);
     let mut rpc = match RpcClient::bind(server, client.boots(), Duration::from_millis(RPC_TIMEOUT_MS)).await {
         Ok(r) => r.with_version(ctx.protocol_version).with_filter(Box::new(FaultyTransport(ctx.transport.clone()))),
         Err(e) => return record(&ctx.shared, name, "node.bind_failed", json!({"message": e.to_string()}), None),
+    };
+    // A READ_ONLY period in progress (the mode persists across restarts: a device that boots
+    // in READ_ONLY starts a period at boot).
+    let mut read_only = match client.mode() {
+        Ok(Mode::ReadOnly) => Some(read_only_period(&ctx, &client)),
+        _ => None,
     };
     // The last state a sync attempt succeeded from: what a hydrate restarts from.
     let mut last_good: Option<ExportedState> = None;
@@ -390,30 +555,53 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
                 let payload = payload_for(name, id, bytes);
                 let detail = json!({"op": id, "action": "append", "aggregate": aggregate, "kind": kind, "payload": digest(&payload)});
                 record(&ctx.shared, name, "op.start", detail, Some(Fact::AppendStarted { node: name.into(), payload: payload.clone() }));
-                match client.append(&aggregate, &kind, &payload) {
+                let result = match client.append(&aggregate, &kind, &payload) {
                     Ok((w, op_id)) => {
                         let fact = append_acked(name, &client, w, &op_id);
-                        record(&ctx.shared, name, "op.ok", json!({"op": id, "write_id": w, "op_id": op_id}), Some(fact))
+                        record(&ctx.shared, name, "op.ok", json!({"op": id, "write_id": w, "op_id": op_id}), Some(fact));
+                        Ok(())
                     }
-                    Err(e) => record(&ctx.shared, name, "op.err", json!({"op": id, "code": e.code(), "message": e.to_string()}), Some(Fact::AppendFailed { node: name.into() })),
-                }
+                    Err(e) => {
+                        record(&ctx.shared, name, "op.err", json!({"op": id, "code": e.code(), "message": e.to_string()}), Some(Fact::AppendFailed { node: name.into() }));
+                        Err(e.code().to_string())
+                    }
+                };
+                attempted(&mut read_only, "append", result);
             }
-            Command::Op { id, action: Action::Sync } => sync_op(&ctx, &mut client, &mut rpc, id, &mut last_good).await,
-            Command::Op { id, action: Action::Hydrate { malformed } } => hydrate_op(&ctx, &mut client, last_good.as_ref(), id, malformed),
+            Command::Op { id, action: Action::Sync } => {
+                let result = sync_op(&ctx, &mut client, &mut rpc, id, &mut last_good).await;
+                attempted(&mut read_only, "sync", result);
+            }
+            Command::Op { id, action: Action::Hydrate { malformed } } => {
+                let result = hydrate_op(&ctx, &mut client, last_good.as_ref(), id, malformed);
+                attempted(&mut read_only, "hydrate", result);
+            }
             Command::Op { id, action: Action::ForceSync } => {
                 record(&ctx.shared, name, "op.start", json!({"op": id, "action": "force_sync"}), None);
-                match client.force_resync() {
-                    Ok(()) => record(&ctx.shared, name, "op.ok", json!({"op": id}), None),
-                    Err(e) => record(&ctx.shared, name, "op.err", json!({"op": id, "code": e.code(), "message": e.to_string()}), None),
-                }
-                last_good = None;
+                let result = match client.force_resync() {
+                    Ok(()) => {
+                        last_good = None;
+                        record(&ctx.shared, name, "op.ok", json!({"op": id}), None);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        record(&ctx.shared, name, "op.err", json!({"op": id, "code": e.code(), "message": e.to_string()}), None);
+                        Err(e.code().to_string())
+                    }
+                };
+                attempted(&mut read_only, "force_sync", result);
             }
+            Command::SetReadOnly(on) => set_read_only(&ctx, &client, &mut read_only, on),
             Command::Op { id, action: a @ (Action::StageBlob { .. } | Action::AttachBlob | Action::ReadBlob { .. }) } => {
                 blobs.op(&ctx, &mut client, id, &a).await
             }
             Command::Snapshot => {
                 let s = client_snapshot(&ctx, &client);
                 lock(&ctx.mailbox).snapshot = Some(s);
+            }
+            Command::Audit { converged } => {
+                let secrets = audit(&ctx, &mut client, converged);
+                lock(&ctx.mailbox).audit = Some(secrets);
             }
         }
     }
@@ -422,13 +610,13 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
 /// One sync attempt. The model learns whether it failed closed and raised exactly the
 /// signature of any transport fault injected into it. A success becomes the last known-good
 /// state; a full resync makes every earlier one stale.
-async fn sync_op(ctx: &ClientCtx, client: &mut Client, rpc: &mut RpcClient, id: u64, last_good: &mut Option<ExportedState>) {
+async fn sync_op(ctx: &ClientCtx, client: &mut Client, rpc: &mut RpcClient, id: u64, last_good: &mut Option<ExportedState>) -> Result<(), String> {
     let name = ctx.name.as_str();
     let before = match client.export_state() {
         Ok(s) => s,
         Err(e) => {
             record(&ctx.shared, name, "op.err", json!({"op": id, "action": "sync", "code": e.code(), "message": e.to_string()}), None);
-            return;
+            return Err(e.code().to_string());
         }
     };
     lock(&ctx.transport).begin(before.clone(), rpc.version() >= 2);
@@ -445,10 +633,19 @@ async fn sync_op(ctx: &ClientCtx, client: &mut Client, rpc: &mut RpcClient, id: 
             let line = record_at(&ctx.shared, name, "op.ok", detail, Some(Fact::SyncSucceeded { node: name.into(), expected }));
             check_now(ctx, client, line, before.cursor);
             if let Ok(s) = client.export_state() {
+                // Every SNAPSHOT_EVERY events of history, the projections are snapshotted (a
+                // snapshot is refused while aggregates are skipped; the next one will do).
+                if s.cursor / SNAPSHOT_EVERY > before.cursor / SNAPSHOT_EVERY {
+                    if let Err(e) = client.snapshot_projections() {
+                        record(&ctx.shared, name, "op.snapshot_refused", json!({"op": id, "code": e.code(), "message": e.to_string()}), None);
+                    }
+                }
                 *last_good = Some(s);
             }
+            Ok(())
         }
         Err(e) => {
+            let code = e.code();
             failed_closed(ctx, client, id, &e, expected, &before);
             if let drill_stack::SyncError::ResyncRequired { floor_seq, floor_hash } = &e {
                 // The explicit recovery path the protocol defines for a device behind retention.
@@ -460,7 +657,67 @@ async fn sync_op(ctx: &ClientCtx, client: &mut Client, rpc: &mut RpcClient, id: 
                     Err(e) => record(&ctx.shared, name, "op.err", json!({"op": id, "action": "resync", "code": e.code(), "message": e.to_string()}), None),
                 }
             }
+            Err(code)
         }
+    }
+}
+
+/// Events of history between two snapshots of a device's projections.
+pub const SNAPSHOT_EVERY: u64 = 16;
+
+/// A digest of what commands write to a device's database: events, outbox, snapshots and meta
+/// (but the mode itself); not the derived projection tables, which a recovery may rebuild.
+fn content_digest(client: &Client) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let queries = [
+        "SELECT seq || ':' || op_id || ':' || hex(hash) FROM events ORDER BY seq",
+        "SELECT write_id || ':' || op_id || ':' || hex(payload) FROM outbox ORDER BY write_id",
+        "SELECT id || ':' || checksum FROM proj_snapshots ORDER BY id",
+        "SELECT key || '=' || value FROM meta WHERE key NOT LIKE 'resilience/%' ORDER BY key",
+    ];
+    for q in queries {
+        let mut st = client.db().prepare(q).ok()?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0)).ok()?;
+        for r in rows {
+            h.update(r.ok()?.as_bytes());
+            h.update(b"\n");
+        }
+        h.update(b"--\n");
+    }
+    Some(hex::encode(h.finalize()))
+}
+
+/// A READ_ONLY period starting now.
+fn read_only_period(ctx: &ClientCtx, client: &Client) -> ReadOnlyFacts {
+    ReadOnlyFacts { node: ctx.name.clone(), attempts: Vec::new(), storage_before: content_digest(client), storage_after: None }
+}
+
+/// Notes a write tried during a READ_ONLY period.
+fn attempted(period: &mut Option<ReadOnlyFacts>, what: &str, result: Result<(), String>) {
+    if let Some(p) = period {
+        let line = trace::line_count();
+        p.attempts.push(WriteAttempt { what: what.into(), line, recovery: false, ok: result.is_ok(), code: result.err() });
+    }
+}
+
+/// The operator switches the device to READ_ONLY or back; leaving READ_ONLY hands the period
+/// to the model.
+fn set_read_only(ctx: &ClientCtx, client: &Client, period: &mut Option<ReadOnlyFacts>, on: bool) {
+    let name = ctx.name.as_str();
+    let mode = if on { Mode::ReadOnly } else { Mode::Normal };
+    if let Err(e) = client.set_mode(mode, &[]) {
+        return record(&ctx.shared, name, "op.err", json!({"action": "set_mode", "mode": mode.as_str(), "code": e.code(), "message": e.to_string()}), None);
+    }
+    record(&ctx.shared, name, "store.mode", json!({"mode": mode.as_str()}), None);
+    match (on, period.take()) {
+        (true, None) => *period = Some(read_only_period(ctx, client)),
+        (true, Some(p)) => *period = Some(p),
+        (false, Some(mut p)) => {
+            p.storage_after = content_digest(client);
+            observe_store(ctx, "read_only", vec![StoreFact::ReadOnly(p)]);
+        }
+        (false, None) => {}
     }
 }
 
@@ -489,9 +746,9 @@ fn failed_closed(ctx: &ClientCtx, client: &Client, id: u64, e: &drill_stack::Syn
 
 /// Restarts sync from the last known-good state, or offers a malformed one that must be
 /// refused without changing anything.
-fn hydrate_op(ctx: &ClientCtx, client: &mut Client, last_good: Option<&ExportedState>, id: u64, malformed: bool) {
+fn hydrate_op(ctx: &ClientCtx, client: &mut Client, last_good: Option<&ExportedState>, id: u64, malformed: bool) -> Result<(), String> {
     let name = ctx.name.as_str();
-    let Ok(before) = client.export_state() else { return };
+    let before = client.export_state().map_err(|e| e.code().to_string())?;
     let mut state = last_good.cloned().unwrap_or_else(|| before.clone());
     let expected = if malformed {
         state.last_reconciled_write_ids.insert(state.replica.clone(), 0);
@@ -501,8 +758,14 @@ fn hydrate_op(ctx: &ClientCtx, client: &mut Client, last_good: Option<&ExportedS
     };
     record(&ctx.shared, name, "op.start", json!({"op": id, "action": "hydrate", "malformed": malformed, "cursor": state.cursor}), None);
     match client.hydrate(&state) {
-        Ok(()) => record(&ctx.shared, name, "op.ok", json!({"op": id}), Some(Fact::SyncSucceeded { node: name.into(), expected })),
-        Err(e) => failed_closed(ctx, client, id, &e, expected, &before),
+        Ok(()) => {
+            record(&ctx.shared, name, "op.ok", json!({"op": id}), Some(Fact::SyncSucceeded { node: name.into(), expected }));
+            Ok(())
+        }
+        Err(e) => {
+            failed_closed(ctx, client, id, &e, expected, &before);
+            Err(e.code())
+        }
     }
 }
 

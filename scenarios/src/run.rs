@@ -42,6 +42,7 @@ enum Step {
     Boot(String),
     Blob(crate::blobs_world::BlobStep),
     Jobs(crate::jobs_world::JobsStep),
+    Store(crate::store_world::StoreStep),
     /// A recovery step of a drill injected into the world (a `drill.step` line).
     DrillMark(crate::drills::swarm::Mark),
 }
@@ -244,6 +245,9 @@ impl World<'_> {
         for (t, s) in crate::jobs_world::steps(self.plan) {
             self.at(t, Step::Jobs(s));
         }
+        for (t, s) in crate::store_world::steps(self.plan) {
+            self.at(t, Step::Store(s));
+        }
         for (t, m) in crate::drills::swarm::marks(self.plan) {
             self.at(t, Step::DrillMark(m));
         }
@@ -341,11 +345,40 @@ impl World<'_> {
                 }
             }
             Step::DrillMark(m) => crate::drills::swarm::mark(&m),
+            Step::Store(s) => self.store_step(s),
             Step::Jobs(s) => {
                 let down = self.nodes.is_down(crate::jobs_world::JOBS_NODE);
                 if let Some(j) = self.jobs.as_mut() {
                     j.apply(s, down);
                 }
+            }
+        }
+    }
+
+    fn store_step(&mut self, step: crate::store_world::StoreStep) {
+        use crate::store_world::StoreStep;
+        match step {
+            StoreStep::ReadOnly { node, on } => {
+                if on {
+                    *self.nodes.counts.entry("store.read_only".into()).or_default() += 1;
+                }
+                trace::emit(&node, if on { "fault.read_only" } else { "fault.heal" }, json!({"read_only": on}));
+                if self.nodes.is_down(&node) {
+                    trace::emit(&node, "op.skipped", json!({"reason": "device is down", "read_only": on}));
+                    return;
+                }
+                lock(&self.mailboxes[&node]).push(Command::SetReadOnly(on));
+            }
+            StoreStep::LoseKeyStore { node, down_ms } => {
+                if self.nodes.is_down(&node) || !self.nodes.crash(&node) {
+                    return;
+                }
+                self.crashed(&node);
+                let lost = drill_sim::disk::DiskSim::current().lose_files(self.nodes.id(&node), procs::KEYS_DB);
+                *self.nodes.counts.entry("keys.store_lost".into()).or_default() += 1;
+                trace::emit(&node, "fault.key_store_lost", json!({"files": lost, "down_ms": down_ms}));
+                let t = self.now_ms() + down_ms;
+                self.at(t, Step::Boot(node));
             }
         }
     }
@@ -378,11 +411,18 @@ impl World<'_> {
             self.set_transport(&n, None);
         }
         let deadline = clock::now() + Duration::from_millis(self.plan.liveness_ms_max);
+        let read_only: std::collections::BTreeSet<String> =
+            self.plan.store.iter().flat_map(|s| s.read_only.iter().map(|w| w.node.clone())).collect();
         let mut round = 0u64;
         loop {
             round += 1;
             let names: Vec<String> = self.mailboxes.keys().cloned().collect();
             for n in &names {
+                // The operator ends every READ_ONLY period (a device may have missed the end of
+                // its window while down).
+                if read_only.contains(n) {
+                    lock(&self.mailboxes[n]).push(Command::SetReadOnly(false));
+                }
                 lock(&self.mailboxes[n]).push(Command::Op { id: 0, action: Action::Sync });
             }
             self.wait_idle(deadline).await;
@@ -476,6 +516,46 @@ impl World<'_> {
             Err(e) => {
                 trace::emit("world", "check.final_unreadable", json!({"why": e}));
             }
+        }
+        self.audit(converged, deadline).await;
+    }
+
+    /// The end-of-run audit: every device audits its store (projections, tenants, a snapshot
+    /// restore against a replay) and names the key material it holds; then every node's disk
+    /// images are scanned for the workload's plaintexts and for key material (INV-NO-PLAINTEXT).
+    async fn audit(&mut self, converged: bool, deadline: Instant) {
+        let mut secrets = procs::workload_secrets(self.plan, &self.tenant_keys);
+        let names: Vec<String> = self.mailboxes.keys().cloned().collect();
+        for n in &names {
+            let mb = self.mailboxes[n].clone();
+            lock(&mb).audit = None;
+            lock(&mb).push(Command::Audit { converged });
+            loop {
+                if let Some(s) = lock(&mb).audit.take() {
+                    secrets.extend(s);
+                    break;
+                }
+                if clock::now() >= deadline {
+                    trace::emit(n, "check.audit_unanswered", json!({}));
+                    break;
+                }
+                self.wait_until(clock::now() + Duration::from_millis(WAIT_STEP_MS)).await;
+            }
+        }
+        let disks = drill_sim::disk::DiskSim::current();
+        for n in self.plan.store.iter().flat_map(|s| s.plant_plaintext.iter()) {
+            // A planted bug: a workload plaintext left in a file on the node's disk.
+            if let Some(s) = secrets.iter().find(|s| s.label.starts_with("payload")) {
+                disks.put_file(self.nodes.id(n), "debug.log", &s.bytes);
+                trace::emit(n, "fault.planted_plaintext", json!({"file": "debug.log", "secret": s.label}));
+            }
+        }
+        let line = trace::emit("world", "check.scan", json!({"secrets": secrets.len()}));
+        let nodes: Vec<String> = self.nodes.names().cloned().collect();
+        for n in nodes {
+            let images = disks.images(self.nodes.id(&n));
+            let fact = drill_model::store::StoreFact::Scan { node: n.clone(), images, secrets: secrets.clone() };
+            procs::observe(&self.shared, Fact::Store(fact), line);
         }
     }
 }

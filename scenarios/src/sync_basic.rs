@@ -83,6 +83,7 @@ pub fn plan(seed: u64, profile: &str, knobs: Knobs, transport_knobs: TransportKn
         server_retention: if profile == "swarm" && rng.gen_bool(0.3) { Some(rng.gen_range(4..=20)) } else { None },
         blobs: None,
         jobs: None,
+        store: None,
         drill: None,
         heal_at_ms: shape.duration_ms + 500,
         liveness_ms_max: 30_000,
@@ -94,6 +95,7 @@ pub fn plan(seed: u64, profile: &str, knobs: Knobs, transport_knobs: TransportKn
     if profile == "swarm" {
         crate::blobs_world::add_to_plan(&mut plan, &seeds, shape.duration_ms);
         crate::jobs_world::add_to_plan(&mut plan, &seeds, shape.duration_ms);
+        crate::store_world::add_to_plan(&mut plan, &seeds, shape.duration_ms);
         crate::drills::swarm::add_to_plan(&mut plan, &seeds, shape.duration_ms);
     }
     plan

@@ -2,7 +2,8 @@
 //! each condition the sync runbook's guardrails exist for — a regressing cursor, an op replayed
 //! within a pull cycle, `hasMore` with an empty page, a `nextCursor` that is not the page tail,
 //! regressing `lastReconciledWriteIds` on pull and on reconcile, a regressing reconcile cursor,
-//! stale write ids — plus duplicated and replayed requests, which the stack must absorb.
+//! stale write ids, a pulled event altered on the way — plus duplicated and replayed requests,
+//! which the stack must absorb.
 //!
 //! The world arms a device's transport for a window; the device resets it before each sync
 //! attempt with its exported state as the baseline, and afterwards reads which signature the
@@ -33,10 +34,12 @@ pub enum TransportFaultKind {
     StaleWriteIds,
     DuplicateRequests,
     ReplayRequests,
+    /// A pulled event's payload altered on the way, its hashes left as they were.
+    PullTamperedEvent,
 }
 
 impl TransportFaultKind {
-    pub const ALL: [TransportFaultKind; 10] = [
+    pub const ALL: [TransportFaultKind; 11] = [
         TransportFaultKind::PullEmptyPageHasMore,
         TransportFaultKind::PullNextCursorMismatch,
         TransportFaultKind::PullCursorRegression,
@@ -47,6 +50,7 @@ impl TransportFaultKind {
         TransportFaultKind::StaleWriteIds,
         TransportFaultKind::DuplicateRequests,
         TransportFaultKind::ReplayRequests,
+        TransportFaultKind::PullTamperedEvent,
     ];
 
     /// The guardrail signature an attempt hit by this fault must raise; `None` for faults the
@@ -57,6 +61,7 @@ impl TransportFaultKind {
             K::PullEmptyPageHasMore | K::PullNextCursorMismatch => Some("pull:pullPageInvariantViolation"),
             K::PullCursorRegression => Some("pull:pullCursorRegression"),
             K::PullDuplicateOpReplay => Some("pull:pullDuplicateOpReplay"),
+            K::PullTamperedEvent => Some("pull:hashChainViolation"),
             K::PullLastWriteIdRegression => Some("pull:lastWriteIdRegression"),
             K::ReconcileCursorRegression => Some("reconcile:reconcileCursorRegression"),
             K::ReconcileLastWriteIdRegression => Some("reconcile:lastWriteIdRegression"),
@@ -217,6 +222,15 @@ fn mutate(kind: TransportFaultKind, req: &Request, resp: Response, base: &Export
             items.push(copy);
             (Response::Page { items, has_more, next_cursor, last_reconciled_write_ids }, true)
         }
+        (K::PullTamperedEvent, Response::Page { mut items, has_more, next_cursor, last_reconciled_write_ids }) if !items.is_empty() => {
+            // The first item is the one the device checks first against its own chain head.
+            let e = &mut items[0];
+            match e.payload.last_mut() {
+                Some(b) => *b ^= 0x01,
+                None => e.payload.push(0),
+            }
+            (Response::Page { items, has_more, next_cursor, last_reconciled_write_ids }, true)
+        }
         (K::PullLastWriteIdRegression, Response::Page { items, has_more, next_cursor, mut last_reconciled_write_ids }) => {
             match regressed(base) {
                 Some((r, w)) => {
@@ -301,12 +315,18 @@ mod tests {
         b.last_reconciled_write_ids.clear();
         assert!(!mutate(K::PullLastWriteIdRegression, &pull(4), page(&[]), &b).1);
         assert!(mutate(K::PullLastWriteIdRegression, &pull(4), page(&[]), &base()).1);
+        assert!(!mutate(K::PullTamperedEvent, &pull(4), page(&[]), &base()).1);
+        let (tampered, injected) = mutate(K::PullTamperedEvent, &pull(4), page(&[5, 6]), &base());
+        let (Response::Page { items: got, .. }, Response::Page { items: sent, .. }) = (tampered, page(&[5, 6])) else { panic!("pages") };
+        assert!(injected);
+        assert_ne!(got[0].payload, sent[0].payload);
+        assert_eq!((&got[0].hash, &got[0].prev_hash, &got[1]), (&sent[0].hash, &sent[0].prev_hash, &sent[1]));
     }
 
     #[test]
     fn guardrail_kinds_name_their_signatures() {
         let with: Vec<_> = TransportFaultKind::ALL.iter().filter_map(|k| k.signature()).collect();
-        assert_eq!(with.len(), 8);
+        assert_eq!(with.len(), 9);
         assert_eq!(TransportFaultKind::StaleWriteIds.counted_as(), "transport.stale_write_ids");
     }
 }

@@ -110,6 +110,7 @@ fn build(n: usize, ops: Vec<(u64, usize, Action)>, faults: Vec<(u64, FaultSpec)>
         server_retention: retention,
         blobs: None,
         jobs: None,
+        store: None,
         drill: None,
     }
 }

@@ -94,6 +94,16 @@ impl KeyRing for Ring {
     }
 }
 
+impl Ring {
+    /// The aggregates whose key the ring holds.
+    pub fn aggregates(&self) -> Result<Vec<String>, KeyError> {
+        match self {
+            Ring::Store(ks) => ks.aggregates(),
+            Ring::Fixed(keys) => Ok(keys.keys().cloned().collect()),
+        }
+    }
+}
+
 /// A device's keys, and the stream its nonces come from (in a run, a seeded stream that never
 /// repeats across the device's restarts; never the OS).
 pub struct DeviceKeys {
@@ -296,6 +306,7 @@ impl Client {
     /// back to it and events after its cursor are dropped, to be pulled again. Pending writes
     /// stay. A state that is malformed or not this device's is refused and changes nothing.
     pub fn hydrate(&mut self, state: &ExportedState) -> Result<(), SyncError> {
+        resilience::check_write(&self.conn, Write::Command).map_err(StoreError::from)?;
         let refuse = |detail: String| Err(SyncError::Hydrate { detail });
         if state.replica != self.replica || state.tenant != self.tenant {
             return refuse(format!("state of {}/{} offered to {}/{}", state.replica, state.tenant, self.replica, self.tenant));
@@ -341,6 +352,7 @@ impl Client {
     /// A forced sync: drops the device's events after its anchor so that the next sync pulls
     /// and re-verifies everything the server holds for the tenant. Pending writes stay.
     pub fn force_resync(&mut self) -> Result<(), StoreError> {
+        resilience::check_write(&self.conn, Write::Command)?;
         let floor = store::anchor(&self.conn, &self.tenant)?.map(|(seq, _)| seq).unwrap_or(0);
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM events WHERE seq > ?1", [floor])?;
@@ -584,6 +596,20 @@ impl Client {
     /// `projection`'s rows for this device's tenant.
     pub fn projection_rows(&self, projection: &str) -> Result<Vec<Vec<String>>, StoreError> {
         Ok(self.engine.rows(&self.conn, projection, &self.tenant)?)
+    }
+
+    /// Appends a snapshot of every active projection (a command: refused in READ_ONLY, and
+    /// while aggregates are skipped). Returns the snapshot ids.
+    pub fn snapshot_projections(&self) -> Result<Vec<u64>, StoreError> {
+        Ok(self.engine.snapshot(&self.conn, &self.tenant, self.clock.now_unix_ms())?)
+    }
+
+    /// Restores `projection` from its latest valid snapshot plus the events after it (runbook
+    /// 004 §4.2). Recovery: allowed in READ_ONLY.
+    pub fn restore_projection(&mut self, projection: &str) -> Result<crate::projections::snapshot::Restored, StoreError> {
+        let events = store::all_events(&self.conn)?;
+        let sealed = events.iter().map(envelope::sealed_event).collect::<Result<Vec<_>, _>>()?;
+        Ok(self.engine.restore_from_snapshot(&self.conn, &sealed, &self.keys.ring, &self.tenant, projection)?)
     }
 
     /// The last seq `projection` folded.

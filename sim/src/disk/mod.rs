@@ -468,6 +468,19 @@ impl DiskSim {
         })
     }
 
+    /// Loses every file of node `id` whose name starts with `prefix` (a database and its log
+    /// and shared-memory files), durably: media lost or wiped while the node is down. Returns
+    /// the names lost.
+    pub fn lose_files(&self, id: NodeId, prefix: &str) -> Vec<String> {
+        self.with_node(id, |d, _| {
+            let names: Vec<String> = d.files.keys().filter(|n| n.starts_with(prefix)).cloned().collect();
+            for n in &names {
+                d.files.remove(n);
+            }
+            names
+        })
+    }
+
     /// Writes a file directly (a backup restored by an operator, a planted test file).
     pub fn put_file(&self, id: NodeId, name: &str, data: &[u8]) {
         self.with_node(id, |d, _| {

@@ -1,0 +1,122 @@
+//! The runbook drills: every drill of the registry passes and is exercised on a few seeds, its
+//! recovery steps traced in the runbook's order; and every drill fails when a recovery step is
+//! skipped or done wrong — a drill that cannot fail checks nothing. Swarm seeds that pick a
+//! drill put it in their coverage table.
+
+use drill_scenarios::drills::{self, DrillPlan};
+use drill_scenarios::{plan_for, run, Outcome, RunReport, RunRequest, RunSource};
+use serde_json::Value;
+
+fn run_drill(id: &str, seed: u64, skip: Option<&str>, wrong: Option<&str>) -> RunReport {
+    let mut plan = plan_for(seed, id, "none").unwrap();
+    plan.drill = Some(DrillPlan { id: id.into(), skip: skip.map(String::from), wrong: wrong.map(String::from), swarm: None });
+    drills::execute(&plan, None).unwrap()
+}
+
+fn steps_traced(r: &RunReport, id: &str) -> Vec<String> {
+    r.trace
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["kind"] == "drill.step" && v["detail"]["drill"] == id && v["detail"]["skipped"] == false)
+        .map(|v| v["detail"]["step"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn every_drill_passes_exercised_with_its_steps_in_order() {
+    for d in drills::registry() {
+        for seed in 1..=3 {
+            let r = run_drill(d.id, seed, None, None);
+            assert_eq!(r.outcome, Outcome::Pass, "{} seed {seed}: {:?}", d.id, r.violations);
+            let c = r.drills[d.id];
+            assert_eq!((c.runs, c.exercised, c.passed), (1, 1, 1), "{} seed {seed}", d.id);
+            assert_eq!(steps_traced(&r, d.id), d.steps, "{} seed {seed}", d.id);
+            assert!(r.checks.get("INV-RECOVERY").copied().unwrap_or(0) > 0, "{}: INV-RECOVERY not checked", d.id);
+        }
+    }
+}
+
+/// For each drill, recovery steps that, skipped (`S`) or done wrong (`W`), must make it fail.
+const BROKEN: &[(&str, char, &str)] = &[
+    ("001-A-failed-persist", 'S', "persist-only"),
+    ("001-A-failed-persist", 'S', "locate-result-envelope"),
+    ("001-B-export-mid-write", 'S', "re-run-export"),
+    ("001-C-import-conflict", 'S', "fresh-db-import"),
+    ("001-D-database-corruption", 'S', "replay-into-fresh-db"),
+    ("001-E-backend-crash-hang", 'W', "fallback"),
+    ("001-F-legacy-migration-blocked", 'S', "import-into-fresh-db"),
+    ("001-post-recovery-validation", 'S', "re-run-export"),
+    ("002-database-corruption-native", 'S', "recreate-database"),
+    ("002-database-corruption-native", 'S', "sync-recovery"),
+    ("002-sync-divergence", 'S', "forced-sync"),
+    ("002-sync-divergence", 'W', "forced-sync"),
+    ("003-1-hydrate-last-known-good", 'S', "hydrate-last-known-good"),
+    ("003-1-hydrate-last-known-good", 'W', "hydrate-last-known-good"),
+    ("003-4-hydrate-guardrail", 'W', "hydrate-last-known-good"),
+    ("003-4-hydrate-guardrail", 'S', "re-run-sync"),
+    ("004-3.1-hash-chain-tamper", 'S', "restore-from-replica"),
+    ("004-3.1-hash-chain-tamper", 'W', "recompute-and-compare"),
+    ("004-6.1-database-corruption", 'S', "restore-backup"),
+    ("004-6.1-database-corruption", 'S', "replay-since-backup"),
+];
+
+/// The eight guardrail drills share their recovery: each fails without its transport repaired,
+/// without its sync after the hydrate, or hydrated from a hand-edited state.
+const GUARDRAIL_BROKEN: &[(char, &str)] = &[('S', "repair-transport"), ('S', "re-run-sync"), ('W', "hydrate-last-known-good")];
+
+fn broken_cases() -> Vec<(String, char, String)> {
+    let mut out: Vec<(String, char, String)> = BROKEN.iter().map(|(d, k, s)| (d.to_string(), *k, s.to_string())).collect();
+    for d in drills::registry().into_iter().filter(|d| d.id.starts_with("003-4-") && d.id != "003-4-hydrate-guardrail") {
+        out.extend(GUARDRAIL_BROKEN.iter().map(|(k, s)| (d.id.to_string(), *k, s.to_string())));
+    }
+    out
+}
+
+#[test]
+fn every_drill_fails_when_its_recovery_is_skipped_or_done_wrong() {
+    let cases = broken_cases();
+    for d in drills::registry() {
+        assert!(cases.iter().any(|(id, _, _)| id == d.id), "{} has no skipped-recovery test", d.id);
+    }
+    for (id, kind, step) in cases {
+        for seed in 1..=2 {
+            let (skip, wrong) = if kind == 'S' { (Some(step.as_str()), None) } else { (None, Some(step.as_str())) };
+            let r = run_drill(&id, seed, skip, wrong);
+            assert_eq!(r.outcome, Outcome::Violation, "{id} with {kind} {step} (seed {seed}) passed: the drill checks nothing there");
+            assert!(r.violations.iter().all(|v| v.invariant != "SIM-NO-PANIC"), "{id} with {kind} {step}: {:?}", r.violations);
+            assert_eq!(r.drills[id.as_str()].passed, 0, "{id} with {kind} {step}");
+        }
+    }
+}
+
+#[test]
+fn a_drill_plan_names_only_steps_its_drill_has() {
+    let mut plan = plan_for(1, "003-4-pull-cursor-regression", "none").unwrap();
+    plan.drill.as_mut().unwrap().skip = Some("no-such-step".into());
+    let err = plan.validate().unwrap_err();
+    assert!(err.contains("no step 'no-such-step'"), "{err}");
+    assert!(plan_for(1, "no-such-drill", "none").is_err());
+}
+
+#[test]
+fn swarm_seeds_pick_drills_and_count_them() {
+    let mut picked = 0;
+    let mut exercised = 0;
+    for seed in 1..=12 {
+        let source = RunSource::Seed { seed, scenario: "sync-basic".into(), profile: "swarm".into() };
+        let plan = drill_scenarios::prepare(&source).unwrap();
+        let r = run(&RunRequest { source, out_dir: None }).unwrap();
+        assert_eq!(r.outcome, Outcome::Pass, "seed {seed}: {:?}", r.violations);
+        let Some(d) = plan.drill else {
+            assert!(r.drills.is_empty());
+            continue;
+        };
+        picked += 1;
+        let c = r.drills[d.id.as_str()];
+        assert_eq!(c.runs, 1);
+        exercised += c.exercised;
+        let drill = drills::find(&d.id).unwrap();
+        assert_eq!(steps_traced(&r, &d.id), drill.steps, "seed {seed}: every recovery step is marked on the world's timeline");
+    }
+    assert!(picked >= 3 && exercised >= 2, "picked {picked}, exercised {exercised}");
+}
