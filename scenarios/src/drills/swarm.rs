@@ -116,7 +116,7 @@ pub fn marks(plan: &Plan) -> Vec<(u64, Mark)> {
 
 /// Traces one mark.
 pub fn mark(m: &Mark) {
-    trace::emit("drill", "drill.step", json!({"drill": m.drill, "step": m.step, "device": m.device, "swarm": true}));
+    trace::emit("drill", "drill.step", json!({"drill": m.drill, "step": m.step, "device": m.device, "swarm": true, "skipped": false}));
 }
 
 /// After a swarm run: whether its drill was exercised and passed, into the report's coverage
