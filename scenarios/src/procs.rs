@@ -131,6 +131,8 @@ pub enum Command {
     Snapshot,
     /// Switch the device to READ_ONLY, or back to NORMAL (an operator's action).
     SetReadOnly(bool),
+    /// The operator restores the device's key backup and replays its projections (runbook 000).
+    RestoreKeys,
     /// The end-of-run audit of the device's store: projections, tenants, a snapshot restore
     /// against a full replay; the answer is the key material the device holds, for the scan.
     Audit { converged: bool },
@@ -199,6 +201,12 @@ pub struct ClientCtx {
     /// How many times the device's process started: every start draws fresh streams, so a
     /// nonce is never drawn twice.
     pub starts: Mutex<u64>,
+    /// Aggregate keys the device does not get when it pairs (a fresh device whose keys were
+    /// not all restored), until the operator restores its key backup.
+    pub withheld: Mutex<std::collections::BTreeSet<String>>,
+    /// The device's key backup, kept off the device by its operator: taken when its key store
+    /// was first created.
+    pub backup: Mutex<Option<Vec<u8>>>,
     pub protocol_version: u32,
     pub transport: Arc<Mutex<TransportState>>,
     pub mailbox: Arc<Mutex<Mailbox>>,
@@ -449,6 +457,45 @@ pub fn append_acked(node: &str, client: &Client, write_id: u64, op_id: &str) -> 
     Fact::AppendAcked { node: node.into(), write_id, op_id: op_id.into(), stored_sha256: stored }
 }
 
+/// The passphrase the operator keeps the device's key backup under.
+fn backup_passphrase(ctx: &ClientCtx) -> String {
+    format!("backup passphrase of {}", ctx.name)
+}
+
+/// The operator restores the device's key backup into its key store and replays the
+/// projections; the model checks them right after, as a rebuild with every key back.
+fn restore_keys(ctx: &ClientCtx, client: &mut Client, start: u64) {
+    let name = ctx.name.as_str();
+    let Some(backup) = lock(&ctx.backup).clone() else { return };
+    let mut rng = ctx.seeds.child(&format!("device/{name}/start-{start}/restore-{}", trace::line_count())).stream("keys");
+    let imported = match &mut client.keys_mut().ring {
+        Ring::Store(ks) => ks.import_backup(&backup, &backup_passphrase(ctx), &mut rng).map_err(|e| (e.code(), e.to_string())),
+        Ring::Fixed(_) => return,
+    };
+    match imported {
+        Ok(r) => {
+            lock(&ctx.withheld).clear();
+            record(&ctx.shared, name, "store.keys_restored", json!({"added": r.added, "conflicting": r.conflicting}), None);
+        }
+        Err((code, message)) => return record(&ctx.shared, name, "op.err", json!({"action": "restore_keys", "code": code, "message": message}), None),
+    }
+    let scope = drill_stack::projections::Scope { tenant: Some(ctx.tenant.clone()), ..Default::default() };
+    match client.rebuild_projections(&scope) {
+        Ok(_) => match store_facts(ctx, client) {
+            Ok(mut facts) => {
+                for f in &mut facts {
+                    if let StoreFact::Projection(p) = f {
+                        p.rebuilt = true;
+                    }
+                }
+                observe_store(ctx, "keys_restored", facts)
+            }
+            Err(e) => record(&ctx.shared, name, "check.store_unreadable", json!({"message": e}), None),
+        },
+        Err(e) => record(&ctx.shared, name, "op.err", json!({"action": "rebuild", "code": e.code(), "message": e.to_string()}), None),
+    }
+}
+
 /// Opens (creating and provisioning on first start) the device's key store and draws the
 /// streams of this start and attempt: the key store holds every aggregate key of the tenant.
 fn device_keys(ctx: &ClientCtx, start: u64, attempt: u32) -> Result<DeviceKeys, KeyError> {
@@ -462,10 +509,15 @@ fn device_keys(ctx: &ClientCtx, start: u64, attempt: u32) -> Result<DeviceKeys, 
         Err(KeyError::KeyStoreUninitialized) => KeyStore::create(KEYS_DB, &ctx.passphrase, KdfParams::sim(), &mut rng)?,
         Err(e) => return Err(e),
     };
+    let withheld = lock(&ctx.withheld).clone();
     for (aggregate, key) in ctx.tenant_keys.iter() {
-        if ks.aggregate_key(aggregate).is_err() {
+        if !withheld.contains(aggregate) && ks.aggregate_key(aggregate).is_err() {
             ks.import_aggregate_key(aggregate, key, &mut rng)?;
         }
+    }
+    let mut backup = lock(&ctx.backup);
+    if backup.is_none() {
+        *backup = Some(ks.export_backup(&backup_passphrase(ctx), KdfParams::sim(), &mut rng)?);
     }
     Ok(DeviceKeys::new(Ring::Store(ks), Box::new(streams.stream("nonces"))))
 }
@@ -592,6 +644,7 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
                 attempted(&mut read_only, "force_sync", result);
             }
             Command::SetReadOnly(on) => set_read_only(&ctx, &client, &mut read_only, on),
+            Command::RestoreKeys => restore_keys(&ctx, &mut client, start),
             Command::Op { id, action: a @ (Action::StageBlob { .. } | Action::AttachBlob | Action::ReadBlob { .. }) } => {
                 blobs.op(&ctx, &mut client, id, &a).await
             }

@@ -155,6 +155,7 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
     }
     let mut mailboxes: BTreeMap<String, Arc<Mutex<Mailbox>>> = BTreeMap::new();
     let mut transports: BTreeMap<String, Arc<Mutex<TransportState>>> = BTreeMap::new();
+    let mut devices: BTreeMap<String, Arc<ClientCtx>> = BTreeMap::new();
     for (i, spec) in plan.clients.iter().enumerate() {
         let fact = Fact::Client { node: spec.name.clone(), replica: spec.name.clone(), tenant: spec.tenant.clone() };
         record(&shared, &spec.name, "node.start", json!({"tenant": spec.tenant}), Some(fact));
@@ -167,17 +168,20 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
             passphrase: format!("passphrase of {}", spec.name),
             seeds: seeds.child("devices"),
             starts: Mutex::new(0),
+            withheld: Mutex::new(std::collections::BTreeSet::new()),
+            backup: Mutex::new(None),
             protocol_version: spec.protocol_version,
             transport: transport.clone(),
             mailbox: mailbox.clone(),
             shared: shared.clone(),
         });
         transports.insert(spec.name.clone(), transport);
+        devices.insert(spec.name.clone(), ctx.clone());
         let node = handle.create_node().name(spec.name.as_str()).ip(client_ip(i)).init(move || procs::client_main(ctx.clone())).build();
         nodes.add(&spec.name, node.id(), plan.knobs.disk.crash, &seeds);
         mailboxes.insert(spec.name.clone(), mailbox);
     }
-    let mut w = World { plan: &plan, shared, tenant_keys, nodes, mailboxes, transports, server, slot, start: clock::now(), steps: 0, timeline: BTreeMap::new(), next_key: 0, blobs, jobs };
+    let mut w = World { plan: &plan, shared, tenant_keys, devices, nodes, mailboxes, transports, server, slot, start: clock::now(), steps: 0, timeline: BTreeMap::new(), next_key: 0, blobs, jobs };
     if let Some(keep) = plan.server_retention {
         *w.nodes.counts.entry("server.retention".into()).or_default() += 1;
         trace::emit("server", "fault.retention", json!({"keep_events": keep}));
@@ -202,6 +206,7 @@ struct World<'a> {
     plan: &'a Plan,
     shared: SharedRef,
     tenant_keys: Arc<BTreeMap<String, Arc<procs::TenantKeys>>>,
+    devices: BTreeMap<String, Arc<ClientCtx>>,
     nodes: Nodes,
     mailboxes: BTreeMap<String, Arc<Mutex<Mailbox>>>,
     transports: BTreeMap<String, Arc<Mutex<TransportState>>>,
@@ -369,14 +374,16 @@ impl World<'_> {
                 }
                 lock(&self.mailboxes[&node]).push(Command::SetReadOnly(on));
             }
-            StoreStep::LoseKeyStore { node, down_ms } => {
+            StoreStep::LoseKeyStore { node, down_ms, withheld } => {
                 if self.nodes.is_down(&node) || !self.nodes.crash(&node) {
                     return;
                 }
                 self.crashed(&node);
                 let lost = drill_sim::disk::DiskSim::current().lose_files(self.nodes.id(&node), procs::KEYS_DB);
-                *self.nodes.counts.entry("keys.store_lost".into()).or_default() += 1;
-                trace::emit(&node, "fault.key_store_lost", json!({"files": lost, "down_ms": down_ms}));
+                let kind = if withheld.is_empty() { "keys.store_lost" } else { "keys.aggregate_keys_lost" };
+                *self.nodes.counts.entry(kind.into()).or_default() += 1;
+                trace::emit(&node, "fault.key_store_lost", json!({"files": lost, "down_ms": down_ms, "withheld": withheld}));
+                lock(&self.devices[&node].withheld).extend(withheld);
                 let t = self.now_ms() + down_ms;
                 self.at(t, Step::Boot(node));
             }
@@ -411,6 +418,7 @@ impl World<'_> {
             self.set_transport(&n, None);
         }
         let deadline = clock::now() + Duration::from_millis(self.plan.liveness_ms_max);
+        let restore = crate::store_world::restore_at_heal(self.plan);
         let read_only: std::collections::BTreeSet<String> =
             self.plan.store.iter().flat_map(|s| s.read_only.iter().map(|w| w.node.clone())).collect();
         let mut round = 0u64;
@@ -422,6 +430,10 @@ impl World<'_> {
                 // its window while down).
                 if read_only.contains(n) {
                     lock(&self.mailboxes[n]).push(Command::SetReadOnly(false));
+                }
+                // The operator restores the key backup of a device that lost keys, and replays.
+                if restore.contains(n) {
+                    lock(&self.mailboxes[n]).push(Command::RestoreKeys);
                 }
                 lock(&self.mailboxes[n]).push(Command::Op { id: 0, action: Action::Sync });
             }

@@ -31,6 +31,17 @@ pub struct KeyStoreLoss {
     pub down_ms: u64,
 }
 
+/// A device loses its key store while down, and pairs again without the keys of `aggregates`
+/// (a fresh device whose keys were not all restored): they come back only when the operator
+/// restores the key backup, at the heal (runbook 000).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AggregateKeyLoss {
+    pub node: String,
+    pub at_ms: u64,
+    pub down_ms: u64,
+    pub aggregates: Vec<String>,
+}
+
 /// The store part of a plan.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StorePlan {
@@ -38,6 +49,8 @@ pub struct StorePlan {
     pub read_only: Vec<ReadOnlyWindow>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key_store_loss: Vec<KeyStoreLoss>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aggregate_key_loss: Vec<AggregateKeyLoss>,
     /// Planted bugs, for tests that show a check fires: a workload plaintext written into a
     /// file on each named node's disk just before the end-of-run scan.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -49,8 +62,9 @@ pub struct StorePlan {
 pub enum StoreStep {
     /// Switch a device to READ_ONLY (`on`) or back to NORMAL.
     ReadOnly { node: String, on: bool },
-    /// Power the device off, delete its key store, and boot it after `down_ms`.
-    LoseKeyStore { node: String, down_ms: u64 },
+    /// Power the device off, delete its key store, and boot it after `down_ms`, pairing again
+    /// without the keys of `withheld`.
+    LoseKeyStore { node: String, down_ms: u64, withheld: Vec<String> },
 }
 
 /// Adds store faults to `plan` (the swarm profile), from their own seed streams.
@@ -67,6 +81,22 @@ pub fn add_to_plan(plan: &mut Plan, seeds: &SeedTree, duration_ms: u64) {
     if rng.gen_bool(0.3) {
         let node = clients[rng.gen_range(0..clients.len())].clone();
         store.key_store_loss.push(KeyStoreLoss { node, at_ms: rng.gen_range(0..duration_ms.max(1)), down_ms: rng.gen_range(50..=1_500) });
+    }
+    if rng.gen_bool(0.3) {
+        let node = clients[rng.gen_range(0..clients.len())].clone();
+        let written: std::collections::BTreeSet<String> = plan
+            .ops
+            .iter()
+            .filter_map(|o| match &o.action {
+                crate::plan::Action::Append { aggregate, .. } => Some(aggregate.clone()),
+                _ => None,
+            })
+            .collect();
+        let aggregates: Vec<String> = written.into_iter().filter(|_| rng.gen_bool(0.4)).collect();
+        if !aggregates.is_empty() {
+            let loss = AggregateKeyLoss { node, at_ms: rng.gen_range(0..duration_ms.max(1)), down_ms: rng.gen_range(50..=1_500), aggregates };
+            store.aggregate_key_loss.push(loss);
+        }
     }
     store.read_only.sort_by_key(|w| w.at_ms);
     if store != StorePlan::default() {
@@ -88,6 +118,11 @@ pub fn validate(plan: &Plan) -> Result<(), String> {
             return Err(format!("key_store_loss on unknown device '{}'", l.node));
         }
     }
+    for l in &s.aggregate_key_loss {
+        if !device(&l.node) {
+            return Err(format!("aggregate_key_loss on unknown device '{}'", l.node));
+        }
+    }
     for n in &s.plant_plaintext {
         if !plan.node_names().contains(n) {
             return Err(format!("plant_plaintext on unknown node '{n}'"));
@@ -105,7 +140,15 @@ pub fn steps(plan: &Plan) -> Vec<(u64, StoreStep)> {
         out.push((w.at_ms + w.ms, StoreStep::ReadOnly { node: w.node.clone(), on: false }));
     }
     for l in &s.key_store_loss {
-        out.push((l.at_ms, StoreStep::LoseKeyStore { node: l.node.clone(), down_ms: l.down_ms }));
+        out.push((l.at_ms, StoreStep::LoseKeyStore { node: l.node.clone(), down_ms: l.down_ms, withheld: Vec::new() }));
+    }
+    for l in &s.aggregate_key_loss {
+        out.push((l.at_ms, StoreStep::LoseKeyStore { node: l.node.clone(), down_ms: l.down_ms, withheld: l.aggregates.clone() }));
     }
     out
+}
+
+/// Devices whose aggregate keys the operator restores from their backup at the heal.
+pub fn restore_at_heal(plan: &Plan) -> std::collections::BTreeSet<String> {
+    plan.store.iter().flat_map(|s| s.aggregate_key_loss.iter().map(|l| l.node.clone())).collect()
 }

@@ -75,3 +75,25 @@ fn store_plans_name_known_nodes() {
     let p = with_store(1, StorePlan { plant_plaintext: vec!["nowhere".into()], ..StorePlan::default() });
     assert!(p.validate().unwrap_err().contains("nowhere"));
 }
+
+#[test]
+fn missing_aggregate_keys_are_skipped_until_the_backup_is_restored_and_replayed() {
+    use drill_scenarios::store_world::AggregateKeyLoss;
+    let mut refused = 0;
+    for seed in 1..=4 {
+        let loss = AggregateKeyLoss { node: "client-1".into(), at_ms: 2_000, down_ms: 300, aggregates: vec!["note-1".into(), "note-2".into()] };
+        let r = execute(&with_store(seed, StorePlan { aggregate_key_loss: vec![loss], ..StorePlan::default() }), None).unwrap();
+        assert_eq!(r.outcome, Outcome::Pass, "seed {seed}: {:?}", r.violations);
+        assert_eq!(r.faults.get("keys.aggregate_keys_lost"), Some(&1));
+        let l = lines(&r);
+        // While the keys are missing, the device refuses to write under them...
+        refused += l.iter().filter(|v| v["node"] == "client-1" && v["detail"]["code"] == "keys:aggregateKeyMissing").count();
+        // ...and the operator's restore brings exactly them back, then the replay is checked.
+        let restored: Vec<&serde_json::Value> = l.iter().filter(|v| v["kind"] == "store.keys_restored").collect();
+        assert!(!restored.is_empty(), "seed {seed}: no restore");
+        assert_eq!(restored[0]["detail"]["added"], serde_json::json!(["note-1", "note-2"]), "seed {seed}");
+        let checked_after = l.iter().any(|v| v["kind"] == "check.store" && v["detail"]["what"] == "keys_restored");
+        assert!(checked_after, "seed {seed}: the replay after the restore was not checked");
+    }
+    assert!(refused > 0, "no write was refused for a missing key");
+}

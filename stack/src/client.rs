@@ -561,7 +561,14 @@ impl Client {
         }
         let events = store::events_after(&self.conn, &self.tenant, from, u32::MAX)?;
         let sealed = events.iter().map(envelope::sealed_event).collect::<Result<Vec<_>, _>>()?;
-        Ok(self.engine.apply(&self.conn, &sealed, &self.keys.ring)?)
+        let skipped_before = self.engine.incomplete(&self.conn, &self.tenant)?.len();
+        let report = self.engine.apply(&self.conn, &sealed, &self.keys.ring)?;
+        if self.engine.incomplete(&self.conn, &self.tenant)?.len() > skipped_before {
+            // An aggregate became unreadable (its key is missing) after some of its events were
+            // folded: refold without it, so no projection holds part of an aggregate.
+            return self.rebuild_projections(&Scope { tenant: Some(self.tenant.clone()), ..Scope::default() });
+        }
+        Ok(report)
     }
 
     /// Clears and refolds the projections in `scope` from the events the device holds (runbook
