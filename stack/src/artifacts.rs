@@ -399,6 +399,19 @@ mod tests {
     }
 
     #[test]
+    fn a_publish_cut_short_leaves_the_old_artifact_in_use() {
+        let mut d = device();
+        d.write_events(6);
+        let old = d.refresh("acme");
+        // A crash after the temp file was written, before the rename: garbage under the temp name.
+        d.fs.write_all(&format!("{}.tmp", file_name("acme")), b"half an artifact").unwrap();
+        assert_eq!(tenants(&d.fs).unwrap(), vec!["acme".to_string()]);
+        assert_eq!(load(&d.fs, &d.key, "acme").unwrap(), old);
+        assert_eq!(d.refresh("acme"), old, "the next publish replaces the temp file");
+        assert_eq!(d.fs.list(DIR).unwrap(), vec![file_name("acme")]);
+    }
+
+    #[test]
     fn an_artifact_behind_the_projection_is_stale_until_rebuilt() {
         let mut d = device();
         d.write_events(6);
