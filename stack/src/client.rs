@@ -595,6 +595,12 @@ impl Client {
         &self.keys
     }
 
+    /// The device's keys and its database at once, for key operations that record markers in
+    /// the database (the vault key: runbook 002).
+    pub fn keys_and_db(&mut self) -> (&mut DeviceKeys, &Connection) {
+        (&mut self.keys, &self.conn)
+    }
+
     /// The device's keys, to import or restore them (runbook 000).
     pub fn keys_mut(&mut self) -> &mut DeviceKeys {
         &mut self.keys

@@ -54,6 +54,14 @@ fn share_aad(group: &str, epoch: u64, recipient: &str) -> Vec<u8> {
     crypto::framed(&[b"drill-vault-share-v1", group.as_bytes(), &epoch.to_le_bytes(), recipient.as_bytes()])
 }
 
+/// Creating or recovering the vault key records a marker in the event database: a command,
+/// which READ_ONLY refuses (`store:readOnly`) before anything is written to either file.
+fn writable(db: &Connection) -> Result<(), KeyError> {
+    crate::projections::resilience::check_write(db, crate::projections::resilience::Write::Command)
+        .map(|_| ())
+        .map_err(|e| KeyError::Store(e.into()))
+}
+
 /// Whether the database says the vault was initialized.
 pub fn initialized_in_db(db: &Connection) -> Result<bool, KeyError> {
     db.execute_batch("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);")?;
@@ -82,6 +90,7 @@ impl KeyStore {
     /// database's marker leaves the key and the store's marker, which [`super::binding::bind`]
     /// copies over.
     pub fn generate_vault_key(&mut self, db: &Connection, role: Role, rng: &mut dyn RngCore) -> Result<Key, KeyError> {
+        writable(db)?;
         if self.vault_initialized()? || initialized_in_db(db)? {
             return Err(KeyError::VaultKeyRegenerationRefused);
         }
@@ -123,6 +132,7 @@ impl KeyStore {
     /// than the one this store already has is `keys:vaultShareInvalid` and changes nothing.
     pub fn recover_vault_key(&mut self, db: &Connection, share: &VaultShare, group_key: &Key, rng: &mut dyn RngCore) -> Result<Key, KeyError> {
         let invalid = |detail: &str| KeyError::VaultShareInvalid { detail: detail.into() };
+        writable(db)?;
         if share.recipient_identity != self.identity_id() {
             return Err(invalid(&format!("share is for {}, not {}", share.recipient_identity, self.identity_id())));
         }
@@ -184,6 +194,27 @@ mod tests {
         let again = d.ks.generate_vault_key(&d.db, Role::Authority, &mut r).unwrap_err();
         assert_eq!(again.code(), "keys:vaultKeyRegenerationRefused");
         assert_eq!(d.ks.vault_key().unwrap(), k, "a refused regeneration changes nothing");
+    }
+
+    #[test]
+    fn read_only_refuses_creating_or_recovering_the_vault_key_and_writes_nothing() {
+        use crate::projections::resilience::{set_mode, Mode};
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = rng();
+        let mut a = device(&dir, "a", &mut r);
+        let mut b = device(&dir, "b", &mut r);
+        set_mode(&a.db, Mode::ReadOnly, &[]).unwrap();
+        assert_eq!(a.ks.generate_vault_key(&a.db, Role::Authority, &mut r).unwrap_err().code(), "store:readOnly");
+        assert!(!initialized_in_db(&a.db).unwrap() && !a.ks.vault_initialized().unwrap());
+        set_mode(&a.db, Mode::Normal, &[]).unwrap();
+        a.ks.generate_vault_key(&a.db, Role::Authority, &mut r).unwrap();
+        let gsk = Key::generate(&mut r);
+        let share = a.ks.vault_share("room", 1, &gsk, b.ks.identity_id(), &mut r).unwrap();
+        set_mode(&b.db, Mode::ReadOnly, &[]).unwrap();
+        assert_eq!(b.ks.recover_vault_key(&b.db, &share, &gsk, &mut r).unwrap_err().code(), "store:readOnly");
+        assert!(!initialized_in_db(&b.db).unwrap() && !b.ks.vault_initialized().unwrap());
+        set_mode(&b.db, Mode::Normal, &[]).unwrap();
+        b.ks.recover_vault_key(&b.db, &share, &gsk, &mut r).unwrap();
     }
 
     #[test]
