@@ -68,6 +68,8 @@ pub struct Device {
     pub transport: Arc<Mutex<TransportState>>,
     /// The state of the last sync attempt that succeeded: what a hydrate restarts from.
     pub last_good: Option<ExportedState>,
+    /// Its connection for blob requests (answers may take the server a few store retries).
+    pub blob_rpc: Option<RpcClient>,
     opens: u64,
 }
 
@@ -103,13 +105,16 @@ pub struct Ctx {
     pub server_slot: Arc<Mutex<Option<Server>>>,
     pub devs: Vec<Device>,
     pub verdict: Verdict,
+    /// The object store, once a drill asked for it.
+    pub blobs: Option<crate::blobs_world::BlobWorld>,
     next_op: u64,
 }
 
-/// Keys every device of `tenant` holds, one per aggregate the drills write.
+/// Keys every device of `tenant` holds, one per aggregate the drills write (blob references
+/// included).
 pub fn tenant_ring(tenant: &str) -> BTreeMap<String, Key> {
     let byte = tenant.bytes().fold(7u8, |a, b| a.wrapping_mul(31).wrapping_add(b));
-    AGGREGATES.iter().enumerate().map(|(i, a)| (a.to_string(), Key::from_bytes([byte.wrapping_add(i as u8); 32]))).collect()
+    AGGREGATES.iter().chain([&procs::BLOBS_AGGREGATE]).enumerate().map(|(i, a)| (a.to_string(), Key::from_bytes([byte.wrapping_add(i as u8); 32]))).collect()
 }
 
 /// A stored event as the model sees it: its payload opened with the tenant's keys (as stored
@@ -159,11 +164,12 @@ impl Ctx {
                 rpc: None,
                 transport: Arc::new(Mutex::new(TransportState::default())),
                 last_good: None,
+                blob_rpc: None,
                 opens: 0,
             });
         }
         let rng = seeds.stream("drill");
-        let mut cx = Ctx { plan, drill, seeds, rng, shared, nodes, server: server.id(), server_slot, devs, verdict: Verdict::default(), next_op: 0 };
+        let mut cx = Ctx { plan, drill, seeds, rng, shared, nodes, server: server.id(), server_slot, devs, verdict: Verdict::default(), blobs: None, next_op: 0 };
         cx.wait_server().await;
         for i in 0..cx.devs.len() {
             if let Err(e) = cx.open(i).await {
@@ -452,6 +458,50 @@ impl Ctx {
         let short = |x: &Option<(u64, Vec<u8>)>| x.as_ref().map(|(c, h)| format!("{c}/{}", hex::encode(&h[..4.min(h.len())])));
         trace::emit(&self.devs[i].name, "drill.diagnostics", json!({"device": short(&have), "server": short(&want), "same": same}));
         same
+    }
+
+    /// Starts the object store node behind the server's blob layer, and waits until it serves.
+    pub async fn start_blobstore(&mut self) {
+        let handle = madsim::runtime::Handle::current();
+        let names = self.devs.iter().map(|d| d.name.clone()).collect();
+        let b = crate::blobs_world::BlobWorld::create(&handle, &self.shared, self.server, &self.server_slot, names);
+        self.nodes.add(crate::blobs_world::BLOBSTORE_NODE, b.node, DiskFaults::none(), &self.seeds);
+        self.blobs = Some(b);
+        madsim::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    /// One step of the object store's faults (an error window, an out-of-band deletion, a
+    /// malformed reconcile state), given time to land.
+    pub async fn blob_fault(&mut self, step: crate::blobs_world::BlobStep) {
+        let b = self.blobs.as_mut().expect("the drill started the object store");
+        b.apply(step, &mut self.verdict.faults);
+        madsim::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    /// One blob request of device `i`, traced; a request the network lost is sent again.
+    pub async fn blob(&mut self, i: usize, req: drill_stack::blobs::BlobRequest) -> Result<drill_stack::blobs::BlobResponse, SyncError> {
+        use drill_stack::proto::{Request, Response};
+        if self.devs[i].blob_rpc.is_none() {
+            let server = SocketAddr::new(SERVER_IP, SERVER_PORT);
+            let (node, base) = (self.devs[i].node, 1_000_000 + self.devs[i].opens);
+            let timeout = Duration::from_millis(crate::blobs_world::BLOB_RPC_TIMEOUT_MS);
+            self.devs[i].blob_rpc = Some(self.on(node, async move { RpcClient::bind(server, base, timeout).await }).await?);
+        }
+        let d = &mut self.devs[i];
+        let rpc = d.blob_rpc.as_mut().expect("bound above");
+        let mut last = None;
+        for _ in 0..SYNC_ATTEMPTS_MAX {
+            match rpc.call(&Request::Blob(req.clone())).await {
+                Ok(Response::Blob(r)) => {
+                    trace::emit(&d.name, "blob.answer", json!({"status": r.status, "code": r.code, "attempts": r.body.attempts}));
+                    return Ok(*r);
+                }
+                Ok(other) => return Err(SyncError::Server { code: "unexpectedResponse".into(), message: format!("{other:?}") }),
+                Err(e @ SyncError::Transport { .. }) => last = Some(Err(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        last.expect("at least one attempt")
     }
 
     /// A busy tenant: every device appends a few events and syncs, twice over, so that every
