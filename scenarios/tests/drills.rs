@@ -63,6 +63,7 @@ const BROKEN: &[(&str, char, &str)] = &[
     ("003-4-hydrate-guardrail", 'S', "re-run-sync"),
     ("004-3.1-hash-chain-tamper", 'S', "restore-from-replica"),
     ("004-3.1-hash-chain-tamper", 'W', "recompute-and-compare"),
+    ("004-6.3-partial-write-failure", 'S', "restart"),
     ("004-6.1-database-corruption", 'S', "restore-backup"),
     ("004-6.1-database-corruption", 'S', "replay-since-backup"),
 ];

@@ -1,5 +1,5 @@
-//! Runbook 004 (event store disaster recovery), §3.1 "Hash-Chain Verification" and §6.1
-//! "Database Corruption".
+//! Runbook 004 (event store disaster recovery), §3.1 "Hash-Chain Verification", §6.1
+//! "Database Corruption" and §6.3 "Partial Write Failure".
 //!
 //! - `004-3.1-hash-chain-tamper`. The failure: one stored event's payload on the server is
 //!   changed behind the stack's back. The recovery is §3.1's procedure — read the events in
@@ -12,6 +12,11 @@
 //!   are checksummed). The recovery is §6.1's: restore the last verified backup, verify its hash
 //!   chain, replay what the server committed since, and verify the state. Checked: the device
 //!   converges and holds every committed event (INV-RECOVERY).
+//! - `004-6.3-partial-write-failure`. The failure: a device's disk fails the commit of its
+//!   projections right after the commit of the events a sync pulled. The symptom: the events are
+//!   persisted but the projections did not fold them. The recovery is §6.3's: the next startup
+//!   folds every event not yet folded. Checked: each projection's cursor reaches the last event,
+//!   its rows equal a full rebuild from the events, and no committed event is lost.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -38,6 +43,15 @@ pub const DRILLS: &[Drill] = &[
         body: tamper_body,
     },
     Drill {
+        id: "004-6.3-partial-write-failure",
+        section: "004 §6.3",
+        title: "events persisted but projections not updated: the next startup folds them; verify against a full rebuild",
+        steps: &["restart", "verify-projections"],
+        devices: 3,
+        param: 0,
+        body: partial_body,
+    },
+    Drill {
         id: "004-6.1-database-corruption",
         section: "004 §6.1, §3.1",
         title: "bits flipped in a device's database: restore the last verified backup, verify its chain, replay since, verify",
@@ -54,6 +68,67 @@ fn tamper_body(cx: &mut Ctx) -> Pin<Box<dyn Future<Output = ()> + '_>> {
 
 fn disk_body(cx: &mut Ctx) -> Pin<Box<dyn Future<Output = ()> + '_>> {
     Box::pin(disk(cx))
+}
+
+fn partial_body(cx: &mut Ctx) -> Pin<Box<dyn Future<Output = ()> + '_>> {
+    Box::pin(partial(cx))
+}
+
+/// The projections a device folds.
+const PROJECTIONS: [&str; 2] = ["aggregate_state", "tenant_counters"];
+
+async fn partial(cx: &mut Ctx) {
+    use drill_sim::disk::{IoFault, IoOp};
+    cx.warm_up().await;
+    let tenant = cx.devs[0].tenant.clone();
+    let node = cx.devs[0].node;
+    // The disk fails the k-th sync from now: the one after the events' commit is the
+    // projections' commit. A try that hits the events' commit fails closed; the next try fails
+    // one sync later.
+    let mut hit = None;
+    for k in 2..=8u64 {
+        let n = rand::Rng::gen_range(&mut cx.rng, 1..=3);
+        cx.append(2, n);
+        cx.sync(2).await.expect("the other device syncs");
+        DiskSim::current().arm_io_fault(node, IoFault { op: IoOp::Sync, nth: k, persistent: false });
+        let r = cx.sync_through_loss(0).await;
+        DiskSim::current().clear_io_faults(node);
+        if let Ok(r) = r {
+            if r.pulled > 0 && r.projection_error.is_some() {
+                hit = Some((k, r.projection_error));
+                break;
+            }
+        }
+        // The device recovers from a failed try before the next one.
+        cx.crash_and_boot(&cx.devs[0].name.clone());
+        cx.open(0).await.expect("reopen");
+        let _ = cx.devs[0].client().project();
+        let _ = cx.sync(0).await;
+    }
+    cx.inject("projection_commit_fails", json!({"device": cx.devs[0].name, "sync": hit.as_ref().map(|h| h.0)}));
+    let committed = cx.server_tenant(&tenant).await;
+    let last = cx.device_events(0).last().map(|e| e.seq).unwrap_or(0);
+    let cursors: Vec<u64> = PROJECTIONS.iter().map(|p| cx.devs[0].client().projection_cursor(p).unwrap_or(0)).collect();
+    let behind = cursors.iter().any(|&c| c < last);
+    cx.symptom(hit.is_some() && behind, "the event is persisted but the projection is not updated", json!({"error": hit.and_then(|h| h.1), "last_event": last, "cursors": cursors}));
+    if cx.step("restart") {
+        // Startup folds whatever the projections missed.
+        let name = cx.devs[0].name.clone();
+        cx.crash_and_boot(&name);
+        cx.open(0).await.expect("reopen");
+        let r = cx.devs[0].client().project();
+        cx.check(r.is_ok(), "startup folds the missed events", json!({"error": r.err().map(|e| e.to_string())}));
+    }
+    if cx.step("verify-projections") {
+        let cursors: Vec<u64> = PROJECTIONS.iter().map(|p| cx.devs[0].client().projection_cursor(p).unwrap_or(0)).collect();
+        let rows: Vec<_> = PROJECTIONS.iter().map(|p| cx.devs[0].client().projection_rows(p).ok()).collect();
+        let rebuilt = cx.devs[0].client().rebuild_projections(&drill_stack::projections::Scope::default());
+        let again: Vec<_> = PROJECTIONS.iter().map(|p| cx.devs[0].client().projection_rows(p).ok()).collect();
+        cx.check(cursors.iter().all(|&c| c >= last), "every projection folded up to the last event", json!({"cursors": cursors, "last_event": last}));
+        cx.check(rebuilt.is_ok() && rows == again, "the projections equal a full rebuild from the events", json!({}));
+    }
+    let device = cx.device_events(0);
+    cx.recovery("device", &committed, &device, &BTreeSet::new());
 }
 
 /// The first event of `events` (one tenant, in order) whose hash does not verify. With
