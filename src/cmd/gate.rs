@@ -595,6 +595,12 @@ fn print_gate(g: &GateSummary, out: &Path) {
             counts(&d.counts)
         );
     }
+    for (id, c) in &s.drills {
+        println!(
+            "in swarm        {id}: picked {}, exercised {}, passed {}",
+            c.runs, c.exercised, c.passed
+        );
+    }
     let det = &g.determinism;
     println!(
         "determinism     {} of {} sampled seeds run twice, {} mismatches",
