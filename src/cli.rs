@@ -151,7 +151,7 @@ pub struct GateArgs {
     /// Swarm seeds 1..=N of the main scenario.
     #[arg(long, value_name = "N", default_value_t = 500, value_parser = parse_positive)]
     pub seeds: u64,
-    /// Seeds 1..=K of every drill (every scenario other than the main one).
+    /// Seeds 1..=K of every drill of the registry (`drill list --drills`).
     #[arg(long, value_name = "K", default_value_t = 5, value_parser = parse_positive)]
     pub drill_seeds: u64,
     /// Fault profile the drills run under (the drill injects its own failure).

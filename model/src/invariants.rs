@@ -29,6 +29,7 @@ pub const NO_PLAINTEXT: &str = "INV-NO-PLAINTEXT";
 pub const NO_REGEN: &str = "INV-NO-REGEN";
 pub const TENANT: &str = "INV-TENANT";
 pub const READ_ONLY: &str = "INV-READ-ONLY";
+pub const MIGRATION: &str = "INV-MIGRATION";
 
 /// Every invariant the model checks today.
 pub const REGISTRY: &[Invariant] = &[
@@ -53,8 +54,8 @@ pub const REGISTRY: &[Invariant] = &[
     Invariant {
         id: ONCE,
         runbook: "000 Saga stuck state, 003 §1",
-        statement: "no event is applied twice, and no applied write is still pending",
-        checked: "on every snapshot of every node",
+        statement: "no event is applied twice, and no applied write is still pending; no saga effect happens twice, and after the heal every effect a saga requested (or a device's counts call for) has happened",
+        checked: "on every snapshot of every node; saga effects against the receiver's log at the end of the run",
     },
     Invariant {
         id: FAIL_CLOSED,
@@ -108,7 +109,7 @@ pub const REGISTRY: &[Invariant] = &[
         id: PROJECTION,
         runbook: "004 §3.2, §6.2; 000 Key loss",
         statement: "each projection equals the fold of its events for the aggregates whose keys are present; an aggregate reported incomplete is absent from it, and after a rebuild exactly the unreadable aggregates are reported incomplete",
-        checked: "whenever a node's projections are read back with its decrypted events and the keys it holds (after rebuilds and at the end of the run)",
+        checked: "whenever a node's projections are read back with its decrypted events and the keys it holds (after rebuilds and at the end of the run); a device's index artifact, derived from aggregate_state, at the end of the run",
     },
     Invariant {
         id: SNAPSHOT,
@@ -139,6 +140,12 @@ pub const REGISTRY: &[Invariant] = &[
         runbook: "004 §2",
         statement: "in READ_ONLY no command succeeds and stored content does not change (the runbook's own recovery may rebuild derived tables)",
         checked: "at the end of every READ_ONLY period of a node",
+    },
+    Invariant {
+        id: MIGRATION,
+        runbook: "002 Release and Rollback Checklist (migration checklist, migration corruption)",
+        statement: "a schema migration cut short by a crash at any point finishes at the next start: the device ends at the new version with no migration in progress",
+        checked: "at the end of the run, on every device that installed the new schema",
     },
 ];
 

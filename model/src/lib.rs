@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod recovery;
 pub mod secrets;
 pub mod store;
+pub mod store_ops;
 mod verified;
 
 pub use checker::Checker;

@@ -503,6 +503,12 @@ pub enum StoreFact {
     Scan { node: String, images: Vec<(String, Vec<u8>)>, secrets: Vec<crate::secrets::Secret> },
     /// A read of a node's vault, or an explicit recovery of its key.
     Vault(crate::secrets::VaultObservation),
+    /// The saga effects' receiver next to the devices' sagas (INV-ONCE).
+    Effects(crate::store_ops::EffectsFacts),
+    /// A device's index artifact at the end of the run (INV-PROJECTION).
+    Artifact(crate::store_ops::ArtifactFacts),
+    /// A device's schema at the end of the run (INV-MIGRATION).
+    Migration(crate::store_ops::MigrationFacts),
 }
 
 /// The store and secrets part of the model: stateless checks, plus what it remembers of vault
@@ -530,6 +536,9 @@ impl StoreModel {
                 crate::secrets::check_no_plaintext(node, line, &images, secrets)
             }
             StoreFact::Vault(o) => self.vaults.observe(o),
+            StoreFact::Effects(f) => crate::store_ops::check_effects(f, line),
+            StoreFact::Artifact(f) => crate::store_ops::check_artifact(f, line),
+            StoreFact::Migration(f) => crate::store_ops::check_migration(f, line),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod procs;
 pub mod run;
 pub mod sim_fs;
 pub mod store_world;
+pub mod store_ops;
 pub mod sync_basic;
 pub mod transport;
 

@@ -133,6 +133,8 @@ pub enum Command {
     SetReadOnly(bool),
     /// The operator restores the device's key backup and replays its projections (runbook 000).
     RestoreKeys,
+    /// A store-work step of the plan (a buggy projection write, a schema upgrade).
+    Store(crate::store_ops::Cmd),
     /// The end-of-run audit of the device's store: projections, tenants, a snapshot restore
     /// against a full replay; the answer is the key material the device holds, for the scan.
     Audit { converged: bool },
@@ -210,6 +212,8 @@ pub struct ClientCtx {
     pub protocol_version: u32,
     pub transport: Arc<Mutex<TransportState>>,
     pub mailbox: Arc<Mutex<Mailbox>>,
+    /// The device's share of the store work (sagas, artifacts, migration, bundle).
+    pub ops: Arc<crate::store_ops::DeviceOps>,
     pub shared: SharedRef,
 }
 
@@ -332,7 +336,7 @@ fn client_snapshot_after(ctx: &ClientCtx, c: &Client, after: Option<u64>) -> Res
 /// What a device's projections and tenants are, read back for the model: its events opened
 /// with the keys it holds, its projections' rows, cursors and skipped aggregates, and the
 /// tenants its events and projection tables name.
-fn store_facts(ctx: &ClientCtx, c: &Client) -> Result<Vec<StoreFact>, String> {
+pub(crate) fn store_facts(ctx: &ClientCtx, c: &Client) -> Result<Vec<StoreFact>, String> {
     let s = |e: drill_stack::StoreError| e.to_string();
     let events = c.events().map_err(s)?;
     let plain: Vec<PlainEvent> = events
@@ -385,7 +389,7 @@ fn store_facts(ctx: &ClientCtx, c: &Client) -> Result<Vec<StoreFact>, String> {
 }
 
 /// Hands store facts to the model at a `check.store` line.
-fn observe_store(ctx: &ClientCtx, what: &str, facts: Vec<StoreFact>) {
+pub(crate) fn observe_store(ctx: &ClientCtx, what: &str, facts: Vec<StoreFact>) {
     let Some(line) = record_at(&ctx.shared, &ctx.name, "check.store", json!({"what": what}), None) else { return };
     for f in facts {
         observe(&ctx.shared, Fact::Store(f), line);
@@ -576,6 +580,8 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
     if let Err(e) = client.project() {
         record(&ctx.shared, name, "node.projection_behind", json!({"code": e.code(), "message": e.to_string()}), None);
     }
+    // The store's own work resumes before the model reads the store (runbook 000: on start).
+    let mut ops = crate::store_ops::Device::boot(&ctx, &mut client).await;
     match client_snapshot(&ctx, &client) {
         Ok(s) => {
             let detail = json!({"boots": client.boots(), "pending": s.outbox.len(), "events": s.events.len()});
@@ -621,8 +627,11 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
                 attempted(&mut read_only, "append", result);
             }
             Command::Op { id, action: Action::Sync } => {
+                ops.before_sync(&ctx, &mut client);
                 let result = sync_op(&ctx, &mut client, &mut rpc, id, &mut last_good).await;
+                let synced = result.is_ok();
                 attempted(&mut read_only, "sync", result);
+                ops.after_sync(&ctx, &mut client, synced).await;
             }
             Command::Op { id, action: Action::Hydrate { malformed } } => {
                 let result = hydrate_op(&ctx, &mut client, last_good.as_ref(), id, malformed);
@@ -648,11 +657,13 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
             Command::Op { id, action: a @ (Action::StageBlob { .. } | Action::AttachBlob | Action::ReadBlob { .. }) } => {
                 blobs.op(&ctx, &mut client, id, &a).await
             }
+            Command::Store(c) => ops.command(&ctx, &mut client, c),
             Command::Snapshot => {
                 let s = client_snapshot(&ctx, &client);
                 lock(&ctx.mailbox).snapshot = Some(s);
             }
             Command::Audit { converged } => {
+                ops.audit(&ctx, &mut client).await;
                 let secrets = audit(&ctx, &mut client, converged);
                 lock(&ctx.mailbox).audit = Some(secrets);
             }

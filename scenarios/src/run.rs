@@ -153,6 +153,7 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
     if let Some(j) = &jobs {
         nodes.add(crate::jobs_world::JOBS_NODE, j.node, plan.knobs.disk.crash, &seeds);
     }
+    let ops = crate::store_ops::OpsWorld::create(&handle, &plan, &shared, &seeds, &mut nodes);
     let mut mailboxes: BTreeMap<String, Arc<Mutex<Mailbox>>> = BTreeMap::new();
     let mut transports: BTreeMap<String, Arc<Mutex<TransportState>>> = BTreeMap::new();
     let mut devices: BTreeMap<String, Arc<ClientCtx>> = BTreeMap::new();
@@ -173,6 +174,7 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
             protocol_version: spec.protocol_version,
             transport: transport.clone(),
             mailbox: mailbox.clone(),
+            ops: ops.device(&spec.name),
             shared: shared.clone(),
         });
         transports.insert(spec.name.clone(), transport);
@@ -181,7 +183,7 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
         nodes.add(&spec.name, node.id(), plan.knobs.disk.crash, &seeds);
         mailboxes.insert(spec.name.clone(), mailbox);
     }
-    let mut w = World { plan: &plan, shared, tenant_keys, devices, nodes, mailboxes, transports, server, slot, start: clock::now(), steps: 0, timeline: BTreeMap::new(), next_key: 0, blobs, jobs };
+    let mut w = World { plan: &plan, shared, tenant_keys, devices, nodes, mailboxes, transports, server, slot, start: clock::now(), steps: 0, timeline: BTreeMap::new(), next_key: 0, blobs, jobs, ops };
     if let Some(keep) = plan.server_retention {
         *w.nodes.counts.entry("server.retention".into()).or_default() += 1;
         trace::emit("server", "fault.retention", json!({"keep_events": keep}));
@@ -197,6 +199,7 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
         j.add_counts(&mut w.nodes.counts);
     }
     w.judge(liveness.is_none()).await;
+    w.ops.add_counts(&mut w.nodes.counts);
     let faults = w.nodes.counts.clone();
     trace::emit("world", "run.end", json!({"steps": w.steps, "liveness": liveness, "faults": faults}));
     Ending { liveness, steps: w.steps, faults }
@@ -221,6 +224,8 @@ struct World<'a> {
     blobs: Option<crate::blobs_world::BlobWorld>,
     /// The jobs node, when the plan has jobs.
     jobs: Option<crate::jobs_world::JobsWorld>,
+    /// The store's work on the devices, and the effects node.
+    ops: crate::store_ops::OpsWorld,
 }
 
 impl World<'_> {
@@ -387,6 +392,7 @@ impl World<'_> {
                 let t = self.now_ms() + down_ms;
                 self.at(t, Step::Boot(node));
             }
+            StoreStep::Ops(s) => self.ops.apply(s, &self.nodes, &self.mailboxes),
         }
     }
 
@@ -409,6 +415,7 @@ impl World<'_> {
     async fn heal_and_converge(&mut self) -> Option<String> {
         self.take_power_cuts();
         self.timeline.clear();
+        self.ops.heal();
         self.nodes.heal_all();
         if let Some(b) = self.blobs.as_mut() {
             b.heal();
@@ -569,5 +576,6 @@ impl World<'_> {
             let fact = drill_model::store::StoreFact::Scan { node: n.clone(), images, secrets: secrets.clone() };
             procs::observe(&self.shared, Fact::Store(fact), line);
         }
+        self.ops.judge(converged, &secrets, line).await;
     }
 }

@@ -55,6 +55,10 @@ pub struct StorePlan {
     /// file on each named node's disk just before the end-of-run scan.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plant_plaintext: Vec<String>,
+    /// The store's own work on the devices (sagas, artifacts, migration, diagnostics bundle)
+    /// and its faults; without it, none of it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<crate::store_ops::OpsPlan>,
 }
 
 /// What the world does at a point of the timeline.
@@ -65,6 +69,8 @@ pub enum StoreStep {
     /// Power the device off, delete its key store, and boot it after `down_ms`, pairing again
     /// without the keys of `withheld`.
     LoseKeyStore { node: String, down_ms: u64, withheld: Vec<String> },
+    /// A step of the store's work (see [`crate::store_ops`]).
+    Ops(crate::store_ops::Step),
 }
 
 /// Adds store faults to `plan` (the swarm profile), from their own seed streams.
@@ -99,6 +105,7 @@ pub fn add_to_plan(plan: &mut Plan, seeds: &SeedTree, duration_ms: u64) {
         }
     }
     store.read_only.sort_by_key(|w| w.at_ms);
+    store.ops = Some(crate::store_ops::swarm(plan, seeds, duration_ms));
     if store != StorePlan::default() {
         plan.store = Some(store);
     }
@@ -123,6 +130,9 @@ pub fn validate(plan: &Plan) -> Result<(), String> {
             return Err(format!("aggregate_key_loss on unknown device '{}'", l.node));
         }
     }
+    if let Some(o) = &s.ops {
+        crate::store_ops::validate(plan, o)?;
+    }
     for n in &s.plant_plaintext {
         if !plan.node_names().contains(n) {
             return Err(format!("plant_plaintext on unknown node '{n}'"));
@@ -144,6 +154,9 @@ pub fn steps(plan: &Plan) -> Vec<(u64, StoreStep)> {
     }
     for l in &s.aggregate_key_loss {
         out.push((l.at_ms, StoreStep::LoseKeyStore { node: l.node.clone(), down_ms: l.down_ms, withheld: l.aggregates.clone() }));
+    }
+    if let Some(o) = &s.ops {
+        out.extend(crate::store_ops::steps(o).into_iter().map(|(t, step)| (t, StoreStep::Ops(step))));
     }
     out
 }

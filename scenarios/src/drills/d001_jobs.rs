@@ -448,7 +448,7 @@ async fn scenario_e(cx: &mut Ctx) {
     let tiny = ok("tiny", 2);
     let opts = JobOptions { backend_timeout_ms: 800, fallback: !cx.wrong("fallback") };
     cx.inject("backend_crash_and_hang", json!({"backends": ["whisper-gpu: signal 9", "whisper-cpu: hangs"]}));
-    let started = madsim::time::Instant::now();
+    let started = drill_sim::clock::now();
     let one = run_job(&db, &[&crash as &dyn Backend, &hang, &tiny], &input("e1"), &opts, &mut j.robot).await;
     let waited = started.elapsed() >= Duration::from_millis(800);
     let ndjson = j.robot.to_ndjson();

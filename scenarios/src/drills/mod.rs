@@ -102,6 +102,7 @@ pub fn plan(seed: u64, id: &str, profile: &str) -> Result<Plan, RunError> {
     p.transport_faults.clear();
     p.blobs = None;
     p.jobs = None;
+    p.store = None;
     p.server_retention = None;
     for c in &mut p.clients {
         c.protocol_version = PROTOCOL_VERSION;

@@ -149,7 +149,7 @@ pub fn judge(plan: &Plan, report: &mut RunReport) {
     }
     let exercised = failed && recovered;
     let passed = exercised && report.outcome == Outcome::Pass;
-    let entry = report.drills.entry(d.id.clone()).or_insert_with(DrillCoverage::default);
+    let entry = report.drills.entry(d.id.clone()).or_default();
     entry.runs += 1;
     entry.exercised += u64::from(exercised);
     entry.passed += u64::from(passed);
