@@ -146,6 +146,14 @@ impl Checker {
                     self.violate(inv, &node, line, message);
                 }
             }
+            Fact::Recovered { node, recovery, committed, after, unrecoverable } => {
+                if !committed.is_empty() {
+                    self.checked(crate::invariants::RECOVERY);
+                }
+                if let Err(why) = crate::recovery::check_recovery(&committed, &after, &unrecoverable) {
+                    self.violate(crate::invariants::RECOVERY, &node, line, format!("after {recovery}: {why}"));
+                }
+            }
             Fact::Store(f) => {
                 let out = self.store.observe(&f, line);
                 for inv in out.checked {

@@ -119,6 +119,10 @@ pub enum Fact {
     /// Something about a node's store or secrets: projections, snapshots, tenants, READ_ONLY
     /// periods, scans for plaintext and key material, vault keys (runbooks 000, 002, 004).
     Store(crate::store::StoreFact),
+    /// A runbook recovery finished on `node`: the events it held (committed) when the failure
+    /// was found, and what it holds after the recovery, payloads as the node itself opens them.
+    /// `unrecoverable` names the op ids the runbook says cannot come back (INV-RECOVERY).
+    Recovered { node: String, recovery: String, committed: Vec<EventFact>, after: Vec<EventFact>, unrecoverable: std::collections::BTreeSet<String> },
 }
 
 /// A short digest of a payload, for messages.

@@ -209,6 +209,16 @@ pub struct ClientCtx {
     /// The device's key backup, kept off the device by its operator: taken when its key store
     /// was first created.
     pub backup: Mutex<Option<Vec<u8>>>,
+    /// The tenant's room: who may create the vault key, and where members ask peers for it.
+    pub room: Arc<VaultRoom>,
+    /// The id of the key store the device last ran with: another one at boot means the key
+    /// store was lost and the device paired again.
+    pub key_store_id: Mutex<Option<String>>,
+    /// The events the device held when it found its key store lost, until its recovery
+    /// (pairing again, or the operator's key backup restore and replay) is checked.
+    pub recovery_base: Mutex<Option<Vec<EventFact>>>,
+    /// Whether the operator restored the device's key backup.
+    pub backup_restored: std::sync::atomic::AtomicBool,
     pub protocol_version: u32,
     pub transport: Arc<Mutex<TransportState>>,
     pub mailbox: Arc<Mutex<Mailbox>>,
@@ -422,7 +432,11 @@ fn audit(ctx: &ClientCtx, c: &mut Client, converged: bool) -> Vec<drill_model::s
         if let Ok(k) = ks.identity_key() {
             secrets.extend(drill_model::secrets::Secret::key(format!("identity key of {}", ctx.name), k.as_bytes()));
         }
+        if let Ok(k) = ks.vault_key() {
+            secrets.extend(drill_model::secrets::Secret::key(format!("vault key of {}", ctx.name), k.as_bytes()));
+        }
     }
+    secrets.extend(drill_model::secrets::Secret::key(format!("group key of {}", ctx.room.group), ctx.room.group_key.as_bytes()));
     secrets
 }
 
@@ -461,6 +475,154 @@ pub fn append_acked(node: &str, client: &Client, write_id: u64, op_id: &str) -> 
     Fact::AppendAcked { node: node.into(), write_id, op_id: op_id.into(), stored_sha256: stored }
 }
 
+/// A tenant's room (runbook 002): its authority creates the vault key once; every other member,
+/// and any member whose key store was lost, asks for a share, which a member holding the key
+/// seals for the asker's identity under the room's group key. The board carries those messages
+/// between the devices' processes.
+pub struct VaultRoom {
+    pub authority: String,
+    pub group: String,
+    pub epoch: u64,
+    /// The room's group key for `epoch`, handed to members when they pair.
+    pub group_key: Key,
+    pub board: Mutex<VaultBoard>,
+}
+
+/// Requests for the vault key (by identity) and the shares answering them.
+#[derive(Default)]
+pub struct VaultBoard {
+    pub requests: std::collections::BTreeSet<String>,
+    pub shares: BTreeMap<String, Vec<u8>>,
+}
+
+/// Every tenant's room: the first device of the tenant is its authority; the group key comes
+/// from the seed.
+pub fn rooms(plan: &crate::plan::Plan) -> BTreeMap<String, Arc<VaultRoom>> {
+    let seeds = SeedTree::new(plan.seed).child("rooms");
+    let mut out = BTreeMap::new();
+    for c in &plan.clients {
+        out.entry(c.tenant.clone()).or_insert_with(|| {
+            Arc::new(VaultRoom {
+                authority: c.name.clone(),
+                group: format!("room-{}", c.tenant),
+                epoch: 1,
+                group_key: Key::generate(&mut seeds.stream(&c.tenant)),
+                board: Mutex::new(VaultBoard::default()),
+            })
+        });
+    }
+    out
+}
+
+/// The vault step a device takes at start and after every sync: the authority creates the
+/// vault key if the room never had one; a device without it asks peers and recovers it from a
+/// share (never creates a new one: the stack refuses when its database says the vault was
+/// initialized); a device holding it answers peers' requests. `observe_read` also hands the
+/// model what the vault holds (INV-NO-REGEN).
+fn vault_step(ctx: &ClientCtx, client: &mut Client, start: u64, observe_read: bool) {
+    use drill_model::secrets::VaultObservation;
+    use drill_stack::keys::vault::{Role, VaultShare};
+    let name = ctx.name.as_str();
+    let room = &ctx.room;
+    let mut rng = ctx.seeds.child(&format!("device/{name}/start-{start}/vault-{}", trace::line_count())).stream("keys");
+    let (keys, db) = client.keys_and_db();
+    let Ring::Store(ks) = &mut keys.ring else { return };
+    let vault = |fp: Option<String>, recovered: bool| {
+        let Some(line) = record_at(&ctx.shared, name, "store.vault", json!({"fingerprint": fp, "recovered": recovered}), None) else { return };
+        let o = match (fp, recovered) {
+            (Some(fingerprint), true) => VaultObservation::Recovered { node: name.into(), line, fingerprint },
+            (fingerprint, _) => VaultObservation::Read { node: name.into(), line, fingerprint },
+        };
+        observe(&ctx.shared, Fact::Store(StoreFact::Vault(o)), line);
+    };
+    match ks.vault_key() {
+        Ok(k) => {
+            if observe_read {
+                vault(Some(k.fingerprint()), false);
+            }
+            let requests: Vec<String> = std::mem::take(&mut lock(&room.board).requests).into_iter().collect();
+            for who in requests {
+                match ks.vault_share(&room.group, room.epoch, &room.group_key, &who, &mut rng) {
+                    Ok(share) => {
+                        lock(&room.board).shares.insert(who.clone(), share.to_bytes());
+                        record(&ctx.shared, name, "store.vault_share", json!({"for": who}), None);
+                    }
+                    Err(e) => record(&ctx.shared, name, "op.err", json!({"action": "vault_share", "code": e.code(), "message": e.to_string()}), None),
+                }
+            }
+            return;
+        }
+        Err(KeyError::VaultKeyUninitialized) if room.authority == name => match ks.generate_vault_key(db, Role::Authority, &mut rng) {
+            Ok(k) => return vault(Some(k.fingerprint()), false),
+            // The database says the vault was initialized: the key store was lost; recover.
+            Err(e) => record(&ctx.shared, name, "store.vault_refused", json!({"code": e.code()}), None),
+        },
+        Err(KeyError::VaultKeyUninitialized | KeyError::VaultKeyMissing) => {}
+        Err(e) => return record(&ctx.shared, name, "op.err", json!({"action": "vault", "code": e.code(), "message": e.to_string()}), None),
+    }
+    let me = ks.identity_id().to_string();
+    let share = lock(&room.board).shares.remove(&me);
+    match share.map(|b| VaultShare::from_bytes(&b)) {
+        Some(Ok(share)) => match ks.recover_vault_key(db, &share, &room.group_key, &mut rng) {
+            Ok(k) => vault(Some(k.fingerprint()), true),
+            Err(e) => record(&ctx.shared, name, "op.err", json!({"action": "vault_recover", "code": e.code(), "message": e.to_string()}), None),
+        },
+        Some(Err(e)) => record(&ctx.shared, name, "op.err", json!({"action": "vault_recover", "code": e.code(), "message": e.to_string()}), None),
+        None => {
+            if observe_read {
+                vault(None, false);
+            }
+            lock(&room.board).requests.insert(me);
+        }
+    }
+}
+
+/// At boot: a key store other than the one the device last ran with means it was lost and the
+/// device paired again; the events it holds are what the recovery must keep readable. With every
+/// key back from pairing the recovery is over at once; otherwise it ends with the operator's
+/// backup restore ([`restore_keys`]).
+fn key_store_recovery(ctx: &ClientCtx, client: &Client) {
+    let Ring::Store(ks) = &client.keys().ring else { return };
+    let id = ks.store_id().to_string();
+    let replaced = lock(&ctx.key_store_id).replace(id.clone()).is_some_and(|old| old != id);
+    if !replaced {
+        return;
+    }
+    let Ok(events) = client.events() else { return };
+    let committed: Vec<EventFact> = events.iter().map(|e| event_fact(e, &ctx.tenant_keys)).collect();
+    record(&ctx.shared, &ctx.name, "store.key_store_replaced", json!({"events": committed.len()}), None);
+    // A second loss before the first recovery was checked keeps the first base: it holds more.
+    lock(&ctx.recovery_base).get_or_insert(committed);
+}
+
+/// INV-RECOVERY for a key recovery, judged at the end of a run that converged (a device drops
+/// and pulls events again on hydrates and resyncs, so only then does it hold everything it
+/// will): every event held when the key store was found lost is held, and opens with the
+/// device's own keys to the same plaintext; events below a resync anchor are the server's
+/// to hold.
+fn check_key_recovery(ctx: &ClientCtx, client: &Client) {
+    let Some(mut committed) = lock(&ctx.recovery_base).take() else { return };
+    let recovery = if ctx.backup_restored.load(std::sync::atomic::Ordering::Relaxed) {
+        "pairing again and the operator's key backup restore and replay"
+    } else {
+        "pairing again after the key store was lost"
+    };
+    if let Ok(Some((floor, _))) = client.anchor() {
+        committed.retain(|e| e.seq > floor);
+    }
+    let Ok(events) = client.events() else { return };
+    let after: Vec<EventFact> = events
+        .iter()
+        .map(|e| {
+            let mut f = event_fact(e, &TenantKeys::new());
+            f.payload = client.open_payload(e).unwrap_or_else(|_| e.payload.clone());
+            f
+        })
+        .collect();
+    let fact = Fact::Recovered { node: ctx.name.clone(), recovery: recovery.into(), committed, after, unrecoverable: Default::default() };
+    record(&ctx.shared, &ctx.name, "check.recovery", json!({"recovery": recovery}), Some(fact));
+}
+
 /// The passphrase the operator keeps the device's key backup under.
 fn backup_passphrase(ctx: &ClientCtx) -> String {
     format!("backup passphrase of {}", ctx.name)
@@ -483,6 +645,7 @@ fn restore_keys(ctx: &ClientCtx, client: &mut Client, start: u64) {
         }
         Err((code, message)) => return record(&ctx.shared, name, "op.err", json!({"action": "restore_keys", "code": code, "message": message}), None),
     }
+    ctx.backup_restored.store(true, std::sync::atomic::Ordering::Relaxed);
     let scope = drill_stack::projections::Scope { tenant: Some(ctx.tenant.clone()), ..Default::default() };
     match client.rebuild_projections(&scope) {
         Ok(_) => match store_facts(ctx, client) {
@@ -576,6 +739,7 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
     else {
         return;
     };
+    key_store_recovery(&ctx, &client);
     // Derived state catches up with whatever the disk kept.
     if let Err(e) = client.project() {
         record(&ctx.shared, name, "node.projection_behind", json!({"code": e.code(), "message": e.to_string()}), None);
@@ -598,6 +762,7 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
         Ok(r) => r.with_version(ctx.protocol_version).with_filter(Box::new(FaultyTransport(ctx.transport.clone()))),
         Err(e) => return record(&ctx.shared, name, "node.bind_failed", json!({"message": e.to_string()}), None),
     };
+    vault_step(&ctx, &mut client, start, true);
     // A READ_ONLY period in progress (the mode persists across restarts: a device that boots
     // in READ_ONLY starts a period at boot).
     let mut read_only = match client.mode() {
@@ -632,6 +797,7 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
                 let synced = result.is_ok();
                 attempted(&mut read_only, "sync", result);
                 ops.after_sync(&ctx, &mut client, synced).await;
+                vault_step(&ctx, &mut client, start, false);
             }
             Command::Op { id, action: Action::Hydrate { malformed } } => {
                 let result = hydrate_op(&ctx, &mut client, last_good.as_ref(), id, malformed);
@@ -664,6 +830,10 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
             }
             Command::Audit { converged } => {
                 ops.audit(&ctx, &mut client).await;
+                vault_step(&ctx, &mut client, start, true);
+                if converged {
+                    check_key_recovery(&ctx, &client);
+                }
                 let secrets = audit(&ctx, &mut client, converged);
                 lock(&ctx.mailbox).audit = Some(secrets);
             }

@@ -141,6 +141,7 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
     let slot = Arc::new(Mutex::new(None));
     let options = drill_stack::server::ServerOptions { retention_events: plan.server_retention };
     let tenant_keys = Arc::new(procs::provision(&plan));
+    let rooms = procs::rooms(&plan);
     let sctx = Arc::new(ServerCtx { options, tenant_keys: tenant_keys.clone(), slot: slot.clone(), shared: shared.clone() });
     let server = handle.create_node().name("server").ip(SERVER_IP).init(move || procs::server_main(sctx.clone())).build();
     nodes.add("server", server.id(), plan.knobs.disk.crash, &seeds);
@@ -171,6 +172,10 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
             starts: Mutex::new(0),
             withheld: Mutex::new(std::collections::BTreeSet::new()),
             backup: Mutex::new(None),
+            room: rooms[&spec.tenant].clone(),
+            key_store_id: Mutex::new(None),
+            recovery_base: Mutex::new(None),
+            backup_restored: std::sync::atomic::AtomicBool::new(false),
             protocol_version: spec.protocol_version,
             transport: transport.clone(),
             mailbox: mailbox.clone(),

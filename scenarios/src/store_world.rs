@@ -55,6 +55,10 @@ pub struct StorePlan {
     /// file on each named node's disk just before the end-of-run scan.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plant_plaintext: Vec<String>,
+    /// A planted operator mistake, for the test that shows INV-RECOVERY fires: the key backup
+    /// of a device that lost aggregate keys is never restored.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_key_restore: bool,
     /// The store's own work on the devices (sagas, artifacts, migration, diagnostics bundle)
     /// and its faults; without it, none of it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -163,5 +167,5 @@ pub fn steps(plan: &Plan) -> Vec<(u64, StoreStep)> {
 
 /// Devices whose aggregate keys the operator restores from their backup at the heal.
 pub fn restore_at_heal(plan: &Plan) -> std::collections::BTreeSet<String> {
-    plan.store.iter().flat_map(|s| s.aggregate_key_loss.iter().map(|l| l.node.clone())).collect()
+    plan.store.iter().filter(|s| !s.skip_key_restore).flat_map(|s| s.aggregate_key_loss.iter().map(|l| l.node.clone())).collect()
 }

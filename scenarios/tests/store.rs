@@ -97,3 +97,18 @@ fn missing_aggregate_keys_are_skipped_until_the_backup_is_restored_and_replayed(
     }
     assert!(refused > 0, "no write was refused for a missing key");
 }
+
+#[test]
+fn a_skipped_key_backup_restore_fails_the_recovery_check() {
+    use drill_scenarios::store_world::AggregateKeyLoss;
+    let loss = AggregateKeyLoss { node: "client-1".into(), at_ms: 6_000, down_ms: 300, aggregates: vec!["note-1".into(), "note-2".into()] };
+    let store = StorePlan { aggregate_key_loss: vec![loss.clone()], ..StorePlan::default() };
+    let r = execute(&with_store(1, store), None).unwrap();
+    assert_eq!(r.outcome, Outcome::Pass, "{:?}", r.violations);
+    assert!(checks(&r, "INV-RECOVERY") > 0, "{:?}", r.checks);
+    let skipped = StorePlan { aggregate_key_loss: vec![loss], skip_key_restore: true, ..StorePlan::default() };
+    let r = execute(&with_store(1, skipped), None).unwrap();
+    let found: Vec<_> = r.violations.iter().filter(|v| v.invariant == "INV-RECOVERY").collect();
+    assert_eq!(found.len(), 1, "{:?}", r.violations);
+    assert_eq!(found[0].node, "client-1");
+}
