@@ -38,6 +38,8 @@ fn every_drill_passes_exercised_with_its_steps_in_order() {
 
 /// For each drill, recovery steps that, skipped (`S`) or done wrong (`W`), must make it fail.
 const BROKEN: &[(&str, char, &str)] = &[
+    ("000-sync-divergence-retention-resync", 'S', "full-resync"),
+    ("000-sync-divergence-retention-resync", 'S', "re-run-sync"),
     ("001-A-failed-persist", 'S', "persist-only"),
     ("001-A-failed-persist", 'S', "locate-result-envelope"),
     ("001-B-export-mid-write", 'S', "re-run-export"),

@@ -38,7 +38,7 @@ use crate::blobs_world::{checkpoint_of, config, BlobFaultKind, BlobStep};
 use crate::procs::{payload_for, BLOBS_AGGREGATE};
 
 const fn blob(id: &'static str, section: &'static str, title: &'static str, steps: &'static [&'static str], param: u8, body: super::Body) -> Drill {
-    Drill { id, section, title, steps, devices: 2, param, body }
+    Drill { id, section, title, steps, devices: 2, server_retention: None, param, body }
 }
 
 const VISIBILITY: &[&str] = &["validate-staged-row", "validate-checkpoint-tuple", "validate-persisted-state", "validate-payload-shape", "advance-reconcile", "retry-identical-attach"];

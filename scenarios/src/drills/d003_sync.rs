@@ -36,7 +36,7 @@ const FAULTS: [K; 7] = [
 ];
 
 const fn guardrail(id: &'static str, title: &'static str, param: u8) -> Drill {
-    Drill { id, section: "003 §4, §1", title, steps: STEPS, devices: 3, param, body: guardrail_body }
+    Drill { id, section: "003 §4, §1", title, steps: STEPS, devices: 3, server_retention: None, param, body: guardrail_body }
 }
 
 pub const DRILLS: &[Drill] = &[
@@ -53,6 +53,7 @@ pub const DRILLS: &[Drill] = &[
         title: "a malformed state offered to hydrate: hydrate:hydrateGuardrailViolation, nothing changed; hydrate from the last known-good state, sync",
         steps: HYDRATE_STEPS,
         devices: 3,
+        server_retention: None,
         param: 0,
         body: hydrate_body,
     },

@@ -14,6 +14,7 @@
 //! <id>` runs one; a plan's `drill.skip` / `drill.wrong` make one recovery step be skipped or
 //! done wrong, which the tests use to show that every drill fails without its recovery.
 
+pub mod d000_retention;
 pub mod d001_jobs;
 pub mod d002_rooms;
 pub mod d003_blobs;
@@ -59,6 +60,8 @@ pub struct Drill {
     pub steps: &'static [&'static str],
     /// Devices its world has (tenants alternate acme, globex).
     pub devices: usize,
+    /// The server's retention (events kept per tenant), when the drill needs one.
+    pub server_retention: Option<u64>,
     /// A value the body reads (which fault of a family of drills).
     pub param: u8,
     pub body: Body,
@@ -81,7 +84,7 @@ pub struct DrillPlan {
 
 /// Every drill, in runbook order.
 pub fn registry() -> Vec<&'static Drill> {
-    [d001_jobs::DRILLS, d002_rooms::DRILLS, d003_sync::DRILLS, d003_blobs::DRILLS, d004_store::DRILLS].into_iter().flatten().collect()
+    [d000_retention::DRILLS, d001_jobs::DRILLS, d002_rooms::DRILLS, d003_sync::DRILLS, d003_blobs::DRILLS, d004_store::DRILLS].into_iter().flatten().collect()
 }
 
 /// Looks a drill up by id.
@@ -103,7 +106,7 @@ pub fn plan(seed: u64, id: &str, profile: &str) -> Result<Plan, RunError> {
     p.blobs = None;
     p.jobs = None;
     p.store = None;
-    p.server_retention = None;
+    p.server_retention = drill.server_retention;
     for c in &mut p.clients {
         c.protocol_version = PROTOCOL_VERSION;
     }
