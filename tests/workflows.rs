@@ -294,7 +294,12 @@ fn a_gate_writes_its_reports_and_streams_ndjson() {
         .collect();
     assert_eq!(lines[0]["event"], "start", "{}", text(&out));
     assert_eq!(lines[0]["ndjson_version"], 1);
-    assert_eq!(lines.iter().filter(|l| l["event"] == "seed").count(), 10);
+    // One line per run: the sweep's seeds, and every drill of the registry over its seeds.
+    let seeds = |scenario: &str| lines.iter().filter(|l| l["event"] == "seed" && l["scenario"] == scenario).count();
+    assert_eq!(seeds("sync-basic"), 10);
+    for d in drill_scenarios::drills::registry() {
+        assert_eq!(seeds(d.id), 5, "{}", d.id);
+    }
     let result = lines.last().unwrap();
     assert_eq!(result["event"], "result");
     let summary = read_json(&t.join("gate/summary.json"));
