@@ -7,6 +7,7 @@
 
 use drill_scenarios::plan::{Action, ClientSpec, Plan, PlannedOp, PLAN_FORMAT_VERSION};
 use drill_scenarios::run::execute;
+use drill_scenarios::store_world::{AggregateKeyLoss, KeyStoreLoss, ReadOnlyWindow, StorePlan};
 use drill_scenarios::transport::{TransportFaultAt, TransportFaultKind, TransportKnobs};
 use drill_scenarios::Outcome;
 use drill_sim::disk::IoOp;
@@ -32,6 +33,8 @@ enum FaultSpec {
     IoError { node: usize, op: u8, nth: u64, persistent: bool, ms: u64 },
     ClockJump { node: usize, delta_ms: i64 },
     Transport { node: usize, kind: usize, ms: u64 },
+    ReadOnly { node: usize, ms: u64 },
+    KeyStoreLoss { node: usize, down_ms: u64, withheld: Vec<u8> },
 }
 
 fn fault() -> impl Strategy<Value = (u64, FaultSpec)> {
@@ -41,6 +44,9 @@ fn fault() -> impl Strategy<Value = (u64, FaultSpec)> {
         (0usize..5, 0u8..4, 1u64..20, any::<bool>(), 1u64..1_000).prop_map(|(node, op, nth, persistent, ms)| FaultSpec::IoError { node, op, nth, persistent, ms }),
         (0usize..5, -600_000i64..600_000).prop_map(|(node, delta_ms)| FaultSpec::ClockJump { node, delta_ms }),
         (1usize..5, 0usize..TransportFaultKind::ALL.len(), 1u64..2_000).prop_map(|(node, kind, ms)| FaultSpec::Transport { node, kind, ms }),
+        (1usize..5, 1u64..2_000).prop_map(|(node, ms)| FaultSpec::ReadOnly { node, ms }),
+        (1usize..5, 1u64..1_500, prop::collection::vec(1u8..=5, 0..3))
+            .prop_map(|(node, down_ms, withheld)| FaultSpec::KeyStoreLoss { node, down_ms, withheld }),
     ];
     (0..DURATION_MS, spec)
 }
@@ -71,6 +77,7 @@ fn build(n: usize, ops: Vec<(u64, usize, Action)>, faults: Vec<(u64, FaultSpec)>
     planned.sort_by_key(|o| o.at_ms);
     let mut scheduled = Vec::new();
     let mut transport = Vec::new();
+    let mut store = StorePlan::default();
     for (at_ms, f) in faults {
         let fault = match f {
             FaultSpec::Crash { node, down_ms, mid_io } => Fault::Crash { node: name(node), down_ms, after_disk_ops: mid_io },
@@ -85,6 +92,19 @@ fn build(n: usize, ops: Vec<(u64, usize, Action)>, faults: Vec<(u64, FaultSpec)>
             FaultSpec::ClockJump { node, delta_ms } => Fault::ClockJump { node: name(node), delta_ms },
             FaultSpec::Transport { node, kind, ms } => {
                 transport.push(TransportFaultAt { at_ms, node: device(node), kind: TransportFaultKind::ALL[kind], ms });
+                continue;
+            }
+            FaultSpec::ReadOnly { node, ms } => {
+                store.read_only.push(ReadOnlyWindow { node: device(node), at_ms, ms });
+                continue;
+            }
+            FaultSpec::KeyStoreLoss { node, down_ms, withheld } if withheld.is_empty() => {
+                store.key_store_loss.push(KeyStoreLoss { node: device(node), at_ms, down_ms });
+                continue;
+            }
+            FaultSpec::KeyStoreLoss { node, down_ms, withheld } => {
+                let aggregates = withheld.iter().map(|n| format!("note-{n}")).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+                store.aggregate_key_loss.push(AggregateKeyLoss { node: device(node), at_ms, down_ms, aggregates });
                 continue;
             }
         };
@@ -110,7 +130,7 @@ fn build(n: usize, ops: Vec<(u64, usize, Action)>, faults: Vec<(u64, FaultSpec)>
         server_retention: retention,
         blobs: None,
         jobs: None,
-        store: None,
+        store: if store == StorePlan::default() { None } else { Some(store) },
         drill: None,
     }
 }
