@@ -515,6 +515,11 @@ async fn effects_main(ctx: Arc<EffectsCtx>) {
     }
 }
 
+/// The simulated instant now, from madsim's time handle (never the machine's clock).
+fn now() -> madsim::time::Instant {
+    madsim::time::TimeHandle::current().now_instant()
+}
+
 /// A device's connection to the effects node.
 struct EffectsClient {
     ep: Endpoint,
@@ -536,9 +541,9 @@ impl EffectsClient {
         let req = serde_json::to_vec(&EffectRequest { id, effect_id: effect_id.into(), body: body.into() }).expect("a request serializes");
         let to = SocketAddr::new(EFFECTS_IP, EFFECTS_PORT);
         self.ep.send_to_raw(to, TAG_EFFECT, Box::new(req)).await.map_err(|e| unavailable(format!("send: {e}")))?;
-        let deadline = madsim::time::Instant::now() + Duration::from_millis(EFFECT_TIMEOUT_MS);
+        let deadline = now() + Duration::from_millis(EFFECT_TIMEOUT_MS);
         for _ in 0..STALE_ANSWERS_MAX {
-            let left = deadline.saturating_duration_since(madsim::time::Instant::now());
+            let left = deadline.saturating_duration_since(now());
             let (payload, _) = match madsim::time::timeout(left, self.ep.recv_from_raw(TAG_EFFECT_ANSWER)).await {
                 Err(_) => return Err(unavailable(format!("no answer within {EFFECT_TIMEOUT_MS} ms"))),
                 Ok(Err(e)) => return Err(unavailable(format!("recv: {e}"))),
@@ -956,39 +961,11 @@ fn artifact_key(client: &Client) -> Option<drill_stack::crypto::Key> {
     }
 }
 
-/// The projections that differ from a replay, into a scratch database, of the device's events
-/// up to each projection's cursor with the keys it holds now, with the first difference: rows
-/// that differ (a corrupt row), or aggregates skipped differently (keys changed since the
-/// projection folded them; a rebuild is what settles that too).
+/// The projections that differ from a replay of the device's events (the stack's
+/// [`verify`](drill_stack::projections::verify::verify)), with the first difference.
 fn inconsistent_projections(client: &Client) -> Result<Vec<(&'static str, String)>, String> {
-    let s = |e: drill_stack::StoreError| e.to_string();
-    let p = |e: drill_stack::projections::ProjectionError| e.to_string();
-    let tenant = client.tenant().to_string();
-    let events = client.events().map_err(s)?;
-    let sealed = events.iter().filter(|e| e.tenant == tenant).map(envelope::sealed_event).collect::<Result<Vec<_>, _>>().map_err(s)?;
-    let engine = client.engine();
-    let skipped = |all: Vec<drill_stack::projections::Incomplete>, name: &str| -> Vec<String> {
-        all.into_iter().filter(|i| i.projection == name).map(|i| i.aggregate).collect()
-    };
-    let mut out = Vec::new();
-    for name in engine.names() {
-        let cursor = engine.cursor(client.db(), name, &tenant).map_err(p)?;
-        let folded: Vec<_> = sealed.iter().filter(|e| e.seq <= cursor).cloned().collect();
-        let scratch = store::open(":memory:").map_err(s)?;
-        engine.install(&scratch).map_err(s)?;
-        let scope = Scope { tenant: Some(tenant.clone()), projection: Some(name.to_string()), ..Scope::default() };
-        engine.rebuild(&scratch, &folded, &client.keys().ring, &scope).map_err(p)?;
-        let live_skipped = skipped(engine.incomplete(client.db(), &tenant).map_err(p)?, name);
-        let replay_skipped = skipped(engine.incomplete(&scratch, &tenant).map_err(p)?, name);
-        if live_skipped != replay_skipped {
-            out.push((name, format!("skips {live_skipped:?} where a replay with the keys held now skips {replay_skipped:?}")));
-            continue;
-        }
-        let live = engine.rows(client.db(), name, &tenant).map_err(p)?;
-        let replay = engine.rows(&scratch, name, &tenant).map_err(p)?;
-        if let Some(why) = drill_model::store::rows_mismatch(&replay, &live) {
-            out.push((name, why));
-        }
-    }
-    Ok(out)
+    let events = client.events().map_err(|e| e.to_string())?;
+    let sealed = events.iter().map(envelope::sealed_event).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+    let found = drill_stack::projections::verify::verify(client.db(), client.engine(), &sealed, &client.keys().ring, client.tenant()).map_err(|e| e.to_string())?;
+    Ok(found.into_iter().map(|i| (i.projection, i.detail)).collect())
 }

@@ -20,6 +20,7 @@ mod engine;
 pub mod health;
 pub mod resilience;
 pub mod snapshot;
+pub mod verify;
 
 use std::collections::BTreeMap;
 use std::fmt;
