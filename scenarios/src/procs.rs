@@ -792,11 +792,18 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
                 attempted(&mut read_only, "append", result);
             }
             Command::Op { id, action: Action::Sync } => {
-                ops.before_sync(&ctx, &mut client);
                 let result = sync_op(&ctx, &mut client, &mut rpc, id, &mut last_good).await;
+                let snapshot_due = matches!(result, Ok(true));
                 let synced = result.is_ok();
-                attempted(&mut read_only, "sync", result);
+                attempted(&mut read_only, "sync", result.map(|_| ()));
                 ops.after_sync(&ctx, &mut client, synced).await;
+                if snapshot_due {
+                    // No snapshot may hold a corrupt row: the projections are verified first.
+                    ops.before_snapshot(&ctx, &mut client);
+                    if let Err(e) = client.snapshot_projections() {
+                        record(&ctx.shared, name, "op.snapshot_refused", json!({"op": id, "code": e.code(), "message": e.to_string()}), None);
+                    }
+                }
                 vault_step(&ctx, &mut client, start, false);
             }
             Command::Op { id, action: Action::Hydrate { malformed } } => {
@@ -844,7 +851,9 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
 /// One sync attempt. The model learns whether it failed closed and raised exactly the
 /// signature of any transport fault injected into it. A success becomes the last known-good
 /// state; a full resync makes every earlier one stale.
-async fn sync_op(ctx: &ClientCtx, client: &mut Client, rpc: &mut RpcClient, id: u64, last_good: &mut Option<ExportedState>) -> Result<(), String> {
+/// Returns, when the attempt succeeded, whether the device's history crossed a multiple of
+/// [`SNAPSHOT_EVERY`] events: its projections are due for a snapshot.
+async fn sync_op(ctx: &ClientCtx, client: &mut Client, rpc: &mut RpcClient, id: u64, last_good: &mut Option<ExportedState>) -> Result<bool, String> {
     let name = ctx.name.as_str();
     let before = match client.export_state() {
         Ok(s) => s,
@@ -866,17 +875,14 @@ async fn sync_op(ctx: &ClientCtx, client: &mut Client, rpc: &mut RpcClient, id: 
             let detail = json!({"op": id, "pulled": r.pulled, "pages": r.pages, "settled": r.settled});
             let line = record_at(&ctx.shared, name, "op.ok", detail, Some(Fact::SyncSucceeded { node: name.into(), expected }));
             check_now(ctx, client, line, before.cursor);
+            let mut snapshot_due = false;
             if let Ok(s) = client.export_state() {
-                // Every SNAPSHOT_EVERY events of history, the projections are snapshotted (a
+                // Every SNAPSHOT_EVERY events of history the projections are snapshotted (a
                 // snapshot is refused while aggregates are skipped; the next one will do).
-                if s.cursor / SNAPSHOT_EVERY > before.cursor / SNAPSHOT_EVERY {
-                    if let Err(e) = client.snapshot_projections() {
-                        record(&ctx.shared, name, "op.snapshot_refused", json!({"op": id, "code": e.code(), "message": e.to_string()}), None);
-                    }
-                }
+                snapshot_due = s.cursor / SNAPSHOT_EVERY > before.cursor / SNAPSHOT_EVERY;
                 *last_good = Some(s);
             }
-            Ok(())
+            Ok(snapshot_due)
         }
         Err(e) => {
             let code = e.code();

@@ -603,9 +603,10 @@ impl Device {
         d
     }
 
-    /// Before a sync: verify the projections (so that no snapshot the sync takes holds a
-    /// corrupt row).
-    pub fn before_sync(&mut self, ctx: &ClientCtx, client: &mut Client) {
+    /// Before a snapshot of the projections: verify them, so that no snapshot holds a corrupt
+    /// row. (Verifying replays the device's history: it runs at boot, before snapshots and at
+    /// the audit, not around every sync.)
+    pub fn before_snapshot(&mut self, ctx: &ClientCtx, client: &mut Client) {
         if self.ops.plan.is_some() {
             self.verify(ctx, client);
         }
@@ -842,6 +843,9 @@ impl Device {
         if self.ops.plan.is_none() {
             return;
         }
+        // The model reads the projections next: a corruption since the last verification is
+        // found and repaired first, as at boot.
+        self.verify(ctx, client);
         for _ in 0..FINAL_SAGA_ROUNDS_MAX {
             let pending = saga::steps(client.db()).map(|s| s.iter().any(|s| s.state != saga::State::Done)).unwrap_or(false);
             match self.saga_round(ctx, client).await {
