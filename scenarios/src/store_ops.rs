@@ -728,6 +728,13 @@ impl Device {
             Ok(r) => {
                 record(&ctx.shared, name, "store.projection_rebuilt", json!({"applied": r.applied}), None);
                 check_rebuilt(ctx, client);
+                // The index artifact is derived from the projections: one built from the corrupt
+                // rows is rebuilt with them.
+                if let Some(key) = artifact_key(client) {
+                    if let Err(e) = artifacts::rebuild(client.db(), &self.fs, client.engine(), &key, &ctx.tenant, &mut self.nonces) {
+                        record(&ctx.shared, name, "op.err", json!({"action": "artifact_rebuild", "code": e.code(), "message": e.to_string()}), None);
+                    }
+                }
             }
             Err(e) => record(&ctx.shared, name, "op.err", json!({"action": "rebuild", "code": e.code(), "message": e.to_string()}), None),
         }
