@@ -366,7 +366,32 @@ fn without_client(plan: &Plan, i: usize) -> Value {
             items.retain(|item| !names(item, &name));
         }
     }
+    // Sections of the plan hold lists of their own (the store's READ_ONLY windows and key
+    // losses, ...): their items that name the client go too; a section that is about the
+    // client itself (a swarm drill on it) goes whole.
+    if let Value::Object(fields) = &mut value {
+        for section in fields.values_mut().filter(|v| v.is_object()) {
+            let about_client = section.as_object().is_some_and(|o| o.values().any(|v| v.as_str() == Some(name.as_str())));
+            if about_client {
+                *section = Value::Null;
+            } else {
+                prune_lists(section, &name);
+            }
+        }
+    }
     value
+}
+
+/// Removes, from every list inside `value` at any depth, the items that name `name`.
+fn prune_lists(value: &mut Value, name: &str) {
+    match value {
+        Value::Array(items) => {
+            items.retain(|item| !names(item, name));
+            items.iter_mut().for_each(|item| prune_lists(item, name));
+        }
+        Value::Object(fields) => fields.values_mut().for_each(|v| prune_lists(v, name)),
+        _ => {}
+    }
 }
 
 /// Whether any string inside `value` is `name`.
@@ -566,6 +591,16 @@ mod tests {
         };
         let out = shrink(p, &mut fake).unwrap();
         assert_eq!((out.stop, fake.runs), (Stop::Budget, 3));
+    }
+
+    #[test]
+    fn dropping_a_client_drops_its_store_faults_and_its_swarm_drill() {
+        use drill_scenarios::store_world::{ReadOnlyWindow, StorePlan};
+        let mut p = plan(1);
+        let window = |node: &str| ReadOnlyWindow { node: node.into(), at_ms: 10, ms: 10 };
+        p.store = Some(StorePlan { read_only: vec![window("client-1"), window("client-2")], ..StorePlan::default() });
+        let q = valid_plan(without_client(&p, 0)).expect("still a valid plan");
+        assert_eq!(q.store.unwrap().read_only, vec![window("client-2")]);
     }
 
     #[test]
