@@ -349,17 +349,7 @@ fn client_snapshot_after(ctx: &ClientCtx, c: &Client, after: Option<u64>) -> Res
 pub(crate) fn store_facts(ctx: &ClientCtx, c: &Client) -> Result<Vec<StoreFact>, String> {
     let s = |e: drill_stack::StoreError| e.to_string();
     let events = c.events().map_err(s)?;
-    let plain: Vec<PlainEvent> = events
-        .iter()
-        .map(|e| PlainEvent {
-            seq: e.seq,
-            tenant: e.tenant.clone(),
-            aggregate: e.aggregate.clone(),
-            kind: e.kind.clone(),
-            ts_ms: envelope::parse(&e.payload).map(|(ts, _, _)| ts).unwrap_or(i64::MIN),
-            payload: c.open_payload(e).ok(),
-        })
-        .collect();
+    let plain = opened_events(c, &events);
     let keys_present = c.keys().ring.aggregates().map_err(|e| e.to_string())?.into_iter().collect();
     let incomplete = c.incomplete().map_err(s)?;
     let mut projections = Vec::new();
@@ -396,6 +386,22 @@ pub(crate) fn store_facts(ctx: &ClientCtx, c: &Client) -> Result<Vec<StoreFact>,
         projections,
     };
     Ok(vec![StoreFact::Projection(projection), StoreFact::Tenant(tenant)])
+}
+
+/// A device's events as the model takes them: each opened with the keys the device holds (no
+/// payload when it does not open).
+pub(crate) fn opened_events(c: &Client, events: &[EventRow]) -> Vec<PlainEvent> {
+    events
+        .iter()
+        .map(|e| PlainEvent {
+            seq: e.seq,
+            tenant: e.tenant.clone(),
+            aggregate: e.aggregate.clone(),
+            kind: e.kind.clone(),
+            ts_ms: envelope::parse(&e.payload).map(|(ts, _, _)| ts).unwrap_or(i64::MIN),
+            payload: c.open_payload(e).ok(),
+        })
+        .collect()
 }
 
 /// Hands store facts to the model at a `check.store` line.

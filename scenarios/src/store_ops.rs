@@ -36,7 +36,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use drill_model::store::{PlainEvent, StoreFact};
+use drill_model::store::StoreFact;
 use drill_model::store_ops::{ArtifactFacts, ArtifactRead, DeliveryFact, EffectsFacts, MigrationFacts, SagaCount, SagaStepFact};
 use drill_model::Fact;
 use drill_sim::disk::DiskSim;
@@ -887,17 +887,7 @@ impl Device {
     fn artifact_facts(&self, ctx: &ClientCtx, client: &Client) -> Option<ArtifactFacts> {
         let key = artifact_key(client)?;
         let events = client.events().ok()?;
-        let plain: Vec<PlainEvent> = events
-            .iter()
-            .map(|e| PlainEvent {
-                seq: e.seq,
-                tenant: e.tenant.clone(),
-                aggregate: e.aggregate.clone(),
-                kind: e.kind.clone(),
-                ts_ms: envelope::parse(&e.payload).map(|(ts, _, _)| ts).unwrap_or(i64::MIN),
-                payload: client.open_payload(e).ok(),
-            })
-            .collect();
+        let plain = crate::procs::opened_events(client, &events);
         let keys_present: BTreeSet<String> = client.keys().ring.aggregates().ok()?.into_iter().collect();
         let incomplete = client.incomplete().ok()?.into_iter().filter(|i| i.projection == artifacts::SOURCE).map(|i| i.aggregate).collect();
         let loaded = artifacts::load(&self.fs, &key, &ctx.tenant)
