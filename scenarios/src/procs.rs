@@ -297,7 +297,9 @@ fn opened(keys: &TenantKeys, tenant: &str, aggregate: &str, kind: &str, stored: 
     envelope::open(keys, tenant, aggregate, kind, stored).unwrap_or_else(|_| stored.to_vec())
 }
 
-fn event_fact(e: &EventRow, keys: &TenantKeys) -> EventFact {
+/// A stored event as the model sees it: its payload opened with `keys` (as stored when it does
+/// not open: tampered or corrupt, it then matches no write).
+pub(crate) fn event_fact(e: &EventRow, keys: &TenantKeys) -> EventFact {
     EventFact {
         seq: e.seq,
         op_id: e.op_id.clone(),

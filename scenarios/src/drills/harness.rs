@@ -120,20 +120,7 @@ pub fn tenant_ring(tenant: &str) -> BTreeMap<String, Key> {
 /// A stored event as the model sees it: its payload opened with the tenant's keys (as stored
 /// when it does not open: tampered or corrupt, it then matches no write).
 pub fn fact_of(e: &EventRow) -> EventFact {
-    let keys = tenant_ring(&e.tenant);
-    let payload = drill_stack::envelope::open(&keys, &e.tenant, &e.aggregate, &e.kind, &e.payload).unwrap_or_else(|_| e.payload.clone());
-    EventFact {
-        seq: e.seq,
-        op_id: e.op_id.clone(),
-        tenant: e.tenant.clone(),
-        kind: e.kind.clone(),
-        replica: e.replica.clone(),
-        write_id: e.write_id,
-        payload,
-        stored: e.payload.clone(),
-        prev_hash: e.prev_hash.clone(),
-        hash: e.hash.clone(),
-    }
+    procs::event_fact(e, &tenant_ring(&e.tenant))
 }
 
 impl Ctx {
