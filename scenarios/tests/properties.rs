@@ -71,7 +71,7 @@ fn build(n: usize, ops: Vec<(u64, usize, Action)>, faults: Vec<(u64, FaultSpec)>
             protocol_version: if old_device && i == 0 { 1 } else { 2 },
         })
         .collect();
-    let name = |i: usize| if i % (n + 1) == 0 { "server".to_string() } else { format!("client-{}", i % (n + 1)) };
+    let name = |i: usize| if i.is_multiple_of(n + 1) { "server".to_string() } else { format!("client-{}", i % (n + 1)) };
     let device = |i: usize| format!("client-{}", i % n + 1);
     let mut planned: Vec<PlannedOp> = ops.into_iter().map(|(at_ms, c, action)| PlannedOp { at_ms, client: device(c), action }).collect();
     planned.sort_by_key(|o| o.at_ms);
