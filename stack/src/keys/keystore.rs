@@ -50,6 +50,9 @@ pub struct KeyStore {
     store_id: String,
     identity_id: String,
     kek: Option<Key>,
+    /// Aggregate keys already unwrapped while unlocked (every sealed append and every folded
+    /// event needs one): filled by reads only, emptied by any write and by [`KeyStore::lock`].
+    unwrapped: std::cell::RefCell<std::collections::BTreeMap<String, Key>>,
 }
 
 fn hex_id(rng: &mut dyn RngCore) -> String {
@@ -78,7 +81,7 @@ impl KeyStore {
         let mut salt = [0u8; SALT_BYTES];
         rng.fill_bytes(&mut salt);
         let kek = kdf::derive(passphrase, &salt, &kdf)?;
-        let ks = KeyStore { conn, store_id: c.store_id.clone(), identity_id: c.identity_id.clone(), kek: Some(kek) };
+        let ks = KeyStore { conn, store_id: c.store_id.clone(), identity_id: c.identity_id.clone(), kek: Some(kek), unwrapped: Default::default() };
         let tx = ks.conn.unchecked_transaction()?;
         store::meta_set(&tx, "kdf_params", &serde_json::to_string(&kdf).expect("params serialize"))?;
         store::meta_set(&tx, "kdf_salt", &hex::encode(salt))?;
@@ -109,7 +112,7 @@ impl KeyStore {
         conn.execute_batch(SCHEMA)?;
         let store_id = store::meta_get(&conn, "store_id")?.ok_or(KeyError::KeyStoreUninitialized)?;
         let identity_id = store::meta_get(&conn, "identity_id")?.ok_or(KeyError::KeyStoreUninitialized)?;
-        Ok(KeyStore { conn, store_id, identity_id, kek: None })
+        Ok(KeyStore { conn, store_id, identity_id, kek: None, unwrapped: Default::default() })
     }
 
     /// Unlocks with `passphrase`; a wrong one is [`KeyError::PassphraseWrong`] and leaves the
@@ -131,6 +134,7 @@ impl KeyStore {
     /// Forgets the wrapping key: keys can no longer be read until the next unlock.
     pub fn lock(&mut self) {
         self.kek = None;
+        self.unwrapped.borrow_mut().clear();
     }
 
     pub fn is_unlocked(&self) -> bool {
@@ -155,10 +159,16 @@ impl KeyStore {
     /// The key of `aggregate`: [`KeyError::AggregateKeyMissing`] when this store never had it,
     /// [`KeyError::PayloadsUnrecoverable`] when it was lost with the passphrase.
     pub fn aggregate_key(&self, aggregate: &str) -> Result<Key, KeyError> {
+        if let Some(k) = self.unwrapped.borrow().get(aggregate) {
+            self.kek()?;
+            return Ok(k.clone());
+        }
         if self.is_lost(aggregate)? {
             return Err(KeyError::PayloadsUnrecoverable { aggregate: aggregate.into() });
         }
-        self.get(&aggregate_entry(aggregate))?.ok_or_else(|| KeyError::AggregateKeyMissing { aggregate: aggregate.into() })
+        let key = self.get(&aggregate_entry(aggregate))?.ok_or_else(|| KeyError::AggregateKeyMissing { aggregate: aggregate.into() })?;
+        self.unwrapped.borrow_mut().insert(aggregate.to_string(), key.clone());
+        Ok(key)
     }
 
     /// The key of `aggregate`, generated from `rng` the first time. An aggregate whose key was
@@ -255,6 +265,8 @@ impl KeyStore {
     }
 
     fn put_in(&self, c: &Connection, name: &str, secret: &[u8], rng: &mut dyn RngCore) -> Result<(), KeyError> {
+        // A write may belong to a transaction that rolls back: nothing unwrapped is kept across it.
+        self.unwrapped.borrow_mut().clear();
         let nonce = crypto::nonce_from(rng);
         let sealed = crypto::seal(self.kek()?, &nonce, &self.aad(name), secret);
         c.execute(
@@ -353,6 +365,13 @@ mod tests {
         assert_eq!(ks.identity_key().unwrap(), id);
         assert_eq!(ks.aggregates().unwrap(), vec!["order-1".to_string()]);
         assert_eq!(ks.identity_id(), format!("id-{}", id.fingerprint()));
+        // A key read once is kept unwrapped only while the store is unlocked.
+        ks.lock();
+        assert_eq!(ks.aggregate_key("order-1").unwrap_err(), KeyError::Locked);
+        ks.unlock("pass").unwrap();
+        let k2 = Key::generate(&mut r);
+        ks.import_aggregate_key("order-1", &k2, &mut r).unwrap();
+        assert_eq!(ks.aggregate_key("order-1").unwrap(), k2, "a write replaces what was read before it");
     }
 
     #[test]
