@@ -245,3 +245,68 @@ mod tests {
         assert_eq!(fs.list("").unwrap(), vec!["ACTIVE".to_string(), "backup/ACTIVE".to_string()]);
     }
 }
+
+/// A file system whose storage is cut after a budget of calls: every call past it is
+/// [`FsError::Refused`], and what was written before stays as it was. Tests and drills use it to
+/// stop a process at every step of an export or an import.
+pub struct CutFs<'a> {
+    inner: &'a dyn FileSystem,
+    left: std::cell::Cell<u64>,
+}
+
+impl<'a> CutFs<'a> {
+    /// `inner`, cut after `calls` more calls.
+    pub fn new(inner: &'a dyn FileSystem, calls: u64) -> CutFs<'a> {
+        CutFs { inner, left: std::cell::Cell::new(calls) }
+    }
+
+    fn tick(&self) -> Result<(), FsError> {
+        if self.left.get() == 0 {
+            return Err(FsError::Refused);
+        }
+        self.left.set(self.left.get() - 1);
+        Ok(())
+    }
+}
+
+impl FileSystem for CutFs<'_> {
+    fn write_all(&self, n: &str, d: &[u8]) -> Result<(), FsError> {
+        self.tick()?;
+        self.inner.write_all(n, d)
+    }
+    fn append(&self, n: &str, d: &[u8]) -> Result<(), FsError> {
+        self.tick()?;
+        self.inner.append(n, d)
+    }
+    fn read(&self, n: &str) -> Result<Vec<u8>, FsError> {
+        self.tick()?;
+        self.inner.read(n)
+    }
+    fn rename(&self, a: &str, b: &str) -> Result<(), FsError> {
+        self.tick()?;
+        self.inner.rename(a, b)
+    }
+    fn remove(&self, n: &str) -> Result<(), FsError> {
+        self.tick()?;
+        self.inner.remove(n)
+    }
+    fn sync(&self, n: &str) -> Result<(), FsError> {
+        self.tick()?;
+        self.inner.sync(n)
+    }
+    fn sync_dir(&self) -> Result<(), FsError> {
+        self.tick()?;
+        self.inner.sync_dir()
+    }
+    fn list(&self, p: &str) -> Result<Vec<String>, FsError> {
+        self.tick()?;
+        self.inner.list(p)
+    }
+    fn exists(&self, n: &str) -> Result<bool, FsError> {
+        self.tick()?;
+        self.inner.exists(n)
+    }
+    fn db_path(&self, n: &str) -> String {
+        self.inner.db_path(n)
+    }
+}

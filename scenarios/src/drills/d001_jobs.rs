@@ -23,7 +23,6 @@
 //! Checked: each section's own validation, and INV-RECOVERY over the jobs rows (a row is an
 //! event here: its table and key, and its canonical JSON).
 
-use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
@@ -31,7 +30,7 @@ use std::time::Duration;
 
 use drill_model::EventFact;
 use drill_sim::disk::{DiskFaults, DiskSim, IoFault, IoOp};
-use drill_stack::fs::{copy, FileSystem, FsError};
+use drill_stack::fs::{copy, CutFs, FileSystem};
 use drill_stack::jobs::backend::{Backend, ExitStatus, JobInput, Scripted, ScriptedBackend};
 use drill_stack::jobs::db::{create_legacy_v1, JobsDb};
 use drill_stack::jobs::export::{self, export, validate_snapshot, LockInfo, LockOwner};
@@ -195,65 +194,6 @@ async fn scenario_a(cx: &mut Ctx) {
     cx.recovery("jobs", &committed, &after, &BTreeSet::new());
 }
 
-/// A file system that refuses every call once its budget is spent: the export's process dies
-/// at that call, leaving its files as written.
-struct CutFs<'a> {
-    inner: &'a SimFs,
-    left: Cell<u64>,
-}
-
-impl CutFs<'_> {
-    fn tick(&self) -> Result<(), FsError> {
-        if self.left.get() == 0 {
-            return Err(FsError::Refused);
-        }
-        self.left.set(self.left.get() - 1);
-        Ok(())
-    }
-}
-
-impl FileSystem for CutFs<'_> {
-    fn write_all(&self, n: &str, d: &[u8]) -> Result<(), FsError> {
-        self.tick()?;
-        self.inner.write_all(n, d)
-    }
-    fn append(&self, n: &str, d: &[u8]) -> Result<(), FsError> {
-        self.tick()?;
-        self.inner.append(n, d)
-    }
-    fn read(&self, n: &str) -> Result<Vec<u8>, FsError> {
-        self.tick()?;
-        self.inner.read(n)
-    }
-    fn rename(&self, a: &str, b: &str) -> Result<(), FsError> {
-        self.tick()?;
-        self.inner.rename(a, b)
-    }
-    fn remove(&self, n: &str) -> Result<(), FsError> {
-        self.tick()?;
-        self.inner.remove(n)
-    }
-    fn sync(&self, n: &str) -> Result<(), FsError> {
-        self.tick()?;
-        self.inner.sync(n)
-    }
-    fn sync_dir(&self) -> Result<(), FsError> {
-        self.tick()?;
-        self.inner.sync_dir()
-    }
-    fn list(&self, p: &str) -> Result<Vec<String>, FsError> {
-        self.tick()?;
-        self.inner.list(p)
-    }
-    fn exists(&self, n: &str) -> Result<bool, FsError> {
-        self.tick()?;
-        self.inner.exists(n)
-    }
-    fn db_path(&self, n: &str) -> String {
-        self.inner.db_path(n)
-    }
-}
-
 fn temps(fs: &SimFs) -> Vec<String> {
     fs.list("export/").unwrap_or_default().into_iter().filter(|n| n.ends_with(".tmp")).collect()
 }
@@ -276,7 +216,7 @@ async fn scenario_b(cx: &mut Ctx, validation: bool) {
     let mut left = Vec::new();
     for _ in 0..32 {
         boot += 1;
-        let cut = CutFs { inner: &j.fs, left: Cell::new(cut_at) };
+        let cut = CutFs::new(&j.fs, cut_at);
         let r = export(&cut, &db, "export", &me(boot), 2_000);
         j.robot.command("export", &r);
         left = temps(&j.fs);

@@ -114,18 +114,28 @@ async fn guardrail_drill(cx: &mut Ctx) {
             // Done wrong: the state is hand-edited instead of the one exported.
             good.last_reconciled_write_ids.insert(good.replica.clone(), 0);
         }
-        let r = cx.devs[0].client().hydrate(&good);
-        cx.check(r.is_ok(), "the device hydrates from its last known-good state", json!({"error": r.err().map(|e| e.to_string())}));
+        hydrate(cx, &good);
     }
-    if cx.step("re-run-sync") {
-        let r = cx.sync(0).await;
-        cx.check(r.is_ok(), "the sync after hydrate succeeds", json!({"error": r.err().map(|e| e.to_string())}));
-    }
-    validate(cx, 0, &tenant, &committed, &pending).await;
+    resync_and_validate(cx, &tenant, &committed, &pending).await;
 }
 
 /// Post-recovery validation of device `i`: it converged, drained its pending writes, and every
 /// committed event of its tenant is still on the server and on the device.
+/// The hydrate step of runbook 003 §1: device 0 restarts sync from `good`.
+fn hydrate(cx: &mut Ctx, good: &drill_stack::client::ExportedState) {
+    let r = cx.devs[0].client().hydrate(good);
+    cx.check(r.is_ok(), "the device hydrates from its last known-good state", json!({"error": r.err().map(|e| e.to_string())}));
+}
+
+/// The last step of runbook 003 §1 (device 0 syncs again), then the post-recovery validation.
+async fn resync_and_validate(cx: &mut Ctx, tenant: &str, committed: &[drill_model::EventFact], pending: &[String]) {
+    if cx.step("re-run-sync") {
+        let r = cx.sync(0).await;
+        cx.check(r.is_ok(), "the sync after hydrate succeeds", json!({"error": r.err().map(|e| e.to_string())}));
+    }
+    validate(cx, 0, tenant, committed, pending).await;
+}
+
 async fn validate(cx: &mut Ctx, i: usize, tenant: &str, committed: &[drill_model::EventFact], pending: &[String]) {
     let converged = cx.converged(i).await;
     cx.check(converged, "the device converged with the server (count and chain head)", json!({}));
@@ -162,12 +172,7 @@ async fn hydrate_drill(cx: &mut Ctx) {
     }
     if cx.step("hydrate-last-known-good") {
         let good = if cx.wrong("hydrate-last-known-good") { bad.clone() } else { cx.devs[0].last_good.clone().expect("known-good") };
-        let r = cx.devs[0].client().hydrate(&good);
-        cx.check(r.is_ok(), "the device hydrates from its last known-good state", json!({"error": r.err().map(|e| e.to_string())}));
+        hydrate(cx, &good);
     }
-    if cx.step("re-run-sync") {
-        let r = cx.sync(0).await;
-        cx.check(r.is_ok(), "the sync after hydrate succeeds", json!({"error": r.err().map(|e| e.to_string())}));
-    }
-    validate(cx, 0, &tenant, &committed, &pending).await;
+    resync_and_validate(cx, &tenant, &committed, &pending).await;
 }

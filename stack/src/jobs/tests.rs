@@ -1,6 +1,5 @@
 //! The runbook's scenarios end to end on the real file system, outside the simulation.
 
-use std::cell::Cell;
 
 use super::backend::{JobInput, Scripted, ScriptedBackend};
 use super::db::{create_legacy_v1, JobsDb};
@@ -9,7 +8,7 @@ use super::import::{self, active_db, import_fresh, import_jsonl, read_conflicts,
 use super::pipeline::{run_job, JobOptions};
 use super::recovery::{open_active, recover_corrupt, recover_legacy};
 use super::robot::{self, RobotLog};
-use crate::fs::{FileSystem, FsError, StdFs};
+use crate::fs::{CutFs, FileSystem, StdFs};
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     madsim::runtime::Runtime::new().block_on(f)
@@ -28,64 +27,6 @@ fn with_runs(fs: &dyn FileSystem, db: &str, ids: &[&str]) -> JobsDb {
         block_on(run_job(&db, &[&ok], &input, &JobOptions::default(), &mut RobotLog::new())).unwrap();
     }
     db
-}
-
-/// A file system whose storage is cut (every call refused) after `left` more calls.
-struct CutFs<'a> {
-    inner: &'a StdFs,
-    left: Cell<u64>,
-}
-
-impl CutFs<'_> {
-    fn tick(&self) -> Result<(), FsError> {
-        if self.left.get() == 0 {
-            return Err(FsError::Refused);
-        }
-        self.left.set(self.left.get() - 1);
-        Ok(())
-    }
-}
-
-impl FileSystem for CutFs<'_> {
-    fn write_all(&self, n: &str, d: &[u8]) -> Result<(), FsError> {
-        self.tick()?;
-        self.inner.write_all(n, d)
-    }
-    fn append(&self, n: &str, d: &[u8]) -> Result<(), FsError> {
-        self.tick()?;
-        self.inner.append(n, d)
-    }
-    fn read(&self, n: &str) -> Result<Vec<u8>, FsError> {
-        self.tick()?;
-        self.inner.read(n)
-    }
-    fn rename(&self, a: &str, b: &str) -> Result<(), FsError> {
-        self.tick()?;
-        self.inner.rename(a, b)
-    }
-    fn remove(&self, n: &str) -> Result<(), FsError> {
-        self.tick()?;
-        self.inner.remove(n)
-    }
-    fn sync(&self, n: &str) -> Result<(), FsError> {
-        self.tick()?;
-        self.inner.sync(n)
-    }
-    fn sync_dir(&self) -> Result<(), FsError> {
-        self.tick()?;
-        self.inner.sync_dir()
-    }
-    fn list(&self, p: &str) -> Result<Vec<String>, FsError> {
-        self.tick()?;
-        self.inner.list(p)
-    }
-    fn exists(&self, n: &str) -> Result<bool, FsError> {
-        self.tick()?;
-        self.inner.exists(n)
-    }
-    fn db_path(&self, n: &str) -> String {
-        self.inner.db_path(n)
-    }
 }
 
 #[test]
@@ -114,7 +55,7 @@ fn an_export_cut_at_every_call_leaves_no_bad_manifest_and_the_next_export_recove
         let db = with_runs(&fs, "jobs.db", &["r3"]);
         drop(db);
         let db = JobsDb::open(&fs, "jobs.db").unwrap();
-        let cut = CutFs { inner: &fs, left: Cell::new(budget) };
+        let cut = CutFs::new(&fs, budget);
         if export(&cut, &db, "export", &me(2), 200).is_ok() {
             assert!(cuts > 5, "the export takes more calls than that");
             break;
