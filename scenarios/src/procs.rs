@@ -694,7 +694,7 @@ fn device_keys(ctx: &ClientCtx, start: u64, attempt: u32) -> Result<DeviceKeys, 
     if backup.is_none() {
         *backup = Some(ks.export_backup(&backup_passphrase(ctx), KdfParams::sim(), &mut rng)?);
     }
-    Ok(DeviceKeys::new(Ring::Store(ks), Box::new(streams.stream("nonces"))))
+    Ok(DeviceKeys::new(Ring::Store(Box::new(ks)), Box::new(streams.stream("nonces"))))
 }
 
 /// Opens a store, retrying while the disk refuses (an I/O fault window, a full disk).

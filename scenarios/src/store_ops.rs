@@ -903,7 +903,7 @@ impl Device {
     fn bundle(&self, ctx: &ClientCtx, client: &Client) -> Option<Vec<u8>> {
         let clock = NodeClock(self.node);
         let keys = match &client.keys().ring {
-            Ring::Store(ks) => Some(ks),
+            Ring::Store(ks) => Some(&**ks),
             Ring::Fixed(_) => None,
         };
         let probe = health::probe(client.db(), &clock, health::SLOW_MS_MIN);

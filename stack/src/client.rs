@@ -79,7 +79,7 @@ impl ExportedState {
 /// Where a device's aggregate keys live.
 pub enum Ring {
     /// The device's key store file, unlocked.
-    Store(KeyStore),
+    Store(Box<KeyStore>),
     /// Keys held in memory: storage-layer tests and benchmarks, which measure the store, not the
     /// key store.
     Fixed(BTreeMap<String, Key>),

@@ -210,42 +210,6 @@ impl FileSystem for StdFs {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn std_fs_does_every_operation() {
-        let dir = tempfile::tempdir().unwrap();
-        let fs = StdFs::new(dir.path());
-        fs.write_all("export/runs.jsonl.tmp", b"{}\n").unwrap();
-        fs.append("export/runs.jsonl.tmp", b"{}\n").unwrap();
-        fs.sync("export/runs.jsonl.tmp").unwrap();
-        fs.rename("export/runs.jsonl.tmp", "export/runs.jsonl").unwrap();
-        fs.sync_dir().unwrap();
-        assert_eq!(fs.read("export/runs.jsonl").unwrap(), b"{}\n{}\n");
-        assert!(!fs.exists("export/runs.jsonl.tmp").unwrap());
-        fs.write_all("export/a", b"").unwrap();
-        fs.write_all("other/b", b"").unwrap();
-        assert_eq!(fs.list("export/").unwrap(), vec!["export/a".to_string(), "export/runs.jsonl".to_string()]);
-        fs.remove("export/a").unwrap();
-        assert_eq!(fs.read("export/a"), Err(FsError::NotFound { name: "export/a".into() }));
-        assert_eq!(fs.remove("export/a").unwrap_err().code(), "fs:notFound");
-        assert!(fs.db_path("jobs.db").ends_with("jobs.db"));
-    }
-
-    #[test]
-    fn publish_and_copy_leave_no_temp_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let fs = StdFs::new(dir.path());
-        publish(&fs, "ACTIVE", b"jobs-1.db").unwrap();
-        publish(&fs, "ACTIVE", b"jobs-2.db").unwrap();
-        assert_eq!(fs.read("ACTIVE").unwrap(), b"jobs-2.db");
-        assert_eq!(copy(&fs, "ACTIVE", "backup/ACTIVE").unwrap(), 9);
-        assert_eq!(fs.list("").unwrap(), vec!["ACTIVE".to_string(), "backup/ACTIVE".to_string()]);
-    }
-}
-
 /// A file system whose storage is cut after a budget of calls: every call past it is
 /// [`FsError::Refused`], and what was written before stays as it was. Tests and drills use it to
 /// stop a process at every step of an export or an import.
@@ -308,5 +272,41 @@ impl FileSystem for CutFs<'_> {
     }
     fn db_path(&self, n: &str) -> String {
         self.inner.db_path(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn std_fs_does_every_operation() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = StdFs::new(dir.path());
+        fs.write_all("export/runs.jsonl.tmp", b"{}\n").unwrap();
+        fs.append("export/runs.jsonl.tmp", b"{}\n").unwrap();
+        fs.sync("export/runs.jsonl.tmp").unwrap();
+        fs.rename("export/runs.jsonl.tmp", "export/runs.jsonl").unwrap();
+        fs.sync_dir().unwrap();
+        assert_eq!(fs.read("export/runs.jsonl").unwrap(), b"{}\n{}\n");
+        assert!(!fs.exists("export/runs.jsonl.tmp").unwrap());
+        fs.write_all("export/a", b"").unwrap();
+        fs.write_all("other/b", b"").unwrap();
+        assert_eq!(fs.list("export/").unwrap(), vec!["export/a".to_string(), "export/runs.jsonl".to_string()]);
+        fs.remove("export/a").unwrap();
+        assert_eq!(fs.read("export/a"), Err(FsError::NotFound { name: "export/a".into() }));
+        assert_eq!(fs.remove("export/a").unwrap_err().code(), "fs:notFound");
+        assert!(fs.db_path("jobs.db").ends_with("jobs.db"));
+    }
+
+    #[test]
+    fn publish_and_copy_leave_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = StdFs::new(dir.path());
+        publish(&fs, "ACTIVE", b"jobs-1.db").unwrap();
+        publish(&fs, "ACTIVE", b"jobs-2.db").unwrap();
+        assert_eq!(fs.read("ACTIVE").unwrap(), b"jobs-2.db");
+        assert_eq!(copy(&fs, "ACTIVE", "backup/ACTIVE").unwrap(), 9);
+        assert_eq!(fs.list("").unwrap(), vec!["ACTIVE".to_string(), "backup/ACTIVE".to_string()]);
     }
 }
