@@ -204,6 +204,36 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_key_store_declared_and_replaced_binds_and_a_backup_restore_binds_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = rng();
+        let db = db_with_events(&path(&dir, "events.db"));
+        let kp = path(&dir, "keys.db");
+        let ks = KeyStore::create(&kp, "p", KdfParams::sim(), &mut r).unwrap();
+        bind(&db, Some(&ks), &mut r).unwrap();
+        let backup = ks.export_backup("bp", KdfParams::sim(), &mut r).unwrap();
+        let old_id = ks.store_id().to_string();
+        drop(ks);
+        std::fs::remove_file(&kp).unwrap();
+        // The file is gone: named, and a store created in its place does not pass for it.
+        assert_eq!(code(bind(&db, None, &mut r)), "keys:halfRestoreKeyStoreMissing");
+        // Restored from its backup (same id): bound as before.
+        let restored = KeyStore::restore_backup(&kp, &backup, "bp", "p2", KdfParams::sim(), &mut r).unwrap();
+        assert_eq!(bind(&db, Some(&restored), &mut r).unwrap(), Pairing::Bound);
+        drop(restored);
+        std::fs::remove_file(&kp).unwrap();
+        // Declared lost instead: the replacement binds, and only for the store it replaces.
+        let other = db_with_events(&path(&dir, "other.db"));
+        let stranger = KeyStore::create(&path(&dir, "k2.db"), "p", KdfParams::sim(), &mut r).unwrap();
+        bind(&other, Some(&stranger), &mut r).unwrap();
+        let replacement = KeyStore::replace_lost(&kp, &old_id, "p3", KdfParams::sim(), &mut r).unwrap();
+        assert_eq!(code(bind(&other, Some(&replacement), &mut r)), "keys:halfRestoreKeyStoreMissing");
+        assert_eq!(bind(&db, Some(&replacement), &mut r).unwrap(), Pairing::NewlyBound);
+        assert_eq!(replacement.aggregate_key("a").unwrap_err().code(), "keys:aggregateKeyMissing");
+        assert!(KeyStore::replace_lost(&kp, &old_id, "p3", KdfParams::sim(), &mut r).is_err(), "a store is there");
+    }
+
+    #[test]
     fn a_declared_passphrase_loss_rebinds_to_the_new_store() {
         let dir = tempfile::tempdir().unwrap();
         let mut r = rng();

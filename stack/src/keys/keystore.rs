@@ -307,6 +307,23 @@ impl KeyStore {
         self.meta("replaces_store_id")
     }
 
+    /// The key store file is gone and no backup is at hand: the operator declares the store
+    /// `lost_store_id` (the one the database is bound to) lost. A new store (new id, new
+    /// identity) is written at `path` as its replacement, so [`super::binding::bind`] accepts it
+    /// with that database; it holds no aggregate key until pairing or a backup import brings
+    /// them back (`keys:aggregateKeyMissing` until then). Refuses a path that holds a store.
+    pub fn replace_lost(path: &str, lost_store_id: &str, new_passphrase: &str, kdf: KdfParams, rng: &mut dyn RngCore) -> Result<KeyStore, KeyError> {
+        let identity = Key::generate(rng);
+        let mut c = Contents {
+            store_id: hex_id(rng),
+            identity_id: format!("id-{}", identity.fingerprint()),
+            replaces_store_id: Some(lost_store_id.to_string()),
+            ..Contents::default()
+        };
+        c.entries.insert(IDENTITY.into(), identity);
+        Self::write_new(path, new_passphrase, kdf, rng, &c)
+    }
+
     /// The user lost the passphrase and has no backup. The store at `path` is replaced by a new
     /// one (new id, new identity) under `new_passphrase`; the old aggregate keys are recorded as
     /// lost, so their payloads answer [`KeyError::PayloadsUnrecoverable`] while every other
