@@ -14,6 +14,7 @@ pub mod sim_fs;
 pub mod store_world;
 pub mod store_ops;
 pub mod sync_basic;
+pub mod tokens;
 pub mod transport;
 
 pub use api::*;

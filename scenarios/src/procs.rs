@@ -59,6 +59,9 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Default)]
 pub struct Shared {
     pub checker: Checker,
+    /// What happened to the run that the world did not inject itself but counts with its
+    /// faults (the server's refusals of tokens its clock or its restart made stale).
+    pub counts: BTreeMap<String, u64>,
 }
 
 pub type SharedRef = Arc<Mutex<Shared>>;
@@ -133,6 +136,9 @@ pub enum Command {
     SetReadOnly(bool),
     /// The operator restores the device's key backup and replays its projections (runbook 000).
     RestoreKeys,
+    /// The operator answers the key error the device reported when it opened (a lost key store,
+    /// a forgotten passphrase); a device working normally has nothing to repair.
+    RepairKeys,
     /// A store-work step of the plan (a buggy projection write, a schema upgrade).
     Store(crate::store_ops::Cmd),
     /// The end-of-run audit of the device's store: projections, tenants, a snapshot restore
@@ -219,12 +225,34 @@ pub struct ClientCtx {
     pub recovery_base: Mutex<Option<Vec<EventFact>>>,
     /// Whether the operator restored the device's key backup.
     pub backup_restored: std::sync::atomic::AtomicBool,
+    /// The device's key faults and the operator's answers, across its processes.
+    pub key_faults: Mutex<KeyFaults>,
     pub protocol_version: u32,
     pub transport: Arc<Mutex<TransportState>>,
     pub mailbox: Arc<Mutex<Mailbox>>,
     /// The device's share of the store work (sagas, artifacts, migration, bundle).
     pub ops: Arc<crate::store_ops::DeviceOps>,
+    /// The key pairing gave the device, to prove itself when it asks for a token.
+    pub pairing: Key,
     pub shared: SharedRef,
+}
+
+/// What the world and the operator know of a device's key faults (see
+/// [`crate::store_world`]), across the device's processes.
+#[derive(Debug, Default)]
+pub struct KeyFaults {
+    /// The operator has the key backup at hand for a lost key store and restores it; otherwise
+    /// the store is declared lost and replaced.
+    pub restore_now: bool,
+    /// The user forgot the passphrase: the device's unlock is given something else.
+    pub passphrase_forgotten: bool,
+    /// How many times the passphrase was declared lost (each time with a new one).
+    pub passphrase_changes: u32,
+    /// Aggregates whose keys the world took from the device for good: no backup holds them and
+    /// pairing does not give them back.
+    pub unrecoverable: std::collections::BTreeSet<String>,
+    /// What the operator did, in order, for the recovery check's name.
+    pub repairs: Vec<&'static str>,
 }
 
 /// The bytes a device's user writes for operation `op`: unique per operation, so the model can
@@ -610,10 +638,15 @@ fn key_store_recovery(ctx: &ClientCtx, client: &Client) {
 /// to hold.
 fn check_key_recovery(ctx: &ClientCtx, client: &Client) {
     let Some(mut committed) = lock(&ctx.recovery_base).take() else { return };
-    let recovery = if ctx.backup_restored.load(std::sync::atomic::Ordering::Relaxed) {
-        "pairing again and the operator's key backup restore and replay"
-    } else {
-        "pairing again after the key store was lost"
+    let restored = ctx.backup_restored.load(std::sync::atomic::Ordering::Relaxed);
+    let (repairs, lost_for_good) = {
+        let k = lock(&ctx.key_faults);
+        (k.repairs.clone(), k.unrecoverable.clone())
+    };
+    let recovery = match (repairs.is_empty(), restored) {
+        (true, true) => "pairing again and the operator's key backup restore and replay".to_string(),
+        (true, false) => "pairing again after the key store was lost".to_string(),
+        (false, heal) => format!("{}, pairing again{}", repairs.join(", then "), if heal { ", and the key backup restore and replay at the heal" } else { "" }),
     };
     if let Ok(Some((floor, _))) = client.anchor() {
         committed.retain(|e| e.seq > floor);
@@ -627,8 +660,18 @@ fn check_key_recovery(ctx: &ClientCtx, client: &Client) {
             f
         })
         .collect();
-    let fact = Fact::Recovered { node: ctx.name.clone(), recovery: recovery.into(), committed, after, unrecoverable: Default::default() };
-    record(&ctx.shared, &ctx.name, "check.recovery", json!({"recovery": recovery}), Some(fact));
+    // Unrecoverable: the events of aggregates whose keys the world took for good and that the
+    // device reports lost (`keys:payloadsUnrecoverable`). A key back from elsewhere makes its
+    // events count again; an event gone from the device is never excused.
+    let still_lost: std::collections::BTreeSet<String> = match &client.keys().ring {
+        Ring::Store(ks) => ks.lost_aggregates().unwrap_or_default().into_iter().collect(),
+        Ring::Fixed(_) => Default::default(),
+    };
+    let unrecoverable: std::collections::BTreeSet<String> =
+        events.iter().filter(|e| lost_for_good.contains(&e.aggregate) && still_lost.contains(&e.aggregate)).map(|e| e.op_id.clone()).collect();
+    let detail = json!({"recovery": recovery, "unrecoverable": unrecoverable.len(), "lost_aggregates": still_lost});
+    let fact = Fact::Recovered { node: ctx.name.clone(), recovery, committed, after, unrecoverable };
+    record(&ctx.shared, &ctx.name, "check.recovery", detail, Some(fact));
 }
 
 /// The passphrase the operator keeps the device's key backup under.
@@ -671,30 +714,160 @@ fn restore_keys(ctx: &ClientCtx, client: &mut Client, start: u64) {
     }
 }
 
-/// Opens (creating and provisioning on first start) the device's key store and draws the
-/// streams of this start and attempt: the key store holds every aggregate key of the tenant.
-fn device_keys(ctx: &ClientCtx, start: u64, attempt: u32) -> Result<DeviceKeys, KeyError> {
+/// The passphrase the device's unlock is given: the user's current one, or something else once
+/// it is forgotten.
+fn passphrase(ctx: &ClientCtx) -> String {
+    let k = lock(&ctx.key_faults);
+    let current = match k.passphrase_changes {
+        0 => ctx.passphrase.clone(),
+        n => format!("{} (new {n})", ctx.passphrase),
+    };
+    if k.passphrase_forgotten {
+        format!("{current}, misremembered")
+    } else {
+        current
+    }
+}
+
+/// What opening a device found.
+enum Opened {
+    Ready(Client),
+    /// A key error only the operator can answer: the device refuses to work until then.
+    Refused(KeyError),
+}
+
+/// Opens the device: its key store (created on first start) and its database, checked to
+/// belong together (`keys::binding::bind`, before any event is decrypted), then pairing (every
+/// tenant key the store lacks, but the withheld ones) and the database. A key store missing or
+/// foreign to the database, or a passphrase that does not open it, is [`Opened::Refused`].
+fn open_device(ctx: &ClientCtx, node: madsim::task::NodeId, start: u64, attempt: u32) -> Result<Opened, KeyError> {
+    use drill_stack::keys::binding;
     let streams = ctx.seeds.child(&format!("device/{}/start-{start}/attempt-{attempt}", ctx.name));
     let mut rng = streams.stream("keys");
-    let mut ks = match KeyStore::open(KEYS_DB) {
-        Ok(mut ks) => {
-            ks.unlock(&ctx.passphrase)?;
-            ks
-        }
-        Err(KeyError::KeyStoreUninitialized) => KeyStore::create(KEYS_DB, &ctx.passphrase, KdfParams::sim(), &mut rng)?,
+    let ks = match KeyStore::open(KEYS_DB) {
+        Ok(mut ks) => match ks.unlock(&passphrase(ctx)) {
+            Ok(()) => Some(ks),
+            Err(e @ KeyError::PassphraseWrong) => return Ok(Opened::Refused(e)),
+            Err(e) => return Err(e),
+        },
+        Err(KeyError::KeyStoreUninitialized) => None,
         Err(e) => return Err(e),
     };
+    let db = drill_stack::store::open(DEVICE_DB)?;
+    let mut ks = match (binding::bind(&db, ks.as_ref(), &mut rng), ks) {
+        (Ok(_), Some(ks)) => ks,
+        // No key store and a database never bound: the device's first start.
+        (Ok(_), None) => {
+            let ks = KeyStore::create(KEYS_DB, &passphrase(ctx), KdfParams::sim(), &mut rng)?;
+            binding::bind(&db, Some(&ks), &mut rng)?;
+            ks
+        }
+        (Err(e @ KeyError::HalfRestore(_)), _) => return Ok(Opened::Refused(e)),
+        (Err(e), _) => return Err(e),
+    };
+    drop(db);
     let withheld = lock(&ctx.withheld).clone();
     for (aggregate, key) in ctx.tenant_keys.iter() {
         if !withheld.contains(aggregate) && ks.aggregate_key(aggregate).is_err() {
             ks.import_aggregate_key(aggregate, key, &mut rng)?;
         }
     }
-    let mut backup = lock(&ctx.backup);
-    if backup.is_none() {
-        *backup = Some(ks.export_backup(&backup_passphrase(ctx), KdfParams::sim(), &mut rng)?);
+    {
+        let mut backup = lock(&ctx.backup);
+        if backup.is_none() {
+            *backup = Some(ks.export_backup(&backup_passphrase(ctx), KdfParams::sim(), &mut rng)?);
+        }
     }
-    Ok(DeviceKeys::new(Ring::Store(Box::new(ks)), Box::new(streams.stream("nonces"))))
+    let keys = DeviceKeys::new(Ring::Store(Box::new(ks)), Box::new(streams.stream("nonces")));
+    Ok(Opened::Ready(Client::open(DEVICE_DB, &ctx.name, &ctx.tenant, Box::new(NodeClock(node)), keys)?))
+}
+
+/// A key error found when the device opened: it records the typed error, sets aside the events
+/// it holds for the recovery check, and refuses every command with the error until the
+/// operator's repair succeeds. It never works half: no write, no sync, no read of its store.
+async fn refuse_until_repaired(ctx: &ClientCtx, start: u64, e: KeyError) {
+    let name = ctx.name.as_str();
+    let code = e.code();
+    if matches!(e, KeyError::HalfRestore(_)) {
+        ctx.ops.count("keys.half_restore");
+    }
+    record(&ctx.shared, name, "node.keys_refused", json!({"code": code, "message": e.to_string()}), None);
+    recovery_base_from_disk(ctx);
+    loop {
+        match next_command(&ctx.mailbox).await {
+            Command::RepairKeys => match repair_keys(ctx, start, &e) {
+                Ok(done) => return record(&ctx.shared, name, "store.keys_repaired", json!({"repair": done, "after": code}), None),
+                Err(err) => record(&ctx.shared, name, "op.err", json!({"action": "repair_keys", "code": err.code(), "message": err.to_string()}), None),
+            },
+            Command::Snapshot => lock(&ctx.mailbox).snapshot = Some(Err(format!("refuses to work until its keys are repaired: {code}"))),
+            Command::Audit { .. } => lock(&ctx.mailbox).audit = Some(Vec::new()),
+            Command::Op { id, .. } => record(&ctx.shared, name, "op.err", json!({"op": id, "code": code, "message": format!("refused: {e}")}), None),
+            other => record(&ctx.shared, name, "op.skipped", json!({"code": code, "command": format!("{other:?}")}), None),
+        }
+    }
+}
+
+/// The events the device's database holds when a key fault is found, read without keys: what
+/// the recovery must keep (a second fault before the first recovery was checked keeps the
+/// first base).
+fn recovery_base_from_disk(ctx: &ClientCtx) {
+    let Ok(db) = drill_stack::store::open(DEVICE_DB) else { return };
+    let Ok(events) = drill_stack::store::all_events(&db) else { return };
+    let committed: Vec<EventFact> = events.iter().map(|e| event_fact(e, &ctx.tenant_keys)).collect();
+    lock(&ctx.recovery_base).get_or_insert(committed);
+}
+
+/// The operator's answer to a key error the device reported (runbook 002, "Backup and Recovery
+/// Guidance"; runbook 000, "Key loss"): a key store gone is restored from the key backup when
+/// the operator has it at hand, else declared lost and replaced; a forgotten passphrase with no
+/// backup is declared lost. Returns what was done.
+fn repair_keys(ctx: &ClientCtx, start: u64, e: &KeyError) -> Result<&'static str, KeyError> {
+    use drill_stack::keys::Half;
+    let mut rng = ctx.seeds.child(&format!("device/{}/start-{start}/repair-{}", ctx.name, trace::line_count())).stream("keys");
+    let (restore_now, forgotten, changes) = {
+        let k = lock(&ctx.key_faults);
+        (k.restore_now, k.passphrase_forgotten, k.passphrase_changes)
+    };
+    let done = match e {
+        KeyError::PassphraseWrong if forgotten => {
+            let new = format!("{} (new {})", ctx.passphrase, changes + 1);
+            drop(KeyStore::declare_passphrase_lost(KEYS_DB, &new, KdfParams::sim(), &mut rng)?);
+            let mut k = lock(&ctx.key_faults);
+            k.passphrase_changes = changes + 1;
+            k.passphrase_forgotten = false;
+            // The operator takes a backup of the new store once it paired again.
+            *lock(&ctx.backup) = None;
+            "passphrase declared lost"
+        }
+        KeyError::HalfRestore(Half::KeyStoreMissing { expected_store_id }) => match lock(&ctx.backup).clone().filter(|_| restore_now) {
+            Some(b) => {
+                drop(KeyStore::restore_backup(KEYS_DB, &b, &backup_passphrase(ctx), &passphrase(ctx), KdfParams::sim(), &mut rng)?);
+                "key store restored from the key backup"
+            }
+            None => {
+                drop(KeyStore::replace_lost(KEYS_DB, expected_store_id, &passphrase(ctx), KdfParams::sim(), &mut rng)?);
+                "key store declared lost and replaced"
+            }
+        },
+        other => return Err(other.clone()),
+    };
+    lock(&ctx.key_faults).repairs.push(done);
+    Ok(done)
+}
+
+/// Names, with their typed error, the aggregates whose payloads the device can never open
+/// again (a passphrase declared lost with no backup): everything else keeps working.
+fn report_unrecoverable(ctx: &ClientCtx, client: &Client) {
+    let Ring::Store(ks) = &client.keys().ring else { return };
+    let Ok(lost) = ks.lost_aggregates() else { return };
+    let errors: Vec<Value> = lost
+        .iter()
+        .filter_map(|a| ks.aggregate_key(a).err())
+        .map(|e| json!({"code": e.code(), "message": e.to_string()}))
+        .collect();
+    if !errors.is_empty() {
+        record(&ctx.shared, &ctx.name, "store.payloads_unrecoverable", json!({"aggregates": lost, "errors": errors}), None);
+    }
 }
 
 /// Opens a store, retrying while the disk refuses (an I/O fault window, a full disk).
@@ -738,16 +911,23 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
         *s
     };
     let attempt = std::cell::Cell::new(0u32);
-    let Some(mut client) = open_with_retry(&ctx.shared, name, || {
-        attempt.set(attempt.get() + 1);
-        let keys = device_keys(&ctx, start, attempt.get())?;
-        Client::open(DEVICE_DB, name, &ctx.tenant, Box::new(NodeClock(node)), keys)
-    })
-    .await
-    else {
-        return;
+    let mut client = loop {
+        let opened = open_with_retry(&ctx.shared, name, || {
+            attempt.set(attempt.get() + 1);
+            open_device(&ctx, node, start, attempt.get())
+        })
+        .await;
+        match opened {
+            Some(Opened::Ready(c)) => break c,
+            Some(Opened::Refused(e)) => refuse_until_repaired(&ctx, start, e).await,
+            None => return,
+        }
     };
     key_store_recovery(&ctx, &client);
+    report_unrecoverable(&ctx, &client);
+    if let Err(e) = client.set_pairing(ctx.pairing.clone()) {
+        record(&ctx.shared, name, "op.err", json!({"action": "load_token", "code": e.code(), "message": e.to_string()}), None);
+    }
     // Derived state catches up with whatever the disk kept.
     if let Err(e) = client.project() {
         record(&ctx.shared, name, "node.projection_behind", json!({"code": e.code(), "message": e.to_string()}), None);
@@ -835,6 +1015,7 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
             }
             Command::SetReadOnly(on) => set_read_only(&ctx, &client, &mut read_only, on),
             Command::RestoreKeys => restore_keys(&ctx, &mut client, start),
+            Command::RepairKeys => {}
             Command::Op { id, action: a @ (Action::StageBlob { .. } | Action::AttachBlob | Action::ReadBlob { .. }) } => {
                 blobs.op(&ctx, &mut client, id, &a).await
             }
@@ -1025,6 +1206,8 @@ pub struct ServerCtx {
     /// server stores for the model.
     pub tenant_keys: Arc<BTreeMap<String, Arc<TenantKeys>>>,
     pub slot: Arc<Mutex<Option<Server>>>,
+    /// The token service: every start issues under a new key.
+    pub tokens: Arc<crate::tokens::Tokens>,
     pub shared: SharedRef,
 }
 
@@ -1046,6 +1229,7 @@ pub fn server_snapshot(s: &Server, keys: &BTreeMap<String, Arc<TenantKeys>>) -> 
 /// The server's process: recover, report what survived, then answer requests.
 pub async fn server_main(ctx: Arc<ServerCtx>) {
     let Some(server) = open_with_retry(&ctx.shared, "server", || Server::open_with(SERVER_DB, ctx.options)).await else { return };
+    let server = server.with_tokens(ctx.tokens.service(madsim::plugin::node()));
     match server_snapshot(&server, &ctx.tenant_keys) {
         Ok(s) => {
             let detail = json!({"events": s.events.len()});
@@ -1061,9 +1245,9 @@ pub async fn server_main(ctx: Arc<ServerCtx>) {
     let shared = ctx.shared.clone();
     let slot = ctx.slot.clone();
     let blobs = crate::blobs_world::server_blobs(&ctx.slot, &ctx.shared);
-    let _ = drill_stack::blobs::serve::serve_with_blobs(ep, move |req| {
+    let _ = drill_stack::blobs::serve::serve_with_blobs(ep, move |token, req| {
         let resp = match lock(&slot).as_mut() {
-            Some(s) => s.handle(req.clone()),
+            Some(s) => s.handle_with_token(token.as_deref(), req.clone()),
             None => drill_stack::proto::Response::error("unavailable", "server store is closed"),
         };
         trace_request(&shared, &req, &resp);
@@ -1078,6 +1262,7 @@ fn trace_request(shared: &SharedRef, req: &drill_stack::proto::Request, resp: &d
         Response::Error { code, .. } => json!({"error": code}),
         Response::ResyncRequired { floor_seq, .. } => json!({"resync_required": floor_seq}),
         Response::Blob(_) => json!({"blob": "answered"}),
+        Response::Token { .. } => json!({"token": "issued"}),
         Response::Pushed { accepted, .. } => json!({"accepted": accepted.len()}),
         Response::Page { items, has_more, next_cursor, .. } => json!({"items": items.len(), "has_more": has_more, "next_cursor": next_cursor}),
     };
@@ -1085,6 +1270,17 @@ fn trace_request(shared: &SharedRef, req: &drill_stack::proto::Request, resp: &d
         Request::Push { replica, writes, .. } => json!({"from": replica, "op": "push", "writes": writes.len(), "result": outcome}),
         Request::Pull { replica, since, .. } => json!({"from": replica, "op": "pull", "since": since, "result": outcome}),
         Request::Blob(_) => json!({"op": "blob", "result": outcome}),
+        Request::Token { replica, .. } => json!({"from": replica, "op": "token", "result": outcome}),
     };
+    if let Response::Error { code, .. } = resp {
+        if let Some(kind) = code.strip_prefix("keys:token") {
+            let counted = match kind {
+                "Expired" => "token.expired",
+                "Invalid" => "token.invalid",
+                _ => "token.identity_mismatch",
+            };
+            *lock(shared).counts.entry(counted.into()).or_default() += 1;
+        }
+    }
     record(shared, "server", "net.request", detail, None);
 }

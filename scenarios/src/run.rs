@@ -142,7 +142,8 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
     let options = drill_stack::server::ServerOptions { retention_events: plan.server_retention };
     let tenant_keys = Arc::new(procs::provision(&plan));
     let rooms = procs::rooms(&plan);
-    let sctx = Arc::new(ServerCtx { options, tenant_keys: tenant_keys.clone(), slot: slot.clone(), shared: shared.clone() });
+    let tokens = Arc::new(crate::tokens::Tokens::new(plan.seed));
+    let sctx = Arc::new(ServerCtx { options, tenant_keys: tenant_keys.clone(), slot: slot.clone(), tokens: tokens.clone(), shared: shared.clone() });
     let server = handle.create_node().name("server").ip(SERVER_IP).init(move || procs::server_main(sctx.clone())).build();
     nodes.add("server", server.id(), plan.knobs.disk.crash, &seeds);
     let devices: Vec<String> = plan.clients.iter().map(|c| c.name.clone()).collect();
@@ -176,10 +177,12 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
             key_store_id: Mutex::new(None),
             recovery_base: Mutex::new(None),
             backup_restored: std::sync::atomic::AtomicBool::new(false),
+            key_faults: Mutex::new(procs::KeyFaults::default()),
             protocol_version: spec.protocol_version,
             transport: transport.clone(),
             mailbox: mailbox.clone(),
             ops: ops.device(&spec.name),
+            pairing: tokens.pairing(&spec.tenant, &spec.name),
             shared: shared.clone(),
         });
         transports.insert(spec.name.clone(), transport);
@@ -188,7 +191,7 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
         nodes.add(&spec.name, node.id(), plan.knobs.disk.crash, &seeds);
         mailboxes.insert(spec.name.clone(), mailbox);
     }
-    let mut w = World { plan: &plan, shared, tenant_keys, devices, nodes, mailboxes, transports, server, slot, start: clock::now(), steps: 0, timeline: BTreeMap::new(), next_key: 0, blobs, jobs, ops };
+    let mut w = World { plan: &plan, shared, tenant_keys, devices, nodes, mailboxes, transports, server, slot, start: clock::now(), steps: 0, timeline: BTreeMap::new(), next_key: 0, blobs, jobs, ops, tokens };
     if let Some(keep) = plan.server_retention {
         *w.nodes.counts.entry("server.retention".into()).or_default() += 1;
         trace::emit("server", "fault.retention", json!({"keep_events": keep}));
@@ -205,6 +208,9 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
     }
     w.judge(liveness.is_none()).await;
     w.ops.add_counts(&mut w.nodes.counts);
+    for (k, n) in &lock(&w.shared).counts {
+        *w.nodes.counts.entry(k.clone()).or_default() += n;
+    }
     let faults = w.nodes.counts.clone();
     trace::emit("world", "run.end", json!({"steps": w.steps, "liveness": liveness, "faults": faults}));
     Ending { liveness, steps: w.steps, faults }
@@ -213,6 +219,7 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
 struct World<'a> {
     plan: &'a Plan,
     shared: SharedRef,
+    tokens: Arc<crate::tokens::Tokens>,
     tenant_keys: Arc<BTreeMap<String, Arc<procs::TenantKeys>>>,
     devices: BTreeMap<String, Arc<ClientCtx>>,
     nodes: Nodes,
@@ -393,11 +400,66 @@ impl World<'_> {
                 let kind = if withheld.is_empty() { "keys.store_lost" } else { "keys.aggregate_keys_lost" };
                 *self.nodes.counts.entry(kind.into()).or_default() += 1;
                 trace::emit(&node, "fault.key_store_lost", json!({"files": lost, "down_ms": down_ms, "withheld": withheld}));
+                // With every key back from pairing, the operator has the backup at hand and
+                // restores it; otherwise the store is declared lost and replaced.
+                lock(&self.devices[&node].key_faults).restore_now = withheld.is_empty();
                 lock(&self.devices[&node].withheld).extend(withheld);
-                let t = self.now_ms() + down_ms;
-                self.at(t, Step::Boot(node));
+                self.back_for_repair(node, down_ms);
+            }
+            StoreStep::LosePassphrase { node, down_ms, aggregates } => {
+                if self.nodes.is_down(&node) || !self.nodes.crash(&node) {
+                    return;
+                }
+                self.crashed(&node);
+                *self.nodes.counts.entry("keys.passphrase_lost".into()).or_default() += 1;
+                trace::emit(&node, "fault.passphrase_lost", json!({"down_ms": down_ms, "unrecoverable": aggregates}));
+                let ctx = &self.devices[&node];
+                {
+                    let mut k = lock(&ctx.key_faults);
+                    k.passphrase_forgotten = true;
+                    k.unrecoverable.extend(aggregates.iter().cloned());
+                }
+                lock(&ctx.withheld).extend(aggregates);
+                self.back_for_repair(node, down_ms);
+            }
+            StoreStep::RepairKeys { node } => {
+                if self.nodes.is_down(&node) {
+                    trace::emit(&node, "op.skipped", json!({"reason": "device is down", "repair_keys": true}));
+                    return;
+                }
+                lock(&self.mailboxes[&node]).push(Command::RepairKeys);
+            }
+            StoreStep::Ops(crate::store_ops::Step::CrashEffects { down_ms }) => {
+                let node = crate::store_ops::EFFECTS_NODE;
+                if self.ops.has_effects_node() && self.nodes.crash(node) {
+                    self.ops.count("effects.crash");
+                    let t = self.now_ms() + down_ms;
+                    self.at(t, Step::Boot(node.into()));
+                }
+            }
+            StoreStep::Ops(crate::store_ops::Step::PartitionEffects { ms }) => {
+                if !self.ops.has_effects_node() {
+                    return;
+                }
+                let devices: Vec<String> = self.plan.clients.iter().map(|c| c.name.clone()).collect();
+                let fault = Fault::Partition { a: vec![crate::store_ops::EFFECTS_NODE.into()], b: devices, one_way: false, ms };
+                self.nodes.apply(&FaultStep::Inject(fault.clone()));
+                self.ops.count("effects.partition");
+                let t = self.now_ms() + ms;
+                self.at(t, Step::Fault(FaultStep::Undo(fault)));
             }
             StoreStep::Ops(s) => self.ops.apply(s, &self.nodes, &self.mailboxes),
+        }
+    }
+
+    /// Boots a device whose keys were faulted after `down_ms`, and has the operator answer the
+    /// key error it reports a while later (unless the plan says the operator never does).
+    fn back_for_repair(&mut self, node: String, down_ms: u64) {
+        let t = self.now_ms() + down_ms;
+        self.at(t, Step::Boot(node.clone()));
+        if !self.plan.store.as_ref().is_some_and(|s| s.skip_key_repair) {
+            let t = t + crate::store_world::OPERATOR_MS;
+            self.at(t, Step::Store(crate::store_world::StoreStep::RepairKeys { node }));
         }
     }
 
@@ -431,6 +493,7 @@ impl World<'_> {
         }
         let deadline = clock::now() + Duration::from_millis(self.plan.liveness_ms_max);
         let restore = crate::store_world::restore_at_heal(self.plan);
+        let repair = crate::store_world::repair_at_heal(self.plan);
         let read_only: std::collections::BTreeSet<String> =
             self.plan.store.iter().flat_map(|s| s.read_only.iter().map(|w| w.node.clone())).collect();
         let mut round = 0u64;
@@ -442,6 +505,10 @@ impl World<'_> {
                 // its window while down).
                 if read_only.contains(n) {
                     lock(&self.mailboxes[n]).push(Command::SetReadOnly(false));
+                }
+                // The operator answers a device still refusing to work over a key error.
+                if repair.contains(n) {
+                    lock(&self.mailboxes[n]).push(Command::RepairKeys);
                 }
                 // The operator restores the key backup of a device that lost keys, and replays.
                 if restore.contains(n) {
@@ -549,6 +616,7 @@ impl World<'_> {
     /// images are scanned for the workload's plaintexts and for key material (INV-NO-PLAINTEXT).
     async fn audit(&mut self, converged: bool, deadline: Instant) {
         let mut secrets = procs::workload_secrets(self.plan, &self.tenant_keys);
+        secrets.extend(self.tokens.secrets(self.plan.clients.iter().map(|c| (c.tenant.as_str(), c.name.as_str()))));
         let names: Vec<String> = self.mailboxes.keys().cloned().collect();
         for n in &names {
             let mb = self.mailboxes[n].clone();

@@ -36,10 +36,16 @@ pub enum TransportFaultKind {
     ReplayRequests,
     /// A pulled event's payload altered on the way, its hashes left as they were.
     PullTamperedEvent,
+    /// Pushes and pulls go out without their token (a proxy that drops it): the server refuses
+    /// them `keys:tokenInvalid`, and a refresh does not help while the window lasts.
+    TokenStripped,
+    /// The token endpoint answers with something that is not a token: the device refuses it
+    /// (`keys:tokenInvalid`) and cannot connect while the window lasts.
+    TokenEndpointMalformed,
 }
 
 impl TransportFaultKind {
-    pub const ALL: [TransportFaultKind; 11] = [
+    pub const ALL: [TransportFaultKind; 13] = [
         TransportFaultKind::PullEmptyPageHasMore,
         TransportFaultKind::PullNextCursorMismatch,
         TransportFaultKind::PullCursorRegression,
@@ -51,6 +57,8 @@ impl TransportFaultKind {
         TransportFaultKind::DuplicateRequests,
         TransportFaultKind::ReplayRequests,
         TransportFaultKind::PullTamperedEvent,
+        TransportFaultKind::TokenStripped,
+        TransportFaultKind::TokenEndpointMalformed,
     ];
 
     /// The guardrail signature an attempt hit by this fault must raise; `None` for faults the
@@ -66,8 +74,14 @@ impl TransportFaultKind {
             K::ReconcileCursorRegression => Some("reconcile:reconcileCursorRegression"),
             K::ReconcileLastWriteIdRegression => Some("reconcile:lastWriteIdRegression"),
             K::StaleWriteIds => Some("flush:staleWriteRecoveryExhausted"),
-            K::DuplicateRequests | K::ReplayRequests => None,
+            K::DuplicateRequests | K::ReplayRequests | K::TokenStripped | K::TokenEndpointMalformed => None,
         }
+    }
+
+    /// The typed error an attempt hit by a token fault ends with (the server's refusal, or the
+    /// device's of a malformed token): refreshing cannot help while the window lasts.
+    pub fn token_error(self) -> Option<&'static str> {
+        matches!(self, TransportFaultKind::TokenStripped | TransportFaultKind::TokenEndpointMalformed).then_some("keys:tokenInvalid")
     }
 
     /// The name the fault is counted under.
@@ -174,10 +188,20 @@ impl TransportFilter for FaultyTransport {
         extra
     }
 
+    fn token(&mut self, req: &Request, token: Option<String>) -> Option<String> {
+        let mut s = lock(&self.0);
+        if s.mode != Some(TransportFaultKind::TokenStripped) || !matches!(req, Request::Push { .. } | Request::Pull { .. }) || token.is_none() {
+            return token;
+        }
+        s.injected = Some(TransportFaultKind::TokenStripped);
+        s.injections += 1;
+        None
+    }
+
     fn response(&mut self, req: &Request, resp: Response) -> Response {
         let mut s = lock(&self.0);
         let Some(kind) = s.mode else { return resp };
-        let repeatable = kind == TransportFaultKind::StaleWriteIds;
+        let repeatable = matches!(kind, TransportFaultKind::StaleWriteIds | TransportFaultKind::TokenEndpointMalformed);
         if s.injected.is_some() && !repeatable {
             return resp;
         }
@@ -203,9 +227,10 @@ fn mutate(kind: TransportFaultKind, req: &Request, resp: Response, base: &Export
     use TransportFaultKind as K;
     let since = match req {
         Request::Pull { since, .. } => *since,
-        Request::Push { .. } | Request::Blob(_) => 0,
+        Request::Push { .. } | Request::Blob(_) | Request::Token { .. } => 0,
     };
     match (kind, resp) {
+        (K::TokenEndpointMalformed, Response::Token { server_unix_ms, .. }) => (Response::Token { token: "not a token".into(), server_unix_ms }, true),
         (K::PullEmptyPageHasMore, Response::Page { last_reconciled_write_ids, .. }) => {
             (Response::Page { items: vec![], has_more: true, next_cursor: since, last_reconciled_write_ids }, true)
         }

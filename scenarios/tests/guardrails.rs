@@ -51,7 +51,15 @@ fn each_guardrail_raises_its_signature_and_fails_closed() {
                 assert!(r.checks.get("INV-FAIL-CLOSED").copied().unwrap_or(0) >= hits as u64);
                 assert!(r.checks.get("INV-GUARDRAIL").copied().unwrap_or(0) >= hits as u64, "{kind:?}: guardrail not checked");
             }
-            None => assert!(errs.is_empty(), "{kind:?} must be absorbed, but: {errs:?}"),
+            None => match kind.token_error() {
+                Some(code) => {
+                    assert!(!errs.is_empty(), "{kind:?}: no attempt failed");
+                    assert!(errs.iter().all(|e| e["detail"]["code"] == code), "{kind:?}: every failure is {code}: {errs:?}");
+                    assert!(r.checks.get("INV-FAIL-CLOSED").copied().unwrap_or(0) >= errs.len() as u64, "{kind:?}: failures not checked closed");
+                    assert!(r.faults.get("token.invalid").copied().unwrap_or(0) > 0 || kind == TransportFaultKind::TokenEndpointMalformed, "{kind:?}: the server refused nothing");
+                }
+                None => assert!(errs.is_empty(), "{kind:?} must be absorbed, but: {errs:?}"),
+            },
         }
     }
 }

@@ -25,7 +25,7 @@ fn pull_with_version(v: u32) -> Result<Response, SyncError> {
             .init(|| async {
                 let mut s = Server::open("server.db").expect("server store");
                 let ep = madsim::net::Endpoint::bind(SocketAddr::new(SERVER_IP, SERVER_PORT)).await.unwrap();
-                let _ = serve(&ep, move |req| s.handle(req)).await;
+                let _ = serve(&ep, move |token, req| s.handle_with_token(token.as_deref(), req)).await;
             })
             .build();
         DiskSim::current().add_node(server.id(), "server", DiskFaults::none(), &seeds);

@@ -25,6 +25,7 @@ use crate::clock::Clock;
 use crate::crypto::{self, Key};
 use crate::envelope;
 use crate::error::{StoreError, SyncError};
+use crate::keys::token::{self, TokenState};
 use crate::keys::{KeyError, KeyStore};
 use crate::projections::health::{EventStoreStatus, Health};
 use crate::projections::resilience::{self, Mode, Write};
@@ -133,6 +134,10 @@ pub struct SyncReport {
     /// Why the projections could not catch up after the commit, if they could not (they catch
     /// up at the next sync or boot).
     pub projection_error: Option<String>,
+    /// Tokens this attempt asked for, and the server's refusals of the held one (each followed
+    /// by a refresh and a retry).
+    pub token_refreshes: u64,
+    pub token_refusals: Vec<String>,
 }
 
 /// Everything an attempt will commit, held in memory until it has fully succeeded.
@@ -161,7 +166,17 @@ pub struct Client {
     boots: u64,
     keys: DeviceKeys,
     engine: Engine,
+    /// The device's pairing key and token, when its server requires tokens.
+    auth: Option<Auth>,
 }
+
+struct Auth {
+    pairing: Key,
+    state: TokenState,
+}
+
+/// Codes of a server's refusal of the token a request carried.
+const TOKEN_REFUSALS: [&str; 3] = ["keys:tokenExpired", "keys:tokenInvalid", "keys:tokenIdentityMismatch"];
 
 fn guard(stage: &'static str, code: &'static str, detail: String) -> SyncError {
     SyncError::Guardrail { stage, code, detail }
@@ -216,7 +231,7 @@ impl Client {
         let boots = get_u64(&tx, "boots")? + 1;
         store::meta_set(&tx, "boots", &boots.to_string())?;
         tx.commit()?;
-        Ok(Client { conn, replica: replica.into(), tenant: tenant.into(), incarnation, clock, boots, keys, engine })
+        Ok(Client { conn, replica: replica.into(), tenant: tenant.into(), incarnation, clock, boots, keys, engine, auth: None })
     }
 
     /// How many times this database has been opened, this time included.
@@ -378,6 +393,7 @@ impl Client {
             last_reconciled: base.last_reconciled_write_ids,
             ..Attempt::default()
         };
+        let (refreshes, refusals) = self.auth.as_ref().map(|a| (a.state.refreshes, a.state.refusals.len())).unwrap_or_default();
         self.push(rpc, &mut a).await?;
         self.pull(rpc, &mut a).await?;
         let mut report = SyncReport {
@@ -388,6 +404,10 @@ impl Client {
             settled: a.settled,
             ..SyncReport::default()
         };
+        if let Some(auth) = &self.auth {
+            report.token_refreshes = auth.state.refreshes - refreshes;
+            report.token_refusals = auth.state.refusals[refusals..].to_vec();
+        }
         self.commit(a)?;
         match self.project() {
             Ok(r) => report.projected = r.applied,
@@ -413,7 +433,7 @@ impl Client {
                 sent.iter_mut().for_each(|w| w.op_id = None);
             }
             let req = Request::Push { tenant: self.tenant.clone(), replica: self.replica.clone(), writes: sent };
-            match rpc.call(&req).await? {
+            match self.call(rpc, &req).await? {
                 Response::Pushed { accepted, cursor, last_reconciled_write_ids } => {
                     return self.reconciled(a, &writes, accepted, cursor, last_reconciled_write_ids);
                 }
@@ -482,7 +502,7 @@ impl Client {
         let mut head = store::chain_head(&self.conn, &self.tenant)?;
         while a.pages < PULL_PAGES_MAX {
             let req = Request::Pull { tenant: self.tenant.clone(), replica: self.replica.clone(), since: a.cursor, limit: PAGE_LIMIT_MAX };
-            let (items, has_more, next_cursor, lrw) = match rpc.call(&req).await? {
+            let (items, has_more, next_cursor, lrw) = match self.call(rpc, &req).await? {
                 Response::Page { items, has_more, next_cursor, last_reconciled_write_ids } => {
                     (items, has_more, next_cursor, last_reconciled_write_ids)
                 }
@@ -516,6 +536,81 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    /// Requires tokens of this device from now on: `pairing` is the key pairing gave it. A
+    /// token saved in the key store is the starting point, but the first request of this
+    /// connection refreshes it anyway (runbook 002: a reconnect forces the refresh path).
+    pub fn set_pairing(&mut self, pairing: Key) -> Result<(), StoreError> {
+        let saved = match &self.keys.ring {
+            Ring::Store(ks) => ks.saved_token(&self.tenant)?,
+            Ring::Fixed(_) => None,
+        };
+        self.auth = Some(Auth { pairing, state: TokenState::new(saved) });
+        Ok(())
+    }
+
+    /// The identity tokens are bound to: the key store's identity, or (with fixed keys and no
+    /// key store) the replica.
+    pub fn identity(&self) -> String {
+        match &self.keys.ring {
+            Ring::Store(ks) => ks.identity_id().to_string(),
+            Ring::Fixed(_) => self.replica.clone(),
+        }
+    }
+
+    /// The device's token state, when it uses tokens.
+    pub fn token_state(&self) -> Option<&TokenState> {
+        self.auth.as_ref().map(|a| &a.state)
+    }
+
+    /// Asks the server for a token with a proof of this device's pairing, checks that the
+    /// token is bound to this device, and saves it in the key store.
+    pub async fn refresh_token(&mut self, rpc: &mut impl Exchange) -> Result<(), SyncError> {
+        let identity = self.identity();
+        let Some(auth) = self.auth.as_ref() else { return Ok(()) };
+        let nonce = crypto::nonce_from(&mut *self.keys.nonces);
+        let proof = token::proof(&auth.pairing, &nonce, &self.tenant, &self.replica, &identity);
+        let req = Request::Token { tenant: self.tenant.clone(), replica: self.replica.clone(), identity: identity.clone(), nonce: nonce.to_vec(), proof };
+        let (fresh, server_unix_ms) = match rpc.call(&req).await? {
+            Response::Token { token, server_unix_ms } => (token, server_unix_ms),
+            Response::Error { code, message, .. } => return Err(SyncError::Token { code, detail: message }),
+            other => return Err(unexpected("token", &other)),
+        };
+        let now = self.clock.now_unix_ms();
+        let auth = self.auth.as_mut().expect("checked above");
+        auth.state.accept(fresh.clone(), server_unix_ms, now, &identity, &self.replica, &self.tenant).map_err(|e| SyncError::Token { code: e.code().into(), detail: e.to_string() })?;
+        if let Ring::Store(ks) = &mut self.keys.ring {
+            ks.save_token(&self.tenant, &fresh, &mut *self.keys.nonces).map_err(StoreError::from)?;
+        }
+        Ok(())
+    }
+
+    /// Sends `req` with this device's token (refreshed first when it needs to be). A refusal of
+    /// the token by the server — whose clock decides — drops it, and the request is retried
+    /// once with a fresh one; a second refusal is the attempt's error.
+    async fn call(&mut self, rpc: &mut impl Exchange, req: &Request) -> Result<Response, SyncError> {
+        if self.auth.is_none() {
+            return rpc.call(req).await;
+        }
+        for retry in [false, true] {
+            let now = self.clock.now_unix_ms();
+            if self.auth.as_ref().is_some_and(|a| a.state.needs_refresh(now)) {
+                self.refresh_token(rpc).await?;
+            }
+            rpc.set_token(self.auth.as_ref().and_then(|a| a.state.token().map(String::from)));
+            let resp = rpc.call(req).await?;
+            match &resp {
+                Response::Error { code, message, .. } if TOKEN_REFUSALS.contains(&code.as_str()) => {
+                    self.auth.as_mut().expect("checked above").state.refused(code);
+                    if retry {
+                        return Err(SyncError::Token { code: code.clone(), detail: message.clone() });
+                    }
+                }
+                _ => return Ok(resp),
+            }
+        }
+        unreachable!("the second try returns")
     }
 
     /// Commits a whole attempt in one transaction: renumbered write ids, events in, their outbox

@@ -119,6 +119,10 @@ pub enum SyncError {
     Protocol { detail: String },
     /// The state to hydrate from is malformed or does not belong to this device.
     Hydrate { detail: String },
+    /// The server refused this device's token (`keys:tokenExpired`, `keys:tokenInvalid`,
+    /// `keys:tokenIdentityMismatch`) even after a refresh, or refused to issue one: reconnect
+    /// to force the refresh path, and check the token service and the pairing.
+    Token { code: String, detail: String },
     /// Local storage failed.
     Store(StoreError),
 }
@@ -142,6 +146,7 @@ impl SyncError {
             SyncError::Protocol { .. } => "sync:protocolVersion".into(),
             SyncError::ResyncRequired { .. } => "pull:resyncRequired".into(),
             SyncError::Hydrate { .. } => "hydrate:hydrateGuardrailViolation".into(),
+            SyncError::Token { code, .. } => code.clone(),
             SyncError::Store(e) => e.code().into(),
         }
     }
@@ -158,6 +163,7 @@ impl fmt::Display for SyncError {
                 write!(f, "the server no longer holds events before {floor_seq}: a full resync from there is required")
             }
             SyncError::Hydrate { detail } => write!(f, "hydrate:hydrateGuardrailViolation: {detail}"),
+            SyncError::Token { code, detail } => write!(f, "{code}: {detail}: reconnect to force a token refresh"),
             SyncError::Store(e) => write!(f, "{e}"),
         }
     }

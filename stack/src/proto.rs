@@ -28,6 +28,10 @@ pub const PAGE_LIMIT_MAX: u32 = 64;
 pub struct Envelope<T> {
     pub v: u32,
     pub id: u64,
+    /// The sender's token (requests of a device that has one); optional on the wire, so a
+    /// message without one still decodes and the server decides whether it may pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
     pub body: T,
 }
 
@@ -55,6 +59,17 @@ pub enum Request {
     Pull { tenant: String, replica: String, since: u64, limit: u32 },
     /// A blob request (runbook 003 §2, §3), served by the server's blob layer.
     Blob(crate::blobs::BlobRequest),
+    /// A fresh token for `identity`, proven by a seal under the device's pairing key over the
+    /// tenant, replica, identity and the request's nonce ([`crate::keys::token::proof`]).
+    Token {
+        tenant: String,
+        replica: String,
+        identity: String,
+        #[serde(with = "hex_bytes")]
+        nonce: Vec<u8>,
+        #[serde(with = "hex_bytes")]
+        proof: Vec<u8>,
+    },
 }
 
 /// One event on the wire.
@@ -132,6 +147,10 @@ pub enum Response {
     },
     /// The answer to a blob request: HTTP-like, with its own status.
     Blob(Box<crate::blobs::BlobResponse>),
+    /// A token, and the server's clock when it issued it: the device judges the token's expiry
+    /// by the server's time (its own clock plus the offset it learns here), so a device clock
+    /// that runs ahead or behind neither throws fresh tokens away nor keeps stale ones.
+    Token { token: String, server_unix_ms: i64 },
     /// The request failed. A `staleWriteId` error carries the replica's last write id the
     /// server holds, so the client can renumber.
     Error {
@@ -159,7 +178,20 @@ impl Response {
 
 /// Encodes a message in protocol version `v`.
 pub fn encode<T: Serialize>(v: u32, id: u64, body: &T) -> Vec<u8> {
-    serde_json::to_vec(&Envelope { v, id, body }).expect("messages serialize")
+    encode_with_token(v, id, None, body)
+}
+
+/// Encodes a message in protocol version `v`, carrying `token`.
+pub fn encode_with_token<T: Serialize>(v: u32, id: u64, token: Option<&str>, body: &T) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Out<'a, T> {
+        v: u32,
+        id: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        token: Option<&'a str>,
+        body: &'a T,
+    }
+    serde_json::to_vec(&Out { v, id, token, body }).expect("messages serialize")
 }
 
 /// Why a message was refused.
@@ -229,11 +261,11 @@ mod tests {
     #[test]
     fn versions_outside_the_window_are_refused() {
         for v in [0, PROTOCOL_VERSION + 1] {
-            let bytes = serde_json::to_vec(&Envelope { v, id: 1, body: 0u8 }).unwrap();
+            let bytes = serde_json::to_vec(&Envelope { v, id: 1, token: None, body: 0u8 }).unwrap();
             assert_eq!(decode::<u8>(&bytes), Err(DecodeError::Version { v, id: 1 }));
         }
         for v in PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION {
-            let bytes = serde_json::to_vec(&Envelope { v, id: 1, body: 0u8 }).unwrap();
+            let bytes = serde_json::to_vec(&Envelope { v, id: 1, token: None, body: 0u8 }).unwrap();
             assert!(decode::<u8>(&bytes).is_ok());
         }
     }

@@ -23,6 +23,8 @@ pub trait Exchange {
     fn version(&self) -> u32;
     /// Sends `req` and waits for its response.
     fn call(&mut self, req: &Request) -> impl std::future::Future<Output = Result<Response, SyncError>>;
+    /// The token the next requests carry (an exchange without tokens ignores it).
+    fn set_token(&mut self, _token: Option<String>) {}
 }
 
 impl Exchange for RpcClient {
@@ -32,6 +34,10 @@ impl Exchange for RpcClient {
 
     fn call(&mut self, req: &Request) -> impl std::future::Future<Output = Result<Response, SyncError>> {
         RpcClient::call(self, req)
+    }
+
+    fn set_token(&mut self, token: Option<String>) {
+        self.token = token;
     }
 }
 
@@ -47,6 +53,11 @@ pub trait TransportFilter: Send + Sync {
     fn response(&mut self, _req: &Request, resp: Response) -> Response {
         resp
     }
+
+    /// Rewrites the token `req` goes out with.
+    fn token(&mut self, _req: &Request, token: Option<String>) -> Option<String> {
+        token
+    }
 }
 
 /// The simulated instant now, read from madsim's time handle (never the machine's clock).
@@ -61,6 +72,7 @@ pub struct RpcClient {
     next_id: u64,
     timeout: Duration,
     version: u32,
+    token: Option<String>,
     filter: Option<Box<dyn TransportFilter>>,
 }
 
@@ -69,7 +81,7 @@ impl RpcClient {
     /// response meant for a previous boot is never taken for a new request's.
     pub async fn bind(server: SocketAddr, id_base: u64, timeout: Duration) -> Result<Self, SyncError> {
         let ep = Endpoint::bind("0.0.0.0:0").await.map_err(|e| SyncError::Transport { detail: format!("bind: {e}") })?;
-        Ok(RpcClient { ep, server, next_id: id_base << 32, timeout, version: PROTOCOL_VERSION, filter: None })
+        Ok(RpcClient { ep, server, next_id: id_base << 32, timeout, version: PROTOCOL_VERSION, token: None, filter: None })
     }
 
     /// Speaks protocol version `v` (an older device).
@@ -89,8 +101,12 @@ impl RpcClient {
         self
     }
 
-    async fn send(&self, id: u64, req: &Request) -> Result<(), SyncError> {
-        let bytes = proto::encode(self.version, id, req);
+    async fn send(&mut self, id: u64, req: &Request) -> Result<(), SyncError> {
+        let token = match self.filter.as_mut() {
+            Some(f) => f.token(req, self.token.clone()),
+            None => self.token.clone(),
+        };
+        let bytes = proto::encode_with_token(self.version, id, token.as_deref(), req);
         self.ep
             .send_to_raw(self.server, TAG_REQUEST, Box::new(bytes))
             .await
@@ -138,14 +154,14 @@ impl RpcClient {
     }
 }
 
-/// Serves requests on the server's endpoint until the node stops. Each answer is in the
-/// protocol version of its request.
-pub async fn serve(ep: &Endpoint, mut handle: impl FnMut(Request) -> Response) -> std::io::Result<()> {
+/// Serves requests on the server's endpoint until the node stops; `handle` gets each request
+/// with the token it carries. Each answer is in the protocol version of its request.
+pub async fn serve(ep: &Endpoint, mut handle: impl FnMut(Option<String>, Request) -> Response) -> std::io::Result<()> {
     loop {
         let (payload, from) = ep.recv_from_raw(TAG_REQUEST).await?;
         let Ok(bytes) = payload.downcast::<Vec<u8>>() else { continue };
         let (v, id, resp) = match proto::decode::<Request>(&bytes) {
-            Ok(env) => (env.v, env.id, handle(env.body)),
+            Ok(env) => (env.v, env.id, handle(env.token, env.body)),
             Err(e @ DecodeError::Version { id, .. }) => (PROTOCOL_VERSION, id, Response::error("protocolVersionUnsupported", e.to_string())),
             Err(e) => (PROTOCOL_VERSION, 0, Response::error("badRequest", e.to_string())),
         };

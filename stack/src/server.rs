@@ -9,6 +9,11 @@
 //!
 //! A replica is bound to the tenant of its first request; a request for another tenant is
 //! refused (`rbacDenied`) and reported, never silently merged.
+//!
+//! A server with a token service ([`Server::with_tokens`]) answers token requests and admits a
+//! push or pull only with a live token of that replica and tenant, judged by its own clock;
+//! anything else is refused with the token's typed error (`keys:tokenInvalid`,
+//! `keys:tokenExpired`, `keys:tokenIdentityMismatch`) before the request touches the store.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +21,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use crate::chain;
 use crate::error::StoreError;
+use crate::keys::token::TokenAuth;
 use crate::proto::{Accepted, PendingWrite, Request, Response, WireEvent, PAGE_LIMIT_MAX};
 use crate::store::{self, EventRow};
 
@@ -48,6 +54,7 @@ pub struct ServerOptions {
 pub struct Server {
     conn: Connection,
     options: ServerOptions,
+    tokens: Option<TokenAuth>,
 }
 
 /// A compacted write: enough to keep pushes idempotent and to account for it.
@@ -98,7 +105,7 @@ impl Server {
         conn.execute_batch(store::EVENTS_SCHEMA)?;
         conn.execute_batch(SERVER_SCHEMA)?;
         conn.execute_batch(crate::blobs::registry::SCHEMA)?;
-        Ok(Server { conn, options })
+        Ok(Server { conn, options, tokens: None })
     }
 
     /// The connection the blob registry lives on (the blob layer borrows it step by step).
@@ -106,13 +113,40 @@ impl Server {
         &self.conn
     }
 
-    /// Answers one request.
+    /// Requires tokens from now on, issued and checked by `tokens`.
+    pub fn with_tokens(mut self, tokens: TokenAuth) -> Server {
+        self.tokens = Some(tokens);
+        self
+    }
+
+    /// Answers one request that carries no token.
     pub fn handle(&mut self, req: Request) -> Response {
+        self.handle_with_token(None, req)
+    }
+
+    /// Answers one request carrying `token`. Without a token service the token is ignored.
+    pub fn handle_with_token(&mut self, token: Option<&str>, req: Request) -> Response {
+        if let Some(auth) = self.tokens.as_mut() {
+            let admitted = match &req {
+                Request::Token { tenant, replica, identity, nonce, proof } => {
+                    return match auth.issue(tenant, replica, identity, nonce, proof) {
+                        Ok((token, server_unix_ms)) => Response::Token { token, server_unix_ms },
+                        Err(e) => Response::error(e.code(), e.to_string()),
+                    };
+                }
+                Request::Push { tenant, replica, .. } | Request::Pull { tenant, replica, .. } => auth.admit(token, tenant, replica).map(|_| ()),
+                Request::Blob(_) => Ok(()),
+            };
+            if let Err(e) = admitted {
+                return Response::error(e.code(), e.to_string());
+            }
+        }
         let result = match req {
             Request::Push { tenant, replica, writes } => self.push(&tenant, &replica, &writes),
             Request::Pull { tenant, replica, since, limit } => self.pull(&tenant, &replica, since, limit),
             // Blob requests wait on the object store: `blobs::serve` hands them to the blob layer.
             Request::Blob(_) => Err(Refusal::Answer(Response::error("blobServiceRequired", "blob requests are served by the blob layer"))),
+            Request::Token { .. } => Err(Refusal::Answer(Response::error("tokenServiceDisabled", "this server issues no tokens"))),
         };
         match result {
             Ok(r) | Err(Refusal::Answer(r)) => r,

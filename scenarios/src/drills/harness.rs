@@ -107,6 +107,8 @@ pub struct Ctx {
     pub verdict: Verdict,
     /// The object store, once a drill asked for it.
     pub blobs: Option<crate::blobs_world::BlobWorld>,
+    /// The token service the server requires tokens of (pairing keys come from it).
+    pub tokens: Arc<crate::tokens::Tokens>,
     next_op: u64,
 }
 
@@ -133,7 +135,8 @@ impl Ctx {
         let server_slot = Arc::new(Mutex::new(None));
         let options = ServerOptions { retention_events: plan.server_retention };
         let tenant_keys = Arc::new(plan.clients.iter().map(|c| (c.tenant.clone(), Arc::new(tenant_ring(&c.tenant)))).collect());
-        let sctx = Arc::new(ServerCtx { options, tenant_keys, slot: server_slot.clone(), shared: shared.clone() });
+        let tokens = Arc::new(crate::tokens::Tokens::new(plan.seed));
+        let sctx = Arc::new(ServerCtx { options, tenant_keys, slot: server_slot.clone(), tokens: tokens.clone(), shared: shared.clone() });
         let server = handle.create_node().name("server").ip(SERVER_IP).init(move || procs::server_main(sctx.clone())).build();
         nodes.add("server", server.id(), DiskFaults::none(), &seeds);
         let mut devs = Vec::new();
@@ -156,7 +159,7 @@ impl Ctx {
             });
         }
         let rng = seeds.stream("drill");
-        let mut cx = Ctx { plan, drill, seeds, rng, shared, nodes, server: server.id(), server_slot, devs, verdict: Verdict::default(), blobs: None, next_op: 0 };
+        let mut cx = Ctx { plan, drill, seeds, rng, shared, nodes, server: server.id(), server_slot, devs, verdict: Verdict::default(), blobs: None, tokens, next_op: 0 };
         cx.wait_server().await;
         for i in 0..cx.devs.len() {
             if let Err(e) = cx.open(i).await {
@@ -299,26 +302,8 @@ impl Ctx {
 
     /// Opens device `i`'s database on its node and binds its connection to the server.
     pub async fn open(&mut self, i: usize) -> Result<(), StoreError> {
-        let d = &mut self.devs[i];
-        d.opens += 1;
-        let (name, tenant, node) = (d.name.clone(), d.tenant.clone(), d.node);
-        let nonces = self.seeds.stream(&format!("nonces/{name}/{}", d.opens));
-        let task = async move {
-            let keys = DeviceKeys::new(Ring::Fixed(tenant_ring(&tenant)), Box::new(nonces));
-            let r = Client::open(DEVICE_DB, &name, &tenant, Box::new(NodeClock(node)), keys);
-            HANDOFF.with(|h| *h.borrow_mut() = Some(r));
-        };
-        self.on(node, task).await;
-        let client = HANDOFF.with(|h| h.borrow_mut().take()).expect("the open task handed its client over")?;
-        let boots = client.boots();
-        let server = SocketAddr::new(SERVER_IP, SERVER_PORT);
-        let rpc = self.on(node, async move { RpcClient::bind(server, boots, Duration::from_millis(RPC_TIMEOUT_MS)).await }).await;
-        let d = &mut self.devs[i];
-        let rpc = rpc.unwrap_or_else(|e| panic!("{} cannot bind: {e}", d.name));
-        d.rpc = Some(rpc.with_version(d.version).with_filter(Box::new(FaultyTransport(d.transport.clone()))));
-        d.client = Some(client);
-        trace::emit(&d.name, "node.recovered", json!({"boots": boots}));
-        Ok(())
+        let ring = Ring::Fixed(tenant_ring(&self.devs[i].tenant));
+        self.open_with_ring(i, ring).await
     }
 
     fn op_id(&mut self) -> u64 {
@@ -504,5 +489,33 @@ impl Ctx {
         for i in 0..self.devs.len() {
             self.sync(i).await.unwrap_or_else(|e| panic!("warm-up sync failed: {e}"));
         }
+    }
+
+    /// Opens device `i` like [`Ctx::open`], with its aggregate keys in `ring`: a real key store
+    /// (opened on the device's node, so its file is on the device's disk) instead of the tenant's
+    /// fixed keys.
+    pub async fn open_with_ring(&mut self, i: usize, ring: Ring) -> Result<(), StoreError> {
+        let d = &mut self.devs[i];
+        d.opens += 1;
+        let (name, tenant, node) = (d.name.clone(), d.tenant.clone(), d.node);
+        let nonces = self.seeds.stream(&format!("nonces/{name}/{}", d.opens));
+        let pairing = self.tokens.pairing(&tenant, &name);
+        let task = async move {
+            let keys = DeviceKeys::new(ring, Box::new(nonces));
+            let r = Client::open(DEVICE_DB, &name, &tenant, Box::new(NodeClock(node)), keys);
+            HANDOFF.with(|h| *h.borrow_mut() = Some(r));
+        };
+        self.on(node, task).await;
+        let mut client = HANDOFF.with(|h| h.borrow_mut().take()).expect("the open task handed its client over")?;
+        client.set_pairing(pairing)?;
+        let boots = client.boots();
+        let server = SocketAddr::new(SERVER_IP, SERVER_PORT);
+        let rpc = self.on(node, async move { RpcClient::bind(server, boots, Duration::from_millis(RPC_TIMEOUT_MS)).await }).await;
+        let d = &mut self.devs[i];
+        let rpc = rpc.unwrap_or_else(|e| panic!("{} cannot bind: {e}", d.name));
+        d.rpc = Some(rpc.with_version(d.version).with_filter(Box::new(FaultyTransport(d.transport.clone()))));
+        d.client = Some(client);
+        trace::emit(&d.name, "node.recovered", json!({"boots": boots}));
+        Ok(())
     }
 }

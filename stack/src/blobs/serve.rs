@@ -13,7 +13,7 @@ use super::wire::{BlobRequest, BlobResponse};
 
 /// Serves requests on `ep` until the node stops: `handle` answers sync requests, `blob` starts
 /// the answer to each blob request. Each answer is in the protocol version of its request.
-pub async fn serve_with_blobs<B, F>(ep: Endpoint, mut handle: impl FnMut(Request) -> Response, blob: B) -> std::io::Result<()>
+pub async fn serve_with_blobs<B, F>(ep: Endpoint, mut handle: impl FnMut(Option<String>, Request) -> Response, blob: B) -> std::io::Result<()>
 where
     B: Fn(BlobRequest) -> F,
     F: Future<Output = BlobResponse> + Send + 'static,
@@ -35,7 +35,7 @@ where
                     });
                     continue;
                 }
-                body => (env.v, env.id, handle(body)),
+                body => (env.v, env.id, handle(env.token, body)),
             },
             Err(e @ DecodeError::Version { id, .. }) => (PROTOCOL_VERSION, id, Response::error("protocolVersionUnsupported", e.to_string())),
             Err(e) => (PROTOCOL_VERSION, 0, Response::error("badRequest", e.to_string())),
