@@ -253,6 +253,10 @@ pub struct KeyFaults {
     pub unrecoverable: std::collections::BTreeSet<String>,
     /// What the operator did, in order, for the recovery check's name.
     pub repairs: Vec<&'static str>,
+    /// The operator's backup of the key store the database is bound to now, by store id: what
+    /// restores a lost store so that it binds again. (`ClientCtx::backup`, the first one, is
+    /// the one whose aggregate keys are imported at the heal.)
+    pub store_backup: Option<(String, Vec<u8>)>,
 }
 
 /// The bytes a device's user writes for operation `op`: unique per operation, so the model can
@@ -661,14 +665,12 @@ fn check_key_recovery(ctx: &ClientCtx, client: &Client) {
         })
         .collect();
     // Unrecoverable: the events of aggregates whose keys the world took for good and that the
-    // device reports lost (`keys:payloadsUnrecoverable`). A key back from elsewhere makes its
+    // device does not hold (it reports them `keys:payloadsUnrecoverable`, or missing when a
+    // later loss of its key store took the record with it). A key back from elsewhere makes its
     // events count again; an event gone from the device is never excused.
-    let still_lost: std::collections::BTreeSet<String> = match &client.keys().ring {
-        Ring::Store(ks) => ks.lost_aggregates().unwrap_or_default().into_iter().collect(),
-        Ring::Fixed(_) => Default::default(),
-    };
-    let unrecoverable: std::collections::BTreeSet<String> =
-        events.iter().filter(|e| lost_for_good.contains(&e.aggregate) && still_lost.contains(&e.aggregate)).map(|e| e.op_id.clone()).collect();
+    let held: std::collections::BTreeSet<String> = client.keys().ring.aggregates().unwrap_or_default().into_iter().collect();
+    let still_lost: std::collections::BTreeSet<String> = lost_for_good.iter().filter(|a| !held.contains(*a)).cloned().collect();
+    let unrecoverable: std::collections::BTreeSet<String> = events.iter().filter(|e| still_lost.contains(&e.aggregate)).map(|e| e.op_id.clone()).collect();
     let detail = json!({"recovery": recovery, "unrecoverable": unrecoverable.len(), "lost_aggregates": still_lost});
     let fact = Fact::Recovered { node: ctx.name.clone(), recovery, committed, after, unrecoverable };
     record(&ctx.shared, &ctx.name, "check.recovery", detail, Some(fact));
@@ -778,6 +780,11 @@ fn open_device(ctx: &ClientCtx, node: madsim::task::NodeId, start: u64, attempt:
             *backup = Some(ks.export_backup(&backup_passphrase(ctx), KdfParams::sim(), &mut rng)?);
         }
     }
+    let backed_up = lock(&ctx.key_faults).store_backup.as_ref().is_some_and(|(id, _)| id == ks.store_id());
+    if !backed_up {
+        let b = ks.export_backup(&backup_passphrase(ctx), KdfParams::sim(), &mut rng)?;
+        lock(&ctx.key_faults).store_backup = Some((ks.store_id().to_string(), b));
+    }
     let keys = DeviceKeys::new(Ring::Store(Box::new(ks)), Box::new(streams.stream("nonces")));
     Ok(Opened::Ready(Client::open(DEVICE_DB, &ctx.name, &ctx.tenant, Box::new(NodeClock(node)), keys)?))
 }
@@ -839,16 +846,19 @@ fn repair_keys(ctx: &ClientCtx, start: u64, e: &KeyError) -> Result<&'static str
             *lock(&ctx.backup) = None;
             "passphrase declared lost"
         }
-        KeyError::HalfRestore(Half::KeyStoreMissing { expected_store_id }) => match lock(&ctx.backup).clone().filter(|_| restore_now) {
-            Some(b) => {
-                drop(KeyStore::restore_backup(KEYS_DB, &b, &backup_passphrase(ctx), &passphrase(ctx), KdfParams::sim(), &mut rng)?);
-                "key store restored from the key backup"
+        KeyError::HalfRestore(Half::KeyStoreMissing { expected_store_id }) => {
+            let backup = lock(&ctx.key_faults).store_backup.clone().filter(|(id, _)| restore_now && id == expected_store_id);
+            match backup {
+                Some((_, b)) => {
+                    drop(KeyStore::restore_backup(KEYS_DB, &b, &backup_passphrase(ctx), &passphrase(ctx), KdfParams::sim(), &mut rng)?);
+                    "key store restored from the key backup"
+                }
+                None => {
+                    drop(KeyStore::replace_lost(KEYS_DB, expected_store_id, &passphrase(ctx), KdfParams::sim(), &mut rng)?);
+                    "key store declared lost and replaced"
+                }
             }
-            None => {
-                drop(KeyStore::replace_lost(KEYS_DB, expected_store_id, &passphrase(ctx), KdfParams::sim(), &mut rng)?);
-                "key store declared lost and replaced"
-            }
-        },
+        }
         other => return Err(other.clone()),
     };
     lock(&ctx.key_faults).repairs.push(done);

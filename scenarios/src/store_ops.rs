@@ -23,12 +23,19 @@
 //!   some moment and migrates at once; the fault cuts its power at a disk operation inside the
 //!   migration. Every later start runs the migration again, which resumes or starts over, so the
 //!   device ends at version 2 (INV-MIGRATION) with its projections intact (INV-PROJECTION).
+//! - **The effects node's own faults.** The external service crashes (its process dies and its
+//!   node boots again after a while, its receiver recovering from its own disk) or is cut off
+//!   from every device for a while. A delivery in flight then gets no answer
+//!   (`saga:effectUnavailable`: the receiver may or may not have applied it) and stays
+//!   `delivering`; the next round sends it again and the receiver recognises a duplicate, so
+//!   each effect is applied exactly once all the same (INV-ONCE).
 //! - **Diagnostics bundle** (000 open question). At the end-of-run audit every device exports
 //!   its bundle and proves it with `check_bundle` against every secret it holds; the world adds
 //!   the bytes to the INV-NO-PLAINTEXT scan as `<device>:diagnostics.json`.
 //!
 //! Each fault is counted in the run's faults by kind (`saga.crash`, `artifact.corrupt`,
-//! `projection.corrupt`, `migration.crash`) only when it really happened. Planted bugs
+//! `projection.corrupt`, `migration.crash`, `effects.crash`, `effects.partition`) only when it
+//! really happened. Planted bugs
 //! ([`Bug`]) switch a recovery off, for tests that show the run then fails.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -133,6 +140,20 @@ pub struct Upgrade {
     pub cut_after_ops: Option<u32>,
 }
 
+/// The effects node loses its power at `at_ms` and boots again after `down_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EffectsCrash {
+    pub at_ms: u64,
+    pub down_ms: u64,
+}
+
+/// The effects node is cut off from every device (both ways) from `at_ms` for `ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EffectsPartition {
+    pub at_ms: u64,
+    pub ms: u64,
+}
+
 /// A planted bug: a recovery every device skips, or a leak, for tests that show a check fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -162,6 +183,10 @@ pub struct OpsPlan {
     pub projection_corrupt: Vec<ProjectionCorrupt>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upgrade: Vec<Upgrade>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub effects_crash: Vec<EffectsCrash>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub effects_partition: Vec<EffectsPartition>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bugs: Vec<Bug>,
 }
@@ -200,6 +225,15 @@ pub fn swarm(plan: &Plan, seeds: &SeedTree, duration_ms: u64) -> OpsPlan {
     if rng.gen_bool(0.7) {
         let cut_after_ops = rng.gen_bool(0.7).then(|| rng.gen_range(1..=MIGRATION_CUT_OPS_MAX));
         ops.upgrade.push(Upgrade { node: pick(&mut rng), at_ms: rng.gen_range(span / 4..span * 3 / 4), cut_after_ops });
+    }
+    // The effects node's faults draw from their own stream: adding them left every earlier
+    // draw (and so every earlier swarm plan's store work) as it was.
+    let mut rng = seeds.stream("store-ops-effects");
+    if rng.gen_bool(0.4) {
+        ops.effects_crash.push(EffectsCrash { at_ms: rng.gen_range(0..span), down_ms: rng.gen_range(50..=2_000) });
+    }
+    if rng.gen_bool(0.4) {
+        ops.effects_partition.push(EffectsPartition { at_ms: rng.gen_range(0..span), ms: rng.gen_range(100..=3_000) });
     }
     ops
 }
@@ -241,6 +275,11 @@ pub enum Step {
     CorruptArtifact { node: String },
     CorruptProjection { node: String, projection: String, nth: u32 },
     Upgrade { node: String, cut_after_ops: Option<u32> },
+    /// Crash the effects node; it boots after `down_ms` (played by the world, which owns the
+    /// nodes).
+    CrashEffects { down_ms: u64 },
+    /// Cut the effects node off from every device for `ms` (played by the world).
+    PartitionEffects { ms: u64 },
 }
 
 /// The plan's store-work steps, by time.
@@ -257,6 +296,12 @@ pub fn steps(ops: &OpsPlan) -> Vec<(u64, Step)> {
     }
     for u in &ops.upgrade {
         out.push((u.at_ms, Step::Upgrade { node: u.node.clone(), cut_after_ops: u.cut_after_ops }));
+    }
+    for c in &ops.effects_crash {
+        out.push((c.at_ms, Step::CrashEffects { down_ms: c.down_ms }));
+    }
+    for p in &ops.effects_partition {
+        out.push((p.at_ms, Step::PartitionEffects { ms: p.ms }));
     }
     out
 }
@@ -299,7 +344,7 @@ impl DeviceOps {
         Arc::new(DeviceOps { plan: None, counts: Arc::default(), state: Mutex::default() })
     }
 
-    fn count(&self, kind: &str) {
+    pub(crate) fn count(&self, kind: &str) {
         *lock(&self.counts).entry(kind.into()).or_default() += 1;
     }
 
@@ -318,9 +363,9 @@ pub struct OpsWorld {
     shared: SharedRef,
 }
 
-struct EffectsCtx {
-    slot: Arc<Mutex<Option<Receiver>>>,
-    shared: SharedRef,
+pub(crate) struct EffectsCtx {
+    pub(crate) slot: Arc<Mutex<Option<Receiver>>>,
+    pub(crate) shared: SharedRef,
 }
 
 impl OpsWorld {
@@ -357,6 +402,8 @@ impl OpsWorld {
     pub fn apply(&self, step: Step, nodes: &Nodes, mailboxes: &BTreeMap<String, Arc<Mutex<Mailbox>>>) {
         let node = match &step {
             Step::ArmSagaCrash { node, .. } | Step::CorruptArtifact { node } | Step::CorruptProjection { node, .. } | Step::Upgrade { node, .. } => node.clone(),
+            // The world plays the effects node's faults (see `run.rs`).
+            Step::CrashEffects { .. } | Step::PartitionEffects { .. } => return,
         };
         if nodes.is_down(&node) {
             trace::emit(&node, "op.skipped", json!({"reason": "device is down", "store_step": format!("{step:?}")}));
@@ -379,6 +426,7 @@ impl OpsWorld {
             },
             Step::CorruptProjection { projection, nth, .. } => push(Cmd::CorruptProjection { projection, nth }),
             Step::Upgrade { cut_after_ops, .. } => push(Cmd::Upgrade { cut_after_ops }),
+            Step::CrashEffects { .. } | Step::PartitionEffects { .. } => {}
         }
     }
 
@@ -390,6 +438,16 @@ impl OpsWorld {
             s.healed = true;
             s.saga_crash = None;
         }
+    }
+
+    /// Counts a fault of the effects node that happened (the world plays them).
+    pub fn count(&self, kind: &str) {
+        *lock(&self.counts).entry(kind.into()).or_default() += 1;
+    }
+
+    /// Whether the world has an effects node.
+    pub fn has_effects_node(&self) -> bool {
+        self.effects.is_some()
     }
 
     /// Adds the faults that happened to the run's counts.
@@ -472,7 +530,10 @@ struct EffectAnswer {
 }
 
 /// The effects node's process: the receiver in its own database, answering deliveries.
-async fn effects_main(ctx: Arc<EffectsCtx>) {
+pub(crate) async fn effects_main(ctx: Arc<EffectsCtx>) {
+    // The receiver of a process that died with its node is gone with it (its handles belong to
+    // an earlier crash generation of the disk, which refuses them).
+    drop(lock(&ctx.slot).take());
     let mut receiver = None;
     for attempt in 1..=1_000u32 {
         match store::open(EFFECTS_DB).and_then(Receiver::open) {
@@ -521,20 +582,20 @@ fn now() -> madsim::time::Instant {
 }
 
 /// A device's connection to the effects node.
-struct EffectsClient {
+pub(crate) struct EffectsClient {
     ep: Endpoint,
     next_id: u64,
 }
 
 impl EffectsClient {
-    async fn bind(boots: u64) -> Option<EffectsClient> {
+    pub(crate) async fn bind(boots: u64) -> Option<EffectsClient> {
         let ep = Endpoint::bind("0.0.0.0:0").await.ok()?;
         Some(EffectsClient { ep, next_id: boots << 32 })
     }
 
     /// Sends one effect and waits for the receiver's answer; no answer in time is
     /// `saga:effectUnavailable` (the receiver may or may not have applied it).
-    async fn deliver(&mut self, effect_id: &str, body: &str) -> Result<Delivered, EffectError> {
+    pub(crate) async fn deliver(&mut self, effect_id: &str, body: &str) -> Result<Delivered, EffectError> {
         self.next_id += 1;
         let id = self.next_id;
         let unavailable = |detail: String| EffectError::Unavailable { detail };
@@ -955,7 +1016,7 @@ fn check_rebuilt(ctx: &ClientCtx, client: &Client) {
 }
 
 /// The key the device's artifacts are sealed under, when its keys are in a key store.
-fn artifact_key(client: &Client) -> Option<drill_stack::crypto::Key> {
+pub(crate) fn artifact_key(client: &Client) -> Option<drill_stack::crypto::Key> {
     match &client.keys().ring {
         Ring::Store(ks) => ks.identity_key().ok().map(|k| artifacts::artifact_key(&k)),
         Ring::Fixed(_) => None,
@@ -964,7 +1025,7 @@ fn artifact_key(client: &Client) -> Option<drill_stack::crypto::Key> {
 
 /// The projections that differ from a replay of the device's events (the stack's
 /// [`verify`](drill_stack::projections::verify::verify)), with the first difference.
-fn inconsistent_projections(client: &Client) -> Result<Vec<(&'static str, String)>, String> {
+pub(crate) fn inconsistent_projections(client: &Client) -> Result<Vec<(&'static str, String)>, String> {
     let events = client.events().map_err(|e| e.to_string())?;
     let sealed = events.iter().map(envelope::sealed_event).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
     let found = drill_stack::projections::verify::verify(client.db(), client.engine(), &sealed, &client.keys().ring, client.tenant()).map_err(|e| e.to_string())?;

@@ -1,7 +1,35 @@
-//! Store and key faults in the world (runbooks 000 and 004): a device switched to READ_ONLY for
-//! a while, a device that loses its key store (its node goes down and comes back with the key
-//! store file gone, and pairs again), and planted bugs that prove the end-of-run scan for
-//! plaintext and key material works.
+//! Store and key faults in the world (runbooks 000, 002 and 004): a device switched to READ_ONLY
+//! for a while, a device that loses its key store (its node goes down and comes back with the
+//! key store file gone), a device whose user forgets the passphrase, and planted bugs that prove
+//! the end-of-run scan for plaintext and key material works.
+//!
+//! **Key faults are found when the device opens, and repaired by the operator.** A device opens
+//! its database and its key store together and checks that they belong together
+//! (`keys::binding::bind`): a database bound to a key store that is not there is
+//! `keys:halfRestoreKeyStoreMissing` (counted as `keys.half_restore`), a passphrase that does
+//! not open the store is `keys:passphraseWrong`. The device then records the typed error and
+//! refuses every command with it: it never runs half-working on a fresh, unbound key store. The
+//! operator answers a while after the device came back, and again at the heal (runbook 002,
+//! "Backup and Recovery Guidance"):
+//! - with the key backup at hand (`key_store_loss`), the key store is restored from it: the
+//!   same store id, so the database's binding holds again and the device carries on;
+//! - without it for now (`aggregate_key_loss`), the lost store is declared lost and a
+//!   replacement bound in its place, which pairs again without the keys of the named
+//!   aggregates; they come back when the operator restores the backup, at the heal;
+//! - when the passphrase is gone and there is no backup (`passphrase_loss`, counted as
+//!   `keys.passphrase_lost`), the operator declares it lost (`KeyStore::declare_passphrase_lost`):
+//!   a new store under a new passphrase, pairing again. The keys of the named aggregates are
+//!   the ones pairing cannot give back: on this device their payloads are unrecoverable
+//!   (`keys:payloadsUnrecoverable`, naming them), its projections skip them and report them
+//!   incomplete, and everything else (other aggregates, new writes, sync) keeps working.
+//!
+//! The loss is the device's only. Its tenant's other devices keep their keys and read every
+//! event; the server only ever held ciphertext. That is what a user with several devices
+//! expects: forgetting the passphrase of one phone must not make the shop's history unreadable
+//! on the others. The model's INV-RECOVERY judges the device at the end of the run against the
+//! events it held when it found the fault, exempting exactly the events of aggregates whose keys
+//! the world took from it and it still reports lost; INV-NO-REGEN holds across the new store
+//! (the vault marker survives, the vault key comes back from a peer).
 //!
 //! READ_ONLY is an operator's action: while it lasts, the device's appends and syncs must be
 //! refused with `store:readOnly` and its stored content must not change (INV-READ-ONLY); the
@@ -42,6 +70,20 @@ pub struct AggregateKeyLoss {
     pub aggregates: Vec<String>,
 }
 
+/// A device's user forgets its passphrase while its node is down for `down_ms`, and there is no
+/// backup: the operator declares it lost, and pairing again gives back every key but those of
+/// `aggregates`, whose payloads stay unrecoverable on this device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassphraseLoss {
+    pub node: String,
+    pub at_ms: u64,
+    pub down_ms: u64,
+    pub aggregates: Vec<String>,
+}
+
+/// How long the operator takes to answer a key error a device reports when it comes back.
+pub const OPERATOR_MS: u64 = 300;
+
 /// The store part of a plan.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StorePlan {
@@ -51,6 +93,8 @@ pub struct StorePlan {
     pub key_store_loss: Vec<KeyStoreLoss>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aggregate_key_loss: Vec<AggregateKeyLoss>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passphrase_loss: Vec<PassphraseLoss>,
     /// Planted bugs, for tests that show a check fires: a workload plaintext written into a
     /// file on each named node's disk just before the end-of-run scan.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -59,6 +103,11 @@ pub struct StorePlan {
     /// of a device that lost aggregate keys is never restored.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skip_key_restore: bool,
+    /// A planted operator mistake, for the tests that show a key fault is not survived without
+    /// its repair: a device that reports a key error when it opens is never answered (no backup
+    /// restore, no declaration), so it refuses to work to the end of the run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_key_repair: bool,
     /// The store's own work on the devices (sagas, artifacts, migration, diagnostics bundle)
     /// and its faults; without it, none of it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,9 +119,15 @@ pub struct StorePlan {
 pub enum StoreStep {
     /// Switch a device to READ_ONLY (`on`) or back to NORMAL.
     ReadOnly { node: String, on: bool },
-    /// Power the device off, delete its key store, and boot it after `down_ms`, pairing again
-    /// without the keys of `withheld`.
+    /// Power the device off, delete its key store, and boot it after `down_ms`; without
+    /// `withheld` the operator restores the key backup, with it the store is declared lost and
+    /// its replacement pairs again without the keys of `withheld`.
     LoseKeyStore { node: String, down_ms: u64, withheld: Vec<String> },
+    /// Power the device off, make its user forget the passphrase, and boot it after `down_ms`;
+    /// pairing again after the declaration gives back every key but those of `aggregates`.
+    LosePassphrase { node: String, down_ms: u64, aggregates: Vec<String> },
+    /// The operator answers the key error the device reported when it opened, if any.
+    RepairKeys { node: String },
     /// A step of the store's work (see [`crate::store_ops`]).
     Ops(crate::store_ops::Step),
 }
@@ -108,11 +163,32 @@ pub fn add_to_plan(plan: &mut Plan, seeds: &SeedTree, duration_ms: u64) {
             store.aggregate_key_loss.push(loss);
         }
     }
+    // The passphrase loss draws from its own stream: every earlier draw stays as it was.
+    let mut rng = seeds.stream("store-faults-passphrase");
+    if rng.gen_bool(0.3) {
+        let node = clients[rng.gen_range(0..clients.len())].clone();
+        let mut aggregates: Vec<String> = written_aggregates(plan).into_iter().filter(|_| rng.gen_bool(0.3)).collect();
+        if aggregates.is_empty() {
+            aggregates.extend(written_aggregates(plan).into_iter().next());
+        }
+        store.passphrase_loss.push(PassphraseLoss { node, at_ms: rng.gen_range(0..duration_ms.max(1)), down_ms: rng.gen_range(50..=1_500), aggregates });
+    }
     store.read_only.sort_by_key(|w| w.at_ms);
     store.ops = Some(crate::store_ops::swarm(plan, seeds, duration_ms));
     if store != StorePlan::default() {
         plan.store = Some(store);
     }
+}
+
+/// The aggregates the plan's workload writes to.
+fn written_aggregates(plan: &Plan) -> std::collections::BTreeSet<String> {
+    plan.ops
+        .iter()
+        .filter_map(|o| match &o.action {
+            crate::plan::Action::Append { aggregate, .. } => Some(aggregate.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Checks the store part of a plan.
@@ -132,6 +208,11 @@ pub fn validate(plan: &Plan) -> Result<(), String> {
     for l in &s.aggregate_key_loss {
         if !device(&l.node) {
             return Err(format!("aggregate_key_loss on unknown device '{}'", l.node));
+        }
+    }
+    for l in &s.passphrase_loss {
+        if !device(&l.node) {
+            return Err(format!("passphrase_loss on unknown device '{}'", l.node));
         }
     }
     if let Some(o) = &s.ops {
@@ -159,6 +240,9 @@ pub fn steps(plan: &Plan) -> Vec<(u64, StoreStep)> {
     for l in &s.aggregate_key_loss {
         out.push((l.at_ms, StoreStep::LoseKeyStore { node: l.node.clone(), down_ms: l.down_ms, withheld: l.aggregates.clone() }));
     }
+    for l in &s.passphrase_loss {
+        out.push((l.at_ms, StoreStep::LosePassphrase { node: l.node.clone(), down_ms: l.down_ms, aggregates: l.aggregates.clone() }));
+    }
     if let Some(o) = &s.ops {
         out.extend(crate::store_ops::steps(o).into_iter().map(|(t, step)| (t, StoreStep::Ops(step))));
     }
@@ -168,4 +252,12 @@ pub fn steps(plan: &Plan) -> Vec<(u64, StoreStep)> {
 /// Devices whose aggregate keys the operator restores from their backup at the heal.
 pub fn restore_at_heal(plan: &Plan) -> std::collections::BTreeSet<String> {
     plan.store.iter().filter(|s| !s.skip_key_restore).flat_map(|s| s.aggregate_key_loss.iter().map(|l| l.node.clone())).collect()
+}
+
+/// Devices whose key errors the operator answers at the heal (one may still be refusing to
+/// work: it came back after its operator's step, or crashed again before it).
+pub fn repair_at_heal(plan: &Plan) -> std::collections::BTreeSet<String> {
+    let Some(s) = plan.store.as_ref().filter(|s| !s.skip_key_repair) else { return Default::default() };
+    let losses = s.key_store_loss.iter().map(|l| &l.node).chain(s.aggregate_key_loss.iter().map(|l| &l.node));
+    losses.chain(s.passphrase_loss.iter().map(|l| &l.node)).cloned().collect()
 }

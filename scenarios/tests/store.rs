@@ -2,7 +2,7 @@
 //! projections folded and checked against the model, READ_ONLY windows, key store loss.
 
 use drill_scenarios::plan::Plan;
-use drill_scenarios::store_world::{KeyStoreLoss, ReadOnlyWindow, StorePlan};
+use drill_scenarios::store_world::{KeyStoreLoss, PassphraseLoss, ReadOnlyWindow, StorePlan};
 use drill_scenarios::{plan_for, run::execute, Outcome, RunReport};
 
 fn lines(r: &RunReport) -> Vec<serde_json::Value> {
@@ -111,4 +111,106 @@ fn a_skipped_key_backup_restore_fails_the_recovery_check() {
     let found: Vec<_> = r.violations.iter().filter(|v| v.invariant == "INV-RECOVERY").collect();
     assert_eq!(found.len(), 1, "{:?}", r.violations);
     assert_eq!(found[0].node, "client-1");
+}
+
+fn of<'a>(l: &'a [serde_json::Value], node: &str, kind: &str) -> Vec<&'a serde_json::Value> {
+    l.iter().filter(|v| v["node"] == node && v["kind"] == kind).collect()
+}
+
+/// The trace lines of `node` between its first `from` line and its first `to` line after it.
+fn between<'a>(l: &'a [serde_json::Value], node: &str, from: &str, to: &str) -> Vec<&'a serde_json::Value> {
+    let mine: Vec<&serde_json::Value> = l.iter().filter(|v| v["node"] == node).collect();
+    let start = mine.iter().position(|v| v["kind"] == from).expect("the from line");
+    let end = mine[start..].iter().position(|v| v["kind"] == to).map_or(mine.len(), |i| start + i);
+    mine[start..end].to_vec()
+}
+
+#[test]
+fn a_lost_key_store_is_a_half_restore_the_device_refuses_until_the_operator_restores_the_backup() {
+    for seed in 1..=4 {
+        let loss = KeyStoreLoss { node: "client-1".into(), at_ms: 3_000, down_ms: 500 };
+        let r = execute(&with_store(seed, StorePlan { key_store_loss: vec![loss.clone()], ..StorePlan::default() }), None).unwrap();
+        assert_eq!(r.outcome, Outcome::Pass, "seed {seed}: {:?}", r.violations);
+        assert_eq!(r.faults.get("keys.half_restore"), Some(&1), "{:?}", r.faults);
+        let l = lines(&r);
+        // Opening the database without its key store is named...
+        let refused = of(&l, "client-1", "node.keys_refused");
+        assert_eq!(refused.len(), 1, "seed {seed}");
+        assert_eq!(refused[0]["detail"]["code"], "keys:halfRestoreKeyStoreMissing");
+        // ...the device does nothing until the operator answers...
+        let waiting = between(&l, "client-1", "node.keys_refused", "store.keys_repaired");
+        assert!(waiting.iter().all(|v| v["kind"] != "op.ok" && v["kind"] != "node.recovered"), "seed {seed}: it worked half");
+        // ...who restores the key backup: the same store, so no re-pairing as a new one.
+        let repaired = of(&l, "client-1", "store.keys_repaired");
+        assert_eq!(repaired[0]["detail"]["repair"], "key store restored from the key backup");
+        assert!(of(&l, "client-1", "store.key_store_replaced").is_empty());
+        // Every event it held came back readable.
+        assert!(!of(&l, "client-1", "check.recovery").is_empty(), "seed {seed}: recovery not judged");
+        assert!(checks(&r, "INV-RECOVERY") > 0);
+
+        if seed == 1 {
+            let skipped = StorePlan { key_store_loss: vec![loss], skip_key_repair: true, ..StorePlan::default() };
+            let r = execute(&with_store(seed, skipped), None).unwrap();
+            assert_eq!(r.outcome, Outcome::Liveness, "{:?}", r.violations);
+            assert!(r.violations.iter().any(|v| v.message.contains("keys:halfRestoreKeyStoreMissing")), "{:?}", r.violations);
+            let l = lines(&r);
+            let after = between(&l, "client-1", "node.keys_refused", "run.end");
+            assert!(after.iter().all(|v| v["kind"] != "op.ok"), "an unrepaired device worked half");
+            assert!(after.iter().any(|v| v["kind"] == "op.err" && v["detail"]["code"] == "keys:halfRestoreKeyStoreMissing"));
+        }
+    }
+}
+
+#[test]
+fn a_forgotten_passphrase_without_backup_is_declared_lost_and_only_its_aggregates_stay_unreadable_there() {
+    let (mut refused_writes, mut recovery_checks) = (0, 0);
+    for seed in 1..=4 {
+        let loss = PassphraseLoss { node: "client-1".into(), at_ms: 2_500, down_ms: 400, aggregates: vec!["note-1".into()] };
+        let r = execute(&with_store(seed, StorePlan { passphrase_loss: vec![loss.clone()], ..StorePlan::default() }), None).unwrap();
+        assert_eq!(r.outcome, Outcome::Pass, "seed {seed}: {:?}", r.violations);
+        assert_eq!(r.faults.get("keys.passphrase_lost"), Some(&1), "{:?}", r.faults);
+        let l = lines(&r);
+        assert_eq!(of(&l, "client-1", "node.keys_refused")[0]["detail"]["code"], "keys:passphraseWrong");
+        assert_eq!(of(&l, "client-1", "store.keys_repaired")[0]["detail"]["repair"], "passphrase declared lost");
+        // The typed error names the aggregate that is gone, and only it.
+        let named = of(&l, "client-1", "store.payloads_unrecoverable");
+        assert!(!named.is_empty(), "seed {seed}");
+        assert_eq!(named[0]["detail"]["aggregates"], serde_json::json!(["note-1"]));
+        assert_eq!(named[0]["detail"]["errors"][0]["code"], "keys:payloadsUnrecoverable");
+        // INV-RECOVERY excused exactly the events under it, and judged the rest.
+        let judged = of(&l, "client-1", "check.recovery");
+        assert_eq!(judged.len(), 1, "seed {seed}");
+        assert_eq!(judged[0]["detail"]["lost_aggregates"], serde_json::json!(["note-1"]));
+        assert!(checks(&r, "INV-NO-REGEN") > 0 && checks(&r, "INV-PROJECTION") > 0);
+        // (A device that held no event yet when it lost its passphrase has nothing to judge.)
+        recovery_checks += checks(&r, "INV-RECOVERY");
+        // No other device lost anything.
+        assert!(l.iter().all(|v| v["kind"] != "store.payloads_unrecoverable" || v["node"] == "client-1"));
+        // The device keeps writing, but never under a second key for the lost aggregate.
+        let after = between(&l, "client-1", "store.keys_repaired", "run.end");
+        refused_writes += after.iter().filter(|v| v["kind"] == "op.err" && v["detail"]["code"] == "keys:payloadsUnrecoverable").count();
+        assert!(after.iter().any(|v| v["kind"] == "op.ok"), "seed {seed}: the device stopped working");
+
+        if seed == 1 {
+            let skipped = StorePlan { passphrase_loss: vec![loss], skip_key_repair: true, ..StorePlan::default() };
+            let r = execute(&with_store(seed, skipped), None).unwrap();
+            assert_eq!(r.outcome, Outcome::Liveness, "{:?}", r.violations);
+            assert!(r.violations.iter().any(|v| v.message.contains("keys:passphraseWrong")), "{:?}", r.violations);
+        }
+    }
+    assert!(refused_writes > 0, "no write under the lost aggregate was refused");
+    assert!(recovery_checks >= 3, "{recovery_checks}");
+}
+
+#[test]
+fn key_fault_plans_name_known_devices_and_swarm_plans_carry_them() {
+    let loss = PassphraseLoss { node: "client-9".into(), at_ms: 0, down_ms: 1, aggregates: vec![] };
+    let p = with_store(1, StorePlan { passphrase_loss: vec![loss], ..StorePlan::default() });
+    assert!(p.validate().unwrap_err().contains("client-9"));
+    let mut found = 0;
+    for seed in 1..=40 {
+        let p = plan_for(seed, "sync-basic", "swarm").unwrap();
+        found += p.store.as_ref().map_or(0, |s| s.passphrase_loss.len());
+    }
+    assert!(found > 0);
 }

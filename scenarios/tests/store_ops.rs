@@ -199,3 +199,48 @@ fn swarm_plans_carry_the_store_work_and_each_fault_kind() {
     bad.store = Some(StorePlan { ops: Some(OpsPlan::work(&[0])), ..StorePlan::default() });
     assert!(bad.validate().is_err());
 }
+
+#[test]
+fn the_effects_node_crashed_or_cut_off_still_applies_each_effect_once_and_skipping_redelivery_fails() {
+    use drill_scenarios::store_ops::{EffectsCrash, EffectsPartition};
+    let faults = |bugs: Vec<Bug>, crash: bool| OpsPlan {
+        effects_crash: if crash { vec![EffectsCrash { at_ms: 0, down_ms: 4_000 }] } else { vec![] },
+        effects_partition: if crash { vec![] } else { vec![EffectsPartition { at_ms: 0, ms: 4_000 }] },
+        bugs,
+        ..work()
+    };
+    for (seed, crash) in [(1, true), (2, true), (1, false), (2, false)] {
+        let r = execute(&with_ops(seed, faults(vec![], crash)), None).unwrap();
+        assert_eq!(r.outcome, Outcome::Pass, "seed {seed} crash {crash}: {:?}", r.violations);
+        let kind = if crash { "effects.crash" } else { "effects.partition" };
+        assert_eq!(fault(&r, kind), 1, "{:?}", r.faults);
+        assert!(checks(&r, "INV-ONCE") > 0);
+        let l = lines(&r);
+        // A delivery found the receiver unreachable, and the same effect went through later.
+        let failed: Vec<&Value> = of_kind(&l, "store.saga_failed").into_iter().filter(|v| v["detail"]["code"] == "saga:effectUnavailable").collect();
+        assert!(!failed.is_empty(), "seed {seed} crash {crash}: no delivery met the fault");
+        let id = failed[0]["detail"]["effect_id"].as_str().unwrap();
+        let later = of_kind(&l, "store.saga_delivered").iter().any(|v| v["detail"]["effect_id"] == id && v["detail"]["attempts"].as_u64() > Some(1));
+        assert!(later, "seed {seed} crash {crash}: {id} was not delivered again");
+        if crash {
+            assert!(l.iter().any(|v| v["node"] == "effects" && v["kind"] == "fault.restart"), "the effects node never came back");
+        }
+
+        let skipped = execute(&with_ops(seed, faults(vec![Bug::SkipSagaRedelivery], crash)), None).unwrap();
+        assert_eq!(skipped.outcome, Outcome::Violation, "seed {seed} crash {crash}");
+        assert!(violated(&skipped, "INV-ONCE").iter().any(|m| m.contains("still delivering")), "{:?}", skipped.violations);
+    }
+}
+
+#[test]
+fn swarm_plans_carry_the_effects_node_faults() {
+    let (mut crashes, mut partitions) = (0, 0);
+    for seed in 1..=40 {
+        let p = plan_for(seed, "sync-basic", "swarm").unwrap();
+        let ops = p.store.as_ref().and_then(|s| s.ops.as_ref()).expect("swarm plans carry store work");
+        crashes += ops.effects_crash.len();
+        partitions += ops.effects_partition.len();
+        assert_eq!(drill_scenarios::plan::Plan::parse(&p.canonical_json()).unwrap(), p);
+    }
+    assert!(crashes > 0 && partitions > 0, "{crashes} crashes, {partitions} partitions");
+}
