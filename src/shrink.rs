@@ -355,6 +355,9 @@ fn without(plan: &Plan, list: &str, range: Range<usize>) -> Value {
 /// faults on it, partitions it is part of).
 fn without_client(plan: &Plan, i: usize) -> Value {
     let name = plan.clients[i].name.clone();
+    let tenant = plan.clients[i].tenant.clone();
+    // The tenant's last device: what the sections say about the tenant (its room's rekeys) goes.
+    let last_of_tenant = plan.clients.iter().filter(|c| c.tenant == tenant).count() == 1;
     let mut value = to_value(plan);
     for list in lists(&value) {
         let Some(items) = list_mut(&mut value, &list) else {
@@ -371,15 +374,28 @@ fn without_client(plan: &Plan, i: usize) -> Value {
     // client itself (a swarm drill on it) goes whole.
     if let Value::Object(fields) = &mut value {
         for section in fields.values_mut().filter(|v| v.is_object()) {
-            let about_client = section.as_object().is_some_and(|o| o.values().any(|v| v.as_str() == Some(name.as_str())));
+            let about_client = names_outside_lists(section, &name);
             if about_client {
                 *section = Value::Null;
             } else {
                 prune_lists(section, &name);
+                if last_of_tenant {
+                    prune_lists(section, &tenant);
+                }
             }
         }
     }
     value
+}
+
+/// Whether a field of `value`, or of an object inside it, is `name` (lists left out: their
+/// items are pruned, not the whole section) — a swarm drill's `swarm.device`, say.
+fn names_outside_lists(value: &Value, name: &str) -> bool {
+    match value {
+        Value::String(s) => s == name,
+        Value::Object(fields) => fields.values().any(|v| names_outside_lists(v, name)),
+        _ => false,
+    }
 }
 
 /// Removes, from every list inside `value` at any depth, the items that name `name`.
@@ -601,6 +617,24 @@ mod tests {
         p.store = Some(StorePlan { read_only: vec![window("client-1"), window("client-2")], ..StorePlan::default() });
         let q = valid_plan(without_client(&p, 0)).expect("still a valid plan");
         assert_eq!(q.store.unwrap().read_only, vec![window("client-2")]);
+    }
+
+    #[test]
+    fn dropping_a_tenants_last_client_drops_its_rooms_rekeys() {
+        use drill_scenarios::store_world::{GroupRekey, StorePlan};
+        let mut p = plan(1);
+        let rekey = |t: &str| GroupRekey { tenant: t.into(), at_ms: 10, withhold_ms: 10 };
+        let (a, b) = (p.clients[0].tenant.clone(), p.clients[1].tenant.clone());
+        assert_ne!(a, b, "tenants alternate");
+        p.store = Some(StorePlan { group_rekeys: vec![rekey(&a), rekey(&b)], ..StorePlan::default() });
+        // Drop the devices of tenant `a` one by one: its rekey goes with the last of them.
+        let mut q = p;
+        while let Some(i) = q.clients.iter().position(|c| c.tenant == a) {
+            let last = q.clients.iter().filter(|c| c.tenant == a).count() == 1;
+            q = valid_plan(without_client(&q, i)).expect("still a valid plan");
+            let kept = q.store.as_ref().unwrap().group_rekeys.clone();
+            assert_eq!(kept, if last { vec![rekey(&b)] } else { vec![rekey(&a), rekey(&b)] });
+        }
     }
 
     #[test]

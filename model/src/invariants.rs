@@ -30,6 +30,7 @@ pub const NO_REGEN: &str = "INV-NO-REGEN";
 pub const TENANT: &str = "INV-TENANT";
 pub const READ_ONLY: &str = "INV-READ-ONLY";
 pub const MIGRATION: &str = "INV-MIGRATION";
+pub const GROUP: &str = "INV-GROUP";
 
 /// Every invariant the model checks today.
 pub const REGISTRY: &[Invariant] = &[
@@ -146,6 +147,12 @@ pub const REGISTRY: &[Invariant] = &[
         runbook: "002 Release and Rollback Checklist (migration checklist, migration corruption)",
         statement: "a schema migration cut short by a crash at any point finishes at the next start: the device ends at the new version with no migration in progress",
         checked: "at the end of the run, on every device that installed the new schema",
+    },
+    Invariant {
+        id: GROUP,
+        runbook: "002 Missing Group Key",
+        statement: "every room packet reaches every member unchanged once the member holds its epoch's key: buffered (bounded) while the key is missing and replayed when it arrives; a packet dropped by a full buffer is reported and read again on reconnect; after the heal every member holds every epoch's key",
+        checked: "at the end of the run, on every device of a room that carried packets",
     },
 ];
 

@@ -8,6 +8,7 @@
 pub mod blobs;
 pub mod checker;
 pub mod facts;
+pub mod group;
 pub mod invariants;
 pub mod jobs;
 pub mod recovery;

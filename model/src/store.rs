@@ -509,6 +509,8 @@ pub enum StoreFact {
     Artifact(crate::store_ops::ArtifactFacts),
     /// A device's schema at the end of the run (INV-MIGRATION).
     Migration(crate::store_ops::MigrationFacts),
+    /// A room member's packets and epoch keys at the end of the run (INV-GROUP).
+    Group(crate::group::GroupFacts),
 }
 
 /// The store and secrets part of the model: stateless checks, plus what it remembers of vault
@@ -539,6 +541,7 @@ impl StoreModel {
             StoreFact::Effects(f) => crate::store_ops::check_effects(f, line),
             StoreFact::Artifact(f) => crate::store_ops::check_artifact(f, line),
             StoreFact::Migration(f) => crate::store_ops::check_migration(f, line),
+            StoreFact::Group(f) => crate::group::check_group(f, line),
         }
     }
 }

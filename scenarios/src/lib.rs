@@ -6,6 +6,7 @@
 mod api;
 pub mod blobs_world;
 pub mod drills;
+pub mod group_world;
 pub mod jobs_world;
 pub mod plan;
 pub mod procs;

@@ -234,6 +234,10 @@ pub struct ClientCtx {
     pub ops: Arc<crate::store_ops::DeviceOps>,
     /// The key pairing gave the device, to prove itself when it asks for a token.
     pub pairing: Key,
+    /// The device's session with its room (group keys with epochs), in its process's memory.
+    pub group: Mutex<crate::group_world::Member>,
+    /// A planted operator mistake (tests): a member that dropped packets is never reconnected.
+    pub skip_group_reconnect: bool,
     pub shared: SharedRef,
 }
 
@@ -477,6 +481,9 @@ fn audit(ctx: &ClientCtx, c: &mut Client, converged: bool) -> Vec<drill_model::s
         }
     }
     secrets.extend(drill_model::secrets::Secret::key(format!("group key of {}", ctx.room.group), ctx.room.group_key.as_bytes()));
+    for (epoch, k) in lock(&ctx.room.epochs).keys() {
+        secrets.extend(drill_model::secrets::Secret::key(format!("group key of {} epoch {epoch}", ctx.room.group), k.as_bytes()));
+    }
     secrets
 }
 
@@ -526,6 +533,8 @@ pub struct VaultRoom {
     /// The room's group key for `epoch`, handed to members when they pair.
     pub group_key: Key,
     pub board: Mutex<VaultBoard>,
+    /// The room's epochs (the first is `group_key`'s) and the packets it carried.
+    pub epochs: Mutex<crate::group_world::RoomEpochs>,
 }
 
 /// Requests for the vault key (by identity) and the shares answering them.
@@ -548,6 +557,7 @@ pub fn rooms(plan: &crate::plan::Plan) -> BTreeMap<String, Arc<VaultRoom>> {
                 epoch: 1,
                 group_key: Key::generate(&mut seeds.stream(&c.tenant)),
                 board: Mutex::new(VaultBoard::default()),
+                epochs: Mutex::new(crate::group_world::RoomEpochs::new(Key::generate(&mut seeds.stream(&c.tenant)), seeds.child(&c.tenant))),
             })
         });
     }
@@ -920,6 +930,7 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
         *s += 1;
         *s
     };
+    lock(&ctx.group).reset();
     let attempt = std::cell::Cell::new(0u32);
     let mut client = loop {
         let opened = open_with_retry(&ctx.shared, name, || {
@@ -961,6 +972,7 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
         Err(e) => return record(&ctx.shared, name, "node.bind_failed", json!({"message": e.to_string()}), None),
     };
     vault_step(&ctx, &mut client, start, true);
+    crate::group_world::step(&ctx, &mut client, start, false);
     // A READ_ONLY period in progress (the mode persists across restarts: a device that boots
     // in READ_ONLY starts a period at boot).
     let mut read_only = match client.mode() {
@@ -1003,6 +1015,7 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
                     }
                 }
                 vault_step(&ctx, &mut client, start, false);
+                crate::group_world::step(&ctx, &mut client, start, synced);
             }
             Command::Op { id, action: Action::Hydrate { malformed } } => {
                 let result = hydrate_op(&ctx, &mut client, last_good.as_ref(), id, malformed);
@@ -1037,6 +1050,7 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
             Command::Audit { converged } => {
                 ops.audit(&ctx, &mut client).await;
                 vault_step(&ctx, &mut client, start, true);
+                crate::group_world::audit(&ctx, &mut client, start, converged, ctx.skip_group_reconnect);
                 if converged {
                     check_key_recovery(&ctx, &client);
                 }

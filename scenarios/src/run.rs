@@ -183,6 +183,8 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
             mailbox: mailbox.clone(),
             ops: ops.device(&spec.name),
             pairing: tokens.pairing(&spec.tenant, &spec.name),
+            group: Mutex::new(crate::group_world::Member::default()),
+            skip_group_reconnect: plan.store.as_ref().is_some_and(|s| s.skip_group_reconnect),
             shared: shared.clone(),
         });
         transports.insert(spec.name.clone(), transport);
@@ -422,6 +424,19 @@ impl World<'_> {
                 lock(&ctx.withheld).extend(aggregates);
                 self.back_for_repair(node, down_ms);
             }
+            StoreStep::GroupRekey { tenant, withhold_ms } => {
+                let Some(room) = self.devices.values().find(|d| d.tenant == tenant).map(|d| d.room.clone()) else { return };
+                let epoch = lock(&room.epochs).rekey();
+                *self.nodes.counts.entry("keys.group_rekey".into()).or_default() += 1;
+                trace::emit("world", "fault.group_rekey", json!({"group": room.group, "epoch": epoch, "withhold_ms": withhold_ms}));
+                let t = self.now_ms() + withhold_ms;
+                self.at(t, Step::Store(crate::store_world::StoreStep::HandOutGroupKey { tenant, epoch }));
+            }
+            StoreStep::HandOutGroupKey { tenant, epoch } => {
+                let Some(room) = self.devices.values().find(|d| d.tenant == tenant).map(|d| d.room.clone()) else { return };
+                lock(&room.epochs).hand_out(epoch);
+                trace::emit("world", "store.group_key_handed_out", json!({"group": room.group, "epoch": epoch}));
+            }
             StoreStep::RepairKeys { node } => {
                 if self.nodes.is_down(&node) {
                     trace::emit(&node, "op.skipped", json!({"reason": "device is down", "repair_keys": true}));
@@ -483,6 +498,9 @@ impl World<'_> {
         self.take_power_cuts();
         self.timeline.clear();
         self.ops.heal();
+        for d in self.devices.values() {
+            lock(&d.room.epochs).hand_out_all();
+        }
         self.nodes.heal_all();
         if let Some(b) = self.blobs.as_mut() {
             b.heal();

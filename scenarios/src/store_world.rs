@@ -81,6 +81,15 @@ pub struct PassphraseLoss {
     pub aggregates: Vec<String>,
 }
 
+/// A room's group key moves to a new epoch; members other than its authority get the new
+/// key only `withhold_ms` later (runbook 002, "Missing Group Key"; see [`crate::group_world`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRekey {
+    pub tenant: String,
+    pub at_ms: u64,
+    pub withhold_ms: u64,
+}
+
 /// How long the operator takes to answer a key error a device reports when it comes back.
 pub const OPERATOR_MS: u64 = 300;
 
@@ -95,6 +104,12 @@ pub struct StorePlan {
     pub aggregate_key_loss: Vec<AggregateKeyLoss>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub passphrase_loss: Vec<PassphraseLoss>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_rekeys: Vec<GroupRekey>,
+    /// A planted operator mistake, for the test that shows INV-GROUP fires: a member that
+    /// dropped packets from a full buffer is never reconnected to its room.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_group_reconnect: bool,
     /// Planted bugs, for tests that show a check fires: a workload plaintext written into a
     /// file on each named node's disk just before the end-of-run scan.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -130,6 +145,10 @@ pub enum StoreStep {
     RepairKeys { node: String },
     /// A step of the store's work (see [`crate::store_ops`]).
     Ops(crate::store_ops::Step),
+    /// A tenant's room starts a new group key epoch, handed to its members `withhold_ms` later.
+    GroupRekey { tenant: String, withhold_ms: u64 },
+    /// The room hands out the key of `epoch`.
+    HandOutGroupKey { tenant: String, epoch: u64 },
 }
 
 /// Adds store faults to `plan` (the swarm profile), from their own seed streams.
@@ -173,6 +192,17 @@ pub fn add_to_plan(plan: &mut Plan, seeds: &SeedTree, duration_ms: u64) {
         }
         store.passphrase_loss.push(PassphraseLoss { node, at_ms: rng.gen_range(0..duration_ms.max(1)), down_ms: rng.gen_range(50..=1_500), aggregates });
     }
+    // Group rekeys draw from their own stream too.
+    let mut rng = seeds.stream("store-faults-group");
+    if rng.gen_bool(0.5) {
+        let tenants: std::collections::BTreeSet<String> = plan.clients.iter().map(|c| c.tenant.clone()).collect();
+        let tenants: Vec<String> = tenants.into_iter().collect();
+        for _ in 0..rng.gen_range(1..=2) {
+            let tenant = tenants[rng.gen_range(0..tenants.len())].clone();
+            store.group_rekeys.push(GroupRekey { tenant, at_ms: rng.gen_range(0..duration_ms.max(1)), withhold_ms: rng.gen_range(100..=4_000) });
+        }
+        store.group_rekeys.sort_by_key(|r| r.at_ms);
+    }
     store.read_only.sort_by_key(|w| w.at_ms);
     store.ops = Some(crate::store_ops::swarm(plan, seeds, duration_ms));
     if store != StorePlan::default() {
@@ -215,6 +245,11 @@ pub fn validate(plan: &Plan) -> Result<(), String> {
             return Err(format!("passphrase_loss on unknown device '{}'", l.node));
         }
     }
+    for r in &s.group_rekeys {
+        if !plan.clients.iter().any(|c| c.tenant == r.tenant) {
+            return Err(format!("group_rekey of unknown tenant '{}'", r.tenant));
+        }
+    }
     if let Some(o) = &s.ops {
         crate::store_ops::validate(plan, o)?;
     }
@@ -242,6 +277,9 @@ pub fn steps(plan: &Plan) -> Vec<(u64, StoreStep)> {
     }
     for l in &s.passphrase_loss {
         out.push((l.at_ms, StoreStep::LosePassphrase { node: l.node.clone(), down_ms: l.down_ms, aggregates: l.aggregates.clone() }));
+    }
+    for r in &s.group_rekeys {
+        out.push((r.at_ms, StoreStep::GroupRekey { tenant: r.tenant.clone(), withhold_ms: r.withhold_ms }));
     }
     if let Some(o) = &s.ops {
         out.extend(crate::store_ops::steps(o).into_iter().map(|(t, step)| (t, StoreStep::Ops(step))));

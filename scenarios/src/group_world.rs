@@ -1,0 +1,231 @@
+//! Group keys with epochs in the world (runbook 002, "Missing Group Key").
+//!
+//! Each tenant's room carries packets between its members, each sealed under an epoch of the
+//! room's group key. A rekey (`keys.group_rekey`) starts a new epoch: its authority has the key
+//! at once and seals under it, while the other members get it only when the room hands it out,
+//! a while later — the window in which their packets arrive under an epoch they do not know.
+//! A member then buffers them in its bounded buffer (`GROUP_BUFFER_MAX`; each counted as
+//! `keys.group_epoch_unknown`) and replays them when its key request is answered; a packet that
+//! finds the buffer full is dropped with `keys:groupBufferOverflow` (counted as
+//! `keys.group_buffer_overflow`). The runbook's last step answers that: the operator reconnects
+//! the member to the room, which reads every packet again with every key it now holds.
+//!
+//! A member keeps its epoch keys in its key store (a restart loads them; a lost key store asks
+//! the room again) and its buffer in memory (a restart reads the room from its start). At the
+//! end of a run that converged, the model judges each member (INV-GROUP): every packet under an
+//! epoch it holds delivered, unchanged, and every epoch's key held.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use drill_model::group::{GroupFacts, SentPacket};
+use drill_model::store::StoreFact;
+use drill_model::Fact;
+use drill_sim::rng::SeedTree;
+use drill_sim::trace;
+use drill_stack::client::{Client, Ring};
+use drill_stack::crypto::{self, Key};
+use drill_stack::keys::group::{GroupPacket, GroupSession, Received};
+use drill_stack::keys::KeyError;
+use serde_json::json;
+
+use crate::procs::{lock, observe, record, record_at, ClientCtx};
+
+/// How many packets under unknown epochs a member holds before it drops them.
+pub const GROUP_BUFFER_MAX: usize = 3;
+/// Packets a member sends after each sync of its own.
+pub const POSTS_PER_SYNC: u64 = 2;
+
+/// One packet the room carried.
+#[derive(Debug, Clone)]
+pub struct RoomPacket {
+    pub id: u64,
+    pub from: String,
+    pub packet: GroupPacket,
+    pub sha256: String,
+}
+
+/// A room's epochs and packets.
+pub struct RoomEpochs {
+    seeds: SeedTree,
+    keys: BTreeMap<u64, Key>,
+    /// Epochs whose keys the room answers key requests with (the authority holds every epoch).
+    handed_out: BTreeSet<u64>,
+    packets: Vec<RoomPacket>,
+}
+
+impl RoomEpochs {
+    /// A room whose first epoch's key is `first`, handed to every member when it pairs.
+    pub fn new(first: Key, seeds: SeedTree) -> RoomEpochs {
+        RoomEpochs { seeds, keys: [(1, first)].into(), handed_out: [1].into(), packets: Vec::new() }
+    }
+
+    /// Starts a new epoch, its key not handed out yet; returns it.
+    pub fn rekey(&mut self) -> u64 {
+        let epoch = self.keys.keys().next_back().copied().unwrap_or(0) + 1;
+        self.keys.insert(epoch, Key::generate(&mut self.seeds.stream(&format!("epoch-{epoch}"))));
+        epoch
+    }
+
+    /// From now on the room answers key requests for `epoch`.
+    pub fn hand_out(&mut self, epoch: u64) {
+        if self.keys.contains_key(&epoch) {
+            self.handed_out.insert(epoch);
+        }
+    }
+
+    /// Every epoch is handed out (the heal).
+    pub fn hand_out_all(&mut self) {
+        self.handed_out = self.keys.keys().copied().collect();
+    }
+
+    /// Every epoch key the room ever had (for the disk scan).
+    pub fn keys(&self) -> impl Iterator<Item = (&u64, &Key)> {
+        self.keys.iter()
+    }
+
+    fn available(&self, authority: bool) -> Vec<(u64, Key)> {
+        self.keys.iter().filter(|(e, _)| authority || self.handed_out.contains(e)).map(|(e, k)| (*e, k.clone())).collect()
+    }
+}
+
+/// A member's session with its room: in the device process's memory.
+#[derive(Default)]
+pub struct Member {
+    session: Option<GroupSession>,
+    /// Buffered packets' ids and epochs, in the session buffer's order.
+    waiting: Vec<(u64, u64)>,
+    /// How many of the room's packets this session has read.
+    cursor: usize,
+    delivered: BTreeMap<u64, String>,
+    dropped: BTreeSet<u64>,
+}
+
+impl Member {
+    /// The process (re)started: the session is gone with its memory.
+    pub fn reset(&mut self) {
+        *self = Member::default();
+    }
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    drill_model::facts::sha256_hex(b)
+}
+
+/// The device's room step, at start, after every sync and at the audit: load the session
+/// (epoch keys from the key store), ask the room for every epoch key it lacks (replaying what
+/// waited for it), read the room's new packets, and, with `post`, send one.
+pub fn step(ctx: &ClientCtx, client: &mut Client, start: u64, post: bool) {
+    let name = ctx.name.as_str();
+    let room = &ctx.room;
+    let (keys, _) = client.keys_and_db();
+    let Ring::Store(ks) = &mut keys.ring else { return };
+    let mut rng = ctx.seeds.child(&format!("device/{name}/start-{start}/group-{}", trace::line_count())).stream("keys");
+    let mut m = lock(&ctx.group);
+    if m.session.is_none() {
+        match GroupSession::load(ks, &room.group, GROUP_BUFFER_MAX) {
+            Ok(s) => {
+                m.reset();
+                m.session = Some(s);
+            }
+            Err(e) => return record(&ctx.shared, name, "op.err", json!({"action": "group_join", "code": e.code(), "message": e.to_string()}), None),
+        }
+    }
+    let available = lock(&room.epochs).available(room.authority == name);
+    for (epoch, key) in available {
+        if m.session.as_ref().is_some_and(|s| s.key(epoch).is_some()) {
+            continue;
+        }
+        if let Err(e) = ks.put_group_key(&room.group, epoch, &key, &mut rng) {
+            record(&ctx.shared, name, "op.err", json!({"action": "group_key", "epoch": epoch, "code": e.code(), "message": e.to_string()}), None);
+            continue;
+        }
+        let replayed = m.session.as_mut().expect("joined").add_epoch_key(epoch, key);
+        let ids: Vec<u64> = m.waiting.iter().filter(|(_, e)| *e == epoch).map(|(id, _)| *id).collect();
+        m.waiting.retain(|(_, e)| *e != epoch);
+        record(&ctx.shared, name, "store.group_key", json!({"epoch": epoch, "replayed": ids}), None);
+        for (id, r) in ids.into_iter().zip(replayed) {
+            deliver(ctx, &mut m, id, epoch, r);
+        }
+    }
+    let new: Vec<RoomPacket> = lock(&room.epochs).packets[m.cursor..].to_vec();
+    m.cursor += new.len();
+    for p in new {
+        let epoch = p.packet.epoch;
+        match m.session.as_mut().expect("joined").receive(p.packet) {
+            Ok(Received::Delivered(pt)) => {
+                m.delivered.insert(p.id, sha256_hex(&pt));
+            }
+            Ok(Received::Buffered { buffered }) => {
+                m.waiting.push((p.id, epoch));
+                *lock(&ctx.shared).counts.entry("keys.group_epoch_unknown".into()).or_default() += 1;
+                record(&ctx.shared, name, "store.group_buffered", json!({"packet": p.id, "epoch": epoch, "buffered": buffered}), None);
+            }
+            Err(e @ KeyError::GroupBufferOverflow { .. }) => {
+                m.dropped.insert(p.id);
+                *lock(&ctx.shared).counts.entry("keys.group_buffer_overflow".into()).or_default() += 1;
+                record(&ctx.shared, name, "op.err", json!({"action": "group_receive", "packet": p.id, "code": e.code(), "message": e.to_string()}), None);
+            }
+            Err(e) => deliver(ctx, &mut m, p.id, epoch, Err(e)),
+        }
+    }
+    if !post {
+        return;
+    }
+    let session = m.session.as_ref().expect("joined");
+    let Some(epoch) = session.current_epoch() else { return };
+    let key = session.key(epoch).expect("the current epoch's key").clone();
+    let mut epochs = lock(&room.epochs);
+    for _ in 0..POSTS_PER_SYNC {
+        let id = epochs.packets.len() as u64 + 1;
+        let plaintext = format!("{} packet {id} from {name} under epoch {epoch}", room.group).into_bytes();
+        let packet = GroupPacket::seal(&room.group, epoch, &key, crypto::nonce_from(&mut rng), &plaintext);
+        epochs.packets.push(RoomPacket { id, from: name.into(), packet, sha256: sha256_hex(&plaintext) });
+    }
+}
+
+fn deliver(ctx: &ClientCtx, m: &mut Member, id: u64, epoch: u64, r: Result<Vec<u8>, KeyError>) {
+    match r {
+        Ok(pt) => {
+            m.delivered.insert(id, sha256_hex(&pt));
+        }
+        Err(e) => record(&ctx.shared, &ctx.name, "op.err", json!({"action": "group_replay", "packet": id, "epoch": epoch, "code": e.code(), "message": e.to_string()}), None),
+    }
+}
+
+/// The audit: a last room step; a member that dropped packets from a full buffer is reconnected
+/// by the operator (unless the plan skips it) and reads the room again; then, when the run
+/// converged, the model judges the member (INV-GROUP).
+pub fn audit(ctx: &ClientCtx, client: &mut Client, start: u64, converged: bool, skip_reconnect: bool) {
+    step(ctx, client, start, false);
+    let dropped = lock(&ctx.group).dropped.len();
+    if dropped > 0 && !skip_reconnect {
+        lock(&ctx.group).reset();
+        record(&ctx.shared, &ctx.name, "store.group_reconnect", json!({"dropped": dropped}), None);
+        step(ctx, client, start, false);
+    }
+    if !converged {
+        return;
+    }
+    let (sent, epochs) = {
+        let e = lock(&ctx.room.epochs);
+        let sent = e.packets.iter().map(|p| SentPacket { id: p.id, epoch: p.packet.epoch, sha256: p.sha256.clone() }).collect();
+        (sent, e.handed_out.iter().copied().collect())
+    };
+    let m = lock(&ctx.group);
+    let Some(session) = m.session.as_ref() else { return };
+    let held = (1..=session.current_epoch().unwrap_or(0)).filter(|e| session.key(*e).is_some()).collect();
+    let facts = GroupFacts {
+        node: ctx.name.clone(),
+        group: ctx.room.group.clone(),
+        sent,
+        epochs,
+        held,
+        delivered: m.delivered.clone(),
+        buffered: m.waiting.iter().map(|(id, _)| *id).collect(),
+    };
+    let detail = json!({"delivered": facts.delivered.len(), "sent": facts.sent.len(), "held": facts.held});
+    drop(m);
+    if let Some(line) = record_at(&ctx.shared, &ctx.name, "check.group", detail, None) {
+        observe(&ctx.shared, Fact::Store(StoreFact::Group(facts)), line);
+    }
+}
