@@ -743,7 +743,8 @@ fn passphrase(ctx: &ClientCtx) -> String {
 
 /// What opening a device found.
 enum Opened {
-    Ready(Client),
+    /// Boxed: a client is far larger than a key error.
+    Ready(Box<Client>),
     /// A key error only the operator can answer: the device refuses to work until then.
     Refused(KeyError),
 }
@@ -796,7 +797,7 @@ fn open_device(ctx: &ClientCtx, node: madsim::task::NodeId, start: u64, attempt:
         lock(&ctx.key_faults).store_backup = Some((ks.store_id().to_string(), b));
     }
     let keys = DeviceKeys::new(Ring::Store(Box::new(ks)), Box::new(streams.stream("nonces")));
-    Ok(Opened::Ready(Client::open(DEVICE_DB, &ctx.name, &ctx.tenant, Box::new(NodeClock(node)), keys)?))
+    Ok(Opened::Ready(Box::new(Client::open(DEVICE_DB, &ctx.name, &ctx.tenant, Box::new(NodeClock(node)), keys)?)))
 }
 
 /// A key error found when the device opened: it records the typed error, sets aside the events
@@ -939,7 +940,7 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
         })
         .await;
         match opened {
-            Some(Opened::Ready(c)) => break c,
+            Some(Opened::Ready(c)) => break *c,
             Some(Opened::Refused(e)) => refuse_until_repaired(&ctx, start, e).await,
             None => return,
         }
