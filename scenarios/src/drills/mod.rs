@@ -14,7 +14,9 @@
 //! <id>` runs one; a plan's `drill.skip` / `drill.wrong` make one recovery step be skipped or
 //! done wrong, which the tests use to show that every drill fails without its recovery.
 
+pub mod d000_keys;
 pub mod d000_retention;
+pub mod d000_store;
 pub mod d001_jobs;
 pub mod d002_rooms;
 pub mod d003_blobs;
@@ -84,7 +86,7 @@ pub struct DrillPlan {
 
 /// Every drill, in runbook order.
 pub fn registry() -> Vec<&'static Drill> {
-    [d000_retention::DRILLS, d001_jobs::DRILLS, d002_rooms::DRILLS, d003_sync::DRILLS, d003_blobs::DRILLS, d004_store::DRILLS].into_iter().flatten().collect()
+    [d000_keys::DRILLS, d000_retention::DRILLS, d000_store::DRILLS, d001_jobs::DRILLS, d002_rooms::DRILLS, d003_sync::DRILLS, d003_blobs::DRILLS, d004_store::DRILLS].into_iter().flatten().collect()
 }
 
 /// Looks a drill up by id.
