@@ -620,6 +620,24 @@ mod tests {
     }
 
     #[test]
+    fn dropping_a_client_drops_its_passphrase_loss_and_keeps_the_effects_node_faults() {
+        use drill_scenarios::store_ops::{EffectsCrash, EffectsPartition, OpsPlan};
+        use drill_scenarios::store_world::{PassphraseLoss, StorePlan};
+        let mut p = plan(1);
+        let loss = |node: &str| PassphraseLoss { node: node.into(), at_ms: 10, down_ms: 10, aggregates: vec!["note-1".into()] };
+        let ops = OpsPlan {
+            effects_crash: vec![EffectsCrash { at_ms: 5, down_ms: 10 }],
+            effects_partition: vec![EffectsPartition { at_ms: 7, ms: 10 }],
+            ..OpsPlan::work(&[2])
+        };
+        p.store = Some(StorePlan { passphrase_loss: vec![loss("client-1"), loss("client-2")], ops: Some(ops.clone()), ..StorePlan::default() });
+        let q = valid_plan(without_client(&p, 0)).expect("still a valid plan");
+        let store = q.store.unwrap();
+        assert_eq!(store.passphrase_loss, vec![loss("client-2")]);
+        assert_eq!(store.ops, Some(ops), "the effects node's faults name no device");
+    }
+
+    #[test]
     fn dropping_a_tenants_last_client_drops_its_rooms_rekeys() {
         use drill_scenarios::store_world::{GroupRekey, StorePlan};
         let mut p = plan(1);
