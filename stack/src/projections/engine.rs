@@ -50,7 +50,9 @@ pub struct Scope {
     pub tenant: Option<String>,
     /// One projection, or every one.
     pub projection: Option<String>,
-    /// Replay only events created at or before this time: the state as of then.
+    /// Replay only events created at or before this time: the state as of then. Each tenant's
+    /// events are replayed in the store's order up to the first one created after it, so the
+    /// projection is a fold of a prefix and a later apply continues from there.
     pub until_ts_ms: Option<i64>,
 }
 
@@ -127,19 +129,52 @@ impl Engine {
             Some(t) => [t.clone()].into(),
             None => events.iter().map(|e| e.tenant.clone()).chain(known_tenants(c)?).collect(),
         };
+        // Up to a time: each tenant's events in the store's order until the first one created
+        // after it. Creation times come from writers' clocks and a device may push late, so a
+        // later event can carry an earlier time; folding it while skipping the one before it
+        // would put the cursor past an event never folded, which no later apply would fold.
+        let chosen: Vec<&SealedEvent> = {
+            let mut stopped: BTreeSet<&str> = BTreeSet::new();
+            events
+                .iter()
+                .filter(|e| tenants.contains(&e.tenant))
+                .filter(|e| match scope.until_ts_ms {
+                    None => true,
+                    Some(_) if stopped.contains(e.tenant.as_str()) => false,
+                    Some(until) if e.ts_ms > until => {
+                        stopped.insert(&e.tenant);
+                        false
+                    }
+                    Some(_) => true,
+                })
+                .collect()
+        };
         let tx = c.unchecked_transaction()?;
-        for p in &on {
-            // A rebuilt projection is healthy again, whichever tenants it holds.
-            tx.execute("DELETE FROM proj_unhealthy WHERE projection = ?1", [p.name()])?;
-            for t in &tenants {
-                clear(&tx, *p, t)?;
+        // An aggregate found unreadable after some of its events were folded (an event of it
+        // that does not open) is skipped from its first event on the next pass, so that no
+        // projection holds part of an aggregate it reports incomplete.
+        let mut skipped: BTreeMap<(String, String), (u64, &'static str)> = BTreeMap::new();
+        let mut report = loop {
+            for p in &on {
+                // A rebuilt projection is healthy again, whichever tenants it holds.
+                tx.execute("DELETE FROM proj_unhealthy WHERE projection = ?1", [p.name()])?;
+                for t in &tenants {
+                    clear(&tx, *p, t)?;
+                }
+                for ((t, a), (seq, reason)) in &skipped {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO proj_incomplete(projection, tenant, aggregate, reason, first_seq) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        rusqlite::params![p.name(), t, a, *reason, seq],
+                    )?;
+                }
             }
-        }
-        let chosen = events
-            .iter()
-            .filter(|e| tenants.contains(&e.tenant))
-            .filter(|e| scope.until_ts_ms.is_none_or(|until| e.ts_ms <= until));
-        let mut report = feed(&tx, &on, chosen, keys)?;
+            let (mut report, partial) = feed_tracking(&tx, &on, chosen.iter().copied(), keys)?;
+            if partial.is_empty() {
+                report.incomplete.extend(skipped.into_keys());
+                break report;
+            }
+            skipped.extend(partial);
+        };
         tx.commit()?;
         report.disabled = disabled;
         Ok(report)
@@ -223,15 +258,32 @@ fn decrypt(e: &SealedEvent, keys: &dyn KeyRing) -> Result<DecryptedEvent, &'stat
 }
 
 /// Folds `events` (in seq order) into `on`. An aggregate that cannot be read is recorded as
-/// incomplete for each projection and skipped from then on, so no projection ever holds a
-/// partial fold of an aggregate.
+/// incomplete for each projection and skipped from then on; an aggregate folded in part before
+/// one of its events turned out unreadable is refolded without it by the caller (a rebuild does;
+/// after an apply, `Client::project` rebuilds the tenant when the skipped aggregates grew).
 pub(super) fn feed<'a>(
     c: &Connection,
     on: &[&dyn Projection],
     events: impl Iterator<Item = &'a SealedEvent>,
     keys: &dyn KeyRing,
 ) -> Result<ApplyReport, StoreError> {
+    Ok(feed_tracking(c, on, events, keys)?.0)
+}
+
+/// A partial fold: `(tenant, aggregate)` and the seq and reason of its first unreadable event.
+type Partial = BTreeMap<(String, String), (u64, &'static str)>;
+
+/// [`feed`], also returning the aggregates that became unreadable after this feed folded some
+/// of their events.
+fn feed_tracking<'a>(
+    c: &Connection,
+    on: &[&dyn Projection],
+    events: impl Iterator<Item = &'a SealedEvent>,
+    keys: &dyn KeyRing,
+) -> Result<(ApplyReport, Partial), StoreError> {
     let mut report = ApplyReport::default();
+    let mut partial = Partial::new();
+    let mut folded: BTreeSet<(&str, String, String)> = BTreeSet::new();
     let mut cursors: BTreeMap<(&str, String), u64> = BTreeMap::new();
     for e in events {
         let mut opened: Option<Result<DecryptedEvent, &'static str>> = None;
@@ -252,6 +304,7 @@ pub(super) fn feed<'a>(
             match opened.get_or_insert_with(|| decrypt(e, keys)) {
                 Ok(d) => {
                     p.apply(c, d)?;
+                    folded.insert((p.name(), e.tenant.clone(), e.aggregate.clone()));
                     report.applied += 1;
                 }
                 Err(reason) => {
@@ -260,11 +313,14 @@ pub(super) fn feed<'a>(
                         rusqlite::params![p.name(), e.tenant, e.aggregate, *reason, e.seq],
                     )?;
                     report.incomplete.insert((e.tenant.clone(), e.aggregate.clone()));
+                    if folded.contains(&(p.name(), e.tenant.clone(), e.aggregate.clone())) {
+                        partial.entry((e.tenant.clone(), e.aggregate.clone())).or_insert((e.seq, *reason));
+                    }
                 }
             }
         }
     }
-    Ok(report)
+    Ok((report, partial))
 }
 
 fn is_incomplete(c: &Connection, projection: &str, tenant: &str, aggregate: &str) -> Result<bool, StoreError> {

@@ -8,8 +8,9 @@
 //!
 //! The runbook's cache hit rate has no counterpart: this stack has no cache.
 //!
-//! The event store's indicator comes from a probe: [`probe`] for the local database, or
-//! [`judge`] for a caller that timed a write itself (a push to the server's store).
+//! The event store's indicator comes from a probe: [`probe`] for the local database (a read from
+//! storage and, outside READ_ONLY, a committed heartbeat write), or [`judge`] for a caller that
+//! timed a write itself (a push to the server's store).
 
 use rusqlite::Connection;
 use serde::Serialize;
@@ -93,21 +94,42 @@ pub fn judge(outcome: Result<i64, bool>, slow_ms_min: i64) -> EventStoreStatus {
     }
 }
 
-/// Probes the local event store: takes the write lock, reads the schema (pages from disk) and
-/// releases the lock, timed by `clock`. It writes nothing, so it may run in READ_ONLY and leaves
-/// storage as it was. A lock held by another writer is `slow`; any other failure (I/O, a
-/// corrupt or vanished file) is `unreachable`.
+/// The table of the heartbeat a probe writes: one row, rewritten by every probe outside
+/// READ_ONLY, that nothing else reads.
+const HEARTBEAT_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS health_probe(id INTEGER PRIMARY KEY CHECK (id = 1), at_ms INTEGER NOT NULL)";
+
+/// Probes the local event store, timed by `clock`: drops the connection's cached pages so that
+/// what it reads comes from storage, takes the write lock and reads the schema; outside
+/// READ_ONLY it then commits a heartbeat row, so the store is called writable only after a write
+/// went through the log and its sync. In READ_ONLY it writes nothing and leaves storage as it
+/// was (a disk that fails only writes then goes unseen until the mode is left). A lock held by
+/// another writer is `slow`; any other failure (I/O, a full, corrupt or vanished file) is
+/// `unreachable`.
 pub fn probe(c: &Connection, clock: &dyn Clock, slow_ms_min: i64) -> EventStoreStatus {
     let start = clock.now_unix_ms();
-    let attempt = c.execute_batch("BEGIN IMMEDIATE").and_then(|_| {
-        let read = c.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0));
-        c.execute_batch("ROLLBACK").and(read)
-    });
-    let outcome = match attempt {
-        Ok(_) => Ok(clock.now_unix_ms() - start),
-        Err(e) => Err(e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)),
+    let outcome = match probe_once(c, start) {
+        Ok(()) => Ok(clock.now_unix_ms() - start),
+        Err(busy) => Err(busy),
     };
+    // A failed statement may leave the transaction open: the probe never leaves a lock behind.
+    if !c.is_autocommit() {
+        let _ = c.execute_batch("ROLLBACK");
+    }
     judge(outcome, slow_ms_min)
+}
+
+/// One probe; `Err(busy)` when it failed.
+fn probe_once(c: &Connection, at_ms: i64) -> Result<(), bool> {
+    let busy = |e: rusqlite::Error| e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy);
+    c.execute_batch("PRAGMA shrink_memory; BEGIN IMMEDIATE").map_err(busy)?;
+    c.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)).map_err(busy)?;
+    let mode = super::resilience::mode(c).map_err(|_| false)?;
+    if mode == Mode::ReadOnly {
+        return c.execute_batch("ROLLBACK").map_err(busy);
+    }
+    c.execute_batch(HEARTBEAT_SCHEMA).map_err(busy)?;
+    c.execute("INSERT OR REPLACE INTO health_probe(id, at_ms) VALUES (1, ?1)", [at_ms]).map_err(busy)?;
+    c.execute_batch("COMMIT").map_err(busy)
 }
 
 #[cfg(test)]
@@ -166,5 +188,29 @@ mod tests {
         let garbage = rusqlite::Connection::open(&path).unwrap();
         assert_eq!(probe(&garbage, &Ticking(0.into(), 10), SLOW_MS_MIN), EventStoreStatus::Unreachable);
         assert_eq!(judge(Err(false), SLOW_MS_MIN), EventStoreStatus::Unreachable);
+    }
+
+    /// A store whose reads still work but whose writes fail (here: full) is not writable. The
+    /// probe used to take the lock and read the schema only, and called such a store writable.
+    #[test]
+    fn a_store_that_takes_no_writes_is_unreachable_and_read_only_probes_write_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = crate::store::open(dir.path().join("d.db").to_str().unwrap()).unwrap();
+        c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);").unwrap();
+        let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+        c.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(())).unwrap();
+        assert_eq!(c.query_row("SELECT x FROM t", [], |r| r.get::<_, i64>(0)).unwrap(), 1, "reads work");
+        assert_eq!(probe(&c, &Ticking(0.into(), 10), SLOW_MS_MIN), EventStoreStatus::Unreachable, "no write goes through");
+        assert!(c.is_autocommit(), "the failed probe left no transaction open");
+        c.query_row(&format!("PRAGMA max_page_count = {}", pages + 100), [], |_| Ok(())).unwrap();
+        assert_eq!(probe(&c, &Ticking(0.into(), 10), SLOW_MS_MIN), EventStoreStatus::Writable);
+        let beat = |c: &Connection| c.query_row("SELECT at_ms FROM health_probe", [], |r| r.get::<_, i64>(0)).unwrap();
+        let first = beat(&c);
+        crate::projections::resilience::set_mode(&c, Mode::ReadOnly, &[]).unwrap();
+        assert_eq!(probe(&c, &Ticking(100.into(), 10), SLOW_MS_MIN), EventStoreStatus::Writable);
+        assert_eq!(beat(&c), first, "READ_ONLY: the probe wrote nothing");
+        crate::projections::resilience::set_mode(&c, Mode::Normal, &[]).unwrap();
+        assert_eq!(probe(&c, &Ticking(100.into(), 10), SLOW_MS_MIN), EventStoreStatus::Writable);
+        assert_ne!(beat(&c), first, "outside READ_ONLY the heartbeat is rewritten");
     }
 }

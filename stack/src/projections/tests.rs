@@ -140,6 +140,26 @@ fn a_rebuild_up_to_a_time_gives_the_state_as_of_then() {
     assert_matches_reference(&w, &w.keys, &w.events);
 }
 
+/// A device that pushed late: the store orders an event created at 20 after one created at 30.
+/// A rebuild up to 25 folds the prefix before the event created at 30, and catching up folds
+/// the rest; it used to fold the one created at 20 as well, its cursor passing the one created
+/// at 30, which no later apply folded.
+#[test]
+fn a_rebuild_up_to_a_time_stops_at_the_first_later_event_so_catching_up_misses_none() {
+    let mut w = world();
+    for (i, ts) in [10, 30, 20, 40, 15].into_iter().enumerate() {
+        w.event("acme", &format!("acme-agg-{}", i % 2), "created", ts, format!("payload {i}").as_bytes());
+    }
+    w.event("globex", "globex-agg-0", "created", 5, b"other tenant");
+    w.engine.apply(&w.c, &w.events, &w.keys).unwrap();
+    let scope = Scope { until_ts_ms: Some(25), ..Scope::default() };
+    w.engine.rebuild(&w.c, &w.events, &w.keys, &scope).unwrap();
+    assert_matches_reference(&w, &w.keys, &[w.events[0].clone(), w.events[5].clone()]);
+    assert_eq!(w.engine.cursor(&w.c, "aggregate_state", "acme").unwrap(), 1, "the cursor stops before the event created at 30");
+    w.engine.apply(&w.c, &w.events, &w.keys).unwrap();
+    assert_matches_reference(&w, &w.keys, &w.events);
+}
+
 #[test]
 fn aggregates_without_keys_are_skipped_reported_and_recovered_by_a_rebuild() {
     let mut w = world();
@@ -160,6 +180,29 @@ fn aggregates_without_keys_are_skipped_reported_and_recovered_by_a_rebuild() {
     w.engine.rebuild(&w.c, &w.events, &w.keys, &Scope::default()).unwrap();
     assert!(w.engine.incomplete(&w.c, "acme").unwrap().is_empty());
     assert_matches_reference(&w, &w.keys, &w.events);
+}
+
+/// An aggregate whose later event does not open: a rebuild leaves the whole aggregate out of
+/// every projection (and reports it), where it used to keep the fold of the events before the
+/// unreadable one while reporting the aggregate incomplete.
+#[test]
+fn a_rebuild_leaves_out_the_whole_aggregate_whose_later_event_does_not_open() {
+    let mut w = world();
+    w.workload(20);
+    let mut events = w.events.clone();
+    // The last event of acme-agg-1, after others of it were folded.
+    let bad = events.iter().rposition(|e| e.aggregate == "acme-agg-1").unwrap();
+    assert!(events[..bad].iter().filter(|e| e.aggregate == "acme-agg-1").count() >= 2);
+    events[bad].ciphertext[0] ^= 1;
+    let r = w.engine.rebuild(&w.c, &events, &w.keys, &Scope::default()).unwrap();
+    assert!(r.incomplete.contains(&("acme".to_string(), "acme-agg-1".to_string())), "{r:?}");
+    assert!(!w.rows("aggregate_state", "acme").iter().any(|row| row[0] == "acme-agg-1"), "no part of the aggregate is held");
+    let readable: Vec<SealedEvent> = events.iter().filter(|e| e.aggregate != "acme-agg-1").cloned().collect();
+    assert_eq!(w.rows("tenant_counters", "acme"), reference(&readable, &w.keys, "tenant_counters", "acme"));
+    assert_eq!(w.rows("aggregate_state", "acme"), reference(&readable, &w.keys, "aggregate_state", "acme"));
+    let inc = w.engine.incomplete(&w.c, "acme").unwrap();
+    assert_eq!(inc.len(), 2, "one per projection: {inc:?}");
+    assert!(inc.iter().all(|i| i.aggregate == "acme-agg-1" && i.reason == "crypto:tampered" && i.first_seq == events[bad].seq), "{inc:?}");
 }
 
 #[test]
