@@ -542,9 +542,10 @@ impl Client {
     /// token saved in the key store is the starting point, but the first request of this
     /// connection refreshes it anyway (runbook 002: a reconnect forces the refresh path).
     pub fn set_pairing(&mut self, pairing: Key) -> Result<(), StoreError> {
+        // A locked key store has no token to offer: the first request refreshes anyway.
         let saved = match &self.keys.ring {
-            Ring::Store(ks) => ks.saved_token(&self.tenant)?,
-            Ring::Fixed(_) => None,
+            Ring::Store(ks) if ks.is_unlocked() => ks.saved_token(&self.tenant)?,
+            Ring::Store(_) | Ring::Fixed(_) => None,
         };
         self.auth = Some(Auth { pairing, state: TokenState::new(saved) });
         Ok(())

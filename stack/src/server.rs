@@ -13,7 +13,8 @@
 //! A server with a token service ([`Server::with_tokens`]) answers token requests and admits a
 //! push or pull only with a live token of that replica and tenant, judged by its own clock;
 //! anything else is refused with the token's typed error (`keys:tokenInvalid`,
-//! `keys:tokenExpired`, `keys:tokenIdentityMismatch`) before the request touches the store.
+//! `keys:tokenExpired`, `keys:tokenIdentityMismatch`) before the request touches the store; a
+//! live token of another tenant than the request's is refused `rbacDenied`.
 
 use std::collections::BTreeMap;
 
@@ -134,7 +135,13 @@ impl Server {
                         Err(e) => Response::error(e.code(), e.to_string()),
                     };
                 }
-                Request::Push { tenant, replica, .. } | Request::Pull { tenant, replica, .. } => auth.admit(token, tenant, replica).map(|_| ()),
+                Request::Push { tenant, replica, .. } | Request::Pull { tenant, replica, .. } => match auth.admit(token, replica) {
+                    // A live token of another tenant: the replica asks for what it may not see.
+                    Ok(c) if &c.tenant != tenant => {
+                        return Response::error("rbacDenied", format!("replica {replica} holds a token of tenant {}, not {tenant}", c.tenant));
+                    }
+                    r => r.map(|_| ()),
+                },
                 Request::Blob(_) => Ok(()),
             };
             if let Err(e) = admitted {

@@ -213,6 +213,9 @@ fn requests_without_a_live_token_of_their_own_are_refused_and_change_nothing() {
     sync(&mut c2, &mut s).unwrap();
     let foreign = c2.token_state().unwrap().token().unwrap().to_string();
     assert_eq!(code(s.handle_with_token(Some(&foreign), push.clone())), "keys:tokenIdentityMismatch");
+    // The other replica's own live token, asking for another tenant: an RBAC refusal.
+    let globex = Request::Pull { tenant: "globex".into(), replica: "dev-2".into(), since: 0, limit: 10 };
+    assert_eq!(code(s.handle_with_token(Some(&foreign), globex)), "rbacDenied");
     let mut stolen = w.device(fixed(), 1);
     stolen.set_pairing(token::pairing_key(&w.secret, "acme", "dev-2")).unwrap();
     let e = sync(&mut stolen, &mut s).unwrap_err();

@@ -208,13 +208,16 @@ async fn divergence(cx: &mut Ctx) {
     if cx.step("inspect-rbac-rejections") {
         // A device of the other tenant asks for this tenant's events: the server refuses it and
         // nothing of this tenant reaches it.
+        // It holds a live token (of its own tenant).
         let other = cx.devs[1].name.clone();
         let node = cx.devs[1].node;
+        let token = cx.devs[1].client().token_state().and_then(|s| s.token().map(String::from));
         let req = Request::Pull { tenant: tenant.clone(), replica: other, since: 0, limit: 100 };
         let resp = cx
             .on(node, async move {
                 let server = SocketAddr::new(SERVER_IP, SERVER_PORT);
                 let mut rpc = RpcClient::bind(server, 9_000, Duration::from_millis(1_000)).await.ok()?;
+                drill_stack::rpc::Exchange::set_token(&mut rpc, token);
                 for _ in 0..super::harness::SYNC_ATTEMPTS_MAX {
                     if let Ok(r) = rpc.call(&req).await {
                         return Some(r);
