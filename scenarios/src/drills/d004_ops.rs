@@ -24,7 +24,9 @@
 //!   (INV-READ-ONLY) is the audit's: the quarantine is the fix, which changes stored content.
 //! - `004-7.2-health-indicators`. Three indicators flipped one after another — projections
 //!   marked unhealthy, READ_ONLY, a disk that fails every write and read — each seen in the
-//!   health status, then repaired one after another, each flip back seen.
+//!   health status, then repaired one after another, each flip back seen. The event store's
+//!   `slow` is not injected: the simulated disk's locks never wait and no time passes inside a
+//!   call, so the local probe cannot be slow (the stack's unit test covers it on a real file).
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -434,15 +436,9 @@ impl Exchange for Foreign<'_> {
     }
 }
 
-async fn tenant_breach(cx: &mut Ctx) {
-    cx.warm_up().await;
-    let (tenant, other) = (cx.devs[0].tenant.clone(), cx.devs[1].tenant.clone());
-    // The other tenant writes last, so its newest event is past everything device 0 pulled.
-    cx.append(1, 1);
-    cx.sync(1).await.expect("the other tenant's device syncs");
-    let theirs = cx.server(|s| s.events().expect("the server's events")).await;
-    let row = theirs.into_iter().rfind(|e| e.tenant == other).expect("the other tenant wrote");
-    // The stack's guard: a pull page carrying the event is refused and changes nothing.
+/// The stack's own guard: a pull page carrying another tenant's event is refused with
+/// `pull:tenantViolation` and the attempt changes nothing (retried while the network loses it).
+async fn guard_refuses(cx: &mut Ctx, row: &EventRow) {
     let before = (cx.devs[0].client().export_state().expect("state"), cx.device_events(0).len());
     let mut r = Err(SyncError::Transport { detail: "not tried".into() });
     for _ in 0..super::harness::SYNC_ATTEMPTS_MAX {
@@ -457,6 +453,50 @@ async fn tenant_breach(cx: &mut Ctx) {
     let sig = r.as_ref().err().and_then(SyncError::signature);
     let guarded = sig.as_deref() == Some("pull:tenantViolation") && before == after;
     cx.symptom(guarded, "the stack's tenant check refuses another tenant's event in a pull page, failing closed", json!({"signature": sig}));
+}
+
+/// The server's scope guard, reviewed: it binds each replica to its tenant, refuses the device's
+/// pull of another tenant, and answers its own pulls with its tenant's events only.
+async fn review_scope_guard(cx: &mut Ctx, tenant: &str, other: &str) {
+    let replica = cx.devs[0].name.clone();
+    let r2 = replica.clone();
+    let bound: Vec<String> = cx
+        .server(move |s| {
+            let mut st = s.registry_conn().prepare("SELECT tenant FROM replicas WHERE replica = ?1").expect("the replica registry");
+            st.query_map([&r2], |r| r.get(0)).expect("bindings").collect::<Result<_, _>>().expect("bindings")
+        })
+        .await;
+    let mut answers = Vec::new();
+    for t in [tenant.to_string(), other.to_string()] {
+        let req = Request::Pull { tenant: t, replica: replica.clone(), since: 0, limit: 1_000 };
+        let rpc = cx.devs[0].rpc.as_mut().expect("bound");
+        let mut answer = Err(SyncError::Transport { detail: "not sent".into() });
+        for _ in 0..super::harness::SYNC_ATTEMPTS_MAX {
+            answer = rpc.call(&req).await;
+            if !matches!(answer, Err(SyncError::Transport { .. })) {
+                break;
+            }
+        }
+        answers.push(answer);
+    }
+    let own_only = matches!(&answers[0], Ok(Response::Page { items, .. }) if items.iter().all(|e| e.tenant == tenant));
+    let refused = matches!(&answers[1], Ok(Response::Error { .. }));
+    let refused = refused && bound == [tenant];
+    let shown: Vec<String> = answers.iter().map(|a| format!("{a:?}").chars().take(200).collect()).collect();
+    trace::emit("drill", "drill.scope_guard", json!({"bound": bound, "answers": shown}));
+    let detail = json!({"own_only": own_only, "other_refused": refused});
+    cx.check(own_only && refused, "the server binds the replica to its tenant and scopes its pulls to it", detail);
+}
+
+async fn tenant_breach(cx: &mut Ctx) {
+    cx.warm_up().await;
+    let (tenant, other) = (cx.devs[0].tenant.clone(), cx.devs[1].tenant.clone());
+    // The other tenant writes last, so its newest event is past everything device 0 pulled.
+    cx.append(1, 1);
+    cx.sync(1).await.expect("the other tenant's device syncs");
+    let theirs = cx.server(|s| s.events().expect("the server's events")).await;
+    let row = theirs.into_iter().rfind(|e| e.tenant == other).expect("the other tenant wrote");
+    guard_refuses(cx, &row).await;
     // Behind the guard: the event is written into the store directly (a mixed restore, a bad
     // tool), and the routine full replay folds it.
     drill_stack::store::insert_event(cx.devs[0].client().db(), &row).expect("the event is written");
@@ -484,36 +524,7 @@ async fn tenant_breach(cx: &mut Ctx) {
         cx.check(cross == [row.seq], "the audit finds exactly the cross-tenant event", json!({"found": cross, "seq": row.seq}));
     }
     if cx.step("review-scope-guard") {
-        // The server binds each replica to its tenant: the device cannot ask for another
-        // tenant's events, and its own pulls carry its tenant only.
-        let replica = cx.devs[0].name.clone();
-        let r2 = replica.clone();
-        let bound: Vec<String> = cx
-            .server(move |s| {
-                let mut st = s.registry_conn().prepare("SELECT tenant FROM replicas WHERE replica = ?1").expect("the replica registry");
-                st.query_map([&r2], |r| r.get(0)).expect("bindings").collect::<Result<_, _>>().expect("bindings")
-            })
-            .await;
-        let mut answers = Vec::new();
-        for t in [tenant.clone(), other.clone()] {
-            let req = Request::Pull { tenant: t, replica: replica.clone(), since: 0, limit: 1_000 };
-            let rpc = cx.devs[0].rpc.as_mut().expect("bound");
-            let mut answer = Err(SyncError::Transport { detail: "not sent".into() });
-            for _ in 0..super::harness::SYNC_ATTEMPTS_MAX {
-                answer = rpc.call(&req).await;
-                if !matches!(answer, Err(SyncError::Transport { .. })) {
-                    break;
-                }
-            }
-            answers.push(answer);
-        }
-        let own_only = matches!(&answers[0], Ok(Response::Page { items, .. }) if items.iter().all(|e| e.tenant == tenant));
-        let refused = matches!(&answers[1], Ok(Response::Error { .. }));
-        let refused = refused && bound == [tenant.clone()];
-        let shown: Vec<String> = answers.iter().map(|a| format!("{a:?}").chars().take(200).collect()).collect();
-        trace::emit("drill", "drill.scope_guard", json!({"bound": bound, "answers": shown}));
-        let detail = json!({"own_only": own_only, "other_refused": refused});
-        cx.check(own_only && refused, "the server binds the replica to its tenant and scopes its pulls to it", detail);
+        review_scope_guard(cx, &tenant, &other).await;
     }
     // The READ_ONLY period of the audit ends here for the model: the fix changes stored content.
     let mut frozen = None;
