@@ -853,6 +853,9 @@ fn repair_keys(ctx: &ClientCtx, start: u64, e: &KeyError) -> Result<&'static str
             let mut k = lock(&ctx.key_faults);
             k.passphrase_changes = changes + 1;
             k.passphrase_forgotten = false;
+            // There is no backup: keys this device was still waiting to get back from one (an
+            // earlier loss of aggregate keys) are gone for good with it.
+            k.unrecoverable.extend(lock(&ctx.withheld).iter().cloned());
             // The operator takes a backup of the new store once it paired again.
             *lock(&ctx.backup) = None;
             "passphrase declared lost"
