@@ -102,7 +102,8 @@ impl Engine {
     }
 
     /// Restores `projection` of `tenant` from its latest valid snapshot and replays the events
-    /// after it (runbook 004 §4.2); with no valid snapshot, replays everything. Recovery.
+    /// after it (runbook 004 §4.2); with no valid snapshot, or when an event of the tail does not
+    /// open (the snapshot may hold part of its aggregate), replays everything. Recovery.
     pub fn restore_from_snapshot(
         &self,
         c: &Connection,
@@ -124,6 +125,15 @@ impl Engine {
         }
         let tail = events.iter().filter(|e| e.tenant == tenant && e.seq > from);
         let report = feed(&tx, &[p], tail, keys).map_err(ProjectionError::from)?;
+        if snap.is_some() && !report.incomplete.is_empty() {
+            // An event of the tail does not open: the snapshot may hold the fold of its
+            // aggregate's earlier events, which a projection reporting the aggregate incomplete
+            // must not. Only a replay from the start leaves the whole aggregate out.
+            drop(tx);
+            let scope = super::Scope { tenant: Some(tenant.to_string()), projection: Some(projection.to_string()), until_ts_ms: None };
+            let tail = self.rebuild(c, events, keys, &scope)?;
+            return Ok(Restored { used: None, skipped_corrupt, tail });
+        }
         tx.commit()?;
         Ok(Restored { used: snap.map(|s| s.id), skipped_corrupt, tail: report })
     }
