@@ -26,6 +26,12 @@ fn plan_with(kind: TransportFaultKind) -> Plan {
         p.ops.push(PlannedOp { at_ms: t, client: "client-1".into(), action: Action::Sync });
     }
     p.transport_faults = vec![TransportFaultAt { at_ms: 2_000, node: "client-1".into(), kind, ms: 4_000 }];
+    if kind.token_error().is_some() {
+        // The server's clock jumps past every token's life as the window opens: the device
+        // needs a new token while the token path is broken.
+        let jump = drill_sim::faults::Fault::ClockJump { node: "server".into(), delta_ms: 2 * drill_scenarios::tokens::TOKEN_TTL_MS };
+        p.faults = vec![drill_sim::faults::Scheduled { at_ms: 2_000, fault: jump }];
+    }
     p.heal_at_ms = t + 500;
     p
 }
