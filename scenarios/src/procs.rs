@@ -1124,7 +1124,7 @@ pub const SNAPSHOT_EVERY: u64 = 16;
 
 /// A digest of what commands write to a device's database: events, outbox, snapshots and meta
 /// (but the mode itself); not the derived projection tables, which a recovery may rebuild.
-fn content_digest(client: &Client) -> Option<String> {
+pub fn content_digest(client: &Client) -> Option<String> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     let queries = [

@@ -271,28 +271,8 @@ pub async fn try_sync(cx: &mut Ctx, i: usize) -> Result<(), String> {
     c.sync(rpc).await.map(|_| ()).map_err(|e| e.code())
 }
 
-/// A digest of what commands write to a device's database (events, outbox, snapshots, meta but
-/// the mode), not the derived tables a recovery rebuilds: INV-READ-ONLY's storage facts.
-pub fn content_digest(c: &Client) -> Option<String> {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    let queries = [
-        "SELECT seq || ':' || op_id || ':' || hex(hash) FROM events ORDER BY seq",
-        "SELECT write_id || ':' || op_id || ':' || hex(payload) FROM outbox ORDER BY write_id",
-        "SELECT id || ':' || checksum FROM proj_snapshots ORDER BY id",
-        "SELECT key || '=' || value FROM meta WHERE key NOT LIKE 'resilience/%' ORDER BY key",
-    ];
-    for q in queries {
-        let mut st = c.db().prepare(q).ok()?;
-        let rows = st.query_map([], |r| r.get::<_, String>(0)).ok()?;
-        for r in rows {
-            h.update(r.ok()?.as_bytes());
-            h.update(b"\n");
-        }
-        h.update(b"--\n");
-    }
-    Some(hex::encode(h.finalize()))
-}
+// INV-READ-ONLY's storage facts: `procs::content_digest`, as the world takes them.
+use crate::procs::content_digest;
 
 /// A READ_ONLY period of device `i`: the writes tried, and the stored content at its start.
 pub struct Period {
