@@ -187,3 +187,27 @@ fn a_write_the_server_holds_may_leave_the_device() {
     c.observe(Fact::ClientState { snapshot: client(&[], vec![]), after_recovery: true }, 5);
     assert!(c.violations().is_empty(), "{:?}", c.violations());
 }
+
+/// A device anchored past compacted history may drop a write the server compacted, even when
+/// the push's acknowledgement was never recorded; the write is then the server's to hold, and a
+/// server that does not hold it (stored or compacted) breaks INV-DURABLE.
+#[test]
+fn an_anchored_device_hands_a_dropped_write_to_the_server_which_must_hold_it() {
+    let anchored = || {
+        let mut c = checker_with_ack(b"a");
+        let mut snap = client(&[], vec![]);
+        snap.anchor = Some((5, vec![9; 32]));
+        c.observe(Fact::Crashed { node: "client-1".into() }, 4);
+        c.observe(Fact::ClientState { snapshot: snap, after_recovery: true }, 5);
+        assert!(c.violations().is_empty(), "{:?}", c.violations());
+        c
+    };
+    let mut c = anchored();
+    c.observe(Fact::ServerState { snapshot: ServerSnapshot { node: "server".into(), pruned: vec![], anchors: vec![], events: vec![] } }, 6);
+    assert_eq!(ids(&c), vec!["INV-DURABLE"]);
+    assert_eq!(c.violations()[0].node, "server");
+    let mut c = anchored();
+    let pruned = drill_model::facts::PrunedFact { tenant: "acme".into(), replica: "client-1".into(), op_id: "client-1-1".into(), seq: 3, payload_sha256: drill_model::facts::sha256_hex(b"a") };
+    c.observe(Fact::ServerState { snapshot: ServerSnapshot { node: "server".into(), pruned: vec![pruned], anchors: vec![], events: vec![] } }, 6);
+    assert!(c.violations().is_empty(), "{:?}", c.violations());
+}
