@@ -950,9 +950,7 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
     };
     key_store_recovery(&ctx, &client);
     report_unrecoverable(&ctx, &client);
-    if let Err(e) = client.set_pairing(ctx.pairing.clone()) {
-        record(&ctx.shared, name, "op.err", json!({"action": "load_token", "code": e.code(), "message": e.to_string()}), None);
-    }
+    client.set_pairing(ctx.pairing.clone());
     // Derived state catches up with whatever the disk kept.
     if let Err(e) = client.project() {
         record(&ctx.shared, name, "node.projection_behind", json!({"code": e.code(), "message": e.to_string()}), None);

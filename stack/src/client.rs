@@ -538,17 +538,11 @@ impl Client {
         Ok(())
     }
 
-    /// Requires tokens of this device from now on: `pairing` is the key pairing gave it. A
-    /// token saved in the key store is the starting point, but the first request of this
-    /// connection refreshes it anyway (runbook 002: a reconnect forces the refresh path).
-    pub fn set_pairing(&mut self, pairing: Key) -> Result<(), StoreError> {
-        // A locked key store has no token to offer: the first request refreshes anyway.
-        let saved = match &self.keys.ring {
-            Ring::Store(ks) if ks.is_unlocked() => ks.saved_token(&self.tenant)?,
-            Ring::Store(_) | Ring::Fixed(_) => None,
-        };
-        self.auth = Some(Auth { pairing, state: TokenState::new(saved) });
-        Ok(())
+    /// Requires tokens of this device from now on: `pairing` is the key pairing gave it. The
+    /// first request of this connection asks for a token (runbook 002: a reconnect forces the
+    /// refresh path); each one the server issues is saved in the key store.
+    pub fn set_pairing(&mut self, pairing: Key) {
+        self.auth = Some(Auth { pairing, state: TokenState::default() });
     }
 
     /// The identity tokens are bound to: the key store's identity, or (with fixed keys and no

@@ -507,7 +507,7 @@ impl Ctx {
         };
         self.on(node, task).await;
         let mut client = HANDOFF.with(|h| h.borrow_mut().take()).expect("the open task handed its client over")?;
-        client.set_pairing(pairing)?;
+        client.set_pairing(pairing);
         let boots = client.boots();
         let server = SocketAddr::new(SERVER_IP, SERVER_PORT);
         let rpc = self.on(node, async move { RpcClient::bind(server, boots, Duration::from_millis(RPC_TIMEOUT_MS)).await }).await;

@@ -168,14 +168,14 @@ impl TokenAuth {
     }
 }
 
-/// A device's token: the one it holds, the offset from its clock to the server's, and whether
-/// it was refreshed since this connection opened (a reconnect always refreshes).
+/// A device's token on one connection: the one the server issued it since the connection
+/// opened (a reconnect always refreshes: the token saved in the key store is never reused), its
+/// expiry, and the offset from the device's clock to the server's.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TokenState {
-    token: Option<String>,
+    held: Option<(String, i64)>,
     offset_ms: i64,
-    refreshed: bool,
-    /// Refreshes and refusals since the state was made (a connection's counters).
+    /// Refreshes and refusals on this connection.
     pub refreshes: u64,
     pub refusals: Vec<String>,
 }
@@ -184,14 +184,9 @@ pub struct TokenState {
 pub const REFRESH_MARGIN_MS: i64 = 1_000;
 
 impl TokenState {
-    /// A new connection's state, starting from the token saved in the key store (if any).
-    pub fn new(saved: Option<String>) -> TokenState {
-        TokenState { token: saved, ..TokenState::default() }
-    }
-
     /// The token requests go out with.
     pub fn token(&self) -> Option<&str> {
-        self.token.as_deref()
+        self.held.as_ref().map(|(t, _)| t.as_str())
     }
 
     /// The offset from the device's clock to the server's, as of the last refresh.
@@ -199,18 +194,10 @@ impl TokenState {
         self.offset_ms
     }
 
-    /// Whether the device must ask for a token before its next request: none held, not
-    /// refreshed since this connection opened, or expiring by the server's time as the device
-    /// estimates it.
+    /// Whether the device must ask for a token before its next request: none held on this
+    /// connection, or expiring by the server's time as the device estimates it.
     pub fn needs_refresh(&self, local_now_unix_ms: i64) -> bool {
-        let Some(t) = &self.token else { return true };
-        if !self.refreshed {
-            return true;
-        }
-        match claims(t) {
-            Ok(c) => check_expiry(&c, local_now_unix_ms + self.offset_ms + REFRESH_MARGIN_MS).is_err(),
-            Err(_) => true,
-        }
+        self.held.as_ref().is_none_or(|(_, expires)| local_now_unix_ms + self.offset_ms + REFRESH_MARGIN_MS >= *expires)
     }
 
     /// Takes a fresh token from the server's answer, after checking it is bound to this device
@@ -220,8 +207,7 @@ impl TokenState {
         let c = claims(&token)?;
         check_binding(&c, identity, replica, tenant)?;
         self.offset_ms = server_unix_ms - local_now_unix_ms;
-        self.token = Some(token);
-        self.refreshed = true;
+        self.held = Some((token, c.expires_unix_ms));
         self.refreshes += 1;
         Ok(())
     }
@@ -229,7 +215,7 @@ impl TokenState {
     /// The server refused the held token (`code`): it is dropped, and the next request refreshes.
     pub fn refused(&mut self, code: &str) {
         self.refusals.push(code.to_string());
-        self.token = None;
+        self.held = None;
     }
 }
 
@@ -326,8 +312,8 @@ mod tests {
         let mut r = rng();
         let issuer = TokenIssuer::new(Key::generate(&mut r), 10_000);
         let t = issuer.issue("id-a", "dev-1", "acme", &FixedClock(100_000), &mut r);
-        let mut s = TokenState::new(Some(t.clone()));
-        assert!(s.needs_refresh(100_000), "a reconnect refreshes even a live saved token");
+        let mut s = TokenState::default();
+        assert!(s.needs_refresh(100_000), "a new connection refreshes first");
         // The device's clock runs an hour ahead of the server's: the fresh token is not
         // thrown away, and it is refreshed just before the server would refuse it.
         let ahead = 100_000 + 3_600_000;
@@ -336,7 +322,7 @@ mod tests {
         assert!(!s.needs_refresh(ahead + 8_000));
         assert!(s.needs_refresh(ahead + 9_500));
         // Behind by an hour: the same.
-        let mut s = TokenState::new(None);
+        let mut s = TokenState::default();
         s.accept(t.clone(), 100_000, 100_000 - 3_600_000, "id-a", "dev-1", "acme").unwrap();
         assert!(!s.needs_refresh(100_000 - 3_600_000 + 8_000));
         assert!(s.needs_refresh(100_000 - 3_600_000 + 9_500));
@@ -345,7 +331,7 @@ mod tests {
         assert!(s.token().is_none() && s.needs_refresh(0));
         assert_eq!(s.refusals, vec!["keys:tokenInvalid".to_string()]);
         // A token bound to someone else is refused and not kept.
-        let mut s = TokenState::new(None);
+        let mut s = TokenState::default();
         assert_eq!(s.accept(t, 100_000, 100_000, "id-b", "dev-1", "acme").unwrap_err().code(), "keys:tokenIdentityMismatch");
         assert!(s.token().is_none());
     }
