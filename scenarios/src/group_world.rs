@@ -88,16 +88,62 @@ impl RoomEpochs {
     }
 }
 
+/// What a member read from its room, packet by packet (the world's members and the 002 drill
+/// read through it).
+#[derive(Debug, Default)]
+pub struct Inbox {
+    /// Delivered packets by id, with the SHA-256 of the plaintext read.
+    pub delivered: BTreeMap<u64, String>,
+    /// Buffered packets' ids and epochs, in the session buffer's order.
+    pub waiting: Vec<(u64, u64)>,
+    /// Packets a full buffer dropped.
+    pub dropped: BTreeSet<u64>,
+}
+
+impl Inbox {
+    /// Receives packet `id` through `session`: delivered, buffered, or dropped by a full buffer
+    /// (`keys:groupBufferOverflow`), as the session answers.
+    pub fn receive(&mut self, session: &mut GroupSession, id: u64, packet: GroupPacket) -> Result<Received, KeyError> {
+        let epoch = packet.epoch;
+        let r = session.receive(packet);
+        match &r {
+            Ok(Received::Delivered(pt)) => {
+                self.delivered.insert(id, sha256_hex(pt));
+            }
+            Ok(Received::Buffered { .. }) => self.waiting.push((id, epoch)),
+            Err(KeyError::GroupBufferOverflow { .. }) => {
+                self.dropped.insert(id);
+            }
+            Err(_) => {}
+        }
+        r
+    }
+
+    /// Gives `session` the key of `epoch` and takes in the packets that waited for it: each
+    /// replayed id, with why it did not open if it did not.
+    pub fn add_key(&mut self, session: &mut GroupSession, epoch: u64, key: Key) -> Vec<(u64, Result<(), KeyError>)> {
+        let replayed = session.add_epoch_key(epoch, key);
+        let ids: Vec<u64> = self.waiting.iter().filter(|(_, e)| *e == epoch).map(|(id, _)| *id).collect();
+        self.waiting.retain(|(_, e)| *e != epoch);
+        let delivered = &mut self.delivered;
+        ids.into_iter()
+            .zip(replayed)
+            .map(|(id, r)| {
+                (id, r.map(|pt| {
+                    delivered.insert(id, sha256_hex(&pt));
+                }))
+            })
+            .collect()
+    }
+}
+
 /// A member's session with its room: in the device process's memory.
 #[derive(Default)]
 pub struct Member {
     session: Option<GroupSession>,
-    /// Buffered packets' ids and epochs, in the session buffer's order.
-    waiting: Vec<(u64, u64)>,
     /// How many of the room's packets this session has read.
     cursor: usize,
-    delivered: BTreeMap<u64, String>,
-    dropped: BTreeSet<u64>,
+    inbox: Inbox,
 }
 
 impl Member {
@@ -139,33 +185,33 @@ pub fn step(ctx: &ClientCtx, client: &mut Client, start: u64, post: bool) {
             record(&ctx.shared, name, "op.err", json!({"action": "group_key", "epoch": epoch, "code": e.code(), "message": e.to_string()}), None);
             continue;
         }
-        let replayed = m.session.as_mut().expect("joined").add_epoch_key(epoch, key);
-        let ids: Vec<u64> = m.waiting.iter().filter(|(_, e)| *e == epoch).map(|(id, _)| *id).collect();
-        m.waiting.retain(|(_, e)| *e != epoch);
+        let Member { session, inbox, .. } = &mut *m;
+        let replayed = inbox.add_key(session.as_mut().expect("joined"), epoch, key);
+        let ids: Vec<u64> = replayed.iter().map(|(id, _)| *id).collect();
         record(&ctx.shared, name, "store.group_key", json!({"epoch": epoch, "replayed": ids}), None);
-        for (id, r) in ids.into_iter().zip(replayed) {
-            deliver(ctx, &mut m, id, epoch, r);
+        for (id, r) in replayed {
+            if let Err(e) = r {
+                record(&ctx.shared, name, "op.err", json!({"action": "group_replay", "packet": id, "epoch": epoch, "code": e.code(), "message": e.to_string()}), None);
+            }
         }
     }
     let new: Vec<RoomPacket> = lock(&room.epochs).packets[m.cursor..].to_vec();
     m.cursor += new.len();
+    let Member { session, inbox, .. } = &mut *m;
+    let session = session.as_mut().expect("joined");
     for p in new {
         let epoch = p.packet.epoch;
-        match m.session.as_mut().expect("joined").receive(p.packet) {
-            Ok(Received::Delivered(pt)) => {
-                m.delivered.insert(p.id, sha256_hex(&pt));
-            }
+        match inbox.receive(session, p.id, p.packet) {
+            Ok(Received::Delivered(_)) => {}
             Ok(Received::Buffered { buffered }) => {
-                m.waiting.push((p.id, epoch));
                 *lock(&ctx.shared).counts.entry("keys.group_epoch_unknown".into()).or_default() += 1;
                 record(&ctx.shared, name, "store.group_buffered", json!({"packet": p.id, "epoch": epoch, "buffered": buffered}), None);
             }
             Err(e @ KeyError::GroupBufferOverflow { .. }) => {
-                m.dropped.insert(p.id);
                 *lock(&ctx.shared).counts.entry("keys.group_buffer_overflow".into()).or_default() += 1;
                 record(&ctx.shared, name, "op.err", json!({"action": "group_receive", "packet": p.id, "code": e.code(), "message": e.to_string()}), None);
             }
-            Err(e) => deliver(ctx, &mut m, p.id, epoch, Err(e)),
+            Err(e) => record(&ctx.shared, name, "op.err", json!({"action": "group_replay", "packet": p.id, "epoch": epoch, "code": e.code(), "message": e.to_string()}), None),
         }
     }
     if !post {
@@ -183,21 +229,12 @@ pub fn step(ctx: &ClientCtx, client: &mut Client, start: u64, post: bool) {
     }
 }
 
-fn deliver(ctx: &ClientCtx, m: &mut Member, id: u64, epoch: u64, r: Result<Vec<u8>, KeyError>) {
-    match r {
-        Ok(pt) => {
-            m.delivered.insert(id, sha256_hex(&pt));
-        }
-        Err(e) => record(&ctx.shared, &ctx.name, "op.err", json!({"action": "group_replay", "packet": id, "epoch": epoch, "code": e.code(), "message": e.to_string()}), None),
-    }
-}
-
 /// The audit: a last room step; a member that dropped packets from a full buffer is reconnected
 /// by the operator (unless the plan skips it) and reads the room again; then, when the run
 /// converged, the model judges the member (INV-GROUP).
 pub fn audit(ctx: &ClientCtx, client: &mut Client, start: u64, converged: bool, skip_reconnect: bool) {
     step(ctx, client, start, false);
-    let dropped = lock(&ctx.group).dropped.len();
+    let dropped = lock(&ctx.group).inbox.dropped.len();
     if dropped > 0 && !skip_reconnect {
         lock(&ctx.group).reset();
         record(&ctx.shared, &ctx.name, "store.group_reconnect", json!({"dropped": dropped}), None);
@@ -220,8 +257,8 @@ pub fn audit(ctx: &ClientCtx, client: &mut Client, start: u64, converged: bool, 
         sent,
         epochs,
         held,
-        delivered: m.delivered.clone(),
-        buffered: m.waiting.iter().map(|(id, _)| *id).collect(),
+        delivered: m.inbox.delivered.clone(),
+        buffered: m.inbox.waiting.iter().map(|(id, _)| *id).collect(),
     };
     let detail = json!({"delivered": facts.delivered.len(), "sent": facts.sent.len(), "held": facts.held});
     drop(m);

@@ -52,6 +52,7 @@ use serde_json::json;
 use super::d000_keys::{all_aggregates, close, key_store, open_keyed, own_facts, PASSPHRASE};
 use super::harness::Ctx;
 use super::Drill;
+use crate::group_world::Inbox;
 use crate::procs::{self, DEVICE_DB, KEYS_DB};
 use crate::transport::TransportFaultKind;
 
@@ -234,28 +235,18 @@ impl Room {
     }
 }
 
-/// A member reading the room: delivered packets by id, buffered ids, dropped ids.
+/// A member reading the room: what its inbox took in, and the codes of what it refused.
 #[derive(Default)]
 struct Reader {
-    delivered: BTreeMap<u64, String>,
-    waiting: Vec<(u64, u64)>,
-    dropped: Vec<u64>,
+    inbox: Inbox,
     errors: Vec<String>,
 }
 
 impl Reader {
     fn read(&mut self, session: &mut GroupSession, packets: &[(u64, GroupPacket, String)]) {
         for (id, p, _) in packets {
-            match session.receive(p.clone()) {
-                Ok(Received::Delivered(pt)) => {
-                    self.delivered.insert(*id, drill_model::facts::sha256_hex(&pt));
-                }
-                Ok(Received::Buffered { .. }) => self.waiting.push((*id, p.epoch)),
-                Err(e @ KeyError::GroupBufferOverflow { .. }) => {
-                    self.dropped.push(*id);
-                    self.errors.push(e.code().to_string());
-                }
-                Err(e) => self.errors.push(e.code().to_string()),
+            if let Err(e) = self.inbox.receive(session, *id, p.clone()) {
+                self.errors.push(e.code().to_string());
             }
         }
     }
@@ -290,7 +281,7 @@ async fn group_drill(cx: &mut Ctx) {
     }
     cx.inject("group_rekey_without_member_key", json!({"group": group, "epoch": 2, "packets": BUFFER_MAX + extra}));
     reader.read(&mut session, &room.packets[2..]);
-    let undecrypted = session.key(2).is_none() && reader.delivered.len() == 2;
+    let undecrypted = session.key(2).is_none() && reader.inbox.delivered.len() == 2;
     let overflow = session.buffered() == BUFFER_MAX && reader.errors.iter().any(|c| c == "keys:groupBufferOverflow");
     cx.symptom(undecrypted && overflow, "packets under the new epoch do not decrypt; the buffer grows to its limit and overflows", json!({"buffered": session.buffered(), "errors": reader.errors}));
     if cx.step("check-handshake-keys") {
@@ -323,16 +314,9 @@ async fn group_drill(cx: &mut Ctx) {
     }
     if cx.step("replay-buffered") {
         if let Some(k) = fetched.clone() {
-            let ids: Vec<u64> = reader.waiting.iter().filter(|(_, e)| *e == 2).map(|(id, _)| *id).collect();
-            let replayed = session.add_epoch_key(2, k);
+            let replayed = reader.inbox.add_key(&mut session, 2, k);
             let n = replayed.len();
-            for (id, r) in ids.iter().zip(replayed) {
-                if let Ok(pt) = r {
-                    reader.delivered.insert(*id, drill_model::facts::sha256_hex(&pt));
-                }
-            }
-            reader.waiting.retain(|(_, e)| *e != 2);
-            cx.check(n == ids.len() && n == BUFFER_MAX, "every buffered packet replays after the key update", json!({"replayed": n}));
+            cx.check(n == BUFFER_MAX, "every buffered packet replays after the key update", json!({"replayed": n}));
         }
     }
     if cx.step("reconnect-and-compare") {
@@ -341,11 +325,11 @@ async fn group_drill(cx: &mut Ctx) {
         let mut again = GroupSession::load(ks(cx, PEER), &group, BUFFER_MAX).expect("the member's session");
         let mut fresh = Reader::default();
         fresh.read(&mut again, &room.packets);
-        for (id, sha) in fresh.delivered {
-            reader.delivered.entry(id).or_insert(sha);
+        for (id, sha) in fresh.inbox.delivered {
+            reader.inbox.delivered.entry(id).or_insert(sha);
         }
         session = again;
-        reader.waiting = fresh.waiting;
+        reader.inbox.waiting = fresh.inbox.waiting;
     }
     // The model judges the member (INV-GROUP).
     let held: Vec<u64> = [1, 2].into_iter().filter(|e| session.key(*e).is_some()).collect();
@@ -355,8 +339,8 @@ async fn group_drill(cx: &mut Ctx) {
         sent: room.packets.iter().map(|(id, p, sha)| SentPacket { id: *id, epoch: p.epoch, sha256: sha.clone() }).collect(),
         epochs: vec![1, 2],
         held,
-        delivered: reader.delivered.clone(),
-        buffered: reader.waiting.iter().map(|(id, _)| *id).collect(),
+        delivered: reader.inbox.delivered.clone(),
+        buffered: reader.inbox.waiting.iter().map(|(id, _)| *id).collect(),
     };
     let line = drill_sim::trace::emit("drill", "check.group", json!({"drill": cx.drill.id, "delivered": facts.delivered.len(), "sent": facts.sent.len()}));
     procs::observe(&cx.shared, Fact::Store(StoreFact::Group(facts)), line);
