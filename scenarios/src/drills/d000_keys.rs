@@ -212,14 +212,19 @@ fn inconsistent(cx: &mut Ctx, i: usize) -> Value {
     }
 }
 
-/// Replaces device `i` by a fresh one that paired with only the tenant's keys of `keep`: its
-/// database and key store go, a new key store gets those keys, and it syncs the tenant's
-/// history.
-async fn replace_device(cx: &mut Ctx, i: usize, keep: &[String]) {
+/// The failure of both key drills: device `i` is replaced by a fresh one that paired without
+/// one or two of the tenant's keys (its database and key store go, a new key store gets the
+/// other keys, and it syncs the tenant's history). Returns the withheld aggregates.
+async fn replace_without_some_keys(cx: &mut Ctx, i: usize) -> BTreeSet<String> {
+    let (tenant, name) = (cx.devs[i].tenant.clone(), cx.devs[i].name.clone());
+    let withheld = pick_withheld(cx);
+    let keep: Vec<String> = all_aggregates(&tenant).into_iter().filter(|a| !withheld.contains(a)).collect();
+    cx.inject("fresh_device_without_keys", json!({"device": name, "withheld": withheld}));
     close(cx, i);
     wipe(cx, i);
-    open_keyed(cx, i, keep).await;
+    open_keyed(cx, i, &keep).await;
     cx.sync(i).await.unwrap_or_else(|e| panic!("the fresh device cannot sync: {e}"));
+    withheld
 }
 
 /// Aggregates withheld from a fresh device: one or two of the drills' aggregates.
@@ -381,10 +386,7 @@ async fn missing_keys(cx: &mut Ctx) {
     };
     cx.warm_up().await;
     let committed = cx.server_tenant(&tenant).await;
-    let withheld = pick_withheld(cx);
-    let keep: Vec<String> = all_aggregates(&tenant).into_iter().filter(|a| !withheld.contains(a)).collect();
-    cx.inject("fresh_device_without_keys", json!({"device": name, "withheld": withheld}));
-    replace_device(cx, 0, &keep).await;
+    let withheld = replace_without_some_keys(cx, 0).await;
     let skips = skipped(cx, 0);
     let missing = skips.iter().filter(|(_, r)| r.contains("keys:aggregateKeyMissing")).map(|(a, _)| a.clone()).collect::<BTreeSet<_>>();
     let unreadable = {
@@ -472,10 +474,7 @@ async fn diagnostics_export(cx: &mut Ctx) {
     cx.warm_up().await;
     let committed = cx.server_tenant(&tenant).await;
     // The device in trouble: replaced by a fresh one that paired without some of its keys.
-    let withheld = pick_withheld(cx);
-    let keep: Vec<String> = all_aggregates(&tenant).into_iter().filter(|a| !withheld.contains(a)).collect();
-    cx.inject("fresh_device_without_keys", json!({"device": name, "withheld": withheld}));
-    replace_device(cx, 0, &keep).await;
+    let withheld = replace_without_some_keys(cx, 0).await;
     let clock = NodeClock(node);
     let mut errors = ErrorLog::new(16);
     for s in cx.devs[0].client().incomplete().unwrap_or_default() {
