@@ -564,27 +564,31 @@ pub fn rooms(plan: &crate::plan::Plan) -> BTreeMap<String, Arc<VaultRoom>> {
     out
 }
 
+/// Hands the model what `node`'s vault holds (the fingerprint of its key, or none): a read, or
+/// with `recovered` an explicit recovery of that key (INV-NO-REGEN).
+pub fn observe_vault(shared: &SharedRef, node: &str, fingerprint: Option<String>, recovered: bool) {
+    use drill_model::secrets::VaultObservation;
+    let Some(line) = record_at(shared, node, "store.vault", json!({"fingerprint": fingerprint, "recovered": recovered}), None) else { return };
+    let o = match (fingerprint, recovered) {
+        (Some(fingerprint), true) => VaultObservation::Recovered { node: node.into(), line, fingerprint },
+        (fingerprint, _) => VaultObservation::Read { node: node.into(), line, fingerprint },
+    };
+    observe(shared, Fact::Store(StoreFact::Vault(o)), line);
+}
+
 /// The vault step a device takes at start and after every sync: the authority creates the
 /// vault key if the room never had one; a device without it asks peers and recovers it from a
 /// share (never creates a new one: the stack refuses when its database says the vault was
 /// initialized); a device holding it answers peers' requests. `observe_read` also hands the
 /// model what the vault holds (INV-NO-REGEN).
 fn vault_step(ctx: &ClientCtx, client: &mut Client, start: u64, observe_read: bool) {
-    use drill_model::secrets::VaultObservation;
     use drill_stack::keys::vault::{Role, VaultShare};
     let name = ctx.name.as_str();
     let room = &ctx.room;
     let mut rng = ctx.seeds.child(&format!("device/{name}/start-{start}/vault-{}", trace::line_count())).stream("keys");
     let (keys, db) = client.keys_and_db();
     let Ring::Store(ks) = &mut keys.ring else { return };
-    let vault = |fp: Option<String>, recovered: bool| {
-        let Some(line) = record_at(&ctx.shared, name, "store.vault", json!({"fingerprint": fp, "recovered": recovered}), None) else { return };
-        let o = match (fp, recovered) {
-            (Some(fingerprint), true) => VaultObservation::Recovered { node: name.into(), line, fingerprint },
-            (fingerprint, _) => VaultObservation::Read { node: name.into(), line, fingerprint },
-        };
-        observe(&ctx.shared, Fact::Store(StoreFact::Vault(o)), line);
-    };
+    let vault = |fp: Option<String>, recovered: bool| observe_vault(&ctx.shared, name, fp, recovered);
     match ks.vault_key() {
         Ok(k) => {
             if observe_read {

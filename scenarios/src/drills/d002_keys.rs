@@ -36,7 +36,6 @@ use std::future::Future;
 use std::pin::Pin;
 
 use drill_model::group::{GroupFacts, SentPacket};
-use drill_model::secrets::VaultObservation;
 use drill_model::store::StoreFact;
 use drill_model::Fact;
 use drill_sim::disk::DiskSim;
@@ -351,16 +350,10 @@ async fn group_drill(cx: &mut Ctx) {
 // ---------------------------------------------------------------------------------------------
 // Vault Key Unavailable
 
-fn vault_seen(cx: &mut Ctx, i: usize, recovered: bool) -> Option<String> {
+fn vault_seen(cx: &mut Ctx, i: usize, recovered: bool) {
     let node = cx.devs[i].name.clone();
     let fingerprint = ks(cx, i).vault_key().ok().map(|k| k.fingerprint());
-    let line = drill_sim::trace::emit(&node, "store.vault", json!({"fingerprint": fingerprint, "recovered": recovered}));
-    let o = match (&fingerprint, recovered) {
-        (Some(fp), true) => VaultObservation::Recovered { node, line, fingerprint: fp.clone() },
-        _ => VaultObservation::Read { node, line, fingerprint: fingerprint.clone() },
-    };
-    procs::observe(&cx.shared, Fact::Store(StoreFact::Vault(o)), line);
-    fingerprint
+    procs::observe_vault(&cx.shared, &node, fingerprint, recovered);
 }
 
 /// Device `i`'s key store file is lost with no backup at hand: the operator declares it lost,
