@@ -218,27 +218,15 @@ pub struct ListArgs {
 }
 
 fn parse_scenario(name: &str) -> Result<String, String> {
-    known(
-        name,
-        drill_scenarios::scenarios(),
-        drill_scenarios::RunError::UnknownScenario,
-    )
+    known(name, drill_scenarios::scenarios(), drill_scenarios::RunError::UnknownScenario)
 }
 
 fn parse_profile(name: &str) -> Result<String, String> {
-    known(
-        name,
-        drill_scenarios::profiles(),
-        drill_scenarios::RunError::UnknownProfile,
-    )
+    known(name, drill_scenarios::profiles(), drill_scenarios::RunError::UnknownProfile)
 }
 
 /// Accepts `name` if the registry lists it, with the scenarios crate's own wording otherwise.
-fn known(
-    name: &str,
-    entries: &[drill_scenarios::Entry],
-    unknown: fn(String) -> drill_scenarios::RunError,
-) -> Result<String, String> {
+fn known(name: &str, entries: &[drill_scenarios::Entry], unknown: fn(String) -> drill_scenarios::RunError) -> Result<String, String> {
     if entries.iter().any(|e| e.name == name) {
         Ok(name.to_string())
     } else {
@@ -267,9 +255,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text.trim()) {
         Ok(d) if d.is_zero() => Err("a time budget must be more than zero".to_string()),
         Ok(d) => Ok(d),
-        Err(e) => Err(format!(
-            "'{text}' is not a duration like 90s, 5m or 1h ({e})"
-        )),
+        Err(e) => Err(format!("'{text}' is not a duration like 90s, 5m or 1h ({e})")),
     }
 }
 
@@ -297,17 +283,8 @@ mod tests {
     #[test]
     fn run_defaults_to_sync_basic_under_swarm() {
         let cli = Cli::try_parse_from(["drill", "run", "--seed", "7"]).unwrap();
-        let Command::Run(args) = cli.command else {
-            panic!("not run")
-        };
-        assert_eq!(
-            (
-                args.seed,
-                args.world.scenario.as_str(),
-                args.world.profile.as_str()
-            ),
-            (Some(7), "sync-basic", "swarm")
-        );
+        let Command::Run(args) = cli.command else { panic!("not run") };
+        assert_eq!((args.seed, args.world.scenario.as_str(), args.world.profile.as_str()), (Some(7), "sync-basic", "swarm"));
     }
 
     #[test]

@@ -46,13 +46,7 @@ where
         match (left.next(), right.next()) {
             (None, None) => return None,
             (l, r) if l == r => continue,
-            (l, r) => {
-                return Some(LineDiff {
-                    line,
-                    left: l,
-                    right: r,
-                })
-            }
+            (l, r) => return Some(LineDiff { line, left: l, right: r }),
         }
     }
 }
@@ -92,26 +86,14 @@ mod tests {
 
     #[test]
     fn equal_traces_have_no_difference() {
-        assert_eq!(
-            first_difference(lines(&["a", "b"]), lines(&["a", "b"])),
-            None
-        );
+        assert_eq!(first_difference(lines(&["a", "b"]), lines(&["a", "b"])), None);
     }
 
     #[test]
     fn finds_the_first_changed_line() {
         let d = first_difference(lines(&["a", "b", "c"]), lines(&["a", "x", "y"])).unwrap();
-        assert_eq!(
-            d,
-            LineDiff {
-                line: 2,
-                left: Some("b".into()),
-                right: Some("x".into())
-            }
-        );
-        assert!(d
-            .describe("run 1", "run 2")
-            .contains("run 1  b\n  run 2  x"));
+        assert_eq!(d, LineDiff { line: 2, left: Some("b".into()), right: Some("x".into()) });
+        assert!(d.describe("run 1", "run 2").contains("run 1  b\n  run 2  x"));
     }
 
     #[test]

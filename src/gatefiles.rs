@@ -74,10 +74,7 @@ pub fn prepare_gate_dir(dir: &Path) -> Result<(), CliError> {
     let names = match fs::read_dir(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return outdir::create(dir),
         Err(e) => return Err(CliError::io("cannot read folder", dir, e)),
-        Ok(entries) => entries
-            .filter_map(Result::ok)
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect::<Vec<_>>(),
+        Ok(entries) => entries.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>(),
     };
     if names.is_empty() {
         return Ok(());
@@ -94,11 +91,7 @@ pub fn prepare_gate_dir(dir: &Path) -> Result<(), CliError> {
     }
     for n in &names {
         let path = dir.join(n);
-        let removed = if path.is_dir() {
-            fs::remove_dir_all(&path)
-        } else {
-            fs::remove_file(&path)
-        };
+        let removed = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
         removed.map_err(|e| CliError::io("cannot remove", &path, e))?;
     }
     Ok(())
@@ -117,10 +110,7 @@ fn is_gate_entry(dir: &Path, name: &str) -> bool {
 /// Where a run folder recorded in a summary is, given the folder the summary now sits in:
 /// `seed-N`, `drills/NAME/seed-N` or `nondeterministic/NAME` inside `dir`.
 pub fn relocate(folder: &str, dir: &Path) -> String {
-    let parts: Vec<&str> = Path::new(folder)
-        .iter()
-        .filter_map(|c| c.to_str())
-        .collect();
+    let parts: Vec<&str> = Path::new(folder).iter().filter_map(|c| c.to_str()).collect();
     let n = parts.len();
     let keep = if n >= 3 && parts[n - 3] == DRILLS_DIR {
         3
@@ -150,10 +140,7 @@ mod tests {
 
     #[test]
     fn relative_paths_climb_and_descend() {
-        let p = relative(
-            Path::new("/a/b/merged"),
-            Path::new("/a/b/shard-1/seed-3/report.html"),
-        );
+        let p = relative(Path::new("/a/b/merged"), Path::new("/a/b/shard-1/seed-3/report.html"));
         assert_eq!(p, PathBuf::from("../shard-1/seed-3/report.html"));
     }
 
@@ -161,14 +148,8 @@ mod tests {
     fn relocates_the_folders_a_gate_writes() {
         let d = Path::new("shard-2");
         assert_eq!(relocate("out/gate/seed-4", d), "shard-2/seed-4");
-        assert_eq!(
-            relocate("out/drills/x/seed-4", d),
-            "shard-2/drills/x/seed-4"
-        );
-        assert_eq!(
-            relocate("g/nondeterministic/sync-basic-seed-4", d),
-            "shard-2/nondeterministic/sync-basic-seed-4"
-        );
+        assert_eq!(relocate("out/drills/x/seed-4", d), "shard-2/drills/x/seed-4");
+        assert_eq!(relocate("g/nondeterministic/sync-basic-seed-4", d), "shard-2/nondeterministic/sync-basic-seed-4");
     }
 
     #[test]

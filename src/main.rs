@@ -66,10 +66,7 @@ fn usage_error(err: clap::Error) -> ExitCode {
     match err.kind() {
         ErrorKind::ValueValidation | ErrorKind::InvalidValue => {
             let rendered = err.render().to_string();
-            eprintln!(
-                "{}",
-                rendered.lines().next().unwrap_or("error: invalid value")
-            );
+            eprintln!("{}", rendered.lines().next().unwrap_or("error: invalid value"));
             ExitCode::from(EXIT_BAD_INPUT)
         }
         _ => err.exit(),

@@ -22,11 +22,7 @@ pub const WORK_DIR: &str = ".drill-work";
 pub fn prepare_run_dir(dir: &Path) -> Result<Vec<PathBuf>, CliError> {
     match list(dir)? {
         None => {
-            let missing: Vec<PathBuf> = dir
-                .ancestors()
-                .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
-                .map(Path::to_path_buf)
-                .collect();
+            let missing: Vec<PathBuf> = dir.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).map(Path::to_path_buf).collect();
             create(dir).map(|()| missing)
         }
         Some(names) if names.is_empty() => Ok(Vec::new()),
@@ -66,12 +62,7 @@ fn list(dir: &Path) -> Result<Option<Vec<String>>, CliError> {
     match fs::metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(CliError::io("cannot read folder", dir, e)),
-        Ok(meta) if !meta.is_dir() => {
-            return Err(CliError::new(format!(
-                "{} exists and is not a folder",
-                dir.display()
-            )))
-        }
+        Ok(meta) if !meta.is_dir() => return Err(CliError::new(format!("{} exists and is not a folder", dir.display()))),
         Ok(_) => {}
     }
     let entries = fs::read_dir(dir).map_err(|e| CliError::io("cannot read folder", dir, e))?;
@@ -84,21 +75,13 @@ fn list(dir: &Path) -> Result<Option<Vec<String>>, CliError> {
 }
 
 fn refuse(dir: &Path, kind: &str) -> CliError {
-    CliError::new(format!(
-        "{} is not empty and does not hold a previous drill {kind}; choose another --out or empty it",
-        dir.display()
-    ))
+    CliError::new(format!("{} is not empty and does not hold a previous drill {kind}; choose another --out or empty it", dir.display()))
 }
 
 /// Removes a previous output of drill from `dir`, whose entries are `names`: run files and
 /// `files` are removed, folders named in `dirs` are removed with their contents. Anything else
 /// makes it refuse before removing anything.
-pub fn clear_previous(
-    dir: &Path,
-    names: &[String],
-    files: &[&str],
-    dirs: &[&str],
-) -> Result<(), CliError> {
+pub fn clear_previous(dir: &Path, names: &[String], files: &[&str], dirs: &[&str]) -> Result<(), CliError> {
     let known_file = |n: &str| RUN_FILES.contains(&n) || files.contains(&n);
     let ok = names.iter().all(|n| {
         let path = dir.join(n);
@@ -109,11 +92,7 @@ pub fn clear_previous(
     }
     for n in names {
         let path = dir.join(n);
-        let removed = if path.is_file() {
-            fs::remove_file(&path)
-        } else {
-            fs::remove_dir_all(&path)
-        };
+        let removed = if path.is_file() { fs::remove_file(&path) } else { fs::remove_dir_all(&path) };
         removed.map_err(|e| CliError::io("cannot remove", &path, e))?;
     }
     Ok(())
@@ -150,9 +129,7 @@ fn remove_run_files(dir: &Path) -> Result<(), CliError> {
     for name in RUN_FILES {
         let path = dir.join(name);
         match fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(CliError::io("cannot remove", &path, e))
-            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(CliError::io("cannot remove", &path, e)),
             _ => {}
         }
     }
@@ -166,10 +143,7 @@ const SWEEP_REPORTS: [&str; 3] = [JUNIT_FILE, MARKDOWN_FILE, REPORT_FILE];
 /// folders.
 fn is_previous_sweep(dir: &Path, names: &[String]) -> bool {
     let marked = names.iter().any(|n| n == SUMMARY_FILE || n == WORK_DIR);
-    marked
-        && names
-            .iter()
-            .all(|name| is_sweep_entry(&dir.join(name), name))
+    marked && names.iter().all(|name| is_sweep_entry(&dir.join(name), name))
 }
 
 fn is_sweep_entry(path: &Path, name: &str) -> bool {
@@ -180,8 +154,7 @@ fn is_sweep_entry(path: &Path, name: &str) -> bool {
         return path.is_file();
     }
     if name == WORK_DIR {
-        return is_real_dir(path)
-            && subfolders(path).is_some_and(|dirs| dirs.iter().all(|d| holds_only_run_files(d)));
+        return is_real_dir(path) && subfolders(path).is_some_and(|dirs| dirs.iter().all(|d| holds_only_run_files(d)));
     }
     is_seed_folder_name(name) && is_real_dir(path) && holds_only_run_files(path)
 }
@@ -190,11 +163,7 @@ fn remove_sweep(dir: &Path, names: &[String]) -> Result<(), CliError> {
     for name in names {
         let path = dir.join(name);
         // Every entry was checked above to be drill's own output.
-        let removed = if name == SUMMARY_FILE || SWEEP_REPORTS.contains(&name.as_str()) {
-            fs::remove_file(&path)
-        } else {
-            fs::remove_dir_all(&path)
-        };
+        let removed = if name == SUMMARY_FILE || SWEEP_REPORTS.contains(&name.as_str()) { fs::remove_file(&path) } else { fs::remove_dir_all(&path) };
         removed.map_err(|e| CliError::io("cannot remove", &path, e))?;
     }
     Ok(())
@@ -202,8 +171,7 @@ fn remove_sweep(dir: &Path, names: &[String]) -> Result<(), CliError> {
 
 /// `seed-` followed by a seed number, as sweeps name the folders of failing seeds.
 pub fn is_seed_folder_name(name: &str) -> bool {
-    name.strip_prefix("seed-")
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    name.strip_prefix("seed-").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A directory that is not a symbolic link (a link could lead removal outside the folder).
@@ -317,10 +285,6 @@ mod tests {
     #[test]
     fn seed_folder_names() {
         assert!(is_seed_folder_name("seed-0") && is_seed_folder_name("seed-18446744073709551615"));
-        assert!(
-            !is_seed_folder_name("seed-")
-                && !is_seed_folder_name("seed-1a")
-                && !is_seed_folder_name("x")
-        );
+        assert!(!is_seed_folder_name("seed-") && !is_seed_folder_name("seed-1a") && !is_seed_folder_name("x"));
     }
 }

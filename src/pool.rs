@@ -33,11 +33,7 @@ pub trait Dispatch {
 /// Runs all of `dispatch`'s jobs on `workers` worker processes building `world`.
 pub fn run(workers: usize, world: &WorldArgs, dispatch: &mut dyn Dispatch) -> Result<(), CliError> {
     let (events_tx, events) = mpsc::channel();
-    let mut pool = Pool {
-        world: world.clone(),
-        slots: Vec::new(),
-        events_tx,
-    };
+    let mut pool = Pool { world: world.clone(), slots: Vec::new(), events_tx };
     for slot in 0..workers {
         pool.slots.push(None);
         pool.start_next(slot, dispatch)?;
@@ -65,11 +61,7 @@ struct Pool {
 }
 
 impl Pool {
-    fn drive(
-        &mut self,
-        events: &Receiver<Event>,
-        dispatch: &mut dyn Dispatch,
-    ) -> Result<(), CliError> {
+    fn drive(&mut self, events: &Receiver<Event>, dispatch: &mut dyn Dispatch) -> Result<(), CliError> {
         while self.slots.iter().any(Option::is_some) {
             match events.recv_timeout(TICK_INTERVAL) {
                 Ok(Event::Line(slot, line)) => self.on_line(slot, &line, dispatch)?,
@@ -83,12 +75,7 @@ impl Pool {
         Ok(())
     }
 
-    fn on_line(
-        &mut self,
-        slot: usize,
-        line: &str,
-        dispatch: &mut dyn Dispatch,
-    ) -> Result<(), CliError> {
+    fn on_line(&mut self, slot: usize, line: &str, dispatch: &mut dyn Dispatch) -> Result<(), CliError> {
         let Some(answer) = parse_answer(line) else {
             return Ok(());
         };
@@ -111,10 +98,7 @@ impl Pool {
         let Some(mut worker) = self.slots[slot].take() else {
             return Ok(());
         };
-        let status = worker
-            .child
-            .wait()
-            .map_err(|e| CliError::new(format!("cannot wait for a worker: {e}")))?;
+        let status = worker.child.wait().map_err(|e| CliError::new(format!("cannot wait for a worker: {e}")))?;
         if let Some(job) = worker.job.take() {
             let message = died_message(job.seed, status);
             dispatch.finished(slot, job, Answer::Panic { message })?;
@@ -145,8 +129,7 @@ impl Pool {
     }
 
     fn send(&mut self, slot: usize, job: Job) -> Result<(), CliError> {
-        let line = serde_json::to_string(&job)
-            .map_err(|e| CliError::new(format!("cannot encode a job: {e}")))?;
+        let line = serde_json::to_string(&job).map_err(|e| CliError::new(format!("cannot encode a job: {e}")))?;
         let worker = self.slots[slot].as_mut().ok_or_else(|| unexpected(slot))?;
         if let Some(stdin) = worker.stdin.as_mut() {
             // A failed write means the worker died; its closed stdout reports the job as lost.
@@ -160,11 +143,7 @@ impl Pool {
         let mut child = worker_command(&self.world)?;
         let stdout = child.stdout.take().ok_or_else(|| unexpected(slot))?;
         read_answers(slot, stdout, self.events_tx.clone());
-        Ok(Worker {
-            stdin: child.stdin.take(),
-            child,
-            job: None,
-        })
+        Ok(Worker { stdin: child.stdin.take(), child, job: None })
     }
 }
 
@@ -172,9 +151,7 @@ impl Drop for Pool {
     /// Ends every worker still running, so that an error never leaves orphans working.
     fn drop(&mut self) {
         for worker in self.slots.iter_mut().filter_map(Option::take) {
-            let Worker {
-                mut child, stdin, ..
-            } = worker;
+            let Worker { mut child, stdin, .. } = worker;
             drop(stdin);
             let _ = child.kill();
             let _ = child.wait();
@@ -225,10 +202,7 @@ struct SyncWorker {
 impl Session {
     /// A session of `workers` processes building `world`; they start on first use.
     pub fn new(workers: usize, world: &WorldArgs) -> Session {
-        Session {
-            world: world.clone(),
-            workers: (0..workers.max(1)).map(|_| None).collect(),
-        }
+        Session { world: world.clone(), workers: (0..workers.max(1)).map(|_| None).collect() }
     }
 
     /// How many jobs one batch can run at once.
@@ -238,10 +212,7 @@ impl Session {
 
     /// Runs up to [`Session::width`] jobs at once; one answer per job, in the jobs' order.
     pub fn run_batch(&mut self, jobs: &[Job]) -> Result<Vec<Answer>, CliError> {
-        assert!(
-            jobs.len() <= self.width(),
-            "a batch is at most one job per worker"
-        );
+        assert!(jobs.len() <= self.width(), "a batch is at most one job per worker");
         for (slot, job) in jobs.iter().enumerate() {
             self.send(slot, job)?;
         }
@@ -256,11 +227,8 @@ impl Session {
         if self.workers[slot].is_none() {
             self.workers[slot] = Some(self.spawn()?);
         }
-        let line = serde_json::to_string(job)
-            .map_err(|e| CliError::new(format!("cannot encode a job: {e}")))?;
-        let worker = self.workers[slot]
-            .as_mut()
-            .ok_or_else(|| unexpected(slot))?;
+        let line = serde_json::to_string(job).map_err(|e| CliError::new(format!("cannot encode a job: {e}")))?;
+        let worker = self.workers[slot].as_mut().ok_or_else(|| unexpected(slot))?;
         // A failed write means the worker died; `receive` then reads its end and says so.
         let _ = writeln!(worker.stdin, "{line}").and_then(|()| worker.stdin.flush());
         Ok(())
@@ -269,19 +237,14 @@ impl Session {
     /// The worker's answer; a worker that ends without one is reported as a panic and retired,
     /// as is one that panicked (it exits after answering).
     fn receive(&mut self, slot: usize, job: &Job) -> Result<Answer, CliError> {
-        let worker = self.workers[slot]
-            .as_mut()
-            .ok_or_else(|| unexpected(slot))?;
+        let worker = self.workers[slot].as_mut().ok_or_else(|| unexpected(slot))?;
         let mut line = String::new();
         loop {
             line.clear();
             let read = worker.stdout.read_line(&mut line).unwrap_or(0);
             if read == 0 {
                 let mut gone = self.workers[slot].take().ok_or_else(|| unexpected(slot))?;
-                let status = gone
-                    .child
-                    .wait()
-                    .map_err(|e| CliError::new(format!("cannot wait for a worker: {e}")))?;
+                let status = gone.child.wait().map_err(|e| CliError::new(format!("cannot wait for a worker: {e}")))?;
                 let message = died_message(job.seed, status);
                 return Ok(Answer::Panic { message });
             }
@@ -306,11 +269,7 @@ impl Session {
         let mut child = worker_command(&self.world)?;
         let stdout = child.stdout.take().ok_or_else(|| unexpected(0))?;
         let stdin = child.stdin.take().ok_or_else(|| unexpected(0))?;
-        Ok(SyncWorker {
-            child,
-            stdin,
-            stdout: BufReader::new(stdout),
-        })
+        Ok(SyncWorker { child, stdin, stdout: BufReader::new(stdout) })
     }
 }
 
@@ -325,16 +284,9 @@ impl Drop for Session {
 
 /// Starts `drill __worker` for `world`, with piped stdin and stdout.
 fn worker_command(world: &WorldArgs) -> Result<Child, CliError> {
-    let exe = std::env::current_exe()
-        .map_err(|e| CliError::new(format!("cannot find drill's own executable: {e}")))?;
+    let exe = std::env::current_exe().map_err(|e| CliError::new(format!("cannot find drill's own executable: {e}")))?;
     Command::new(&exe)
-        .args([
-            "__worker",
-            "--scenario",
-            &world.scenario,
-            "--profile",
-            &world.profile,
-        ])
+        .args(["__worker", "--scenario", &world.scenario, "--profile", &world.profile])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

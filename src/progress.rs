@@ -24,21 +24,12 @@ impl Progress {
     /// Starts the clock for `total` seeds.
     pub fn new(label: &'static str, total: u64) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
-            let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> ");
+            let style =
+                ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> ");
             ProgressBar::new(total).with_style(style).with_prefix(label)
         });
         let now = wall_clock_now();
-        Progress {
-            label,
-            bar,
-            total,
-            done: 0,
-            failing: 0,
-            started: now,
-            last_plain_line: now,
-        }
+        Progress { label, bar, total, done: 0, failing: 0, started: now, last_plain_line: now }
     }
 
     /// Counts one finished seed.
@@ -57,13 +48,7 @@ impl Progress {
             return;
         }
         self.last_plain_line = wall_clock_now();
-        eprintln!(
-            "{}: {}/{} seeds, {}",
-            self.label,
-            self.done,
-            self.total,
-            self.status()
-        );
+        eprintln!("{}: {}/{} seeds, {}", self.label, self.done, self.total, self.status());
     }
 
     /// Prints a line without tearing the bar.
@@ -88,11 +73,7 @@ impl Progress {
     }
 
     fn status(&self) -> String {
-        format!(
-            "{:.1} seeds/s, {} failing",
-            self.seeds_per_second(),
-            self.failing
-        )
+        format!("{:.1} seeds/s, {} failing", self.seeds_per_second(), self.failing)
     }
 }
 

@@ -43,29 +43,14 @@ pub fn summary_of(report: &RunReport, replay: String) -> Summary {
     }
 }
 
-
 fn violation_of(v: &drill_scenarios::Violation) -> Violation {
-    Violation {
-        invariant: v.invariant.clone(),
-        node: v.node.clone(),
-        trace_line: v.trace_line,
-        message: v.message.clone(),
-    }
+    Violation { invariant: v.invariant.clone(), node: v.node.clone(), trace_line: v.trace_line, message: v.message.clone() }
 }
 
 /// `drill run --seed N --scenario S --profile P`, quoted for a POSIX shell.
 pub fn seed_replay(seed: u64, scenario: &str, profile: &str) -> String {
     let seed = seed.to_string();
-    shell_words(&[
-        "drill",
-        "run",
-        "--seed",
-        &seed,
-        "--scenario",
-        scenario,
-        "--profile",
-        profile,
-    ])
+    shell_words(&["drill", "run", "--seed", &seed, "--scenario", scenario, "--profile", profile])
 }
 
 /// `drill run --plan FILE`, quoted for a POSIX shell.
@@ -93,15 +78,10 @@ pub fn write_timeline(dir: &Path, summary: &Summary, trace: &[String]) -> Result
 /// Writes the run folder's report.html from the trace.jsonl (and summary.json, if any) in it.
 pub fn write_timeline_from(dir: &Path) -> Result<(), CliError> {
     let trace_path = dir.join(TRACE_FILE);
-    let text = std::fs::read_to_string(&trace_path)
-        .map_err(|e| CliError::io("cannot read", &trace_path, e))?;
+    let text = std::fs::read_to_string(&trace_path).map_err(|e| CliError::io("cannot read", &trace_path, e))?;
     let trace: Vec<String> = text.lines().map(str::to_string).collect();
     let summary_path = dir.join(SUMMARY_FILE);
-    let summary: Option<Summary> = if summary_path.exists() {
-        Some(read_json(&summary_path)?)
-    } else {
-        None
-    };
+    let summary: Option<Summary> = if summary_path.exists() { Some(read_json(&summary_path)?) } else { None };
     let path = dir.join(REPORT_FILE);
     let html = drill_reports::render_timeline(summary.as_ref(), &trace);
     std::fs::write(&path, html).map_err(|e| CliError::io("cannot write", &path, e))
@@ -109,8 +89,7 @@ pub fn write_timeline_from(dir: &Path) -> Result<(), CliError> {
 
 /// Writes `value` as pretty JSON to `path`.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), CliError> {
-    let mut text = serde_json::to_string_pretty(value)
-        .map_err(|e| CliError::new(format!("cannot encode {}: {e}", path.display())))?;
+    let mut text = serde_json::to_string_pretty(value).map_err(|e| CliError::new(format!("cannot encode {}: {e}", path.display())))?;
     text.push('\n');
     std::fs::write(path, text).map_err(|e| CliError::io("cannot write", path, e))
 }
@@ -118,8 +97,7 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), CliError> 
 /// Reads `path` as JSON of type `T`.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, CliError> {
     let text = std::fs::read_to_string(path).map_err(|e| CliError::io("cannot read", path, e))?;
-    serde_json::from_str(&text)
-        .map_err(|e| CliError::new(format!("malformed {}: {e}", path.display())))
+    serde_json::from_str(&text).map_err(|e| CliError::new(format!("malformed {}: {e}", path.display())))
 }
 
 #[cfg(test)]
@@ -128,17 +106,8 @@ mod tests {
 
     #[test]
     fn replay_commands_quote_only_what_needs_it() {
-        assert_eq!(
-            seed_replay(7, "sync-basic", "swarm"),
-            "drill run --seed 7 --scenario sync-basic --profile swarm"
-        );
-        assert_eq!(
-            folder_replay(Path::new("drill-out/run-7")),
-            "drill replay drill-out/run-7"
-        );
-        assert_eq!(
-            plan_replay(Path::new("my runs/plan.json")),
-            "drill run --plan 'my runs/plan.json'"
-        );
+        assert_eq!(seed_replay(7, "sync-basic", "swarm"), "drill run --seed 7 --scenario sync-basic --profile swarm");
+        assert_eq!(folder_replay(Path::new("drill-out/run-7")), "drill replay drill-out/run-7");
+        assert_eq!(plan_replay(Path::new("my runs/plan.json")), "drill run --plan 'my runs/plan.json'");
     }
 }

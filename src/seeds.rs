@@ -12,31 +12,19 @@ pub fn parse_seed_range(text: &str) -> Result<SeedRange, String> {
     } else if let Some((a, b)) = text.split_once("..") {
         (a, b, false)
     } else {
-        return Err(format!(
-            "expected A..B (B excluded) or A..=B (B included), got '{text}'"
-        ));
+        return Err(format!("expected A..B (B excluded) or A..=B (B included), got '{text}'"));
     };
     let (first, end) = (parse_seed(first)?, parse_seed(end)?);
-    let last = if inclusive {
-        Some(end)
-    } else {
-        end.checked_sub(1)
-    };
+    let last = if inclusive { Some(end) } else { end.checked_sub(1) };
     let range = match last {
         Some(last) if last >= first => SeedRange { first, last },
         _ => {
-            let hint = if inclusive {
-                ""
-            } else {
-                " (A..B excludes B; A..=B includes it)"
-            };
+            let hint = if inclusive { "" } else { " (A..B excludes B; A..=B includes it)" };
             return Err(format!("'{text}' holds no seeds{hint}"));
         }
     };
     // Only 0..=u64::MAX overflows, but its seed count must fit in the counters.
-    range
-        .len()
-        .ok_or_else(|| format!("'{text}' holds more seeds than a sweep can count"))?;
+    range.len().ok_or_else(|| format!("'{text}' holds more seeds than a sweep can count"))?;
     Ok(range)
 }
 
@@ -46,10 +34,7 @@ pub fn parse_seed(text: &str) -> Result<u64, String> {
     text.parse::<u64>().map_err(|e| match e.kind() {
         IntErrorKind::Empty => "a seed is missing".to_string(),
         IntErrorKind::PosOverflow => format!("seed {text} does not fit in 64 bits"),
-        _ => format!(
-            "'{text}' is not a seed (a whole number from 0 to {})",
-            u64::MAX
-        ),
+        _ => format!("'{text}' is not a seed (a whole number from 0 to {})", u64::MAX),
     })
 }
 
@@ -72,9 +57,7 @@ mod tests {
 
     #[test]
     fn refuses_empty_backwards_and_malformed_ranges() {
-        for bad in [
-            "5..2", "5..5", "5..=4", "abc", "", "..", "1..", "..3", "1...3", "a..b", "-1..3",
-        ] {
+        for bad in ["5..2", "5..5", "5..=4", "abc", "", "..", "1..", "..3", "1...3", "a..b", "-1..3"] {
             assert!(parse_seed_range(bad).is_err(), "accepted {bad:?}");
         }
     }

@@ -41,10 +41,7 @@ impl fmt::Display for Signature {
 
 /// The signature of a failing run, or `None` for a run that passed.
 pub fn is_failing(summary: &Summary) -> Option<Signature> {
-    (summary.outcome != Outcome::Pass).then(|| Signature {
-        outcome: summary.outcome,
-        invariant: summary.first_violation().map(|v| v.invariant.clone()),
-    })
+    (summary.outcome != Outcome::Pass).then(|| Signature { outcome: summary.outcome, invariant: summary.first_violation().map(|v| v.invariant.clone()) })
 }
 
 /// What shrinking counts: the parts of a plan a reader has to take in. Every list of the plan
@@ -63,18 +60,8 @@ impl Size {
     /// The size of `plan`.
     pub fn of(plan: &Plan) -> Size {
         let value = to_value(plan);
-        let faults = lists(&value)
-            .iter()
-            .filter(|name| name.contains("fault"))
-            .map(|name| list_len(&value, name))
-            .sum();
-        Size {
-            clients: plan.clients.len(),
-            ops: plan.ops.len(),
-            faults,
-            heal_at_ms: plan.heal_at_ms,
-            liveness_ms_max: plan.liveness_ms_max,
-        }
+        let faults = lists(&value).iter().filter(|name| name.contains("fault")).map(|name| list_len(&value, name)).sum();
+        Size { clients: plan.clients.len(), ops: plan.ops.len(), faults, heal_at_ms: plan.heal_at_ms, liveness_ms_max: plan.liveness_ms_max }
     }
 
     /// Operations and faults together, the number the shrinker drives down.
@@ -85,8 +72,7 @@ impl Size {
 
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n =
-            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let n = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         write!(
             f,
             "{}, {}, {}, heal at {} ms, liveness bound {} ms",
@@ -130,17 +116,9 @@ pub struct Shrunk {
 
 /// Shrinks `plan`, which fails with the oracle's signature, as far as the budget allows.
 pub fn shrink(plan: Plan, oracle: &mut dyn Oracle) -> Result<Shrunk, CliError> {
-    let mut s = Shrinker {
-        best: plan,
-        oracle,
-        invalid: 0,
-    };
+    let mut s = Shrinker { best: plan, oracle, invalid: 0 };
     let stop = s.run()?;
-    Ok(Shrunk {
-        plan: s.best,
-        stop,
-        invalid: s.invalid,
-    })
+    Ok(Shrunk { plan: s.best, stop, invalid: s.invalid })
 }
 
 /// A pass either goes on or finds the budget spent.
@@ -173,10 +151,7 @@ impl Shrinker<'_> {
             if self.best.clients.len() <= 1 {
                 return Ok(true);
             }
-            let candidates: Vec<Value> = (0..self.best.clients.len())
-                .rev()
-                .map(|i| without_client(&self.best, i))
-                .collect();
+            let candidates: Vec<Value> = (0..self.best.clients.len()).rev().map(|i| without_client(&self.best, i)).collect();
             match self.first_failing(candidates)? {
                 Found::Plan(p) => self.accept(*p),
                 Found::None => return Ok(true),
@@ -188,10 +163,7 @@ impl Shrinker<'_> {
     /// Every list of the plan but its clients, fault lists first, then operations and the rest.
     fn lists(&mut self) -> Flow {
         let value = to_value(&self.best);
-        let mut names: Vec<String> = lists(&value)
-            .into_iter()
-            .filter(|n| n != "clients")
-            .collect();
+        let mut names: Vec<String> = lists(&value).into_iter().filter(|n| n != "clients").collect();
         names.sort_by_key(|n| (!n.contains("fault"), n != "ops", n.clone()));
         for name in names {
             if !self.ddmin(&name)? {
@@ -211,10 +183,7 @@ impl Shrinker<'_> {
                 return Ok(true);
             }
             chunks = chunks.min(len);
-            let candidates: Vec<Value> = split(len, chunks)
-                .into_iter()
-                .map(|r| without(&self.best, list, r))
-                .collect();
+            let candidates: Vec<Value> = split(len, chunks).into_iter().map(|r| without(&self.best, list, r)).collect();
             match self.first_failing(candidates)? {
                 Found::Plan(p) => {
                     self.accept(*p);
@@ -244,11 +213,7 @@ impl Shrinker<'_> {
                 candidates.push(with_field(&value, "heal_at_ms", last_ms + 1));
             }
             if self.best.liveness_ms_max > 1 {
-                candidates.push(with_field(
-                    &value,
-                    "liveness_ms_max",
-                    self.best.liveness_ms_max / 2,
-                ));
+                candidates.push(with_field(&value, "liveness_ms_max", self.best.liveness_ms_max / 2));
             }
             match self.first_failing(candidates)? {
                 Found::Plan(p) => self.accept(*p),
@@ -264,10 +229,7 @@ impl Shrinker<'_> {
     fn knobs(&mut self) -> Flow {
         loop {
             let value = to_value(&self.best);
-            let candidates: Vec<Value> = leaves(&value)
-                .iter()
-                .flat_map(|path| simpler(&value, path))
-                .collect();
+            let candidates: Vec<Value> = leaves(&value).iter().flat_map(|path| simpler(&value, path)).collect();
             match self.first_failing(candidates)? {
                 Found::Plan(p) => self.accept(*p),
                 Found::None => return Ok(true),
@@ -324,18 +286,11 @@ fn lists(value: &Value) -> Vec<String> {
     let Some(object) = value.as_object() else {
         return Vec::new();
     };
-    object
-        .iter()
-        .filter(|(_, v)| v.is_array())
-        .map(|(k, _)| k.clone())
-        .collect()
+    object.iter().filter(|(_, v)| v.is_array()).map(|(k, _)| k.clone()).collect()
 }
 
 fn list_len(value: &Value, list: &str) -> usize {
-    value
-        .get(list)
-        .and_then(Value::as_array)
-        .map_or(0, Vec::len)
+    value.get(list).and_then(Value::as_array).map_or(0, Vec::len)
 }
 
 fn list_mut<'a>(value: &'a mut Value, list: &str) -> Option<&'a mut Vec<Value>> {
@@ -440,10 +395,7 @@ fn shifted(value: &Value, ms: u64) -> Value {
             }
         }
     }
-    let heal = value
-        .get("heal_at_ms")
-        .and_then(Value::as_u64)
-        .unwrap_or(ms);
+    let heal = value.get("heal_at_ms").and_then(Value::as_u64).unwrap_or(ms);
     with_field(&value, "heal_at_ms", heal.saturating_sub(ms))
 }
 
@@ -454,14 +406,7 @@ fn with_field(value: &Value, field: &str, n: u64) -> Value {
 }
 
 /// Plan fields the knob pass leaves alone: what the run is, and what the time pass shrinks.
-const FIXED_FIELDS: [&str; 6] = [
-    "format_version",
-    "seed",
-    "scenario",
-    "profile",
-    "heal_at_ms",
-    "liveness_ms_max",
-];
+const FIXED_FIELDS: [&str; 6] = ["format_version", "seed", "scenario", "profile", "heal_at_ms", "liveness_ms_max"];
 
 /// Paths to every number and flag outside the plan's lists and fixed fields.
 fn leaves(value: &Value) -> Vec<Vec<String>> {
@@ -561,10 +506,7 @@ mod tests {
     }
 
     fn seed_with_crash() -> Plan {
-        (1..200)
-            .map(plan)
-            .find(|p| p.faults.iter().any(|f| f.fault.kind() == "crash"))
-            .expect("some seed crashes a node at once")
+        (1..200).map(plan).find(|p| p.faults.iter().any(|f| f.fault.kind() == "crash")).expect("some seed crashes a node at once")
     }
 
     #[test]
@@ -582,12 +524,7 @@ mod tests {
         let needle = p.ops.iter().find(|o| o.client == node).cloned();
         let needle = needle.unwrap_or_else(|| p.ops[0].clone());
         for width in [1, 3] {
-            let mut fake = Fake {
-                width,
-                runs: 0,
-                runs_max: 10_000,
-                needle: needle.clone(),
-            };
+            let mut fake = Fake { width, runs: 0, runs_max: 10_000, needle: needle.clone() };
             let out = shrink(p.clone(), &mut fake).unwrap();
             assert_eq!(out.stop, Stop::Fixpoint);
             assert_eq!((out.plan.ops.len(), out.plan.faults.len()), (1, 1));
@@ -599,12 +536,7 @@ mod tests {
     #[test]
     fn stops_when_the_budget_is_spent() {
         let p = seed_with_crash();
-        let mut fake = Fake {
-            width: 2,
-            runs: 0,
-            runs_max: 3,
-            needle: p.ops[0].clone(),
-        };
+        let mut fake = Fake { width: 2, runs: 0, runs_max: 3, needle: p.ops[0].clone() };
         let out = shrink(p, &mut fake).unwrap();
         assert_eq!((out.stop, fake.runs), (Stop::Budget, 3));
     }
@@ -660,32 +592,19 @@ mod tests {
         let p = plan(1);
         let q = valid_plan(without_client(&p, 0)).expect("still a valid plan");
         assert!(q.ops.iter().all(|o| o.client != "client-1"));
-        assert!(q
-            .faults
-            .iter()
-            .all(|f| !f.fault.nodes().contains(&"client-1")));
+        assert!(q.faults.iter().all(|f| !f.fault.nodes().contains(&"client-1")));
     }
 
     #[test]
     fn knob_candidates_turn_one_setting_off_and_keep_the_identity() {
-        let p = (1..100)
-            .map(plan)
-            .find(|p| p.knobs.net.loss_probability > 0.0)
-            .expect("some seed loses messages");
+        let p = (1..100).map(plan).find(|p| p.knobs.net.loss_probability > 0.0).expect("some seed loses messages");
         let v = to_value(&p);
         let paths = leaves(&v);
-        assert!(paths
-            .iter()
-            .all(|path| !FIXED_FIELDS.contains(&path[0].as_str())));
+        assert!(paths.iter().all(|path| !FIXED_FIELDS.contains(&path[0].as_str())));
         let loss = vec!["knobs".to_string(), "net".into(), "loss_probability".into()];
         assert!(paths.contains(&loss));
-        let off: Vec<Plan> = simpler(&v, &loss)
-            .into_iter()
-            .filter_map(valid_plan)
-            .collect();
-        assert!(off
-            .iter()
-            .any(|q| q.knobs.net.loss_probability == 0.0 && q.seed == p.seed));
+        let off: Vec<Plan> = simpler(&v, &loss).into_iter().filter_map(valid_plan).collect();
+        assert!(off.iter().any(|q| q.knobs.net.loss_probability == 0.0 && q.seed == p.seed));
     }
 
     #[test]

@@ -55,31 +55,17 @@ pub struct JobWorld {
 impl Job {
     /// A seed of the worker's own scenario and profile.
     pub fn seed(seed: u64, dir: PathBuf) -> Job {
-        Job {
-            seed,
-            dir,
-            world: None,
-            plan: None,
-        }
+        Job { seed, dir, world: None, plan: None }
     }
 
     /// A seed of `scenario` under `profile`.
     pub fn seed_of(seed: u64, dir: PathBuf, scenario: &str, profile: &str) -> Job {
-        Job {
-            world: Some(JobWorld {
-                scenario: scenario.to_string(),
-                profile: profile.to_string(),
-            }),
-            ..Job::seed(seed, dir)
-        }
+        Job { world: Some(JobWorld { scenario: scenario.to_string(), profile: profile.to_string() }), ..Job::seed(seed, dir) }
     }
 
     /// A plan, given as the text of its plan.json.
     pub fn plan(plan_text: String, seed: u64, dir: PathBuf) -> Job {
-        Job {
-            plan: Some(plan_text),
-            ..Job::seed(seed, dir)
-        }
+        Job { plan: Some(plan_text), ..Job::seed(seed, dir) }
     }
 
     /// What the worker runs, and the command that runs it again.
@@ -93,11 +79,7 @@ impl Job {
             None => (own.scenario.clone(), own.profile.clone()),
         };
         let replay = seed_replay(self.seed, &scenario, &profile);
-        let source = RunSource::Seed {
-            seed: self.seed,
-            scenario,
-            profile,
-        };
+        let source = RunSource::Seed { seed: self.seed, scenario, profile };
         (source, replay)
     }
 }
@@ -128,8 +110,7 @@ pub fn serve(world: &WorldArgs) -> Result<i32, CliError> {
     }));
     for line in std::io::stdin().lock().lines() {
         let line = line.map_err(|e| CliError::new(format!("worker cannot read its jobs: {e}")))?;
-        let job: Job = serde_json::from_str(&line)
-            .map_err(|e| CliError::new(format!("worker got a malformed job: {e}")))?;
+        let job: Job = serde_json::from_str(&line).map_err(|e| CliError::new(format!("worker got a malformed job: {e}")))?;
         let answer = run_job(world, &job);
         let panicked = matches!(answer, Answer::Panic { .. });
         send(&answer)?;
@@ -143,10 +124,7 @@ pub fn serve(world: &WorldArgs) -> Result<i32, CliError> {
 /// Runs one job; a panic inside the world becomes an answer instead of ending the sweep.
 fn run_job(world: &WorldArgs, job: &Job) -> Answer {
     let (source, replay) = job.source(world);
-    let request = RunRequest {
-        source,
-        out_dir: Some(job.dir.clone()),
-    };
+    let request = RunRequest { source, out_dir: Some(job.dir.clone()) };
     let run = || match injected_fault(job.seed).as_deref() {
         Some("panic") => panic!("injected panic for seed {} ({FAULT_ENV})", job.seed),
         Some("exit") => std::process::exit(EXIT_INJECTED),
@@ -154,14 +132,10 @@ fn run_job(world: &WorldArgs, job: &Job) -> Answer {
     };
     match catch_unwind(AssertUnwindSafe(run)) {
         Ok(Ok(report)) => finish(job, &report, replay),
-        Ok(Err(err)) => Answer::Error {
-            message: err.to_string(),
-        },
+        Ok(Err(err)) => Answer::Error { message: err.to_string() },
         Err(_) => {
             let message = LAST_PANIC.lock().ok().and_then(|mut m| m.take());
-            Answer::Panic {
-                message: message.unwrap_or_else(|| "the run panicked".to_string()),
-            }
+            Answer::Panic { message: message.unwrap_or_else(|| "the run panicked".to_string()) }
         }
     }
 }
@@ -187,31 +161,21 @@ fn injected_fault(seed: u64) -> Option<String> {
 fn finish(job: &Job, report: &RunReport, replay: String) -> Answer {
     let summary = summary_of(report, replay);
     match write_json(&job.dir.join(SUMMARY_FILE), &summary) {
-        Ok(()) => Answer::Done {
-            summary: Box::new(summary),
-        },
-        Err(err) => Answer::Error {
-            message: err.to_string(),
-        },
+        Ok(()) => Answer::Done { summary: Box::new(summary) },
+        Err(err) => Answer::Error { message: err.to_string() },
     }
 }
 
 fn send(answer: &Answer) -> Result<(), CliError> {
-    let json = serde_json::to_string(answer)
-        .map_err(|e| CliError::new(format!("worker cannot encode its answer: {e}")))?;
+    let json = serde_json::to_string(answer).map_err(|e| CliError::new(format!("worker cannot encode its answer: {e}")))?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{ANSWER_MARK}{json}")
-        .and_then(|()| out.flush())
-        .map_err(|e| CliError::new(format!("worker cannot answer: {e}")))
+    writeln!(out, "{ANSWER_MARK}{json}").and_then(|()| out.flush()).map_err(|e| CliError::new(format!("worker cannot answer: {e}")))
 }
 
 /// Reads an answer from one line of a worker's stdout; `None` for lines that are not answers.
 pub fn parse_answer(line: &str) -> Option<Result<Answer, CliError>> {
     let start = line.find(ANSWER_MARK)? + ANSWER_MARK.len();
-    Some(
-        serde_json::from_str(&line[start..])
-            .map_err(|e| CliError::new(format!("malformed answer from a worker: {e}"))),
-    )
+    Some(serde_json::from_str(&line[start..]).map_err(|e| CliError::new(format!("malformed answer from a worker: {e}"))))
 }
 
 #[cfg(test)]
@@ -220,13 +184,8 @@ mod tests {
 
     #[test]
     fn answers_round_trip_and_stray_output_is_skipped() {
-        let answer = Answer::Panic {
-            message: "boom".into(),
-        };
-        let line = format!(
-            "debug noise{ANSWER_MARK}{}",
-            serde_json::to_string(&answer).unwrap()
-        );
+        let answer = Answer::Panic { message: "boom".into() };
+        let line = format!("debug noise{ANSWER_MARK}{}", serde_json::to_string(&answer).unwrap());
         assert_eq!(parse_answer(&line).unwrap().unwrap(), answer);
         assert!(parse_answer("just some output").is_none());
         assert!(parse_answer(&format!("{ANSWER_MARK}{{")).unwrap().is_err());

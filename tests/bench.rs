@@ -11,27 +11,17 @@ use serde_json::Value;
 const DRILL: &str = env!("CARGO_BIN_EXE_drill");
 
 fn drill(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(DRILL)
-        .current_dir(cwd)
-        .args(args)
-        .output()
-        .expect("drill starts")
+    Command::new(DRILL).current_dir(cwd).args(args).output().expect("drill starts")
 }
 
 fn positive(v: &Value, path: &str) -> f64 {
-    let x = v
-        .pointer(path)
-        .and_then(Value::as_f64)
-        .unwrap_or_else(|| panic!("{path} is missing or not a number in {v}"));
+    let x = v.pointer(path).and_then(Value::as_f64).unwrap_or_else(|| panic!("{path} is missing or not a number in {v}"));
     assert!(x > 0.0, "{path} is {x}, not positive");
     x
 }
 
 fn array<'a>(v: &'a Value, path: &str, len: usize) -> &'a Vec<Value> {
-    let a = v
-        .pointer(path)
-        .and_then(Value::as_array)
-        .unwrap_or_else(|| panic!("{path} is not an array"));
+    let a = v.pointer(path).and_then(Value::as_array).unwrap_or_else(|| panic!("{path} is not an array"));
     assert_eq!(a.len(), len, "{path} has {} entries", a.len());
     a
 }
@@ -39,30 +29,13 @@ fn array<'a>(v: &'a Value, path: &str, len: usize) -> &'a Vec<Value> {
 #[test]
 fn a_tiny_bench_writes_every_measurement() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = drill(
-        tmp.path(),
-        &["bench", "--quick", "--seeds", "2", "--out", "result"],
-    );
+    let out = drill(tmp.path(), &["bench", "--quick", "--seeds", "2", "--out", "result"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "drill bench failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for heading in [
-        "standard run",
-        "store workload",
-        "scaling",
-        "memory",
-        "targets",
-    ] {
-        assert!(
-            stdout.contains(heading),
-            "the table has no {heading} section:\n{stdout}"
-        );
+    assert!(out.status.success(), "drill bench failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    for heading in ["standard run", "store workload", "scaling", "memory", "targets"] {
+        assert!(stdout.contains(heading), "the table has no {heading} section:\n{stdout}");
     }
-    let text =
-        fs::read_to_string(tmp.path().join("result/bench.json")).expect("bench.json is written");
+    let text = fs::read_to_string(tmp.path().join("result/bench.json")).expect("bench.json is written");
     let b: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(b["format_version"], 1);
     assert_eq!(b["budget"], "tiny");
@@ -74,13 +47,7 @@ fn a_tiny_bench_writes_every_measurement() {
         let s = &sweeps[i];
         assert_eq!(s["workers"], workers);
         assert_eq!(s["seeds"], 2);
-        for f in [
-            "/seeds_per_second",
-            "/ms_per_seed_median",
-            "/ms_per_seed_p95",
-            "/cpu_ms_per_seed",
-            "/sim_seconds_per_wall_second",
-        ] {
+        for f in ["/seeds_per_second", "/ms_per_seed_median", "/ms_per_seed_p95", "/cpu_ms_per_seed", "/sim_seconds_per_wall_second"] {
             positive(s, f);
         }
         assert_eq!(s["outcomes"]["pass"], 2, "standard seeds 1 and 2 pass: {s}");
@@ -112,18 +79,9 @@ fn a_tiny_bench_writes_every_measurement() {
     assert!(last >= first, "a peak never shrinks");
 
     for t in array(&b, "/targets", 4) {
-        assert!(
-            t["name"].is_string()
-                && t["goal"].is_string()
-                && t["measured"].is_string()
-                && t["met"].is_boolean(),
-            "{t}"
-        );
+        assert!(t["name"].is_string() && t["goal"].is_string() && t["measured"].is_string() && t["met"].is_boolean(), "{t}");
     }
-    assert!(
-        !tmp.path().join("result/.drill-bench-work").exists(),
-        "the scratch folder is removed"
-    );
+    assert!(!tmp.path().join("result/.drill-bench-work").exists(), "the scratch folder is removed");
 }
 
 #[test]
@@ -133,8 +91,5 @@ fn a_file_the_bench_did_not_write_is_not_replaced() {
     let out = drill(tmp.path(), &["bench", "--seeds", "1"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: "));
-    assert_eq!(
-        fs::read_to_string(tmp.path().join("bench.json")).unwrap(),
-        "{\"mine\": true}"
-    );
+    assert_eq!(fs::read_to_string(tmp.path().join("bench.json")).unwrap(), "{\"mine\": true}");
 }

@@ -14,11 +14,7 @@ const DRILL: &str = env!("CARGO_BIN_EXE_drill");
 
 /// Runs drill in `cwd` with `args`.
 fn drill(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(DRILL)
-        .current_dir(cwd)
-        .args(args)
-        .output()
-        .expect("drill starts")
+    Command::new(DRILL).current_dir(cwd).args(args).output().expect("drill starts")
 }
 
 fn stdout(out: &Output) -> String {
@@ -72,11 +68,7 @@ fn run_into(tmp: &Path, name: &str, extra: &[&str]) -> PathBuf {
     let mut args = vec!["run", "--out", dir.to_str().unwrap()];
     args.extend_from_slice(extra);
     let out = drill(tmp, &args);
-    assert!(
-        [0, 1, 3, 4].contains(&code(&out)),
-        "drill run failed: {}",
-        stderr(&out)
-    );
+    assert!([0, 1, 3, 4].contains(&code(&out)), "drill run failed: {}", stderr(&out));
     dir
 }
 
@@ -84,10 +76,7 @@ fn run_into(tmp: &Path, name: &str, extra: &[&str]) -> PathBuf {
 fn run_writes_three_files_and_a_complete_summary() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
-    let out = drill(
-        tmp.path(),
-        &["run", "--seed", "3", "--out", dir.to_str().unwrap()],
-    );
+    let out = drill(tmp.path(), &["run", "--seed", "3", "--out", dir.to_str().unwrap()]);
     for file in ["trace.jsonl", "plan.json", "summary.json"] {
         assert!(dir.join(file).is_file(), "missing {file}");
     }
@@ -109,18 +98,9 @@ fn run_writes_three_files_and_a_complete_summary() {
     ] {
         assert!(s.get(field).is_some(), "summary.json lacks {field}");
     }
-    assert_eq!(
-        (s["format_version"].as_u64(), s["seed"].as_u64()),
-        (Some(1), Some(3))
-    );
-    assert_eq!(
-        (s["scenario"].as_str(), s["profile"].as_str()),
-        (Some("sync-basic"), Some("swarm"))
-    );
-    assert_eq!(
-        s["replay"],
-        "drill run --seed 3 --scenario sync-basic --profile swarm"
-    );
+    assert_eq!((s["format_version"].as_u64(), s["seed"].as_u64()), (Some(1), Some(3)));
+    assert_eq!((s["scenario"].as_str(), s["profile"].as_str()), (Some("sync-basic"), Some("swarm")));
+    assert_eq!(s["replay"], "drill run --seed 3 --scenario sync-basic --profile swarm");
     let outcome = s["outcome"].as_str().unwrap();
     assert_eq!(code(&out), exit_code_of(outcome), "{}", stderr(&out));
 
@@ -131,10 +111,7 @@ fn run_writes_three_files_and_a_complete_summary() {
         assert!(first.contains(part), "first line {first:?} lacks {part}");
     }
     let last = text.lines().last().unwrap();
-    assert!(
-        last.contains(&format!("outcome: {outcome}")) && last.contains("drill run --seed 3"),
-        "{last}"
-    );
+    assert!(last.contains(&format!("outcome: {outcome}")) && last.contains("drill run --seed 3"), "{last}");
 }
 
 #[test]
@@ -162,19 +139,9 @@ fn a_plan_file_runs_like_its_seed() {
     let first = run_into(tmp.path(), "first", &["--seed", "5", "--profile", "none"]);
     let plan = first.join("plan.json");
     let second = run_into(tmp.path(), "second", &["--plan", plan.to_str().unwrap()]);
-    let (a, b) = (
-        read_json(&first.join("summary.json")),
-        read_json(&second.join("summary.json")),
-    );
+    let (a, b) = (read_json(&first.join("summary.json")), read_json(&second.join("summary.json")));
     assert_eq!(a["fingerprint"], b["fingerprint"]);
-    assert!(
-        b["replay"]
-            .as_str()
-            .unwrap()
-            .starts_with("drill run --plan "),
-        "{}",
-        b["replay"]
-    );
+    assert!(b["replay"].as_str().unwrap().starts_with("drill run --plan "), "{}", b["replay"]);
 }
 
 #[test]
@@ -205,13 +172,7 @@ fn bad_input_exits_2_with_one_error_line_and_writes_nothing() {
         &["sweep", "--seeds", "0..2", "--jobs", "0"],
         &["sweep", "--seeds", "0..2", "--scenario", "no-such-scenario"],
         &["check-determinism", "--seeds", "2..1"],
-        &[
-            "check-determinism",
-            "--seeds",
-            "0..2",
-            "--profile",
-            "no-such-profile",
-        ],
+        &["check-determinism", "--seeds", "0..2", "--profile", "no-such-profile"],
         &["check-determinism", "--seeds", "0..2", "--jobs", "0"],
         &["replay", "no-such-folder"],
         &["replay", "not-json.json"],
@@ -239,30 +200,18 @@ const NASTY_OUT: &str = "sw <&> \"q\"";
 /// and linking each failing seed's timeline.
 fn assert_sweep_files(dir: &Path, s: &Value) {
     let failing = s["failing"].as_array().unwrap();
-    let seeds: Vec<u64> = failing
-        .iter()
-        .map(|f| f["seed"].as_u64().unwrap())
-        .collect();
-    let mut expected: Vec<String> = ["junit.xml", "report.html", "report.md", "summary.json"]
-        .map(String::from)
-        .to_vec();
+    let seeds: Vec<u64> = failing.iter().map(|f| f["seed"].as_u64().unwrap()).collect();
+    let mut expected: Vec<String> = ["junit.xml", "report.html", "report.md", "summary.json"].map(String::from).to_vec();
     expected.extend(seeds.iter().map(|n| format!("seed-{n}")));
     expected.sort();
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut names: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     assert_eq!(names, expected);
 
     let junit = fs::read_to_string(dir.join("junit.xml")).unwrap();
     assert_eq!(xml_root(&junit), "testsuites", "{junit}");
     // One passing case for the sweep as a whole, one failing case per failing seed.
-    assert_eq!(
-        junit.matches("<testcase ").count(),
-        1 + seeds.len(),
-        "{junit}"
-    );
+    assert_eq!(junit.matches("<testcase ").count(), 1 + seeds.len(), "{junit}");
     assert_eq!(junit.matches("<failure ").count(), seeds.len(), "{junit}");
     let scenario = s["scenario"].as_str().unwrap();
     for n in &seeds {
@@ -275,16 +224,10 @@ fn assert_sweep_files(dir: &Path, s: &Value) {
     let html = fs::read_to_string(dir.join("report.html")).unwrap();
     assert!(html.starts_with("<!DOCTYPE html>"), "{html}");
     for remote in ["http://", "https://", "<link", " src="] {
-        assert!(
-            !html.contains(remote),
-            "report.html refers elsewhere ({remote})"
-        );
+        assert!(!html.contains(remote), "report.html refers elsewhere ({remote})");
     }
     for n in &seeds {
-        assert!(
-            html.contains(&format!("href=\"seed-{n}/report.html\"")),
-            "{html}"
-        );
+        assert!(html.contains(&format!("href=\"seed-{n}/report.html\"")), "{html}");
         // A run that panicked before it began has no trace, and so no timeline.
         let seed = dir.join(format!("seed-{n}"));
         if seed.join("trace.jsonl").is_file() {
@@ -299,31 +242,18 @@ fn assert_sweep_files(dir: &Path, s: &Value) {
 fn xml_root(xml: &str) -> String {
     let rest = xml.strip_prefix("<?xml ").expect("an XML declaration");
     let mut rest = &rest[rest.find("?>").expect("the declaration ends") + 2..];
-    let escaped = |t: &str| {
-        t.split('&').skip(1).all(|e| {
-            ["amp;", "lt;", "gt;", "quot;", "apos;", "#"]
-                .iter()
-                .any(|entity| e.starts_with(entity))
-        })
-    };
+    let escaped = |t: &str| t.split('&').skip(1).all(|e| ["amp;", "lt;", "gt;", "quot;", "apos;", "#"].iter().any(|entity| e.starts_with(entity)));
     let (mut stack, mut root) = (Vec::<String>::new(), None::<String>);
     while let Some(open) = rest.find('<') {
         let text = &rest[..open];
         assert!(escaped(text), "unescaped & in {text:?}");
-        assert!(
-            !stack.is_empty() || text.trim().is_empty(),
-            "text outside the root: {text:?}"
-        );
+        assert!(!stack.is_empty() || text.trim().is_empty(), "text outside the root: {text:?}");
         let close = rest[open..].find('>').expect("a tag ends") + open;
         let tag = &rest[open + 1..close];
         rest = &rest[close + 1..];
         assert!(!tag.contains('<') && escaped(tag), "malformed tag <{tag}>");
         if let Some(name) = tag.strip_prefix('/') {
-            assert_eq!(
-                stack.pop().as_deref(),
-                Some(name),
-                "</{name}> closes nothing open"
-            );
+            assert_eq!(stack.pop().as_deref(), Some(name), "</{name}> closes nothing open");
             continue;
         }
         let empty = tag.ends_with('/');
@@ -331,11 +261,7 @@ fn xml_root(xml: &str) -> String {
         let name = tag.split_whitespace().next().expect("an element name");
         let attrs = tag[name.len()..].trim();
         // name="value" pairs: the quotes come in pairs and no value holds a quote.
-        assert_eq!(
-            attrs.matches('"').count(),
-            2 * attrs.matches("=\"").count(),
-            "<{tag}>"
-        );
+        assert_eq!(attrs.matches('"').count(), 2 * attrs.matches("=\"").count(), "<{tag}>");
         if stack.is_empty() {
             assert!(root.is_none(), "a second root <{name}>");
             root = Some(name.to_string());
@@ -352,68 +278,34 @@ fn xml_root(xml: &str) -> String {
 #[test]
 fn sweep_counts_every_seed_and_keeps_only_failing_folders() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = drill(
-        tmp.path(),
-        &["sweep", "--seeds", "0..4", "--jobs", "2", "--out", "sw"],
-    );
+    let out = drill(tmp.path(), &["sweep", "--seeds", "0..4", "--jobs", "2", "--out", "sw"]);
     let s = read_json(&tmp.path().join("sw/summary.json"));
     let counts = &s["counts"];
-    let sum: u64 = ["pass", "violation", "liveness", "nondeterminism"]
-        .iter()
-        .map(|k| counts[k].as_u64().unwrap())
-        .sum();
+    let sum: u64 = ["pass", "violation", "liveness", "nondeterminism"].iter().map(|k| counts[k].as_u64().unwrap()).sum();
     assert_eq!(sum, 4);
-    assert_eq!(
-        (s["seeds"]["first"].as_u64(), s["seeds"]["last"].as_u64()),
-        (Some(0), Some(3))
-    );
+    assert_eq!((s["seeds"]["first"].as_u64(), s["seeds"]["last"].as_u64()), (Some(0), Some(3)));
     let failing = s["failing"].as_array().unwrap();
     assert_eq!(failing.len() as u64, 4 - counts["pass"].as_u64().unwrap());
-    assert_eq!(
-        code(&out),
-        exit_code_of(s["outcome"].as_str().unwrap()),
-        "{}",
-        stderr(&out)
-    );
+    assert_eq!(code(&out), exit_code_of(s["outcome"].as_str().unwrap()), "{}", stderr(&out));
     for f in failing {
         let folder = tmp.path().join(f["folder"].as_str().unwrap());
         assert!(folder.join("trace.jsonl").is_file() && folder.join("plan.json").is_file());
-        assert!(f["replay"]
-            .as_str()
-            .unwrap()
-            .starts_with("drill run --seed "));
+        assert!(f["replay"].as_str().unwrap().starts_with("drill run --seed "));
     }
     // Only the summary, its reports and the failing seeds' folders remain.
     assert_sweep_files(&tmp.path().join("sw"), &s);
-    assert!(stdout(&out)
-        .lines()
-        .last()
-        .unwrap()
-        .starts_with("outcome: "));
+    assert!(stdout(&out).lines().last().unwrap().starts_with("outcome: "));
 }
 
 #[test]
 fn a_fault_free_sweep_passes_and_replaces_its_previous_folder() {
     let tmp = tempfile::tempdir().unwrap();
-    let args = [
-        "sweep",
-        "--seeds",
-        "10..=12",
-        "--profile",
-        "none",
-        "--jobs",
-        "2",
-        "--out",
-        "sw",
-    ];
+    let args = ["sweep", "--seeds", "10..=12", "--profile", "none", "--jobs", "2", "--out", "sw"];
     for _ in 0..2 {
         let out = drill(tmp.path(), &args);
         assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
         let s = read_json(&tmp.path().join("sw/summary.json"));
-        assert_eq!(
-            (s["counts"]["pass"].as_u64(), s["outcome"].as_str()),
-            (Some(3), Some("pass"))
-        );
+        assert_eq!((s["counts"]["pass"].as_u64(), s["outcome"].as_str()), (Some(3), Some("pass")));
         assert!(s["seeds_per_second"].as_f64().unwrap() > 0.0);
         assert_sweep_files(&tmp.path().join("sw"), &s);
     }
@@ -428,10 +320,7 @@ fn a_fault_free_sweep_passes_and_replaces_its_previous_folder() {
 #[test]
 fn check_determinism_passes_on_a_few_seeds() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = drill(
-        tmp.path(),
-        &["check-determinism", "--seeds", "0..3", "--jobs", "2"],
-    );
+    let out = drill(tmp.path(), &["check-determinism", "--seeds", "0..3", "--jobs", "2"]);
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
     assert_eq!(stdout(&out).lines().last(), Some("3 seeds, 0 mismatches"));
 }
@@ -440,19 +329,10 @@ fn check_determinism_passes_on_a_few_seeds() {
 fn replay_of_a_run_folder_matches_and_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = run_into(tmp.path(), "run", &["--seed", "6", "--profile", "none"]);
-    let outcome = read_json(&dir.join("summary.json"))["outcome"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let outcome = read_json(&dir.join("summary.json"))["outcome"].as_str().unwrap().to_string();
     let before = snapshot(&dir);
     let out = drill(tmp.path(), &["replay", "run"]);
-    assert_eq!(
-        code(&out),
-        exit_code_of(&outcome),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert_eq!(code(&out), exit_code_of(&outcome), "{}{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("replay matches"), "{}", stdout(&out));
     assert_eq!(snapshot(&dir), before);
 }
@@ -469,10 +349,7 @@ fn replay_reports_a_tampered_trace_at_its_line() {
     let out = drill(tmp.path(), &["replay", "run"]);
     assert_eq!(code(&out), 4, "{}{}", stdout(&out), stderr(&out));
     let text = stdout(&out);
-    assert!(
-        text.contains("first difference at trace line 2") && text.contains("tampered"),
-        "{text}"
-    );
+    assert!(text.contains("first difference at trace line 2") && text.contains("tampered"), "{text}");
 }
 
 #[test]
@@ -501,91 +378,43 @@ fn list_names_the_scenarios_and_profiles() {
 
 /// Makes workers panic on seed 1 and die abruptly on seed 2 (see `DRILL_TEST_WORKER_FAULT`).
 fn with_worker_faults(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(DRILL)
-        .current_dir(cwd)
-        .args(args)
-        .env("DRILL_TEST_WORKER_FAULT", "panic:1,exit:2")
-        .output()
-        .expect("drill starts")
+    Command::new(DRILL).current_dir(cwd).args(args).env("DRILL_TEST_WORKER_FAULT", "panic:1,exit:2").output().expect("drill starts")
 }
 
 #[test]
 fn a_sweep_survives_panicking_and_dying_workers() {
     let tmp = tempfile::tempdir().unwrap();
-    let args = [
-        "sweep",
-        "--seeds",
-        "0..5",
-        "--profile",
-        "none",
-        "--jobs",
-        "2",
-        "--out",
-        NASTY_OUT,
-    ];
+    let args = ["sweep", "--seeds", "0..5", "--profile", "none", "--jobs", "2", "--out", NASTY_OUT];
     let out = with_worker_faults(tmp.path(), &args);
     assert_eq!(code(&out), 1, "{}{}", stdout(&out), stderr(&out));
     let s = read_json(&tmp.path().join(NASTY_OUT).join("summary.json"));
-    assert_eq!(
-        (
-            s["counts"]["pass"].as_u64(),
-            s["counts"]["violation"].as_u64()
-        ),
-        (Some(3), Some(2))
-    );
+    assert_eq!((s["counts"]["pass"].as_u64(), s["counts"]["violation"].as_u64()), (Some(3), Some(2)));
     let failing = s["failing"].as_array().unwrap();
-    let seeds: Vec<u64> = failing
-        .iter()
-        .map(|f| f["seed"].as_u64().unwrap())
-        .collect();
+    let seeds: Vec<u64> = failing.iter().map(|f| f["seed"].as_u64().unwrap()).collect();
     assert_eq!(seeds, [1, 2]);
     for f in failing {
         assert_eq!(f["first_violation"]["invariant"], "SIM-NO-PANIC");
         assert!(tmp.path().join(f["folder"].as_str().unwrap()).is_dir());
     }
-    let messages = format!(
-        "{} {}",
-        failing[0]["first_violation"]["message"], failing[1]["first_violation"]["message"]
-    );
-    assert!(
-        messages.contains("injected panic") && messages.contains("exited"),
-        "{messages}"
-    );
+    let messages = format!("{} {}", failing[0]["first_violation"]["message"], failing[1]["first_violation"]["message"]);
+    assert!(messages.contains("injected panic") && messages.contains("exited"), "{messages}");
     assert!(stdout(&out).contains("drill run --seed 1 --scenario sync-basic --profile none"));
     // The failing folders' paths hold markup characters, which the reports escape.
     let dir = tmp.path().join(NASTY_OUT);
     assert_sweep_files(&dir, &s);
     let junit = fs::read_to_string(dir.join("junit.xml")).unwrap();
-    assert!(
-        junit.contains("folder: sw &lt;&amp;&gt; &quot;q&quot;/seed-1"),
-        "{junit}"
-    );
+    assert!(junit.contains("folder: sw &lt;&amp;&gt; &quot;q&quot;/seed-1"), "{junit}");
 }
 
 #[test]
 fn check_determinism_reports_panicking_seeds() {
     let tmp = tempfile::tempdir().unwrap();
-    let args = [
-        "check-determinism",
-        "--seeds",
-        "0..4",
-        "--profile",
-        "none",
-        "--jobs",
-        "2",
-    ];
+    let args = ["check-determinism", "--seeds", "0..4", "--profile", "none", "--jobs", "2"];
     let out = with_worker_faults(tmp.path(), &args);
     assert_eq!(code(&out), 1, "{}{}", stdout(&out), stderr(&out));
     let text = stdout(&out);
-    assert_eq!(
-        text.lines().last(),
-        Some("4 seeds, 0 mismatches, 2 panicked"),
-        "{text}"
-    );
+    assert_eq!(text.lines().last(), Some("4 seeds, 0 mismatches, 2 panicked"), "{text}");
     // The kept scratch folder is named in the output; clean it up.
-    let kept = text
-        .lines()
-        .find_map(|l| l.split(" in ").nth(1).filter(|_| l.starts_with("kept")))
-        .unwrap();
+    let kept = text.lines().find_map(|l| l.split(" in ").nth(1).filter(|_| l.starts_with("kept"))).unwrap();
     fs::remove_dir_all(kept).unwrap();
 }

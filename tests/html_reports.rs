@@ -32,16 +32,9 @@ fn drill(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
 /// The browser, installed on first use when that is possible.
 fn chromium() -> Option<PathBuf> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-chromium.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(Stdio::inherit())
-        .output();
+    let out = Command::new("bash").arg(&script).stderr(Stdio::inherit()).output();
     let found = out.ok().filter(|o| o.status.success()).and_then(|o| {
-        let path = String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .last()?
-            .trim()
-            .to_string();
+        let path = String::from_utf8_lossy(&o.stdout).lines().last()?.trim().to_string();
         (!path.is_empty()).then(|| PathBuf::from(path))
     });
     if found.is_none() {
@@ -81,10 +74,7 @@ fn screenshot(browser: &Path, page: &Path, png: &Path, profile: &Path) {
     while child.try_wait().expect("chromium runs").is_none() {
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!(
-                "chromium took longer than {SCREENSHOT_TIMEOUT:?} on {}",
-                page.display()
-            );
+            panic!("chromium took longer than {SCREENSHOT_TIMEOUT:?} on {}", page.display());
         }
         sleep(Duration::from_millis(100));
     }
@@ -97,12 +87,7 @@ fn assert_drawn(png: &Path) {
     let mut reader = decoder.read_info().expect("a PNG");
     let mut buf = vec![0; reader.output_buffer_size()];
     let info = reader.next_frame(&mut buf).expect("a frame");
-    assert_eq!(
-        (info.width, info.height),
-        (WIDTH, HEIGHT),
-        "{}",
-        png.display()
-    );
+    assert_eq!((info.width, info.height), (WIDTH, HEIGHT), "{}", png.display());
     let channels = info.color_type.samples();
     let pixels: Vec<&[u8]> = buf[..info.buffer_size()].chunks(channels).collect();
     let background = pixels[pixels.len() - 1];
@@ -110,25 +95,15 @@ fn assert_drawn(png: &Path) {
     let mut colours: Vec<&[u8]> = pixels.clone();
     colours.sort();
     colours.dedup();
-    assert!(
-        colours.len() > 20,
-        "{}: only {} colours",
-        png.display(),
-        colours.len()
-    );
-    assert!(
-        drawn * 50 > pixels.len(),
-        "{}: only {drawn} drawn pixels",
-        png.display()
-    );
+    assert!(colours.len() > 20, "{}: only {} colours", png.display(), colours.len());
+    assert!(drawn * 50 > pixels.len(), "{}: only {drawn} drawn pixels", png.display());
 }
 
 /// A failing run (a plan whose 1 ms liveness bound cannot be met), so the timeline shows a
 /// violation.
 fn failing_run(t: &Path) -> PathBuf {
     drill(t, &["run", "--seed", "3", "--out", "seed-3"], &[]);
-    let mut plan: Value =
-        serde_json::from_str(&fs::read_to_string(t.join("seed-3/plan.json")).unwrap()).unwrap();
+    let mut plan: Value = serde_json::from_str(&fs::read_to_string(t.join("seed-3/plan.json")).unwrap()).unwrap();
     plan["liveness_ms_max"] = Value::from(1);
     fs::write(t.join("plan.json"), plan.to_string()).unwrap();
     let out = drill(t, &["run", "--plan", "plan.json", "--out", "failing"], &[]);
@@ -144,21 +119,10 @@ fn timelines_and_dashboards_render_in_a_browser() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let run = failing_run(t);
-    let gate_args = [
-        "gate",
-        "--seeds",
-        "8",
-        "--determinism-seeds",
-        "2",
-        "--out",
-        "gate",
-    ];
+    let gate_args = ["gate", "--seeds", "8", "--determinism-seeds", "2", "--out", "gate"];
     let gate = drill(t, &gate_args, &[("DRILL_TEST_WORKER_FAULT", "panic:5")]);
     assert_eq!(gate.status.code(), Some(1), "{gate:?}");
-    for (name, page) in [
-        ("timeline", run.join("report.html")),
-        ("dashboard", t.join("gate/report.html")),
-    ] {
+    for (name, page) in [("timeline", run.join("report.html")), ("dashboard", t.join("gate/report.html"))] {
         let png = t.join(format!("{name}.png"));
         screenshot(&browser, &page, &png, &t.join(format!("profile-{name}")));
         assert_drawn(&png);

@@ -19,11 +19,7 @@ fn list_invariants_shows_the_whole_registry() {
 fn replay_of_a_folder_from_another_build_matches() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let status = Command::new(env!("CARGO_BIN_EXE_drill"))
-        .args(["run", "--seed", "4", "--profile", "lite", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_drill")).args(["run", "--seed", "4", "--profile", "lite", "--out"]).arg(&out).output().unwrap();
     assert!(status.status.success(), "{status:?}");
     let trace = out.join("trace.jsonl");
     let text = std::fs::read_to_string(&trace).unwrap();

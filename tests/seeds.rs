@@ -15,16 +15,8 @@ const FIXED_PROFILE_SEEDS: [u64; 3] = [1, 2, 3];
 
 /// Runs `seeds` of `profile` and fails with every failing seed's replay command.
 fn all_pass(profile: &str, seeds: &[u64]) {
-    let failures: Vec<String> = seeds_or(seeds)
-        .into_iter()
-        .filter_map(|seed| check_seed(seed, "sync-basic", profile, "seeds").err())
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{} failing:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    let failures: Vec<String> = seeds_or(seeds).into_iter().filter_map(|seed| check_seed(seed, "sync-basic", profile, "seeds").err()).collect();
+    assert!(failures.is_empty(), "{} failing:\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]
@@ -50,12 +42,6 @@ fn a_failure_names_the_invariant_and_the_replay_command() {
     let report = run_plan(&serde_json::to_string(&plan).expect("plans serialize"));
     let text = describe_failure(&report, "drill run --plan plan.json").expect("the run fails");
     assert!(text.contains("seed 1 (sync-basic, swarm)"), "{text}");
-    assert!(
-        text.contains("LIVE-DRAIN") || text.contains("INV-"),
-        "{text}"
-    );
-    assert!(
-        text.ends_with("replay: drill run --plan plan.json"),
-        "{text}"
-    );
+    assert!(text.contains("LIVE-DRAIN") || text.contains("INV-"), "{text}");
+    assert!(text.ends_with("replay: drill run --plan plan.json"), "{text}");
 }

@@ -47,15 +47,7 @@ pub enum BlobFact {
     /// A stage failed with an HTTP-like status and stable code.
     StageFailed { node: String, blob_id: String, object_key: String, status: u16, code: String, attempts: u32 },
     /// An attach answer.
-    Attach {
-        node: String,
-        blob_id: String,
-        checkpoint: CheckpointFact,
-        status: u16,
-        code: Option<String>,
-        observed: Option<ReconcileFact>,
-        replayed: bool,
-    },
+    Attach { node: String, blob_id: String, checkpoint: CheckpointFact, status: u16, code: Option<String>, observed: Option<ReconcileFact>, replayed: bool },
     /// A read answer; `sha256` of the bytes on a 200.
     Read { node: String, blob_id: String, object_key: String, status: u16, code: Option<String>, attempts: u32, sha256: Option<String> },
     /// The object store answered a request for `key` with injected error `code` (`s3:<Code>`).
@@ -159,16 +151,28 @@ impl BlobModel {
         if status == 200 && !replayed {
             out.checked.push(BLOB_VISIBILITY);
             if !observed.as_ref().is_some_and(|o| o.dominates(checkpoint)) {
-                out.violate(BLOB_VISIBILITY, node, format!("attach of {blob_id} succeeded although the server's reconcile state {observed:?} does not dominate the checkpoint {checkpoint:?}"));
+                out.violate(
+                    BLOB_VISIBILITY,
+                    node,
+                    format!("attach of {blob_id} succeeded although the server's reconcile state {observed:?} does not dominate the checkpoint {checkpoint:?}"),
+                );
             }
         }
         if behind {
             out.checked.push(BLOB_VISIBILITY);
             if let Some(o) = observed.as_ref().filter(|o| o.dominates(checkpoint)) {
-                out.violate(BLOB_VISIBILITY, node, format!("attach of {blob_id} was refused as behind although the server's reconcile state {o:?} dominates the checkpoint {checkpoint:?}"));
+                out.violate(
+                    BLOB_VISIBILITY,
+                    node,
+                    format!("attach of {blob_id} was refused as behind although the server's reconcile state {o:?} dominates the checkpoint {checkpoint:?}"),
+                );
             }
             if self.final_round {
-                out.violate(BLOB_VISIBILITY, node, format!("attach of {blob_id} retried after the device reconciled is still behind (observed {observed:?}, checkpoint {checkpoint:?})"));
+                out.violate(
+                    BLOB_VISIBILITY,
+                    node,
+                    format!("attach of {blob_id} retried after the device reconciled is still behind (observed {observed:?}, checkpoint {checkpoint:?})"),
+                );
             }
         }
         if code == Some("blob:attachFailed") {
@@ -176,7 +180,11 @@ impl BlobModel {
             // stack's back; for anything the stack wrote itself it is a bug.
             out.checked.push(BLOB_VISIBILITY);
             if status != 500 || !self.corrupted.contains(&checkpoint.client_id) {
-                out.violate(BLOB_VISIBILITY, node, format!("attach of {blob_id} answered {status} attachFailed, but nothing made the metadata or reconcile state malformed"));
+                out.violate(
+                    BLOB_VISIBILITY,
+                    node,
+                    format!("attach of {blob_id} answered {status} attachFailed, but nothing made the metadata or reconcile state malformed"),
+                );
             }
         }
         if let Some(o) = observed {
@@ -217,7 +225,8 @@ impl BlobModel {
         // After the heal only a lost message (retried to the bound) may keep a staged blob from
         // reading back, unless its object is gone.
         let lost_message = code == "s3:timeout";
-        if self.final_round && staged.is_some() && status != 200 && !lost_message && !self.deleted_out_of_band.contains(key) && !self.cleaned.contains(blob_id) {
+        if self.final_round && staged.is_some() && status != 200 && !lost_message && !self.deleted_out_of_band.contains(key) && !self.cleaned.contains(blob_id)
+        {
             out.checked.push(BLOB_OBJECT);
             out.violate(BLOB_OBJECT, node, format!("after the heal, read of staged blob {blob_id} answered {status} {code}"));
         }
@@ -243,7 +252,11 @@ impl BlobModel {
         }
         if let Some(max) = self.attempts_max {
             if attempts > max || (TRANSIENT_CODES.contains(&code) && attempts != max) {
-                out.violate(BLOB_OBJECT, node, format!("{op} of {blob_id} gave up on {code} after {attempts} attempts; transient codes are retried to exactly {max}"));
+                out.violate(
+                    BLOB_OBJECT,
+                    node,
+                    format!("{op} of {blob_id} gave up on {code} after {attempts} attempts; transient codes are retried to exactly {max}"),
+                );
             }
         }
     }

@@ -243,7 +243,12 @@ impl Checker {
             // so a later push acknowledgement can be attributed.
             model.by_op.entry(w.op_id.clone()).or_insert_with(|| w.payload.clone());
             if let Some((write_id, seq)) = v.applied(&w.payload) {
-                self.violate(ONCE, node, line, format!("write {write_id} (payload {}) is applied as event {seq} and still pending, or applied twice", digest(&w.payload)));
+                self.violate(
+                    ONCE,
+                    node,
+                    line,
+                    format!("write {write_id} (payload {}) is applied as event {seq} and still pending, or applied twice", digest(&w.payload)),
+                );
             }
         }
         self.learn_stored(&s.events);
@@ -312,7 +317,12 @@ impl Checker {
                 // An applied event came from the server's total order: the server holds that write.
                 self.server_acked.insert((model.replica.clone(), e.payload.clone()));
                 if present.contains(e.payload.as_slice()) || v.applied(&e.payload).is_some() {
-                    self.violate(ONCE, node, line, format!("write {} (payload {}) is applied as event {} and still pending, or applied twice", e.write_id, digest(&e.payload), e.seq));
+                    self.violate(
+                        ONCE,
+                        node,
+                        line,
+                        format!("write {} (payload {}) is applied as event {} and still pending, or applied twice", e.write_id, digest(&e.payload), e.seq),
+                    );
                 }
                 present.insert(&e.payload);
             }
@@ -391,7 +401,11 @@ impl Checker {
     /// write held twice breaks INV-ONCE.
     fn server_held(&mut self, s: &ServerSnapshot, line: u64) -> BTreeSet<(String, String)> {
         let mut held = BTreeSet::new();
-        let all = s.events.iter().map(|e| (e.replica.clone(), sha256_hex(&e.stored), e.seq)).chain(s.pruned.iter().map(|p| (p.replica.clone(), p.payload_sha256.clone(), p.seq)));
+        let all = s
+            .events
+            .iter()
+            .map(|e| (e.replica.clone(), sha256_hex(&e.stored), e.seq))
+            .chain(s.pruned.iter().map(|p| (p.replica.clone(), p.payload_sha256.clone(), p.seq)));
         let mut twice = Vec::new();
         for (replica, sum, seq) in all {
             if !held.insert((replica.clone(), sum.clone())) {

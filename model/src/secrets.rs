@@ -99,7 +99,8 @@ fn prefix_of(bytes: &[u8]) -> u64 {
 
 impl SecretScanner {
     pub fn new(secrets: Vec<Secret>) -> SecretScanner {
-        let mut s = SecretScanner { secrets: Vec::new(), by_prefix: BTreeMap::new(), stride: 1, filter: vec![0; 1 << (FILTER_BITS_LOG2 - 6)], skipped: Vec::new() };
+        let mut s =
+            SecretScanner { secrets: Vec::new(), by_prefix: BTreeMap::new(), stride: 1, filter: vec![0; 1 << (FILTER_BITS_LOG2 - 6)], skipped: Vec::new() };
         for secret in secrets {
             if secret.bytes.len() < SECRET_BYTES_MIN {
                 s.skipped.push(secret.label);
@@ -180,7 +181,12 @@ pub fn check_no_plaintext(node: &str, line: u64, images: &[(String, &[u8])], sec
     for (name, bytes) in images {
         for f in scanner.scan(name, bytes) {
             let times = if f.occurrences > 1 { format!(" ({} times)", f.occurrences) } else { String::new() };
-            j.violate(NO_PLAINTEXT, node, line, format!("{} found in {} at offset {}{times}: expected no plaintext or key material", f.secret, f.image, f.offset));
+            j.violate(
+                NO_PLAINTEXT,
+                node,
+                line,
+                format!("{} found in {} at offset {}{times}: expected no plaintext or key material", f.secret, f.image, f.offset),
+            );
         }
     }
     j

@@ -193,11 +193,8 @@ pub fn check_projection(facts: &ProjectionFacts, line: u64) -> Judgement {
     let mut events: Vec<&PlainEvent> = facts.events.iter().filter(|e| e.tenant == facts.tenant).collect();
     events.sort_by_key(|e| e.seq);
     for p in &facts.projections {
-        let folded: Vec<&PlainEvent> = events
-            .iter()
-            .copied()
-            .filter(|e| p.cursor.is_none_or(|c| e.seq <= c) && facts.until_ts_ms.is_none_or(|u| e.ts_ms <= u))
-            .collect();
+        let folded: Vec<&PlainEvent> =
+            events.iter().copied().filter(|e| p.cursor.is_none_or(|c| e.seq <= c) && facts.until_ts_ms.is_none_or(|u| e.ts_ms <= u)).collect();
         if folded.is_empty() && p.rows.is_empty() && p.incomplete.is_empty() {
             continue;
         }
@@ -477,7 +474,12 @@ pub fn check_read_only(facts: &ReadOnlyFacts, line: u64) -> Judgement {
     }
     if let Some((before, after)) = digests {
         if before != after {
-            j.violate(READ_ONLY, &facts.node, line, format!("stored content changed during READ_ONLY: digest {} before, {} after", short(before), short(after)));
+            j.violate(
+                READ_ONLY,
+                &facts.node,
+                line,
+                format!("stored content changed during READ_ONLY: digest {} before, {} after", short(before), short(after)),
+            );
         }
     }
     j

@@ -206,7 +206,11 @@ pub fn check_migration(f: &MigrationFacts, line: u64) -> Judgement {
     j.check(MIGRATION);
     if f.version != Some(f.target) || f.in_progress {
         let version = f.version.map(|v| v.to_string()).unwrap_or_else(|| "unreadable".into());
-        let m = format!("the device installed schema {} but ends at version {version}{}", f.target, if f.in_progress { " with a migration in progress" } else { "" });
+        let m = format!(
+            "the device installed schema {} but ends at version {version}{}",
+            f.target,
+            if f.in_progress { " with a migration in progress" } else { "" }
+        );
         j.violate(MIGRATION, &f.node, line, m);
     }
     j

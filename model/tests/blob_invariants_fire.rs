@@ -29,7 +29,15 @@ fn observed(cursor: u64, w: &[(&str, u64)]) -> Option<ReconcileFact> {
 }
 
 fn attach(status: u16, code: Option<&str>, cp: CheckpointFact, obs: Option<ReconcileFact>) -> Fact {
-    Fact::Blob(BlobFact::Attach { node: "client-1".into(), blob_id: "b-1".into(), checkpoint: cp, status, code: code.map(String::from), observed: obs, replayed: false })
+    Fact::Blob(BlobFact::Attach {
+        node: "client-1".into(),
+        blob_id: "b-1".into(),
+        checkpoint: cp,
+        status,
+        code: code.map(String::from),
+        observed: obs,
+        replayed: false,
+    })
 }
 
 fn staged(blob: &str, key: &str, sha: &str) -> Fact {
@@ -132,7 +140,8 @@ fn an_object_failure_the_store_never_produced_breaks_object() {
     c.observe(Fact::Blob(BlobFact::DeletedOutOfBand { key: "k1".into() }), 8);
     c.observe(read("b-1", "k1", 500, Some("s3:NoSuchKey"), 1, None), 9);
     assert_eq!(ids(&c).len(), 1, "an out-of-band deletion explains NoSuchKey");
-    let failed = BlobFact::StageFailed { node: "client-1".into(), blob_id: "b-2".into(), object_key: "k2".into(), status: 500, code: "s3:SlowDown".into(), attempts: 4 };
+    let failed =
+        BlobFact::StageFailed { node: "client-1".into(), blob_id: "b-2".into(), object_key: "k2".into(), status: 500, code: "s3:SlowDown".into(), attempts: 4 };
     c.observe(Fact::Blob(failed), 10);
     assert_eq!(ids(&c).len(), 2);
 }
@@ -141,7 +150,14 @@ fn an_object_failure_the_store_never_produced_breaks_object() {
 fn transient_failures_not_retried_to_the_bound_break_object() {
     let mut c = checker();
     c.observe(Fact::Blob(BlobFact::Injected { key: "k2".into(), code: "s3:SlowDown".into() }), 2);
-    let failed = |attempts| BlobFact::StageFailed { node: "client-1".into(), blob_id: "b-2".into(), object_key: "k2".into(), status: 500, code: "s3:SlowDown".into(), attempts };
+    let failed = |attempts| BlobFact::StageFailed {
+        node: "client-1".into(),
+        blob_id: "b-2".into(),
+        object_key: "k2".into(),
+        status: 500,
+        code: "s3:SlowDown".into(),
+        attempts,
+    };
     c.observe(Fact::Blob(failed(4)), 3);
     assert!(ids(&c).is_empty());
     c.observe(Fact::Blob(failed(1)), 4);

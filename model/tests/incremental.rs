@@ -146,7 +146,10 @@ fn an_op_applied_before_and_again_in_a_tail_is_applied_twice() {
 fn an_own_write_applied_earlier_and_pending_again_is_caught_by_a_tail_check() {
     let mut c = checker();
     c.observe(Fact::AppendStarted { node: "client-1".into(), payload: b"mine".to_vec() }, 2);
-    c.observe(Fact::AppendAcked { node: "client-1".into(), write_id: 1, op_id: "client-1-1".into(), stored_sha256: drill_model::facts::sha256_hex(b"mine") }, 3);
+    c.observe(
+        Fact::AppendAcked { node: "client-1".into(), write_id: 1, op_id: "client-1-1".into(), stored_sha256: drill_model::facts::sha256_hex(b"mine") },
+        3,
+    );
     let mut evs = chain_from(&GENESIS, 0, &[b"mine"]);
     evs[0].replica = "client-1".into();
     evs[0].op_id = "client-1-1".into();

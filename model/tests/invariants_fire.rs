@@ -31,7 +31,10 @@ fn client(outbox: &[(u64, &[u8])], events: Vec<EventFact>) -> ClientSnapshot {
         replica: "client-1".into(),
         tenant: "acme".into(),
         anchor: None,
-        outbox: outbox.iter().map(|(w, p)| OutboxFact { write_id: *w, op_id: format!("client-1-{w}"), payload: p.to_vec(), stored_sha256: drill_model::facts::sha256_hex(p) }).collect(),
+        outbox: outbox
+            .iter()
+            .map(|(w, p)| OutboxFact { write_id: *w, op_id: format!("client-1-{w}"), payload: p.to_vec(), stored_sha256: drill_model::facts::sha256_hex(p) })
+            .collect(),
         events,
     }
 }
@@ -40,7 +43,10 @@ fn checker_with_ack(payload: &[u8]) -> Checker {
     let mut c = Checker::new();
     c.observe(Fact::Client { node: "client-1".into(), replica: "client-1".into(), tenant: "acme".into() }, 1);
     c.observe(Fact::AppendStarted { node: "client-1".into(), payload: payload.to_vec() }, 2);
-    c.observe(Fact::AppendAcked { node: "client-1".into(), write_id: 1, op_id: "client-1-1".into(), stored_sha256: drill_model::facts::sha256_hex(payload) }, 3);
+    c.observe(
+        Fact::AppendAcked { node: "client-1".into(), write_id: 1, op_id: "client-1-1".into(), stored_sha256: drill_model::facts::sha256_hex(payload) },
+        3,
+    );
     c
 }
 
@@ -112,7 +118,8 @@ fn once_fires_on_a_write_both_applied_and_pending() {
 #[test]
 fn converge_fires_when_a_device_lags() {
     let mut c = checker_with_ack(b"a");
-    let server = ServerSnapshot { node: "server".into(), pruned: vec![], anchors: vec![], events: chain("acme", &[("client-1", 1, b"a"), ("client-2", 1, b"b")]) };
+    let server =
+        ServerSnapshot { node: "server".into(), pruned: vec![], anchors: vec![], events: chain("acme", &[("client-1", 1, b"a"), ("client-2", 1, b"b")]) };
     let lagging = client(&[], chain("acme", &[("client-1", 1, b"a")]));
     c.observe(Fact::PushAcked { node: "client-1".into(), op_ids: vec!["client-1-1".into()] }, 4);
     c.check_final(&server, &[lagging], 10, true);
@@ -207,7 +214,13 @@ fn an_anchored_device_hands_a_dropped_write_to_the_server_which_must_hold_it() {
     assert_eq!(ids(&c), vec!["INV-DURABLE"]);
     assert_eq!(c.violations()[0].node, "server");
     let mut c = anchored();
-    let pruned = drill_model::facts::PrunedFact { tenant: "acme".into(), replica: "client-1".into(), op_id: "client-1-1".into(), seq: 3, payload_sha256: drill_model::facts::sha256_hex(b"a") };
+    let pruned = drill_model::facts::PrunedFact {
+        tenant: "acme".into(),
+        replica: "client-1".into(),
+        op_id: "client-1-1".into(),
+        seq: 3,
+        payload_sha256: drill_model::facts::sha256_hex(b"a"),
+    };
     c.observe(Fact::ServerState { snapshot: ServerSnapshot { node: "server".into(), pruned: vec![pruned], anchors: vec![], events: vec![] } }, 6);
     assert!(c.violations().is_empty(), "{:?}", c.violations());
 }

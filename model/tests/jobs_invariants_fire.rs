@@ -46,7 +46,10 @@ fn inv_export_fires_on_a_file_that_differs_from_its_manifest() {
     let m = manifest(&[("runs.jsonl", RUNS), ("segments.jsonl", SEGMENTS)]);
     // New data renamed into place under an old manifest.
     let mut c = Checker::new();
-    c.observe(export_state(Some(m.clone()), &[("runs.jsonl", b"{\"run_id\":\"r1\"}\n{\"run_id\":\"r2\"}\n{\"run_id\":\"r3\"}\n"), ("segments.jsonl", SEGMENTS)]), 4);
+    c.observe(
+        export_state(Some(m.clone()), &[("runs.jsonl", b"{\"run_id\":\"r1\"}\n{\"run_id\":\"r2\"}\n{\"run_id\":\"r3\"}\n"), ("segments.jsonl", SEGMENTS)]),
+        4,
+    );
     assert_eq!(ids(&c), [invariants::EXPORT, invariants::EXPORT, invariants::EXPORT], "{:?}", c.violations());
     assert!(c.violations()[0].message.contains("runs.jsonl"));
     assert_eq!(c.violations()[0].trace_line, 4);

@@ -146,7 +146,11 @@ fn inv_projection_fires_after_a_rebuild_on_a_wrong_incomplete_report() {
     assert!(j.violations.iter().any(|v| v.message.contains("b-2 is not reported incomplete after a rebuild, but its key is missing")), "{:?}", j.violations);
     // Not reported incomplete although an event does not open under the key held (tampered).
     let j = check_projection(&facts(sealed(events(), "c-3"), &["a-1", "b-2", "c-3"], true, correct(&events(), &[])), 5);
-    assert!(j.violations.iter().any(|v| v.message.contains("c-3 is not reported incomplete after a rebuild, but an event of it does not open")), "{:?}", j.violations);
+    assert!(
+        j.violations.iter().any(|v| v.message.contains("c-3 is not reported incomplete after a rebuild, but an event of it does not open")),
+        "{:?}",
+        j.violations
+    );
     // A tampered event correctly reported incomplete although its key is present: quiet.
     let j = check_projection(&facts(sealed(events(), "c-3"), &["a-1", "b-2", "c-3"], true, correct(&events(), &["c-3"])), 5);
     assert!(j.is_clean(), "{:?}", j.violations);
@@ -360,7 +364,12 @@ fn inv_no_regen_holds_through_loss_and_recovery_of_the_same_key() {
 
 #[test]
 fn inv_no_regen_fires_on_a_regenerated_key_or_a_recovery_to_another_key() {
-    let j = check_no_regen(&[read_vault("client-1", 2, Some("aaaa")), read_vault("client-1", 4, None), read_vault("client-1", 9, Some("bbbb")), read_vault("client-1", 10, Some("bbbb"))]);
+    let j = check_no_regen(&[
+        read_vault("client-1", 2, Some("aaaa")),
+        read_vault("client-1", 4, None),
+        read_vault("client-1", 9, Some("bbbb")),
+        read_vault("client-1", 10, Some("bbbb")),
+    ]);
     assert_eq!(ids(&j), [invariants::NO_REGEN], "reported once: {:?}", j.violations);
     let v = &j.violations[0];
     assert_eq!((v.node.as_str(), v.trace_line), ("client-1", 9));
@@ -429,7 +438,8 @@ fn inv_read_only_holds_when_commands_are_refused_and_storage_stays() {
     let j = check_read_only(&read_only(attempts, "d1", "d1"), 45);
     assert!(j.is_clean(), "{:?}", j.violations);
     assert_eq!(j.checks_of(invariants::READ_ONLY), 1);
-    let vacuous = ReadOnlyFacts { node: "client-1".into(), attempts: vec![attempt("rebuild", 44, true, true, None)], storage_before: None, storage_after: None };
+    let vacuous =
+        ReadOnlyFacts { node: "client-1".into(), attempts: vec![attempt("rebuild", 44, true, true, None)], storage_before: None, storage_after: None };
     assert!(check_read_only(&vacuous, 45).checked.is_empty());
 }
 
@@ -464,7 +474,11 @@ fn the_store_model_routes_each_fact_to_its_check_and_remembers_vaults() {
     all.merge(m.observe(&StoreFact::ReadOnly(read_only(vec![], "d1", "d2")), 4));
     all.merge(m.observe(&StoreFact::Snapshot(snap(vec![pair(TENANT_COUNTERS, vec![row(&["note", "1"])], vec![])])), 5));
     all.merge(m.observe(&StoreFact::Projection(facts(events(), &["a-1", "b-2", "c-3"], true, vec![read(TENANT_COUNTERS, vec![], &[])])), 6));
-    let scan = StoreFact::Scan { node: "world".into(), images: vec![("bundle".into(), b"..a-secret-payload..".to_vec())], secrets: vec![Secret::plaintext("p", b"a-secret-payload")] };
+    let scan = StoreFact::Scan {
+        node: "world".into(),
+        images: vec![("bundle".into(), b"..a-secret-payload..".to_vec())],
+        secrets: vec![Secret::plaintext("p", b"a-secret-payload")],
+    };
     all.merge(m.observe(&scan, 7));
     let lines: Vec<(String, u64)> = all.violations.iter().map(|v| (v.invariant.clone(), v.trace_line)).collect();
     let want = [invariants::NO_REGEN, invariants::TENANT, invariants::READ_ONLY, invariants::SNAPSHOT, invariants::PROJECTION, invariants::NO_PLAINTEXT];

@@ -12,34 +12,19 @@ use crate::{Outcome, OutcomeCounts};
 /// Renders the dashboard. `link` maps a run folder to the href of its timeline page.
 pub fn render_dashboard(g: &GateSummary, link: &dyn Fn(&str) -> String) -> String {
     let s = &g.sweep;
-    let mut body = format!(
-        "<h1>drill {} {}</h1>",
-        g.what(),
-        badge(g.verdict.as_str(), g.verdict.as_str())
-    );
+    let mut body = format!("<h1>drill {} {}</h1>", g.what(), badge(g.verdict.as_str(), g.verdict.as_str()));
     let shard = s.shard.map_or("all".to_string(), |sh| sh.to_string());
     let mut rows = vec![
-        (
-            "sweep",
-            text(&format!("{} / {} seeds {}", s.scenario, s.profile, s.seeds)),
-        ),
+        ("sweep", text(&format!("{} / {} seeds {}", s.scenario, s.profile, s.seeds))),
         ("shard", text(&shard)),
         ("exit code", g.exit_code.to_string()),
         ("drill", text(&g.drill_version)),
-        (
-            "wall clock",
-            format!("{:.1} s, {:.1} seeds/s", g.wall_seconds, s.seeds_per_second),
-        ),
+        ("wall clock", format!("{:.1} s, {:.1} seeds/s", g.wall_seconds, s.seeds_per_second)),
     ];
     if !g.is_sweep() {
         rows.push((
             "determinism",
-            text(&format!(
-                "{} of {} sampled seeds run twice, {} mismatches",
-                g.determinism.checked,
-                g.determinism.sampled,
-                g.determinism.mismatches.len()
-            )),
+            text(&format!("{} of {} sampled seeds run twice, {} mismatches", g.determinism.checked, g.determinism.sampled, g.determinism.mismatches.len())),
         ));
     }
     body.push_str(&facts(&rows));
@@ -52,28 +37,16 @@ pub fn render_dashboard(g: &GateSummary, link: &dyn Fn(&str) -> String) -> Strin
         body.push_str(&drills(g));
     }
     body.push_str("<div class=\"cols\">");
-    body.push_str(&bars(
-        "Invariant checks",
-        g.invariants
-            .iter()
-            .map(|i| (i.id.clone(), i.checks))
-            .collect(),
-    ));
+    body.push_str(&bars("Invariant checks", g.invariants.iter().map(|i| (i.id.clone(), i.checks)).collect()));
     body.push_str(&bars("Faults by kind", s.faults.clone()));
     body.push_str("</div>");
     if !g.is_sweep() {
         body.push_str(&slowest(g));
     }
-    page(
-        &format!("drill {}: {}", g.what(), g.verdict),
-        CSS,
-        &body,
-        "",
-    )
+    page(&format!("drill {}: {}", g.what(), g.verdict), CSS, &body, "")
 }
 
-const CSS: &str =
-    ".cols { display: flex; gap: 40px; flex-wrap: wrap; } .cols > div { min-width: 420px; }";
+const CSS: &str = ".cols { display: flex; gap: 40px; flex-wrap: wrap; } .cols > div { min-width: 420px; }";
 
 fn outcomes(g: &GateSummary) -> String {
     let mut out = String::from("<h2>Outcomes</h2><table><tr><th>runs</th>");
@@ -85,11 +58,7 @@ fn outcomes(g: &GateSummary) -> String {
         let mut r = format!("<tr><td>{}</td>", text(name));
         for o in Outcome::ALL {
             let n = c.get(o);
-            let class = if n > 0 && o != Outcome::Pass {
-                "num cell-bad"
-            } else {
-                "num"
-            };
+            let class = if n > 0 && o != Outcome::Pass { "num cell-bad" } else { "num" };
             let _ = write!(r, "<td class=\"{class}\">{n}</td>");
         }
         r + "</tr>"
@@ -110,9 +79,7 @@ fn failing(g: &GateSummary, link: &dyn Fn(&str) -> String) -> String {
     }
     let mut out = String::from("<h2>Failing seeds</h2><table><tr><th>scenario</th><th>seed</th><th>outcome</th><th>first violation</th><th>replay</th></tr>");
     for (scenario, f) in failing {
-        let why = f.first_violation.as_ref().map_or(String::new(), |v| {
-            format!("{} at {}: {}", v.invariant, v.node, v.message)
-        });
+        let why = f.first_violation.as_ref().map_or(String::new(), |v| format!("{} at {}: {}", v.invariant, v.node, v.message));
         let _ = write!(
             out,
             "<tr><td>{}</td><td class=\"num\"><a href=\"{}\">{} (timeline)</a></td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",

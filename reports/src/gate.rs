@@ -175,14 +175,7 @@ impl GateSummary {
             sweep: s.clone(),
             drills: Vec::new(),
             determinism: Determinism::default(),
-            invariants: s
-                .checks
-                .iter()
-                .map(|(id, n)| InvariantCoverage {
-                    id: id.clone(),
-                    checks: *n,
-                })
-                .collect(),
+            invariants: s.checks.iter().map(|(id, n)| InvariantCoverage { id: id.clone(), checks: *n }).collect(),
             unrun: 0,
             shortfalls: Vec::new(),
             coverage_judged: false,
@@ -215,19 +208,9 @@ impl GateSummary {
         for d in &self.drills {
             add_counts(&mut checks, &d.checks);
         }
-        self.invariants = invariant_ids
-            .iter()
-            .map(|id| InvariantCoverage {
-                id: id.to_string(),
-                checks: checks.get(*id).copied().unwrap_or(0),
-            })
-            .collect();
+        self.invariants = invariant_ids.iter().map(|id| InvariantCoverage { id: id.to_string(), checks: checks.get(*id).copied().unwrap_or(0) }).collect();
         self.coverage_judged = judge_coverage;
-        self.shortfalls = if judge_coverage {
-            self.coverage_problems()
-        } else {
-            Vec::new()
-        };
+        self.shortfalls = if judge_coverage { self.coverage_problems() } else { Vec::new() };
         self.verdict = self.worst_run();
         if self.verdict == Verdict::Pass && !self.shortfalls.is_empty() {
             self.verdict = Verdict::Shortfall;
@@ -241,16 +224,10 @@ impl GateSummary {
             out.push(format!("drill {} was never exercised", d.name));
         }
         for i in self.invariants.iter().filter(|i| i.checks == 0) {
-            out.push(format!(
-                "invariant {} was never checked non-vacuously",
-                i.id
-            ));
+            out.push(format!("invariant {} was never checked non-vacuously", i.id));
         }
         if self.unrun > 0 {
-            out.push(format!(
-                "{} runs were not started: the time budget ran out",
-                self.unrun
-            ));
+            out.push(format!("{} runs were not started: the time budget ran out", self.unrun));
         }
         out
     }
@@ -268,15 +245,8 @@ impl GateSummary {
 
     /// Failing seeds of the sweep and of every drill, with their scenario.
     pub fn failing(&self) -> Vec<(&str, &FailingSeed)> {
-        let sweep = self
-            .sweep
-            .failing
-            .iter()
-            .map(|f| (self.sweep.scenario.as_str(), f));
-        let drills = self
-            .drills
-            .iter()
-            .flat_map(|d| d.failing.iter().map(move |f| (d.name.as_str(), f)));
+        let sweep = self.sweep.failing.iter().map(|f| (self.sweep.scenario.as_str(), f));
+        let drills = self.drills.iter().flat_map(|d| d.failing.iter().map(move |f| (d.name.as_str(), f)));
         sweep.chain(drills).collect()
     }
 }
@@ -293,102 +263,59 @@ impl fmt::Display for MergeError {
 
 /// The range and shard of the union of parts, or why they do not fit together: all shards
 /// `1..=N` of one range, or unsharded adjacent ranges.
-pub fn union_of(
-    parts: &[(SeedRange, Option<Shard>)],
-) -> Result<(SeedRange, Option<Shard>), MergeError> {
-    let first = parts
-        .first()
-        .ok_or_else(|| MergeError("nothing to merge".into()))?;
+pub fn union_of(parts: &[(SeedRange, Option<Shard>)]) -> Result<(SeedRange, Option<Shard>), MergeError> {
+    let first = parts.first().ok_or_else(|| MergeError("nothing to merge".into()))?;
     if parts.iter().all(|(_, s)| s.is_some()) {
         return union_of_shards(parts, first.0);
     }
     if parts.iter().any(|(_, s)| s.is_some()) {
-        return Err(MergeError(
-            "cannot merge shards with unsharded sweeps".into(),
-        ));
+        return Err(MergeError("cannot merge shards with unsharded sweeps".into()));
     }
     let mut ranges: Vec<SeedRange> = parts.iter().map(|(r, _)| *r).collect();
     ranges.sort_by_key(|r| r.first);
     for pair in ranges.windows(2) {
         if pair[1].first <= pair[0].last {
-            return Err(MergeError(format!(
-                "seed ranges {} and {} overlap",
-                pair[0], pair[1]
-            )));
+            return Err(MergeError(format!("seed ranges {} and {} overlap", pair[0], pair[1])));
         }
         if pair[1].first != pair[0].last + 1 {
-            return Err(MergeError(format!(
-                "seed ranges {} and {} leave a gap; merge adjacent ranges only",
-                pair[0], pair[1]
-            )));
+            return Err(MergeError(format!("seed ranges {} and {} leave a gap; merge adjacent ranges only", pair[0], pair[1])));
         }
     }
     let last = ranges.last().map_or(first.0.last, |r| r.last);
-    Ok((
-        SeedRange {
-            first: ranges[0].first,
-            last,
-        },
-        None,
-    ))
+    Ok((SeedRange { first: ranges[0].first, last }, None))
 }
 
-fn union_of_shards(
-    parts: &[(SeedRange, Option<Shard>)],
-    range: SeedRange,
-) -> Result<(SeedRange, Option<Shard>), MergeError> {
+fn union_of_shards(parts: &[(SeedRange, Option<Shard>)], range: SeedRange) -> Result<(SeedRange, Option<Shard>), MergeError> {
     let mut shards: Vec<Shard> = parts.iter().filter_map(|(_, s)| *s).collect();
     let count = shards[0].count;
     if let Some((r, _)) = parts.iter().find(|(r, _)| *r != range) {
-        return Err(MergeError(format!(
-            "shards of different seed ranges ({range} and {r})"
-        )));
+        return Err(MergeError(format!("shards of different seed ranges ({range} and {r})")));
     }
     if let Some(s) = shards.iter().find(|s| s.count != count) {
-        return Err(MergeError(format!(
-            "shards of different counts (1/{count} and {s})"
-        )));
+        return Err(MergeError(format!("shards of different counts (1/{count} and {s})")));
     }
     shards.sort();
     if let Some(pair) = shards.windows(2).find(|p| p[0] == p[1]) {
         return Err(MergeError(format!("shard {} appears twice", pair[0])));
     }
-    let missing: Vec<String> = (1..=count)
-        .filter(|i| !shards.iter().any(|s| s.index == *i))
-        .map(|index| Shard { index, count }.to_string())
-        .collect();
+    let missing: Vec<String> = (1..=count).filter(|i| !shards.iter().any(|s| s.index == *i)).map(|index| Shard { index, count }.to_string()).collect();
     match missing.len() {
         0 => {}
         1 => return Err(MergeError(format!("shard {} is missing", missing[0]))),
-        _ => {
-            return Err(MergeError(format!(
-                "shards {} are missing",
-                missing.join(", ")
-            )))
-        }
+        _ => return Err(MergeError(format!("shards {} are missing", missing.join(", ")))),
     }
     Ok((range, None))
 }
 
 /// Merges sweeps of one scenario and profile: all shards of one range, or adjacent ranges.
 pub fn merge_sweeps(parts: &[SweepSummary]) -> Result<SweepSummary, MergeError> {
-    let first = parts
-        .first()
-        .ok_or_else(|| MergeError("nothing to merge".into()))?;
+    let first = parts.first().ok_or_else(|| MergeError("nothing to merge".into()))?;
     for p in parts {
-        if (p.scenario.as_str(), p.profile.as_str())
-            != (first.scenario.as_str(), first.profile.as_str())
-        {
-            return Err(MergeError(format!(
-                "sweeps of different worlds ({} / {} and {} / {})",
-                first.scenario, first.profile, p.scenario, p.profile
-            )));
+        if (p.scenario.as_str(), p.profile.as_str()) != (first.scenario.as_str(), first.profile.as_str()) {
+            return Err(MergeError(format!("sweeps of different worlds ({} / {} and {} / {})", first.scenario, first.profile, p.scenario, p.profile)));
         }
         if p.drill_version != first.drill_version {
-            return Err(MergeError(format!(
-                "sweeps by different drill versions ({} and {})",
-                first.drill_version, p.drill_version
-            )));
+            return Err(MergeError(format!("sweeps by different drill versions ({} and {})", first.drill_version, p.drill_version)));
         }
     }
     let seeds: Vec<(SeedRange, Option<Shard>)> = parts.iter().map(|p| (p.seeds, p.shard)).collect();
@@ -433,10 +360,8 @@ pub fn merge_drills(parts: &[&[DrillResult]]) -> Result<Vec<DrillResult>, MergeE
     }
     let mut out = Vec::new();
     for (name, runs) in by_name {
-        let seeds: Vec<(SeedRange, Option<Shard>)> =
-            runs.iter().map(|d| (d.seeds, d.shard)).collect();
-        let (range, shard) =
-            union_of(&seeds).map_err(|e| MergeError(format!("drill {name}: {e}")))?;
+        let seeds: Vec<(SeedRange, Option<Shard>)> = runs.iter().map(|d| (d.seeds, d.shard)).collect();
+        let (range, shard) = union_of(&seeds).map_err(|e| MergeError(format!("drill {name}: {e}")))?;
         let mut merged = DrillResult {
             seeds: range,
             shard,
@@ -503,10 +428,7 @@ mod tests {
     fn merges_all_shards_of_a_range() {
         let parts: Vec<SweepSummary> = (1..=3).map(|i| sweep(1, 9, shard(i, 3), 3)).collect();
         let m = merge_sweeps(&parts).unwrap();
-        assert_eq!(
-            (m.seeds, m.shard, m.counts.total()),
-            (SeedRange { first: 1, last: 9 }, None, 9)
-        );
+        assert_eq!((m.seeds, m.shard, m.counts.total()), (SeedRange { first: 1, last: 9 }, None, 9));
         assert_eq!((m.faults["crash"], m.checks["INV-A"], m.jobs), (3, 6, 6));
     }
 
@@ -527,18 +449,8 @@ mod tests {
     fn merges_adjacent_ranges_and_refuses_overlaps_and_gaps() {
         let m = merge_sweeps(&[sweep(11, 20, None, 10), sweep(1, 10, None, 10)]).unwrap();
         assert_eq!(m.seeds, SeedRange { first: 1, last: 20 });
-        assert!(
-            merge_sweeps(&[sweep(1, 10, None, 10), sweep(10, 20, None, 11)])
-                .unwrap_err()
-                .0
-                .contains("overlap")
-        );
-        assert!(
-            merge_sweeps(&[sweep(1, 10, None, 10), sweep(12, 20, None, 9)])
-                .unwrap_err()
-                .0
-                .contains("gap")
-        );
+        assert!(merge_sweeps(&[sweep(1, 10, None, 10), sweep(10, 20, None, 11)]).unwrap_err().0.contains("overlap"));
+        assert!(merge_sweeps(&[sweep(1, 10, None, 10), sweep(12, 20, None, 9)]).unwrap_err().0.contains("gap"));
     }
 
     fn gate() -> GateSummary {
@@ -569,11 +481,7 @@ mod tests {
         assert_eq!((g.verdict, g.exit_code), (Verdict::Shortfall, 5));
         assert!(g.shortfalls[0].contains("INV-B"));
         g.judge(&["INV-A", "INV-B"], false);
-        assert_eq!(
-            g.verdict,
-            Verdict::Pass,
-            "a shard leaves coverage to the merge"
-        );
+        assert_eq!(g.verdict, Verdict::Pass, "a shard leaves coverage to the merge");
         g.sweep.counts.add(Outcome::Liveness);
         g.judge(&["INV-A", "INV-B"], true);
         assert_eq!((g.verdict, g.exit_code), (Verdict::Liveness, 3));
@@ -587,13 +495,7 @@ mod tests {
         let g = GateSummary::of_sweep(&s);
         assert!(g.is_sweep() && !g.coverage_judged && g.drills.is_empty());
         assert_eq!((g.verdict, g.exit_code), (Verdict::Liveness, 3));
-        assert_eq!(
-            g.invariants,
-            [InvariantCoverage {
-                id: "INV-A".into(),
-                checks: 2
-            }]
-        );
+        assert_eq!(g.invariants, [InvariantCoverage { id: "INV-A".into(), checks: 2 }]);
         assert_eq!(g.what(), "sweep");
     }
 
@@ -612,43 +514,25 @@ mod tests {
         let g = GateSummary::of_sweep(&s);
         let link = |f: &str| format!("{f}/report.html");
         let junit = crate::render_junit(&g);
-        assert!(
-            junit.contains("<testsuites name=\"drill sweep\""),
-            "{junit}"
-        );
+        assert!(junit.contains("<testsuites name=\"drill sweep\""), "{junit}");
         assert_eq!(junit.matches("<testsuite ").count(), 1, "{junit}");
         assert_eq!(junit.matches("<testcase ").count(), 2, "{junit}");
         assert!(junit.contains("out/seed-&lt;3&gt;") && !junit.contains("seed-<3>"));
         let md = crate::render_markdown(&g, &link);
         assert!(md.starts_with("# drill sweep: violation"), "{md}");
-        assert!(
-            !md.contains("Determinism") && !md.contains("## Drills") && !md.contains("Slowest")
-        );
+        assert!(!md.contains("Determinism") && !md.contains("## Drills") && !md.contains("Slowest"));
         assert!(md.contains("| sweep | 2 | 1 | 0 | 0 |"), "{md}");
         let html = crate::render_dashboard(&g, &link);
         assert!(html.contains("<title>drill sweep: violation</title>"));
-        assert!(
-            html.contains("href=\"out/seed-&lt;3&gt;/report.html\""),
-            "{html}"
-        );
+        assert!(html.contains("href=\"out/seed-&lt;3&gt;/report.html\""), "{html}");
         assert!(!html.contains("Drill coverage") && !html.contains("<dt>determinism</dt>"));
     }
 
     #[test]
     fn the_markdown_outcome_table_has_one_delimiter_row_as_wide_as_its_header() {
         let md = crate::render_markdown(&gate(), &|f: &str| f.to_string());
-        let lines: Vec<&str> = md
-            .lines()
-            .skip_while(|l| !l.starts_with("| runs |"))
-            .collect();
-        assert_eq!(
-            lines[0].matches('|').count(),
-            lines[1].matches('|').count(),
-            "{md}"
-        );
-        assert!(
-            lines[1].starts_with("|---|") && lines[2].starts_with("| sweep |"),
-            "{md}"
-        );
+        let lines: Vec<&str> = md.lines().skip_while(|l| !l.starts_with("| runs |")).collect();
+        assert_eq!(lines[0].matches('|').count(), lines[1].matches('|').count(), "{md}");
+        assert!(lines[1].starts_with("|---|") && lines[2].starts_with("| sweep |"), "{md}");
     }
 }

@@ -65,11 +65,7 @@ pub fn facts(rows: &[(&str, String)]) -> String {
 
 /// An outcome badge: `pass`, `violation`, `liveness`, `nondeterminism` or `shortfall`.
 pub fn badge(class: &str, label: &str) -> String {
-    format!(
-        "<span class=\"badge {}\">{}</span>",
-        attr(class),
-        text(label)
-    )
+    format!("<span class=\"badge {}\">{}</span>", attr(class), text(label))
 }
 
 #[cfg(test)]

@@ -15,9 +15,7 @@ pub fn render_junit(g: &GateSummary) -> String {
         report.add_test_suite(determinism_suite(g));
         report.add_test_suite(coverage_suite(g));
     }
-    report
-        .to_string()
-        .unwrap_or_else(|e| format!("<!-- cannot render junit.xml: {e} -->\n"))
+    report.to_string().unwrap_or_else(|e| format!("<!-- cannot render junit.xml: {e} -->\n"))
 }
 
 fn failure(message: &str, description: &str) -> TestCaseStatus {
@@ -35,24 +33,10 @@ fn seeds_suite(g: &GateSummary) -> TestSuite {
     case.set_classname("drill.sweep").set_system_out(passed);
     suite.add_test_case(case);
     for (scenario, f) in g.failing() {
-        let why = f.first_violation.as_ref().map_or(String::new(), |v| {
-            format!(
-                "{} at {} (trace line {}): {}",
-                v.invariant, v.node, v.trace_line, v.message
-            )
-        });
+        let why = f.first_violation.as_ref().map_or(String::new(), |v| format!("{} at {} (trace line {}): {}", v.invariant, v.node, v.trace_line, v.message));
         let description = format!("{why}\nreplay: {}\nfolder: {}", f.replay, f.folder);
-        let message = format!(
-            "{} {}",
-            f.outcome,
-            f.first_violation
-                .as_ref()
-                .map_or("", |v| v.invariant.as_str())
-        );
-        let mut case = TestCase::new(
-            format!("{scenario} seed {}", f.seed),
-            failure(message.trim(), &description),
-        );
+        let message = format!("{} {}", f.outcome, f.first_violation.as_ref().map_or("", |v| v.invariant.as_str()));
+        let mut case = TestCase::new(format!("{scenario} seed {}", f.seed), failure(message.trim(), &description));
         case.set_classname(format!("drill.seed.{scenario}"));
         suite.add_test_case(case);
     }
@@ -69,10 +53,7 @@ fn drills_suite(g: &GateSummary) -> TestSuite {
             let replays: Vec<&str> = d.failing.iter().map(|f| f.replay.as_str()).collect();
             failure(&msg, &replays.join("\n"))
         } else {
-            failure(
-                "never exercised",
-                "no run of this drill exercised its failure and recovery",
-            )
+            failure("never exercised", "no run of this drill exercised its failure and recovery")
         };
         let mut case = TestCase::new(d.name.clone(), status);
         case.set_classname("drill.drill");
@@ -85,18 +66,11 @@ fn determinism_suite(g: &GateSummary) -> TestSuite {
     let mut suite = TestSuite::new("determinism");
     let checked = format!("{} seeds run twice", g.determinism.checked);
     let mut case = TestCase::new("sample", TestCaseStatus::success());
-    case.set_classname("drill.determinism")
-        .set_system_out(checked);
+    case.set_classname("drill.determinism").set_system_out(checked);
     suite.add_test_case(case);
     for m in &g.determinism.mismatches {
-        let description = format!(
-            "{}\nfolder: {}\nreplay: {}",
-            m.first_difference, m.folder, m.replay
-        );
-        let mut case = TestCase::new(
-            format!("{} seed {}", m.scenario, m.seed),
-            failure("the two runs differ", &description),
-        );
+        let description = format!("{}\nfolder: {}\nreplay: {}", m.first_difference, m.folder, m.replay);
+        let mut case = TestCase::new(format!("{} seed {}", m.scenario, m.seed), failure("the two runs differ", &description));
         case.set_classname("drill.determinism");
         suite.add_test_case(case);
     }
@@ -109,14 +83,10 @@ fn coverage_suite(g: &GateSummary) -> TestSuite {
         let status = if i.checks > 0 || !g.coverage_judged {
             TestCaseStatus::success()
         } else {
-            failure(
-                "never checked non-vacuously",
-                "no run of the gate had anything to check",
-            )
+            failure("never checked non-vacuously", "no run of the gate had anything to check")
         };
         let mut case = TestCase::new(i.id.clone(), status);
-        case.set_classname("drill.invariant")
-            .set_system_out(format!("{} checks", i.checks));
+        case.set_classname("drill.invariant").set_system_out(format!("{} checks", i.checks));
         suite.add_test_case(case);
     }
     if g.unrun > 0 && g.coverage_judged {

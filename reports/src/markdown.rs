@@ -11,10 +11,7 @@ use crate::Outcome;
 pub fn render_markdown(g: &GateSummary, link: &dyn Fn(&str) -> String) -> String {
     let mut out = String::new();
     let s = &g.sweep;
-    let shard = s
-        .shard
-        .map(|sh| format!(" (shard {sh})"))
-        .unwrap_or_default();
+    let shard = s.shard.map(|sh| format!(" (shard {sh})")).unwrap_or_default();
     let _ = writeln!(out, "# drill {}: {}\n", g.what(), g.verdict);
     let _ = writeln!(
         out,
@@ -47,11 +44,7 @@ fn cell(s: &str) -> String {
 }
 
 fn outcomes(out: &mut String, g: &GateSummary) {
-    let _ = writeln!(
-        out,
-        "| runs | {} |",
-        Outcome::ALL.map(|o| o.as_str()).join(" | ")
-    );
+    let _ = writeln!(out, "| runs | {} |", Outcome::ALL.map(|o| o.as_str()).join(" | "));
     let row = |name: &str, c: &crate::OutcomeCounts| {
         let cells: Vec<String> = Outcome::ALL.iter().map(|o| c.get(*o).to_string()).collect();
         format!("| {} | {} |\n", cell(name), cells.join(" | "))
@@ -66,13 +59,7 @@ fn outcomes(out: &mut String, g: &GateSummary) {
         out.push('\n');
         return;
     }
-    let _ = writeln!(
-        out,
-        "\nDeterminism: {} of {} sampled seeds run twice, {} mismatches.\n",
-        det.checked,
-        det.sampled,
-        det.mismatches.len()
-    );
+    let _ = writeln!(out, "\nDeterminism: {} of {} sampled seeds run twice, {} mismatches.\n", det.checked, det.sampled, det.mismatches.len());
 }
 
 fn failing(out: &mut String, g: &GateSummary, link: &dyn Fn(&str) -> String) {
@@ -82,30 +69,11 @@ fn failing(out: &mut String, g: &GateSummary, link: &dyn Fn(&str) -> String) {
     }
     let _ = writeln!(out, "## Failing seeds\n\n| scenario | seed | outcome | first violation | replay |\n|---|---:|---|---|---|");
     for (scenario, f) in failing {
-        let why = f
-            .first_violation
-            .as_ref()
-            .map_or(String::new(), |v| format!("{}: {}", v.invariant, v.message));
-        let _ = writeln!(
-            out,
-            "| {} | [{}]({}) | {} | {} | `{}` |",
-            cell(scenario),
-            f.seed,
-            link(&f.folder),
-            f.outcome,
-            cell(&why),
-            cell(&f.replay)
-        );
+        let why = f.first_violation.as_ref().map_or(String::new(), |v| format!("{}: {}", v.invariant, v.message));
+        let _ = writeln!(out, "| {} | [{}]({}) | {} | {} | `{}` |", cell(scenario), f.seed, link(&f.folder), f.outcome, cell(&why), cell(&f.replay));
     }
     for m in &g.determinism.mismatches {
-        let _ = writeln!(
-            out,
-            "| {} | {} | nondeterminism | {} | `{}` |",
-            cell(&m.scenario),
-            m.seed,
-            cell(&m.first_difference),
-            cell(&m.replay)
-        );
+        let _ = writeln!(out, "| {} | {} | nondeterminism | {} | `{}` |", cell(&m.scenario), m.seed, cell(&m.first_difference), cell(&m.replay));
     }
     out.push('\n');
 }
@@ -116,10 +84,7 @@ fn drills(out: &mut String, g: &GateSummary) {
         let _ = writeln!(out, "No drills are registered yet.\n");
         return;
     }
-    let _ = writeln!(
-        out,
-        "| drill | seeds | exercised runs | failing | verdict |\n|---|---|---:|---:|---|"
-    );
+    let _ = writeln!(out, "| drill | seeds | exercised runs | failing | verdict |\n|---|---|---:|---:|---|");
     for d in &g.drills {
         let verdict = if d.exercised_and_passed() {
             "pass"
@@ -128,23 +93,13 @@ fn drills(out: &mut String, g: &GateSummary) {
         } else {
             "not exercised"
         };
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {verdict} |",
-            cell(&d.name),
-            d.seeds,
-            d.exercised_runs,
-            d.counts.failing()
-        );
+        let _ = writeln!(out, "| {} | {} | {} | {} | {verdict} |", cell(&d.name), d.seeds, d.exercised_runs, d.counts.failing());
     }
     out.push('\n');
 }
 
 fn invariants(out: &mut String, g: &GateSummary) {
-    let _ = writeln!(
-        out,
-        "## Invariant checks\n\n| invariant | checks |\n|---|---:|"
-    );
+    let _ = writeln!(out, "## Invariant checks\n\n| invariant | checks |\n|---|---:|");
     for i in &g.invariants {
         let _ = writeln!(out, "| {} | {} |", cell(&i.id), i.checks);
     }
@@ -162,14 +117,6 @@ fn table(out: &mut String, title: &str, what: &str, counts: &BTreeMap<String, u6
 fn slowest(out: &mut String, g: &GateSummary) {
     let _ = writeln!(out, "## Slowest runs\n\n| scenario | seed | wall ms | simulated ms | steps |\n|---|---:|---:|---:|---:|");
     for r in &g.slowest {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} |",
-            cell(&r.scenario),
-            r.seed,
-            r.wall_ms,
-            r.sim_time_ms,
-            r.steps
-        );
+        let _ = writeln!(out, "| {} | {} | {} | {} | {} |", cell(&r.scenario), r.seed, r.wall_ms, r.sim_time_ms, r.steps);
     }
 }

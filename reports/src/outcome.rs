@@ -23,12 +23,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, from best to worst.
-    pub const ALL: [Outcome; 4] = [
-        Outcome::Pass,
-        Outcome::Violation,
-        Outcome::Liveness,
-        Outcome::Nondeterminism,
-    ];
+    pub const ALL: [Outcome; 4] = [Outcome::Pass, Outcome::Violation, Outcome::Liveness, Outcome::Nondeterminism];
 
     /// The process exit code DESIGN.md assigns to this outcome.
     pub fn exit_code(self) -> i32 {
@@ -94,11 +89,7 @@ impl OutcomeCounts {
 
     /// The worst outcome with a non-zero count, or `Pass` when nothing was counted.
     pub fn worst(&self) -> Outcome {
-        Outcome::ALL
-            .into_iter()
-            .rev()
-            .find(|o| self.get(*o) > 0)
-            .unwrap_or(Outcome::Pass)
+        Outcome::ALL.into_iter().rev().find(|o| self.get(*o) > 0).unwrap_or(Outcome::Pass)
     }
 
     fn slot(&mut self, outcome: Outcome) -> &mut u64 {
@@ -137,9 +128,6 @@ mod tests {
         c.add(Outcome::Pass);
         c.add(Outcome::Liveness);
         c.add(Outcome::Violation);
-        assert_eq!(
-            (c.total(), c.failing(), c.worst()),
-            (3, 2, Outcome::Liveness)
-        );
+        assert_eq!((c.total(), c.failing(), c.worst()), (3, 2, Outcome::Liveness));
     }
 }

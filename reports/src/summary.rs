@@ -115,8 +115,7 @@ mod tests {
             sim_time_ms: 12_345,
             steps: 300,
             trace_lines: 900,
-            replay: "drill run --seed 18446744073709551615 --scenario sync-basic --profile swarm"
-                .into(),
+            replay: "drill run --seed 18446744073709551615 --scenario sync-basic --profile swarm".into(),
             drills: BTreeMap::from([("003-4-pull-cursor-regression".into(), DrillCoverage { runs: 1, exercised: 1, passed: 1 })]),
         }
     }

@@ -146,10 +146,7 @@ mod tests {
             drill_version: "0.1.0".into(),
             scenario: "sync-basic".into(),
             profile: "swarm".into(),
-            seeds: SeedRange {
-                first: 10,
-                last: 11,
-            },
+            seeds: SeedRange { first: 10, last: 11 },
             shard: None,
             counts,
             outcome: counts.worst(),
@@ -188,14 +185,8 @@ mod tests {
     #[test]
     fn totals_add_up_by_key() {
         let mut faults = sample().faults;
-        add_counts(
-            &mut faults,
-            &BTreeMap::from([("crash".into(), 2), ("partition".into(), 1)]),
-        );
-        assert_eq!(
-            faults,
-            BTreeMap::from([("crash".into(), 5), ("partition".into(), 1)])
-        );
+        add_counts(&mut faults, &BTreeMap::from([("crash".into(), 2), ("partition".into(), 1)]));
+        assert_eq!(faults, BTreeMap::from([("crash".into(), 5), ("partition".into(), 1)]));
     }
 
     #[test]
@@ -210,13 +201,8 @@ mod tests {
         }
         seen.sort();
         assert_eq!(seen, range.iter().collect::<Vec<_>>());
-        let top = SeedRange {
-            first: u64::MAX - 5,
-            last: u64::MAX,
-        };
-        let n: u64 = (1..=3)
-            .map(|index| Shard { index, count: 3 }.len_in(top))
-            .sum();
+        let top = SeedRange { first: u64::MAX - 5, last: u64::MAX };
+        let n: u64 = (1..=3).map(|index| Shard { index, count: 3 }.len_in(top)).sum();
         assert_eq!(n, 6);
     }
 
@@ -224,25 +210,9 @@ mod tests {
     fn ranges_count_and_print_like_the_cli_reads_them() {
         let r = SeedRange { first: 0, last: 99 };
         assert_eq!((r.len(), r.to_string()), (Some(100), "0..100".to_string()));
-        let top = SeedRange {
-            first: u64::MAX - 1,
-            last: u64::MAX,
-        };
-        assert_eq!(
-            (top.len(), top.to_string()),
-            (Some(2), format!("{}..={}", u64::MAX - 1, u64::MAX))
-        );
-        assert_eq!(
-            SeedRange {
-                first: 0,
-                last: u64::MAX
-            }
-            .len(),
-            None
-        );
-        assert_eq!(
-            SeedRange { first: 3, last: 5 }.iter().collect::<Vec<_>>(),
-            [3, 4, 5]
-        );
+        let top = SeedRange { first: u64::MAX - 1, last: u64::MAX };
+        assert_eq!((top.len(), top.to_string()), (Some(2), format!("{}..={}", u64::MAX - 1, u64::MAX)));
+        assert_eq!(SeedRange { first: 0, last: u64::MAX }.len(), None);
+        assert_eq!(SeedRange { first: 3, last: 5 }.iter().collect::<Vec<_>>(), [3, 4, 5]);
     }
 }

@@ -36,14 +36,8 @@ pub fn render_timeline(summary: Option<&Summary>, trace: &[String]) -> String {
     let events = parse(trace);
     let lanes = lanes(&events);
     let end_us = events.iter().map(|e| e.t_us).max().unwrap_or(0).max(1);
-    let violations = summary.map_or_else(Vec::new, |s| {
-        s.violations.iter().map(|v| v.trace_line as usize).collect()
-    });
-    let plot = Plot {
-        lanes: &lanes,
-        end_us,
-        violations: &violations,
-    };
+    let violations = summary.map_or_else(Vec::new, |s| s.violations.iter().map(|v| v.trace_line as usize).collect());
+    let plot = Plot { lanes: &lanes, end_us, violations: &violations };
     let mut body = header(summary, &events);
     body.push_str(&legend());
     body.push_str(&plot.render(&events));
@@ -97,12 +91,7 @@ fn header(summary: Option<&Summary>, events: &[Event]) -> String {
         out.push_str("<h1>drill run timeline</h1>");
         return out;
     };
-    let _ = write!(
-        out,
-        "<h1>drill run: seed {} {}</h1>",
-        s.seed,
-        badge(s.outcome.as_str(), s.outcome.as_str())
-    );
+    let _ = write!(out, "<h1>drill run: seed {} {}</h1>", s.seed, badge(s.outcome.as_str(), s.outcome.as_str()));
     for v in &s.violations {
         let _ = write!(
             out,
@@ -117,37 +106,15 @@ fn header(summary: Option<&Summary>, events: &[Event]) -> String {
     }
     let counts = |m: &BTreeMap<String, u64>| {
         let parts: Vec<String> = m.iter().map(|(k, n)| format!("{k} {n}")).collect();
-        text(&if parts.is_empty() {
-            "none".to_string()
-        } else {
-            parts.join(", ")
-        })
+        text(&if parts.is_empty() { "none".to_string() } else { parts.join(", ") })
     };
     out.push_str(&facts(&[
-        (
-            "scenario / profile",
-            text(&format!("{} / {}", s.scenario, s.profile)),
-        ),
+        ("scenario / profile", text(&format!("{} / {}", s.scenario, s.profile))),
         ("replay", format!("<code>{}</code>", text(&s.replay))),
         ("faults", counts(&s.faults)),
         ("checks", counts(&s.checks)),
-        (
-            "simulated",
-            text(&format!(
-                "{} ms, {} steps, {} trace lines",
-                s.sim_time_ms,
-                s.steps,
-                events.len()
-            )),
-        ),
-        (
-            "plan / fingerprint",
-            format!(
-                "<code>{}</code> / <code>{}</code>",
-                text(&s.plan_hash),
-                text(&s.fingerprint)
-            ),
-        ),
+        ("simulated", text(&format!("{} ms, {} steps, {} trace lines", s.sim_time_ms, s.steps, events.len()))),
+        ("plan / fingerprint", format!("<code>{}</code> / <code>{}</code>", text(&s.plan_hash), text(&s.fingerprint))),
     ]));
     out
 }
@@ -167,11 +134,7 @@ fn legend() -> String {
     ];
     let mut out = String::from("<div class=\"legend\">");
     for (class, label) in items {
-        let _ = write!(
-            out,
-            "<span><i class=\"sw {class}\"></i>{}</span>",
-            text(label)
-        );
+        let _ = write!(out, "<span><i class=\"sw {class}\"></i>{}</span>", text(label));
     }
     out.push_str(
         "<span class=\"zoom\">zoom <button data-zoom=\"0.5\">&minus;</button><button data-zoom=\"2\">+</button><button data-zoom=\"0\">fit</button></span></div>",
@@ -227,12 +190,7 @@ impl Plot<'_> {
     fn labels(&self) -> String {
         let mut out = String::new();
         for name in self.lanes {
-            let _ = write!(
-                out,
-                "<text x=\"104\" y=\"{:.1}\" text-anchor=\"end\" class=\"lane-label\">{}</text>",
-                self.y(name) + 4.0,
-                text(name)
-            );
+            let _ = write!(out, "<text x=\"104\" y=\"{:.1}\" text-anchor=\"end\" class=\"lane-label\">{}</text>", self.y(name) + 4.0, text(name));
         }
         out
     }
@@ -242,11 +200,7 @@ impl Plot<'_> {
         let end_ms = self.end_us as f64 / 1000.0;
         let raw = (end_ms / 10.0).max(0.001);
         let mag = 10f64.powf(raw.log10().floor());
-        let step = [1.0, 2.0, 5.0, 10.0]
-            .into_iter()
-            .map(|m| m * mag)
-            .find(|s| *s >= raw)
-            .unwrap_or(10.0 * mag);
+        let step = [1.0, 2.0, 5.0, 10.0].into_iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
         let mut out = String::new();
         let mut ms = 0.0;
         while ms <= end_ms + step * 0.01 {
@@ -309,9 +263,7 @@ impl Plot<'_> {
         let end = (e.t_us + ms * 1000).min(self.end_us);
         let side = e.detail.get("b").and_then(Value::as_array);
         let names = side.into_iter().flatten().filter_map(Value::as_str);
-        names
-            .map(|n| self.bar(n, e, end, "cut", 6.0))
-            .collect::<String>()
+        names.map(|n| self.bar(n, e, end, "cut", 6.0)).collect::<String>()
     }
 
     fn bar(&self, node: &str, start: &Event, end_us: u64, class: &str, h: f64) -> String {
@@ -346,26 +298,14 @@ impl Plot<'_> {
         }
         let class = class_of(k);
         let shape = match class {
-            "fault" | "heal" => format!(
-                "<path d=\"M{x:.1},{:.1} l6,11 l-12,0 z\"/>",
-                y - 7.0
-            ),
+            "fault" | "heal" => format!("<path d=\"M{x:.1},{:.1} l6,11 l-12,0 z\"/>", y - 7.0),
             "disk" => format!("<rect x=\"{:.1}\" y=\"{:.1}\" width=\"7\" height=\"7\"/>", x - 3.5, y + 4.0),
             "drill" | "world" => format!("<rect x=\"{:.1}\" y=\"{:.1}\" width=\"9\" height=\"9\" transform=\"rotate(45 {x:.1} {y:.1})\"/>", x - 4.5, y - 4.5),
             _ => format!("<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"4\"/>"),
         };
         let label = if class == "drill" {
-            let step = e
-                .detail
-                .get("step")
-                .and_then(Value::as_str)
-                .unwrap_or("step");
-            format!(
-                "<text class=\"drill-label\" x=\"{:.1}\" y=\"{:.1}\">{}</text>",
-                x + 6.0,
-                y - 8.0,
-                text(step)
-            )
+            let step = e.detail.get("step").and_then(Value::as_str).unwrap_or("step");
+            format!("<text class=\"drill-label\" x=\"{:.1}\" y=\"{:.1}\">{}</text>", x + 6.0, y - 8.0, text(step))
         } else {
             String::new()
         };
@@ -413,26 +353,12 @@ fn format_ms(ms: f64) -> String {
 fn listing(events: &[Event], total: usize) -> String {
     let mut out = String::from("<h2>Trace</h2><ol id=\"trace\" class=\"mono\">");
     for e in events.iter().take(LISTED_LINES_MAX) {
-        let class = if e.kind == "check.violation" {
-            " class=\"bad\""
-        } else {
-            ""
-        };
-        let _ = write!(
-            out,
-            "<li id=\"L{}\" value=\"{}\"{class}>{}</li>",
-            e.line,
-            e.line,
-            text(&e.raw)
-        );
+        let class = if e.kind == "check.violation" { " class=\"bad\"" } else { "" };
+        let _ = write!(out, "<li id=\"L{}\" value=\"{}\"{class}>{}</li>", e.line, e.line, text(&e.raw));
     }
     out.push_str("</ol>");
     if total > LISTED_LINES_MAX {
-        let _ = write!(
-            out,
-            "<p>{} more lines are in trace.jsonl.</p>",
-            total - LISTED_LINES_MAX
-        );
+        let _ = write!(out, "<p>{} more lines are in trace.jsonl.</p>", total - LISTED_LINES_MAX);
     }
     out
 }
@@ -533,10 +459,7 @@ mod tests {
         assert!(html.find(">server</text>") < html.find(">client-1</text>"));
         assert!(html.contains("class=\"ev net\"") && html.contains("marker-end"));
         assert!(html.contains("class=\"span down ev\""));
-        assert!(
-            html.contains("class=\"ev viol\"")
-                && html.contains("id=\"L8\" value=\"8\" class=\"bad\"")
-        );
+        assert!(html.contains("class=\"ev viol\"") && html.contains("id=\"L8\" value=\"8\" class=\"bad\""));
         assert!(html.contains(">restore &lt;backup&gt;</text>"));
     }
 

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-
 /// Where a run starts from.
 #[derive(Debug, Clone)]
 pub enum RunSource {

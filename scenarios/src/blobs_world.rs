@@ -435,13 +435,21 @@ impl BlobDevice {
                     sha256: sha256_hex(&data),
                     checkpoint: checkpoint_fact(&checkpoint),
                 };
-                let detail = json!({"op": id, "blob": blob_id, "attempts": r.body.attempts, "cursor": cursor, "write_ids": ids, "expires_at_ms": r.body.expires_at_ms});
+                let detail =
+                    json!({"op": id, "blob": blob_id, "attempts": r.body.attempts, "cursor": cursor, "write_ids": ids, "expires_at_ms": r.body.expires_at_ms});
                 record(&ctx.shared, name, "op.ok", detail, Some(Fact::Blob(fact)));
                 self.staged.push(StagedBlob { blob_id, object_key, checkpoint, attached: false, expired: false });
             }
             Ok(r) => {
                 let code = r.code.clone().unwrap_or_default();
-                let fact = BlobFact::StageFailed { node: name.into(), blob_id: blob_id.clone(), object_key, status: r.status, code: code.clone(), attempts: r.body.attempts };
+                let fact = BlobFact::StageFailed {
+                    node: name.into(),
+                    blob_id: blob_id.clone(),
+                    object_key,
+                    status: r.status,
+                    code: code.clone(),
+                    attempts: r.body.attempts,
+                };
                 let detail = json!({"op": id, "blob": blob_id, "status": r.status, "code": code, "error": r.error, "attempts": r.body.attempts});
                 record(&ctx.shared, name, "op.err", detail, Some(Fact::Blob(fact)));
             }
@@ -455,7 +463,12 @@ impl BlobDevice {
         let todo: Vec<usize> = (0..self.staged.len()).filter(|&i| !self.staged[i].attached && !self.staged[i].expired).take(ATTACH_PER_OP_MAX).collect();
         for i in todo {
             let b = self.staged[i].clone();
-            let req = BlobRequest::Attach { tenant: ctx.tenant.clone(), blob_id: b.blob_id.clone(), item_id: format!("item-{}", b.blob_id), checkpoint: b.checkpoint.clone() };
+            let req = BlobRequest::Attach {
+                tenant: ctx.tenant.clone(),
+                blob_id: b.blob_id.clone(),
+                item_id: format!("item-{}", b.blob_id),
+                checkpoint: b.checkpoint.clone(),
+            };
             record(&ctx.shared, name, "op.start", json!({"op": id, "action": "attach_blob", "blob": b.blob_id}), None);
             match self.call(id, &req).await {
                 Ok(r) => {
@@ -468,7 +481,8 @@ impl BlobDevice {
                         observed: r.body.observed.as_ref().map(reconcile_fact),
                         replayed: r.body.replayed,
                     };
-                    let detail = json!({"op": id, "blob": b.blob_id, "status": r.status, "code": r.code, "observed": r.body.observed, "replayed": r.body.replayed});
+                    let detail =
+                        json!({"op": id, "blob": b.blob_id, "status": r.status, "code": r.code, "observed": r.body.observed, "replayed": r.body.replayed});
                     let kind = if r.status == 200 { "op.ok" } else { "op.err" };
                     record(&ctx.shared, name, kind, detail, Some(Fact::Blob(fact)));
                     self.staged[i].attached |= r.status == 200;
@@ -555,7 +569,13 @@ pub struct BlobWorld {
 
 impl BlobWorld {
     /// Creates the object store's node and tells the model the server's retry bound.
-    pub fn create(handle: &madsim::runtime::Handle, shared: &SharedRef, server: NodeId, server_slot: &Arc<Mutex<Option<Server>>>, clients: Vec<String>) -> BlobWorld {
+    pub fn create(
+        handle: &madsim::runtime::Handle,
+        shared: &SharedRef,
+        server: NodeId,
+        server_slot: &Arc<Mutex<Option<Server>>>,
+        clients: Vec<String>,
+    ) -> BlobWorld {
         let armed = Arc::new(Mutex::new(None));
         let slot = Arc::new(Mutex::new(None));
         let ctx = Arc::new(BlobStoreCtx { shared: shared.clone(), armed: armed.clone(), slot: slot.clone() });

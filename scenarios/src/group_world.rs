@@ -129,9 +129,12 @@ impl Inbox {
         ids.into_iter()
             .zip(replayed)
             .map(|(id, r)| {
-                (id, r.map(|pt| {
-                    delivered.insert(id, sha256_hex(&pt));
-                }))
+                (
+                    id,
+                    r.map(|pt| {
+                        delivered.insert(id, sha256_hex(&pt));
+                    }),
+                )
             })
             .collect()
     }
@@ -191,7 +194,13 @@ pub fn step(ctx: &ClientCtx, client: &mut Client, start: u64, post: bool) {
         record(&ctx.shared, name, "store.group_key", json!({"epoch": epoch, "replayed": ids}), None);
         for (id, r) in replayed {
             if let Err(e) = r {
-                record(&ctx.shared, name, "op.err", json!({"action": "group_replay", "packet": id, "epoch": epoch, "code": e.code(), "message": e.to_string()}), None);
+                record(
+                    &ctx.shared,
+                    name,
+                    "op.err",
+                    json!({"action": "group_replay", "packet": id, "epoch": epoch, "code": e.code(), "message": e.to_string()}),
+                    None,
+                );
             }
         }
     }
@@ -211,7 +220,13 @@ pub fn step(ctx: &ClientCtx, client: &mut Client, start: u64, post: bool) {
                 *lock(&ctx.shared).counts.entry("keys.group_buffer_overflow".into()).or_default() += 1;
                 record(&ctx.shared, name, "op.err", json!({"action": "group_receive", "packet": p.id, "code": e.code(), "message": e.to_string()}), None);
             }
-            Err(e) => record(&ctx.shared, name, "op.err", json!({"action": "group_replay", "packet": p.id, "epoch": epoch, "code": e.code(), "message": e.to_string()}), None),
+            Err(e) => record(
+                &ctx.shared,
+                name,
+                "op.err",
+                json!({"action": "group_replay", "packet": p.id, "epoch": epoch, "code": e.code(), "message": e.to_string()}),
+                None,
+            ),
         }
     }
     if !post {

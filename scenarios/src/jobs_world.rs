@@ -605,7 +605,11 @@ impl Proc {
         let mut robot = RobotLog::new();
         robot.command("export", &result);
         match &result {
-            Ok(r) => self.say("op.ok", json!({"op": id, "rows": r.manifest.files.iter().map(|f| f.rows).collect::<Vec<_>>(), "archived": r.archived, "broke_lock": r.broke_lock}), None),
+            Ok(r) => self.say(
+                "op.ok",
+                json!({"op": id, "rows": r.manifest.files.iter().map(|f| f.rows).collect::<Vec<_>>(), "archived": r.archived, "broke_lock": r.broke_lock}),
+                None,
+            ),
             Err(e) => self.say("op.err", json!({"op": id, "code": e.code(), "message": e.to_string()}), None),
         }
         self.check_export("export");
@@ -636,7 +640,14 @@ impl Proc {
         let Some(db) = self.db.as_ref() else { return };
         let Ok(mut c) = db.contents() else { return };
         let run_id = format!("peer-{}-{id}", self.boot);
-        c.runs.push(RunRow { run_id: run_id.clone(), input: "peer.wav".into(), status: "ok".into(), backend: Some("peer".into()), diagnostics: "[]".into(), created_ms: 0 });
+        c.runs.push(RunRow {
+            run_id: run_id.clone(),
+            input: "peer.wav".into(),
+            status: "ok".into(),
+            backend: Some("peer".into()),
+            diagnostics: "[]".into(),
+            created_ms: 0,
+        });
         c.segments.push(SegmentRow { run_id: run_id.clone(), idx: 0, start_ms: 0, end_ms: 900, text: "from a peer".into() });
         c.events.push(EventRow { run_id: run_id.clone(), seq: 1, kind: "stage.ok".into(), stage: "ingest".into(), backend: None, detail: "{}".into() });
         let changed = if !divergent {

@@ -11,19 +11,17 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use drill_model::facts::digest;
-use drill_model::store::{
-    PlainEvent, ProjectionFacts, ProjectionRead, ReadOnlyFacts, SnapshotFacts, SnapshotPair, StoreFact, TenantFacts, WriteAttempt,
-};
-use drill_stack::projections::resilience::Mode;
+use drill_model::store::{PlainEvent, ProjectionFacts, ProjectionRead, ReadOnlyFacts, SnapshotFacts, SnapshotPair, StoreFact, TenantFacts, WriteAttempt};
 use drill_model::{Checker, ClientSnapshot, EventFact, Fact, OutboxFact, ServerSnapshot};
 use drill_sim::disk::DiskSim;
-use drill_sim::trace;
 use drill_sim::rng::SeedTree;
+use drill_sim::trace;
 use drill_stack::client::{Client, DeviceKeys, ExportedState, Ring};
 use drill_stack::clock::Clock;
 use drill_stack::crypto::Key;
 use drill_stack::envelope;
 use drill_stack::keys::{KdfParams, KeyError, KeyStore};
+use drill_stack::projections::resilience::Mode;
 use drill_stack::proto::SERVER_PORT;
 use drill_stack::rpc::RpcClient;
 use drill_stack::server::Server;
@@ -130,7 +128,10 @@ impl Clock for NodeClock {
 /// A user command for a device.
 #[derive(Debug, Clone)]
 pub enum Command {
-    Op { id: u64, action: Action },
+    Op {
+        id: u64,
+        action: Action,
+    },
     Snapshot,
     /// Switch the device to READ_ONLY, or back to NORMAL (an operator's action).
     SetReadOnly(bool),
@@ -143,7 +144,9 @@ pub enum Command {
     Store(crate::store_ops::Cmd),
     /// The end-of-run audit of the device's store: projections, tenants, a snapshot restore
     /// against a full replay; the answer is the key material the device holds, for the scan.
-    Audit { converged: bool },
+    Audit {
+        converged: bool,
+    },
 }
 
 /// A device's inbox, filled by the world and drained by the device's process.
@@ -414,15 +417,8 @@ pub(crate) fn store_facts(ctx: &ClientCtx, c: &Client) -> Result<Vec<StoreFact>,
         projection_tenants,
         seen: Vec::new(),
     };
-    let projection = ProjectionFacts {
-        node: ctx.name.clone(),
-        tenant: ctx.tenant.clone(),
-        events: plain,
-        keys_present,
-        rebuilt: false,
-        until_ts_ms: None,
-        projections,
-    };
+    let projection =
+        ProjectionFacts { node: ctx.name.clone(), tenant: ctx.tenant.clone(), events: plain, keys_present, rebuilt: false, until_ts_ms: None, projections };
     Ok(vec![StoreFact::Projection(projection), StoreFact::Tenant(tenant)])
 }
 
@@ -888,11 +884,7 @@ fn repair_keys(ctx: &ClientCtx, start: u64, e: &KeyError) -> Result<&'static str
 fn report_unrecoverable(ctx: &ClientCtx, client: &Client) {
     let Ring::Store(ks) = &client.keys().ring else { return };
     let Ok(lost) = ks.lost_aggregates() else { return };
-    let errors: Vec<Value> = lost
-        .iter()
-        .filter_map(|a| ks.aggregate_key(a).err())
-        .map(|e| json!({"code": e.code(), "message": e.to_string()}))
-        .collect();
+    let errors: Vec<Value> = lost.iter().filter_map(|a| ks.aggregate_key(a).err()).map(|e| json!({"code": e.code(), "message": e.to_string()})).collect();
     if !errors.is_empty() {
         record(&ctx.shared, &ctx.name, "store.payloads_unrecoverable", json!({"aggregates": lost, "errors": errors}), None);
     }
@@ -1001,7 +993,13 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
                         Ok(())
                     }
                     Err(e) => {
-                        record(&ctx.shared, name, "op.err", json!({"op": id, "code": e.code(), "message": e.to_string()}), Some(Fact::AppendFailed { node: name.into() }));
+                        record(
+                            &ctx.shared,
+                            name,
+                            "op.err",
+                            json!({"op": id, "code": e.code(), "message": e.to_string()}),
+                            Some(Fact::AppendFailed { node: name.into() }),
+                        );
                         Err(e.code().to_string())
                     }
                 };
@@ -1275,14 +1273,18 @@ pub async fn server_main(ctx: Arc<ServerCtx>) {
     let shared = ctx.shared.clone();
     let slot = ctx.slot.clone();
     let blobs = crate::blobs_world::server_blobs(&ctx.slot, &ctx.shared);
-    let _ = drill_stack::blobs::serve::serve_with_blobs(ep, move |token, req| {
-        let resp = match lock(&slot).as_mut() {
-            Some(s) => s.handle_with_token(token.as_deref(), req.clone()),
-            None => drill_stack::proto::Response::error("unavailable", "server store is closed"),
-        };
-        trace_request(&shared, &req, &resp);
-        resp
-    }, blobs)
+    let _ = drill_stack::blobs::serve::serve_with_blobs(
+        ep,
+        move |token, req| {
+            let resp = match lock(&slot).as_mut() {
+                Some(s) => s.handle_with_token(token.as_deref(), req.clone()),
+                None => drill_stack::proto::Response::error("unavailable", "server store is closed"),
+            };
+            trace_request(&shared, &req, &resp);
+            resp
+        },
+        blobs,
+    )
     .await;
 }
 

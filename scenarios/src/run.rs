@@ -2,28 +2,28 @@
 //! convergence, and let the model judge.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::future::Future;
 use std::task::Poll;
 use std::time::Duration;
 
 use drill_model::{ClientSnapshot, Fact, ServerSnapshot};
 use drill_sim::clock;
 use drill_sim::disk::DiskConfig;
+use drill_sim::faults::Fault;
 use drill_sim::rng::SeedTree;
 use drill_sim::trace::{self, Recorder};
 use drill_sim::world::{fault_steps, FaultStep, NetConfig, Nodes, Runtime};
-use drill_sim::faults::Fault;
 use madsim::runtime::NodeHandle;
 use madsim::time::Instant;
 use serde_json::json;
 
 use crate::api::{Outcome, RunError, RunReport, Violation};
 use crate::plan::{Action, Plan};
-use crate::transport::{TransportFaultKind, TransportState};
 use crate::procs::{self, client_ip, lock, record, ClientCtx, Command, Mailbox, ServerCtx, Shared, SharedRef, SERVER_IP};
+use crate::transport::{TransportFaultKind, TransportState};
 
 /// The trace format version, named in every trace's first line.
 pub use drill_sim::trace::TRACE_FORMAT_VERSION;
@@ -36,8 +36,15 @@ pub const COMMIT: &str = env!("DRILL_GIT_COMMIT");
 const WAIT_STEP_MS: u64 = 5;
 
 enum Step {
-    Op { id: u64, client: String, action: Action },
-    Transport { node: String, kind: Option<TransportFaultKind> },
+    Op {
+        id: u64,
+        client: String,
+        action: Action,
+    },
+    Transport {
+        node: String,
+        kind: Option<TransportFaultKind>,
+    },
     Fault(FaultStep),
     Boot(String),
     Blob(crate::blobs_world::BlobStep),
@@ -103,7 +110,12 @@ pub fn execute(plan: &Plan, out_dir: Option<&Path>) -> Result<RunReport, RunErro
         Outcome::Pass
     };
     if let Some(why) = &ending.liveness {
-        violations.push(Violation { invariant: drill_model::invariants::LIVE_DRAIN.into(), node: "world".into(), trace_line: trace.len() as u64, message: why.clone() });
+        violations.push(Violation {
+            invariant: drill_model::invariants::LIVE_DRAIN.into(),
+            node: "world".into(),
+            trace_line: trace.len() as u64,
+            message: why.clone(),
+        });
     }
     Ok(RunReport {
         seed: plan.seed,
@@ -193,7 +205,25 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
         nodes.add(&spec.name, node.id(), plan.knobs.disk.crash, &seeds);
         mailboxes.insert(spec.name.clone(), mailbox);
     }
-    let mut w = World { plan: &plan, shared, tenant_keys, devices, nodes, mailboxes, transports, server, slot, start: clock::now(), steps: 0, timeline: BTreeMap::new(), next_key: 0, blobs, jobs, ops, tokens };
+    let mut w = World {
+        plan: &plan,
+        shared,
+        tenant_keys,
+        devices,
+        nodes,
+        mailboxes,
+        transports,
+        server,
+        slot,
+        start: clock::now(),
+        steps: 0,
+        timeline: BTreeMap::new(),
+        next_key: 0,
+        blobs,
+        jobs,
+        ops,
+        tokens,
+    };
     if let Some(keep) = plan.server_retention {
         *w.nodes.counts.entry("server.retention".into()).or_default() += 1;
         trace::emit("server", "fault.retention", json!({"keep_events": keep}));
@@ -291,7 +321,11 @@ impl World<'_> {
                     return Poll::Ready(());
                 }
                 let cuts = drill_sim::disk::DiskSim::current().has_cuts(Some(cx.waker()));
-                if cuts { Poll::Ready(()) } else { Poll::Pending }
+                if cuts {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
             });
             cut.await;
         }
@@ -512,8 +546,7 @@ impl World<'_> {
         let deadline = clock::now() + Duration::from_millis(self.plan.liveness_ms_max);
         let restore = crate::store_world::restore_at_heal(self.plan);
         let repair = crate::store_world::repair_at_heal(self.plan);
-        let read_only: std::collections::BTreeSet<String> =
-            self.plan.store.iter().flat_map(|s| s.read_only.iter().map(|w| w.node.clone())).collect();
+        let read_only: std::collections::BTreeSet<String> = self.plan.store.iter().flat_map(|s| s.read_only.iter().map(|w| w.node.clone())).collect();
         let mut round = 0u64;
         loop {
             round += 1;

@@ -271,15 +271,31 @@ pub fn validate(plan: &Plan, ops: &OpsPlan) -> Result<(), String> {
 /// What the world does at a point of the timeline.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
-    ArmSagaCrash { node: String, point: SagaPoint },
-    CorruptArtifact { node: String },
-    CorruptProjection { node: String, projection: String, nth: u32 },
-    Upgrade { node: String, cut_after_ops: Option<u32> },
+    ArmSagaCrash {
+        node: String,
+        point: SagaPoint,
+    },
+    CorruptArtifact {
+        node: String,
+    },
+    CorruptProjection {
+        node: String,
+        projection: String,
+        nth: u32,
+    },
+    Upgrade {
+        node: String,
+        cut_after_ops: Option<u32>,
+    },
     /// Crash the effects node; it boots after `down_ms` (played by the world, which owns the
     /// nodes).
-    CrashEffects { down_ms: u64 },
+    CrashEffects {
+        down_ms: u64,
+    },
     /// Cut the effects node off from every device for `ms` (played by the world).
-    PartitionEffects { ms: u64 },
+    PartitionEffects {
+        ms: u64,
+    },
 }
 
 /// The plan's store-work steps, by time.
@@ -401,7 +417,9 @@ impl OpsWorld {
     /// Plays one step.
     pub fn apply(&self, step: Step, nodes: &Nodes, mailboxes: &BTreeMap<String, Arc<Mutex<Mailbox>>>) {
         let node = match &step {
-            Step::ArmSagaCrash { node, .. } | Step::CorruptArtifact { node } | Step::CorruptProjection { node, .. } | Step::Upgrade { node, .. } => node.clone(),
+            Step::ArmSagaCrash { node, .. } | Step::CorruptArtifact { node } | Step::CorruptProjection { node, .. } | Step::Upgrade { node, .. } => {
+                node.clone()
+            }
             // The world plays the effects node's faults (see `run.rs`).
             Step::CrashEffects { .. } | Step::PartitionEffects { .. } => return,
         };
@@ -475,14 +493,8 @@ impl OpsWorld {
                 return;
             }
         };
-        let mut facts = EffectsFacts {
-            node: EFFECTS_NODE.into(),
-            thresholds: plan.saga_thresholds.clone(),
-            applied,
-            log,
-            settled: converged,
-            ..EffectsFacts::default()
-        };
+        let mut facts =
+            EffectsFacts { node: EFFECTS_NODE.into(), thresholds: plan.saga_thresholds.clone(), applied, log, settled: converged, ..EffectsFacts::default() };
         for d in self.devices.values() {
             let s = lock(&d.state);
             facts.steps.extend(s.steps.iter().cloned());
@@ -807,7 +819,13 @@ impl Device {
         let (db, engine, tenant) = (client.db(), client.engine(), ctx.tenant.as_str());
         if self.ops.has(Bug::SkipArtifactRebuild) {
             if let Err(e @ ArtifactError::Corrupt { .. }) = artifacts::load(&self.fs, &key, tenant) {
-                return record(&ctx.shared, &ctx.name, "store.artifact_corrupt", json!({"code": e.code(), "rebuilt": false, "bug": "skip_artifact_rebuild"}), None);
+                return record(
+                    &ctx.shared,
+                    &ctx.name,
+                    "store.artifact_corrupt",
+                    json!({"code": e.code(), "rebuilt": false, "bug": "skip_artifact_rebuild"}),
+                    None,
+                );
             }
         }
         match artifacts::load_or_rebuild(db, &self.fs, engine, &key, tenant, &mut self.nonces) {
@@ -876,7 +894,13 @@ impl Device {
                 return None;
             }
             match &outcome {
-                Ok(d) => record(&ctx.shared, name, "store.saga_delivered", json!({"effect_id": step.effect_id, "first_time": d.first_time, "attempts": step.attempts}), None),
+                Ok(d) => record(
+                    &ctx.shared,
+                    name,
+                    "store.saga_delivered",
+                    json!({"effect_id": step.effect_id, "first_time": d.first_time, "attempts": step.attempts}),
+                    None,
+                ),
                 Err(e) => {
                     failed += 1;
                     self.errors.record(&clock, e.code());
@@ -968,7 +992,8 @@ impl Device {
             Ring::Fixed(_) => None,
         };
         let probe = health::probe(client.db(), &clock, health::SLOW_MS_MIN);
-        let sources = Sources { db: client.db(), engine: client.engine(), keys, files: Some(&self.fs as &dyn FileSystem), errors: &self.errors, event_store: probe };
+        let sources =
+            Sources { db: client.db(), engine: client.engine(), keys, files: Some(&self.fs as &dyn FileSystem), errors: &self.errors, event_store: probe };
         let mut bytes = match diagnostics::export(&sources, &clock) {
             Ok(b) => b.to_json(),
             Err(e) => {
@@ -1028,6 +1053,7 @@ pub(crate) fn artifact_key(client: &Client) -> Option<drill_stack::crypto::Key> 
 pub(crate) fn inconsistent_projections(client: &Client) -> Result<Vec<(&'static str, String)>, String> {
     let events = client.events().map_err(|e| e.to_string())?;
     let sealed = events.iter().map(envelope::sealed_event).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
-    let found = drill_stack::projections::verify::verify(client.db(), client.engine(), &sealed, &client.keys().ring, client.tenant()).map_err(|e| e.to_string())?;
+    let found =
+        drill_stack::projections::verify::verify(client.db(), client.engine(), &sealed, &client.keys().ring, client.tenant()).map_err(|e| e.to_string())?;
     Ok(found.into_iter().map(|i| (i.projection, i.detail)).collect())
 }

@@ -256,15 +256,13 @@ fn mutate(kind: TransportFaultKind, req: &Request, resp: Response, base: &Export
             }
             (Response::Page { items, has_more, next_cursor, last_reconciled_write_ids }, true)
         }
-        (K::PullLastWriteIdRegression, Response::Page { items, has_more, next_cursor, mut last_reconciled_write_ids }) => {
-            match regressed(base) {
-                Some((r, w)) => {
-                    last_reconciled_write_ids.insert(r, w);
-                    (Response::Page { items, has_more, next_cursor, last_reconciled_write_ids }, true)
-                }
-                None => (Response::Page { items, has_more, next_cursor, last_reconciled_write_ids }, false),
+        (K::PullLastWriteIdRegression, Response::Page { items, has_more, next_cursor, mut last_reconciled_write_ids }) => match regressed(base) {
+            Some((r, w)) => {
+                last_reconciled_write_ids.insert(r, w);
+                (Response::Page { items, has_more, next_cursor, last_reconciled_write_ids }, true)
             }
-        }
+            None => (Response::Page { items, has_more, next_cursor, last_reconciled_write_ids }, false),
+        },
         (K::ReconcileCursorRegression, Response::Pushed { accepted, last_reconciled_write_ids, cursor }) => {
             if base.reconcile_cursor > 0 {
                 (Response::Pushed { accepted, cursor: base.reconcile_cursor - 1, last_reconciled_write_ids }, true)
@@ -272,15 +270,13 @@ fn mutate(kind: TransportFaultKind, req: &Request, resp: Response, base: &Export
                 (Response::Pushed { accepted, cursor, last_reconciled_write_ids }, false)
             }
         }
-        (K::ReconcileLastWriteIdRegression, Response::Pushed { accepted, cursor, mut last_reconciled_write_ids }) => {
-            match regressed(base) {
-                Some((r, w)) => {
-                    last_reconciled_write_ids.insert(r, w);
-                    (Response::Pushed { accepted, cursor, last_reconciled_write_ids }, true)
-                }
-                None => (Response::Pushed { accepted, cursor, last_reconciled_write_ids }, false),
+        (K::ReconcileLastWriteIdRegression, Response::Pushed { accepted, cursor, mut last_reconciled_write_ids }) => match regressed(base) {
+            Some((r, w)) => {
+                last_reconciled_write_ids.insert(r, w);
+                (Response::Pushed { accepted, cursor, last_reconciled_write_ids }, true)
             }
-        }
+            None => (Response::Pushed { accepted, cursor, last_reconciled_write_ids }, false),
+        },
         (K::StaleWriteIds, Response::Pushed { accepted, .. }) => {
             let last = accepted.iter().map(|a| a.write_id).max().unwrap_or(0);
             let e = Response::Error { code: "staleWriteId".into(), message: "write ids are stale (faulty transport)".into(), last_write_id: Some(last) };
@@ -322,7 +318,12 @@ mod tests {
                 hash: vec![],
             })
             .collect();
-        Response::Page { items, has_more: false, next_cursor: seqs.last().copied().unwrap_or(4), last_reconciled_write_ids: [("client-1".to_string(), 2)].into() }
+        Response::Page {
+            items,
+            has_more: false,
+            next_cursor: seqs.last().copied().unwrap_or(4),
+            last_reconciled_write_ids: [("client-1".to_string(), 2)].into(),
+        }
     }
 
     fn pull(since: u64) -> Request {

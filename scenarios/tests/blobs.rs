@@ -45,7 +45,13 @@ fn answers(lines: &[Value]) -> Vec<(u64, u64, String)> {
 #[test]
 fn attach_is_behind_until_the_device_syncs_then_the_same_payload_succeeds_and_reads_back() {
     let p = plan(
-        &[(100, Action::StageBlob { bytes: 700 }), (300, Action::AttachBlob), (500, Action::Sync), (900, Action::AttachBlob), (1_200, Action::ReadBlob { all: false })],
+        &[
+            (100, Action::StageBlob { bytes: 700 }),
+            (300, Action::AttachBlob),
+            (500, Action::Sync),
+            (900, Action::AttachBlob),
+            (1_200, Action::ReadBlob { all: false }),
+        ],
         vec![],
     );
     let (r, lines) = run(&p);
@@ -92,7 +98,12 @@ fn transient_errors_are_retried_to_the_bound_access_denied_is_surfaced_and_orpha
         ],
     );
     let (r, lines) = run(&p);
-    let attempts = |op: u64| lines.iter().find(|v| v["node"] == "client-1" && v["kind"] == "op.err" && v["detail"]["op"] == op).map(|v| (v["detail"]["code"].clone(), v["detail"]["attempts"].clone()));
+    let attempts = |op: u64| {
+        lines
+            .iter()
+            .find(|v| v["node"] == "client-1" && v["kind"] == "op.err" && v["detail"]["op"] == op)
+            .map(|v| (v["detail"]["code"].clone(), v["detail"]["attempts"].clone()))
+    };
     let ids: Vec<u64> = p.ops.iter().enumerate().filter(|(_, o)| o.client == "client-1").map(|(i, _)| i as u64 + 1).collect();
     assert_eq!(attempts(ids[2]), Some(("s3:SlowDown".into(), 4.into())), "SlowDown is retried to the bound");
     assert_eq!(attempts(ids[3]), Some(("s3:AccessDenied".into(), 1.into())), "AccessDenied is not retried");

@@ -37,11 +37,7 @@ fn plan_with(kind: TransportFaultKind) -> Plan {
 }
 
 fn errors_of(trace: &[String], node: &str) -> Vec<serde_json::Value> {
-    trace
-        .iter()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["node"] == node && v["kind"] == "op.err")
-        .collect()
+    trace.iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|v| v["node"] == node && v["kind"] == "op.err").collect()
 }
 
 #[test]
@@ -62,7 +58,10 @@ fn each_guardrail_raises_its_signature_and_fails_closed() {
                     assert!(!errs.is_empty(), "{kind:?}: no attempt failed");
                     assert!(errs.iter().all(|e| e["detail"]["code"] == code), "{kind:?}: every failure is {code}: {errs:?}");
                     assert!(r.checks.get("INV-FAIL-CLOSED").copied().unwrap_or(0) >= errs.len() as u64, "{kind:?}: failures not checked closed");
-                    assert!(r.faults.get("token.invalid").copied().unwrap_or(0) > 0 || kind == TransportFaultKind::TokenEndpointMalformed, "{kind:?}: the server refused nothing");
+                    assert!(
+                        r.faults.get("token.invalid").copied().unwrap_or(0) > 0 || kind == TransportFaultKind::TokenEndpointMalformed,
+                        "{kind:?}: the server refused nothing"
+                    );
                 }
                 None => assert!(errs.is_empty(), "{kind:?} must be absorbed, but: {errs:?}"),
             },

@@ -41,12 +41,21 @@ fn fault() -> impl Strategy<Value = (u64, FaultSpec)> {
     let spec = prop_oneof![
         (0usize..5, 1u64..1_500, prop::option::of(1u32..40)).prop_map(|(node, down_ms, mid_io)| FaultSpec::Crash { node, down_ms, mid_io }),
         (0usize..5, any::<bool>(), 1u64..2_000).prop_map(|(node, one_way, ms)| FaultSpec::Partition { node, one_way, ms }),
-        (0usize..5, 0u8..4, 1u64..20, any::<bool>(), 1u64..1_000).prop_map(|(node, op, nth, persistent, ms)| FaultSpec::IoError { node, op, nth, persistent, ms }),
+        (0usize..5, 0u8..4, 1u64..20, any::<bool>(), 1u64..1_000).prop_map(|(node, op, nth, persistent, ms)| FaultSpec::IoError {
+            node,
+            op,
+            nth,
+            persistent,
+            ms
+        }),
         (0usize..5, -600_000i64..600_000).prop_map(|(node, delta_ms)| FaultSpec::ClockJump { node, delta_ms }),
         (1usize..5, 0usize..TransportFaultKind::ALL.len(), 1u64..2_000).prop_map(|(node, kind, ms)| FaultSpec::Transport { node, kind, ms }),
         (1usize..5, 1u64..2_000).prop_map(|(node, ms)| FaultSpec::ReadOnly { node, ms }),
-        (1usize..5, 1u64..1_500, prop::collection::vec(1u8..=5, 0..3))
-            .prop_map(|(node, down_ms, withheld)| FaultSpec::KeyStoreLoss { node, down_ms, withheld }),
+        (1usize..5, 1u64..1_500, prop::collection::vec(1u8..=5, 0..3)).prop_map(|(node, down_ms, withheld)| FaultSpec::KeyStoreLoss {
+            node,
+            down_ms,
+            withheld
+        }),
     ];
     (0..DURATION_MS, spec)
 }

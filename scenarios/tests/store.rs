@@ -44,10 +44,7 @@ fn read_only_refuses_every_write_and_changes_nothing() {
         let window = ReadOnlyWindow { node: "client-1".into(), at_ms: 0, ms: 4_000 };
         let r = execute(&with_store(seed, StorePlan { read_only: vec![window], ..StorePlan::default() }), None).unwrap();
         assert_eq!(r.outcome, Outcome::Pass, "seed {seed}: {:?}", r.violations);
-        let refused = lines(&r)
-            .iter()
-            .filter(|v| v["node"] == "client-1" && v["kind"] == "op.err" && v["detail"]["code"] == "store:readOnly")
-            .count();
+        let refused = lines(&r).iter().filter(|v| v["node"] == "client-1" && v["kind"] == "op.err" && v["detail"]["code"] == "store:readOnly").count();
         assert!(refused > 0, "seed {seed}: nothing was refused in READ_ONLY");
         assert_eq!(r.faults.get("store.read_only"), Some(&1));
         checked += checks(&r, "INV-READ-ONLY");

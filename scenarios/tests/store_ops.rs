@@ -60,11 +60,7 @@ fn the_store_work_runs_clean_and_every_bundle_is_checked_and_scanned() {
 
 #[test]
 fn a_saga_cut_before_its_effect_delivers_it_after_the_restart_and_skipping_that_fails() {
-    let crash = |bugs: Vec<Bug>| OpsPlan {
-        saga_crash: vec![SagaCrash { node: "client-1".into(), at_ms: 0, point: SagaPoint::BeforeEffect }],
-        bugs,
-        ..work()
-    };
+    let crash = |bugs: Vec<Bug>| OpsPlan { saga_crash: vec![SagaCrash { node: "client-1".into(), at_ms: 0, point: SagaPoint::BeforeEffect }], bugs, ..work() };
     for seed in [1, 2] {
         let r = execute(&with_ops(seed, crash(vec![])), None).unwrap();
         assert_eq!(r.outcome, Outcome::Pass, "seed {seed}: {:?}", r.violations);
@@ -72,7 +68,9 @@ fn a_saga_cut_before_its_effect_delivers_it_after_the_restart_and_skipping_that_
         let l = lines(&r);
         let cut = of_kind(&l, "fault.saga_crash")[0]["detail"]["effect_id"].as_str().unwrap().to_string();
         // The interrupted effect was delivered later, on its second attempt, and applied once.
-        let again = l.iter().any(|v| v["node"] == "client-1" && v["kind"] == "store.saga_delivered" && v["detail"]["effect_id"] == cut.as_str() && v["detail"]["attempts"] == 2);
+        let again = l.iter().any(|v| {
+            v["node"] == "client-1" && v["kind"] == "store.saga_delivered" && v["detail"]["effect_id"] == cut.as_str() && v["detail"]["attempts"] == 2
+        });
         assert!(again, "seed {seed}: {cut} was not delivered again");
 
         let skipped = execute(&with_ops(seed, crash(vec![Bug::SkipSagaRedelivery])), None).unwrap();
@@ -84,11 +82,7 @@ fn a_saga_cut_before_its_effect_delivers_it_after_the_restart_and_skipping_that_
 
 #[test]
 fn a_saga_cut_between_its_effect_and_its_state_sends_a_duplicate_the_receiver_recognises() {
-    let crash = |bugs: Vec<Bug>| OpsPlan {
-        saga_crash: vec![SagaCrash { node: "client-2".into(), at_ms: 0, point: SagaPoint::BeforeDone }],
-        bugs,
-        ..work()
-    };
+    let crash = |bugs: Vec<Bug>| OpsPlan { saga_crash: vec![SagaCrash { node: "client-2".into(), at_ms: 0, point: SagaPoint::BeforeDone }], bugs, ..work() };
     for seed in [1, 2] {
         let r = execute(&with_ops(seed, crash(vec![])), None).unwrap();
         assert_eq!(r.outcome, Outcome::Pass, "seed {seed}: {:?}", r.violations);
@@ -186,7 +180,12 @@ fn swarm_plans_carry_the_store_work_and_each_fault_kind() {
         let p = plan_for(seed, "sync-basic", "swarm").unwrap();
         let ops = p.store.as_ref().and_then(|s| s.ops.as_ref()).expect("swarm plans carry store work");
         assert!(!ops.saga_thresholds.is_empty());
-        for (k, n) in [("saga", ops.saga_crash.len()), ("artifact", ops.artifact_corrupt.len()), ("projection", ops.projection_corrupt.len()), ("upgrade", ops.upgrade.len())] {
+        for (k, n) in [
+            ("saga", ops.saga_crash.len()),
+            ("artifact", ops.artifact_corrupt.len()),
+            ("projection", ops.projection_corrupt.len()),
+            ("upgrade", ops.upgrade.len()),
+        ] {
             if n > 0 {
                 kinds.insert(k);
             }

@@ -237,7 +237,11 @@ pub fn schedule(k: &Knobs, nodes: &[String], duration_ms: u64, rng: &mut Stream)
     let at = |rng: &mut Stream| rng.gen_range(0..duration_ms.max(1));
     let any = |rng: &mut Stream| nodes[rng.gen_range(0..nodes.len())].clone();
     for _ in 0..rng.gen_range(0..=k.process.crashes_max) {
-        let node = if clients.is_empty() || rng.gen_bool(k.process.server_crash_probability) { server.clone() } else { clients[rng.gen_range(0..clients.len())].clone() };
+        let node = if clients.is_empty() || rng.gen_bool(k.process.server_crash_probability) {
+            server.clone()
+        } else {
+            clients[rng.gen_range(0..clients.len())].clone()
+        };
         let down_ms = rng.gen_range(1..=k.process.down_ms_max.max(1));
         let after_disk_ops = if rng.gen_bool(0.6) { Some(rng.gen_range(1..=40)) } else { None };
         out.push(Scheduled { at_ms: at(rng), fault: Fault::Crash { node, down_ms, after_disk_ops } });

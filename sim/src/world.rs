@@ -50,8 +50,7 @@ impl Runtime {
         vfs::register();
         let mut config = madsim::Config::default();
         config.net.packet_loss_rate = net.packet_loss_rate;
-        config.net.send_latency =
-            Duration::from_millis(net.latency_ms_min)..Duration::from_millis(net.latency_ms_max.max(net.latency_ms_min + 1));
+        config.net.send_latency = Duration::from_millis(net.latency_ms_min)..Duration::from_millis(net.latency_ms_max.max(net.latency_ms_min + 1));
         let mut rt = madsim::runtime::Runtime::with_seed_and_config(seeds.derive_u64("madsim"), config);
         rt.add_simulator::<DiskSim>();
         rt.add_simulator::<ClockSim>();

@@ -40,9 +40,7 @@ fn open(mode: Mode) -> rusqlite::Result<Connection> {
     let c = Connection::open(DB)?;
     let mut reserve: i32 = drill_sim::disk::CHECKSUM_BYTES as i32;
     // SAFETY: a valid connection handle and a pointer to an int, as the file control expects.
-    let rc = unsafe {
-        ffi::sqlite3_file_control(c.handle(), c"main".as_ptr(), ffi::SQLITE_FCNTL_RESERVE_BYTES, &mut reserve as *mut i32 as *mut c_void)
-    };
+    let rc = unsafe { ffi::sqlite3_file_control(c.handle(), c"main".as_ptr(), ffi::SQLITE_FCNTL_RESERVE_BYTES, &mut reserve as *mut i32 as *mut c_void) };
     if rc != ffi::SQLITE_OK {
         return Err(rusqlite::Error::SqliteFailure(ffi::Error::new(rc), Some("reserve bytes".into())));
     }
@@ -82,17 +80,12 @@ fn recovered(mode: Mode) -> Result<u32, String> {
     if ic != "ok" {
         return Err(format!("integrity_check: {ic}"));
     }
-    let has_table: bool = c
-        .query_row("SELECT count(*) FROM sqlite_master WHERE name='t'", [], |r| r.get::<_, i64>(0))
-        .map_err(|e| e.to_string())?
-        > 0;
+    let has_table: bool = c.query_row("SELECT count(*) FROM sqlite_master WHERE name='t'", [], |r| r.get::<_, i64>(0)).map_err(|e| e.to_string())? > 0;
     if !has_table {
         return Ok(0);
     }
     let mut stmt = c.prepare("SELECT id, v FROM t ORDER BY id").map_err(|e| e.to_string())?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, Vec<u8>>(1)?)))
-        .map_err(|e| e.to_string())?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, Vec<u8>>(1)?))).map_err(|e| e.to_string())?;
     let mut k = 0;
     for row in rows {
         let (id, v) = row.map_err(|e| format!("scan: {e}"))?;
@@ -301,7 +294,6 @@ fn io_errors_and_full_disk_leave_the_database_consistent() {
     println!("io errors: {cases} cases, {reported} reported a failed statement");
     assert!(reported > cases / 4, "most injected errors should surface");
 }
-
 
 /// Two power cuts: the first during the workload, then a reboot whose connection reads what
 /// survived and goes on committing (the WAL is not checkpointed in between, as in a server that

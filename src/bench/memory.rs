@@ -36,24 +36,15 @@ pub struct MemoryResult {
 
 /// Runs the probe in a fresh process and reads its answer.
 pub fn measure(seeds: u64) -> Result<MemoryResult, CliError> {
-    let exe = std::env::current_exe()
-        .map_err(|e| CliError::new(format!("cannot find drill's own executable: {e}")))?;
+    let exe = std::env::current_exe().map_err(|e| CliError::new(format!("cannot find drill's own executable: {e}")))?;
     let seeds_arg = seeds.to_string();
-    let out = Command::new(&exe)
-        .args(["bench", "--probe", PROBE, "--seeds", &seeds_arg])
-        .output()
-        .map_err(|e| CliError::io("cannot start", &exe, e))?;
+    let out = Command::new(&exe).args(["bench", "--probe", PROBE, "--seeds", &seeds_arg]).output().map_err(|e| CliError::io("cannot start", &exe, e))?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        return Err(CliError::new(format!(
-            "the memory probe failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )));
+        return Err(CliError::new(format!("the memory probe failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr))));
     }
     let line = text.lines().last().unwrap_or_default();
-    serde_json::from_str(line)
-        .map_err(|e| CliError::new(format!("the memory probe answered {line:?}: {e}")))
+    serde_json::from_str(line).map_err(|e| CliError::new(format!("the memory probe answered {line:?}: {e}")))
 }
 
 /// The probe's side: runs seeds `1..=seeds` here and prints what it saw.
@@ -62,25 +53,14 @@ pub fn probe(seeds: u64) -> Result<i32, CliError> {
     let baseline_kib = peak_rss_kib()?;
     let mut after_first_seed_kib = baseline_kib;
     for seed in 1..=seeds {
-        let request = RunRequest {
-            source: RunSource::Seed {
-                seed,
-                scenario: SCENARIO.to_string(),
-                profile: PROFILE.to_string(),
-            },
-            out_dir: None,
-        };
+        let request = RunRequest { source: RunSource::Seed { seed, scenario: SCENARIO.to_string(), profile: PROFILE.to_string() }, out_dir: None };
         drill_scenarios::run(&request)?;
         if seed == 1 {
             after_first_seed_kib = peak_rss_kib()?;
         }
     }
     let after_all_seeds_kib = peak_rss_kib()?;
-    let growth = if seeds > 1 {
-        after_all_seeds_kib.saturating_sub(after_first_seed_kib) as f64 / (seeds - 1) as f64
-    } else {
-        0.0
-    };
+    let growth = if seeds > 1 { after_all_seeds_kib.saturating_sub(after_first_seed_kib) as f64 / (seeds - 1) as f64 } else { 0.0 };
     let result = MemoryResult {
         method: "peak RSS (getrusage RUSAGE_SELF ru_maxrss) of a fresh process running the seeds in turn, without run files".to_string(),
         seeds,
@@ -89,17 +69,11 @@ pub fn probe(seeds: u64) -> Result<i32, CliError> {
         after_all_seeds_kib,
         growth_kib_per_seed: growth,
     };
-    let line = serde_json::to_string(&result)
-        .map_err(|e| CliError::new(format!("cannot encode the probe's answer: {e}")))?;
+    let line = serde_json::to_string(&result).map_err(|e| CliError::new(format!("cannot encode the probe's answer: {e}")))?;
     println!("{line}");
     Ok(0)
 }
 
 fn peak_rss_kib() -> Result<u64, CliError> {
-    crate::bench::peak_rss_kib(Who::This).ok_or_else(|| {
-        CliError::new(format!(
-            "getrusage failed: {}",
-            std::io::Error::last_os_error()
-        ))
-    })
+    crate::bench::peak_rss_kib(Who::This).ok_or_else(|| CliError::new(format!("getrusage failed: {}", std::io::Error::last_os_error())))
 }

@@ -38,35 +38,15 @@ pub struct Budget {
 
 impl Budget {
     /// The full bench: a few minutes on two cores.
-    pub const FULL: Budget = Budget {
-        standard_seeds: 600,
-        scale_seeds: 20,
-        commits: 5_000,
-        file_commits: 500,
-        memory_seeds: 200,
-    };
+    pub const FULL: Budget = Budget { standard_seeds: 600, scale_seeds: 20, commits: 5_000, file_commits: 500, memory_seeds: 200 };
     /// `--quick`: seconds, a smoke check of every measurement rather than numbers to quote.
-    pub const QUICK: Budget = Budget {
-        standard_seeds: 60,
-        scale_seeds: 2,
-        commits: 500,
-        file_commits: 100,
-        memory_seeds: 20,
-    };
+    pub const QUICK: Budget = Budget { standard_seeds: 60, scale_seeds: 2, commits: 500, file_commits: 100, memory_seeds: 20 };
 
     /// A budget scaled down to `seeds` standard seeds (the hidden `--seeds`, for tests).
     pub fn tiny(seeds: u64) -> Budget {
         let seeds = seeds.max(1);
-        let commits = u32::try_from(seeds.saturating_mul(20))
-            .unwrap_or(u32::MAX)
-            .max(20);
-        Budget {
-            standard_seeds: seeds,
-            scale_seeds: 1,
-            commits,
-            file_commits: commits.min(100),
-            memory_seeds: seeds,
-        }
+        let commits = u32::try_from(seeds.saturating_mul(20)).unwrap_or(u32::MAX).max(20);
+        Budget { standard_seeds: seeds, scale_seeds: 1, commits, file_commits: commits.min(100), memory_seeds: seeds }
     }
 }
 
@@ -96,13 +76,7 @@ pub struct Took {
 pub fn measured<T>(who: Who, f: impl FnOnce() -> T) -> (T, Took) {
     let cpu = cpu_seconds(who);
     let (out, wall) = timed(f);
-    (
-        out,
-        Took {
-            wall,
-            cpu_seconds: (cpu_seconds(who) - cpu).max(0.0),
-        },
-    )
+    (out, Took { wall, cpu_seconds: (cpu_seconds(who) - cpu).max(0.0) })
 }
 
 /// Whose CPU time [`measured`] reads.
@@ -123,11 +97,7 @@ pub fn cpu_seconds(who: Who) -> f64 {
 pub fn peak_rss_kib(who: Who) -> Option<u64> {
     let maxrss = u64::try_from(rusage(who)?.ru_maxrss).ok()?;
     // Linux reports KiB, macOS bytes.
-    Some(if cfg!(target_os = "macos") {
-        maxrss / 1024
-    } else {
-        maxrss
-    })
+    Some(if cfg!(target_os = "macos") { maxrss / 1024 } else { maxrss })
 }
 
 fn rusage(who: Who) -> Option<libc::rusage> {
@@ -201,12 +171,6 @@ mod tests {
     #[test]
     fn a_tiny_budget_still_measures_everything() {
         let b = Budget::tiny(0);
-        assert!(
-            b.standard_seeds >= 1
-                && b.scale_seeds >= 1
-                && b.commits >= 1
-                && b.file_commits >= 1
-                && b.memory_seeds >= 1
-        );
+        assert!(b.standard_seeds >= 1 && b.scale_seeds >= 1 && b.commits >= 1 && b.file_commits >= 1 && b.memory_seeds >= 1);
     }
 }

@@ -58,11 +58,7 @@ pub struct Standard {
 
 impl Standard {
     pub fn new(sweeps: Vec<SweepResult>) -> Standard {
-        Standard {
-            scenario: SCENARIO.to_string(),
-            profile: PROFILE.to_string(),
-            sweeps,
-        }
+        Standard { scenario: SCENARIO.to_string(), profile: PROFILE.to_string(), sweeps }
     }
 
     fn one_worker(&self) -> Option<&SweepResult> {
@@ -120,12 +116,7 @@ impl BenchReport {
     /// Whether every run the bench made passed (a bench of a failing build still reports).
     pub fn all_runs_passed(&self) -> bool {
         let sizes = self.scaling.by_ops.iter().chain(&self.scaling.by_clients);
-        let outcomes = self
-            .standard
-            .sweeps
-            .iter()
-            .map(|s| &s.outcomes)
-            .chain(sizes.map(|s| &s.outcomes));
+        let outcomes = self.standard.sweeps.iter().map(|s| &s.outcomes).chain(sizes.map(|s| &s.outcomes));
         outcomes.flat_map(|o| o.keys()).all(|k| k == "pass")
     }
 
@@ -133,24 +124,9 @@ impl BenchReport {
     pub fn table(&self) -> String {
         let mut out = String::new();
         let m = &self.machine;
-        out += &format!(
-            "drill {} bench ({}) on {} CPUs, {} {}: {:.1} s\n",
-            self.drill_version, self.budget, m.cpus, m.os, m.arch, self.wall_seconds
-        );
-        out += &format!(
-            "\nstandard run ({}, {}, server + 3 devices) through the sweep's worker pool\n",
-            self.standard.scenario, self.standard.profile
-        );
-        let mut t = vec![row(&[
-            "workers",
-            "seeds",
-            "seeds/s",
-            "median ms",
-            "p95 ms",
-            "cpu ms/seed",
-            "sim s/wall s",
-            "outcomes",
-        ])];
+        out += &format!("drill {} bench ({}) on {} CPUs, {} {}: {:.1} s\n", self.drill_version, self.budget, m.cpus, m.os, m.arch, self.wall_seconds);
+        out += &format!("\nstandard run ({}, {}, server + 3 devices) through the sweep's worker pool\n", self.standard.scenario, self.standard.profile);
+        let mut t = vec![row(&["workers", "seeds", "seeds/s", "median ms", "p95 ms", "cpu ms/seed", "sim s/wall s", "outcomes"])];
         for s in &self.standard.sweeps {
             t.push(vec![
                 s.workers.to_string(),
@@ -164,25 +140,11 @@ impl BenchReport {
             ]);
         }
         out += &render(&t);
-        out += &format!(
-            "\nstore workload: Client::append in a loop, {}-byte payload, one commit each\n",
-            self.store.payload_bytes
-        );
+        out += &format!("\nstore workload: Client::append in a loop, {}-byte payload, one commit each\n", self.store.payload_bytes);
         let mem = self.store.us_per_commit(Way::Memory);
-        let mut t = vec![row(&[
-            "way",
-            "commits",
-            "us/commit",
-            "x :memory:",
-            "cpu us/commit",
-            "set-up ms",
-        ])];
+        let mut t = vec![row(&["way", "commits", "us/commit", "x :memory:", "cpu us/commit", "set-up ms"])];
         for w in &self.store.ways {
-            let vs = if mem > 0.0 {
-                format!("{:.2}", w.us_per_commit / mem)
-            } else {
-                "-".into()
-            };
+            let vs = if mem > 0.0 { format!("{:.2}", w.us_per_commit / mem) } else { "-".into() };
             t.push(vec![
                 w.way.label().into(),
                 w.commits.to_string(),
@@ -196,21 +158,8 @@ impl BenchReport {
         out += &format!("  (real file in {})\n", self.store.real_file_dir);
         let s = &self.scaling;
         let seeds = s.by_ops.first().map_or(0, |x| x.seeds);
-        out += &format!(
-            "\nscaling ({}, seeds 1..={seeds} at each size, in this process, no run files)\n",
-            s.profile
-        );
-        let mut t = vec![row(&[
-            "size",
-            "devices",
-            "ops/device",
-            "phase ms",
-            "ops",
-            "us/op",
-            "cpu us/op",
-            "ms/seed",
-            "outcomes",
-        ])];
+        out += &format!("\nscaling ({}, seeds 1..={seeds} at each size, in this process, no run files)\n", s.profile);
+        let mut t = vec![row(&["size", "devices", "ops/device", "phase ms", "ops", "us/op", "cpu us/op", "ms/seed", "outcomes"])];
         for z in s.by_ops.iter().chain(&s.by_clients) {
             t.push(size_row(z));
         }
@@ -231,12 +180,7 @@ impl BenchReport {
         out += "\ntargets (reported, not asserted)\n";
         let mut t = vec![row(&["target", "goal", "measured", "met"])];
         for g in &self.targets {
-            t.push(vec![
-                g.name.clone(),
-                g.goal.clone(),
-                g.measured.clone(),
-                if g.met { "yes" } else { "NO" }.into(),
-            ]);
+            t.push(vec![g.name.clone(), g.goal.clone(), g.measured.clone(), if g.met { "yes" } else { "NO" }.into()]);
         }
         out += &render(&t);
         out
@@ -262,10 +206,7 @@ fn row(cells: &[&str]) -> Vec<String> {
 }
 
 fn outcomes(o: &BTreeMap<String, u64>) -> String {
-    o.iter()
-        .map(|(k, n)| format!("{k} {n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    o.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
 }
 
 fn mib(kib: u64) -> String {
@@ -275,22 +216,10 @@ fn mib(kib: u64) -> String {
 /// Left-aligned columns, two spaces apart, indented by two.
 fn render(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
+    let widths: Vec<usize> = (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for r in rows {
-        let cells: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, s)| format!("{s:<w$}", w = widths[i]))
-            .collect();
+        let cells: Vec<String> = r.iter().enumerate().map(|(i, s)| format!("{s:<w$}", w = widths[i])).collect();
         out += &format!("  {}\n", cells.join("  ").trim_end());
     }
     out

@@ -59,29 +59,16 @@ pub fn measure(seeds: u64, mut progress: impl FnMut(&str)) -> Result<ScaleResult
     let standard = Shape::STANDARD;
     let mut by_ops = Vec::new();
     for k in OPS_FACTORS {
-        let shape = Shape {
-            ops_per_client: standard.ops_per_client * k,
-            duration_ms: standard.duration_ms * k as u64,
-            ..standard
-        };
+        let shape = Shape { ops_per_client: standard.ops_per_client * k, duration_ms: standard.duration_ms * k as u64, ..standard };
         progress(&format!("{k}x operations"));
         by_ops.push(size(format!("{k}x ops"), shape, seeds)?);
     }
     let mut by_clients = Vec::new();
     for n in CLIENT_COUNTS {
         progress(&format!("{n} devices"));
-        by_clients.push(size(
-            format!("{n} devices"),
-            Shape {
-                clients: n,
-                ..standard
-            },
-            seeds,
-        )?);
+        by_clients.push(size(format!("{n} devices"), Shape { clients: n, ..standard }, seeds)?);
     }
-    let growth = |v: &[SizeResult], per_op: fn(&SizeResult) -> f64| {
-        ratio(v.last().map_or(0.0, per_op), v.first().map_or(0.0, per_op))
-    };
+    let growth = |v: &[SizeResult], per_op: fn(&SizeResult) -> f64| ratio(v.last().map_or(0.0, per_op), v.first().map_or(0.0, per_op));
     Ok(ScaleResult {
         profile: PROFILE.to_string(),
         ops_growth: growth(&by_ops, |s| s.us_per_op),

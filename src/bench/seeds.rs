@@ -47,19 +47,9 @@ pub struct SweepResult {
 /// under `work` (removed as each seed finishes).
 pub fn sweep(seeds: u64, workers: usize, work: &Path) -> Result<SweepResult, CliError> {
     outdir::create(work)?;
-    let world = WorldArgs {
-        scenario: SCENARIO.to_string(),
-        profile: PROFILE.to_string(),
-    };
-    let mut timer = SeedTimer {
-        work: work.to_path_buf(),
-        next: 1,
-        last: seeds,
-        sent: vec![None; workers],
-        ms: Vec::new(),
-        sim_ms: 0,
-        outcomes: BTreeMap::new(),
-    };
+    let world = WorldArgs { scenario: SCENARIO.to_string(), profile: PROFILE.to_string() };
+    let mut timer =
+        SeedTimer { work: work.to_path_buf(), next: 1, last: seeds, sent: vec![None; workers], ms: Vec::new(), sim_ms: 0, outcomes: BTreeMap::new() };
     let (result, took) = measured(Who::Children, || pool::run(workers, &world, &mut timer));
     result?;
     let _ = fs::remove_dir_all(work);
@@ -114,9 +104,7 @@ impl Dispatch for SeedTimer {
                 summary.outcome.to_string()
             }
             Answer::Panic { .. } => "panic".to_string(),
-            Answer::Error { message } => {
-                return Err(CliError::new(format!("seed {}: {message}", job.seed)))
-            }
+            Answer::Error { message } => return Err(CliError::new(format!("seed {}: {message}", job.seed))),
         };
         *self.outcomes.entry(outcome).or_default() += 1;
         fs::remove_dir_all(&job.dir).map_err(|e| CliError::io("cannot remove", &job.dir, e))

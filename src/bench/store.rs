@@ -14,8 +14,8 @@ use drill_sim::disk::{DiskConfig, DiskFaults, DiskSim};
 use drill_sim::rng::SeedTree;
 use drill_sim::world::{NetConfig, Runtime};
 use drill_stack::client::{Client, DeviceKeys, Ring};
-use drill_stack::crypto::Key;
 use drill_stack::clock::FixedClock;
+use drill_stack::crypto::Key;
 use serde::Serialize;
 
 use crate::bench::{measured, median, ratio, Took, Who};
@@ -73,10 +73,7 @@ pub struct StoreResult {
 
 impl StoreResult {
     pub fn us_per_commit(&self, way: Way) -> f64 {
-        self.ways
-            .iter()
-            .find(|w| w.way == way)
-            .map_or(0.0, |w| w.us_per_commit)
+        self.ways.iter().find(|w| w.way == way).map_or(0.0, |w| w.us_per_commit)
     }
 }
 
@@ -86,26 +83,15 @@ pub fn measure(commits: u32, file_commits: u32, tmp: &Path) -> Result<StoreResul
     std::fs::create_dir_all(&dir).map_err(|e| CliError::io("cannot create folder", &dir, e))?;
     let file = dir.join(DB_FILE);
     let ways = [
-        way(Way::SimulatedDisk, commits, REPEATS, &|n| {
-            on_simulated_disk(n)
-        }),
+        way(Way::SimulatedDisk, commits, REPEATS, &|n| on_simulated_disk(n)),
         way(Way::Memory, commits, REPEATS, &|n| in_memory(n)),
         way(Way::RealFile, file_commits, 1, &|n| on_real_file(&file, n)),
     ];
     let _ = std::fs::remove_dir_all(&dir);
     let ways = ways.into_iter().collect::<Result<Vec<_>, _>>()?;
-    let mut result = StoreResult {
-        payload_bytes: PAYLOAD_BYTES,
-        ways,
-        real_file_dir: dir.display().to_string(),
-        simulated_over_memory: 0.0,
-        real_file_over_simulated: 0.0,
-    };
-    let (sim, mem, real) = (
-        result.us_per_commit(Way::SimulatedDisk),
-        result.us_per_commit(Way::Memory),
-        result.us_per_commit(Way::RealFile),
-    );
+    let mut result =
+        StoreResult { payload_bytes: PAYLOAD_BYTES, ways, real_file_dir: dir.display().to_string(), simulated_over_memory: 0.0, real_file_over_simulated: 0.0 };
+    let (sim, mem, real) = (result.us_per_commit(Way::SimulatedDisk), result.us_per_commit(Way::Memory), result.us_per_commit(Way::RealFile));
     result.simulated_over_memory = ratio(sim, mem);
     result.real_file_over_simulated = ratio(real, sim);
     Ok(result)
@@ -125,16 +111,9 @@ fn way(way: Way, commits: u32, repeats: usize, run: Workload<'_>) -> Result<WayR
         done.map_err(fail)?;
         totals.push(took);
     }
-    let wall_ms = |v: &[Took]| {
-        median(
-            &v.iter()
-                .map(|t| t.wall.as_secs_f64() * 1000.0)
-                .collect::<Vec<_>>(),
-        )
-    };
+    let wall_ms = |v: &[Took]| median(&v.iter().map(|t| t.wall.as_secs_f64() * 1000.0).collect::<Vec<_>>());
     let cpu_ms = |v: &[Took]| median(&v.iter().map(|t| t.cpu_seconds * 1000.0).collect::<Vec<_>>());
-    let per_commit =
-        |total: f64, setup: f64| ratio((total - setup).max(0.0) * 1000.0, f64::from(commits));
+    let per_commit = |total: f64, setup: f64| ratio((total - setup).max(0.0) * 1000.0, f64::from(commits));
     Ok(WayResult {
         way,
         commits,
@@ -149,9 +128,7 @@ fn workload(client: &mut Client, commits: u32) -> Result<(), String> {
     let payload: Vec<u8> = (0..PAYLOAD_BYTES).map(|i| (i * 7 + 3) as u8).collect();
     for i in 0..commits {
         let aggregate = format!("note-{}", i % 5 + 1);
-        client
-            .append(&aggregate, "created", &payload)
-            .map_err(|e| e.to_string())?;
+        client.append(&aggregate, "created", &payload).map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -161,19 +138,13 @@ fn open(path: &str, vfs: Option<&str>) -> Result<Client, String> {
     // The same keys and nonces on every storage layer: the three measure the same work.
     let ring = (1..=5).map(|i| (format!("note-{i}"), Key::from_bytes([i as u8; 32]))).collect();
     let keys = DeviceKeys::new(Ring::Fixed(ring), Box::new(rand_chacha::ChaCha8Rng::seed_from_u64(0)));
-    Client::open_with_vfs(path, vfs, "bench", "acme", Box::new(FixedClock(0)), keys)
-        .map_err(|e| e.to_string())
+    Client::open_with_vfs(path, vfs, "bench", "acme", Box::new(FixedClock(0)), keys).map_err(|e| e.to_string())
 }
 
 /// In a world of its own, on a node's simulated disk with no faults.
 fn on_simulated_disk(commits: u32) -> Result<(), String> {
     let seeds = SeedTree::new(0);
-    let rt = Runtime::new(
-        seeds,
-        NetConfig::default(),
-        DiskConfig::default(),
-        Duration::from_secs(3_600),
-    );
+    let rt = Runtime::new(seeds, NetConfig::default(), DiskConfig::default(), Duration::from_secs(3_600));
     rt.block_on(async move {
         let node = madsim::plugin::node();
         DiskSim::current().add_node(node, "bench", DiskFaults::none(), &seeds);
@@ -193,9 +164,7 @@ fn in_memory(commits: u32) -> Result<(), String> {
 /// VFS the process's default.
 fn on_real_file(file: &Path, commits: u32) -> Result<(), String> {
     remove_db(file);
-    let path = file
-        .to_str()
-        .ok_or("the temporary folder's path is not UTF-8")?;
+    let path = file.to_str().ok_or("the temporary folder's path is not UTF-8")?;
     let result = open(path, Some("unix")).and_then(|mut client| workload(&mut client, commits));
     remove_db(file);
     result

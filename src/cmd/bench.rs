@@ -79,33 +79,17 @@ pub fn bench(args: BenchArgs) -> Result<i32, CliError> {
 fn measure_all(budget: Budget, name: &str, work: &Path) -> Result<BenchReport, CliError> {
     // First, while this process is small: on Linux a child's peak RSS starts from its parent's
     // at the fork.
-    step(&format!(
-        "memory, {} seeds in a fresh process",
-        budget.memory_seeds
-    ));
+    step(&format!("memory, {} seeds in a fresh process", budget.memory_seeds));
     let memory = memory::measure(budget.memory_seeds)?;
     let mut sweeps = Vec::new();
     for workers in [1, 2] {
-        step(&format!(
-            "standard run, {workers} worker(s), {} seeds",
-            budget.standard_seeds
-        ));
-        sweeps.push(seeds::sweep(
-            budget.standard_seeds,
-            workers,
-            &work.join("sweep"),
-        )?);
+        step(&format!("standard run, {workers} worker(s), {} seeds", budget.standard_seeds));
+        sweeps.push(seeds::sweep(budget.standard_seeds, workers, &work.join("sweep"))?);
     }
     let standard = Standard::new(sweeps);
-    step(&format!(
-        "store workload, {} commits ({} on the real file)",
-        budget.commits, budget.file_commits
-    ));
+    step(&format!("store workload, {} commits ({} on the real file)", budget.commits, budget.file_commits));
     let store = store::measure(budget.commits, budget.file_commits, work)?;
-    step(&format!(
-        "scaling, {} seed(s) at each size",
-        budget.scale_seeds
-    ));
+    step(&format!("scaling, {} seed(s) at each size", budget.scale_seeds));
     let scaling = scale::measure(budget.scale_seeds, |size| step(&format!("  {size}")))?;
     let targets = report::targets(&standard, &store, &scaling);
     Ok(BenchReport {
@@ -133,15 +117,10 @@ fn refuse_foreign(path: &Path) -> Result<(), CliError> {
         return Ok(());
     }
     let previous: serde_json::Value = read_json(path).unwrap_or_default();
-    let ours = previous.get("format_version").is_some()
-        && previous.get("standard").is_some()
-        && previous.get("targets").is_some();
+    let ours = previous.get("format_version").is_some() && previous.get("standard").is_some() && previous.get("targets").is_some();
     if ours {
         Ok(())
     } else {
-        Err(CliError::new(format!(
-            "{} exists and was not written by drill bench; choose another --out",
-            path.display()
-        )))
+        Err(CliError::new(format!("{} exists and was not written by drill bench; choose another --out", path.display())))
     }
 }

@@ -36,10 +36,7 @@ pub fn check(args: DeterminismArgs) -> Result<i32, CliError> {
     let workers = worker_count(args.many.jobs, total.saturating_mul(2));
     let world = args.many.world;
     let root = scratch_root()?;
-    println!(
-        "drill {DRILL_VERSION} check-determinism seeds {range} ({total} seeds) profile {} scenario {} jobs {workers}",
-        world.profile, world.scenario
-    );
+    println!("drill {DRILL_VERSION} check-determinism seeds {range} ({total} seeds) profile {} scenario {} jobs {workers}", world.profile, world.scenario);
     let mut check = Check::new(root, range, &world, total, workers);
     let result = pool::run(workers, &world, &mut check);
     check.progress.finish();
@@ -98,9 +95,7 @@ impl Check {
     }
 
     fn trace_path(&self, seed: u64, run: u8) -> PathBuf {
-        self.seed_dir(seed)
-            .join(format!("run-{run}"))
-            .join(TRACE_FILE)
+        self.seed_dir(seed).join(format!("run-{run}")).join(TRACE_FILE)
     }
 
     /// Both runs of a fresh seed, their folders created.
@@ -109,8 +104,7 @@ impl Check {
             return Ok(None);
         };
         self.next_seed = seed.checked_add(1).filter(|next| *next <= self.last_seed);
-        let mut jobs =
-            [1, 2].map(|run| Job::seed(seed, self.seed_dir(seed).join(format!("run-{run}"))));
+        let mut jobs = [1, 2].map(|run| Job::seed(seed, self.seed_dir(seed).join(format!("run-{run}"))));
         for job in &mut jobs {
             outdir::create(&job.dir)?;
         }
@@ -129,14 +123,11 @@ impl Check {
                 differ
             }
             (Answer::Panic { message }, _) | (_, Answer::Panic { message }) => {
-                self.panics
-                    .insert(seed, format!("seed {seed}: a run panicked: {message}"));
+                self.panics.insert(seed, format!("seed {seed}: a run panicked: {message}"));
                 true
             }
             // `finished` stops at an error before any comparison.
-            (Answer::Error { message }, _) | (_, Answer::Error { message }) => {
-                return Err(CliError::new(message))
-            }
+            (Answer::Error { message }, _) | (_, Answer::Error { message }) => return Err(CliError::new(message)),
         };
         self.progress.finish_one(keep);
         if keep {
@@ -152,18 +143,11 @@ impl Check {
         let diff = first_difference(trace_lines(&one)?, trace_lines(&two)?);
         let what = match diff {
             Some(d) => d.describe("run 1", "run 2"),
-            None => {
-                "the trace files are equal line by line, but their fingerprints differ".to_string()
-            }
+            None => "the trace files are equal line by line, but their fingerprints differ".to_string(),
         };
         let replay = seed_replay(seed, &self.world.scenario, &self.world.profile);
-        let text = format!(
-            "seed {seed}: the two runs differ\n{what}\ntraces: {} and {}\nreplay: {replay}",
-            one.display(),
-            two.display()
-        );
-        self.progress
-            .println(&format!("seed {seed}: the two runs differ"));
+        let text = format!("seed {seed}: the two runs differ\n{what}\ntraces: {} and {}\nreplay: {replay}", one.display(), two.display());
+        self.progress.println(&format!("seed {seed}: the two runs differ"));
         self.mismatches.insert(seed, text);
         Ok(())
     }
@@ -174,8 +158,7 @@ impl Check {
             println!("{text}");
         }
         if self.kept.is_empty() {
-            fs::remove_dir_all(&self.root)
-                .map_err(|e| CliError::io("cannot remove", &self.root, e))?;
+            fs::remove_dir_all(&self.root).map_err(|e| CliError::io("cannot remove", &self.root, e))?;
         } else {
             let seeds = count(self.kept.len() as u64, "seed", "seeds");
             println!("kept the traces of {seeds} in {}", self.root.display());
@@ -185,10 +168,7 @@ impl Check {
             0 => String::new(),
             p => format!(", {p} panicked"),
         };
-        let (seeds, mismatches) = (
-            count(total, "seed", "seeds"),
-            count(n as u64, "mismatch", "mismatches"),
-        );
+        let (seeds, mismatches) = (count(total, "seed", "seeds"), count(n as u64, "mismatch", "mismatches"));
         println!("{seeds}, {mismatches}{panics}");
         Ok(match (n, self.panics.len()) {
             (0, 0) => 0,
@@ -205,10 +185,7 @@ impl Dispatch for Check {
         }
         if self.pending.len() < self.pending_max {
             if let Some((first, second)) = self.fresh_jobs()? {
-                self.pending.push_back(Pending {
-                    job: second,
-                    first_slot: slot,
-                });
+                self.pending.push_back(Pending { job: second, first_slot: slot });
                 return Ok(Some(first));
             }
         }
@@ -237,10 +214,7 @@ impl Dispatch for Check {
 fn scratch_root() -> Result<PathBuf, CliError> {
     let base = std::env::temp_dir();
     for attempt in 0..SCRATCH_ATTEMPTS_MAX {
-        let dir = base.join(format!(
-            "drill-determinism-{}-{attempt}",
-            std::process::id()
-        ));
+        let dir = base.join(format!("drill-determinism-{}-{attempt}", std::process::id()));
         // create_dir fails on an existing folder, so nothing that was there is reused.
         match fs::create_dir(&dir) {
             Ok(()) => return Ok(dir),
@@ -248,8 +222,5 @@ fn scratch_root() -> Result<PathBuf, CliError> {
             Err(e) => return Err(CliError::io("cannot create folder", &dir, e)),
         }
     }
-    Err(CliError::new(format!(
-        "cannot find a free scratch folder name in {}",
-        base.display()
-    )))
+    Err(CliError::new(format!("cannot find a free scratch folder name in {}", base.display())))
 }

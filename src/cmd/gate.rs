@@ -13,10 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use drill_reports::gate::{slowest, Determinism, DrillResult, Mismatch, SlowRun, GATE_KIND};
-use drill_reports::{
-    add_counts, FailingSeed, GateSummary, Outcome, OutcomeCounts, SeedRange, Shard, SweepSummary,
-    Verdict, Violation, FORMAT_VERSION,
-};
+use drill_reports::{add_counts, FailingSeed, GateSummary, Outcome, OutcomeCounts, SeedRange, Shard, SweepSummary, Verdict, Violation, FORMAT_VERSION};
 use serde_json::json;
 
 use crate::cli::{GateArgs, WorldArgs};
@@ -46,17 +43,8 @@ pub fn gate(args: GateArgs) -> Result<i32, CliError> {
     let workers = worker_count(args.jobs, plan.queue.len() as u64);
     let events = Events::new(args.json);
     announce(&plan, &args, workers, events);
-    let world = WorldArgs {
-        scenario: MAIN_SCENARIO.to_string(),
-        profile: MAIN_PROFILE.to_string(),
-    };
-    let mut run = GateRun::new(
-        plan,
-        args.out.clone(),
-        work.clone(),
-        args.time_budget,
-        events,
-    );
+    let world = WorldArgs { scenario: MAIN_SCENARIO.to_string(), profile: MAIN_PROFILE.to_string() };
+    let mut run = GateRun::new(plan, args.out.clone(), work.clone(), args.time_budget, events);
     pool::run(workers, &world, &mut run)?;
     fs::remove_dir_all(&work).map_err(|e| CliError::io("cannot remove", &work, e))?;
     let summary = run.into_summary(workers, args.shard);
@@ -92,55 +80,27 @@ struct GatePlan {
 
 impl GatePlan {
     fn new(args: &GateArgs) -> Result<GatePlan, CliError> {
-        let range = SeedRange {
-            first: 1,
-            last: args.seeds,
-        };
-        let drill_range = SeedRange {
-            first: 1,
-            last: args.drill_seeds,
-        };
+        let range = SeedRange { first: 1, last: args.seeds };
+        let drill_range = SeedRange { first: 1, last: args.drill_seeds };
         let mut groups = vec![Group::new(MAIN_SCENARIO, MAIN_PROFILE, range, &args.out)];
         for d in drill_scenarios::drills::registry() {
             let folder = args.out.join(DRILLS_DIR).join(d.id);
-            groups.push(Group::new(
-                d.id,
-                &args.drill_profile,
-                drill_range,
-                &folder,
-            ));
+            groups.push(Group::new(d.id, &args.drill_profile, drill_range, &folder));
         }
         let sample = sample_seeds(range, args.determinism_seeds);
         let mut queue = VecDeque::new();
-        for (i, g) in groups
-            .iter()
-            .enumerate()
-            .skip(1)
-            .chain(groups.iter().enumerate().take(1))
-        {
+        for (i, g) in groups.iter().enumerate().skip(1).chain(groups.iter().enumerate().take(1)) {
             let mut seed = first_in_shard(g.seeds, args.shard);
             while let Some(s) = seed {
-                queue.push_back(Planned {
-                    group: i,
-                    seed: s,
-                    rerun: false,
-                });
+                queue.push_back(Planned { group: i, seed: s, rerun: false });
                 if i == 0 && sample.contains(&s) {
-                    queue.push_back(Planned {
-                        group: i,
-                        seed: s,
-                        rerun: true,
-                    });
+                    queue.push_back(Planned { group: i, seed: s, rerun: true });
                 }
                 seed = next_in_shard(s, g.seeds, args.shard);
             }
         }
         let sampled = queue.iter().filter(|p| p.rerun).count() as u64;
-        Ok(GatePlan {
-            groups,
-            queue,
-            sampled,
-        })
+        Ok(GatePlan { groups, queue, sampled })
     }
 }
 
@@ -151,20 +111,12 @@ fn sample_seeds(range: SeedRange, m: u64) -> BTreeSet<u64> {
         return BTreeSet::new();
     }
     let m = m.min(len);
-    (0..m)
-        .map(|i| range.first + (u128::from(i) * u128::from(len) / u128::from(m)) as u64)
-        .collect()
+    (0..m).map(|i| range.first + (u128::from(i) * u128::from(len) / u128::from(m)) as u64).collect()
 }
 
 fn announce(plan: &GatePlan, args: &GateArgs, workers: usize, events: Events) {
-    let drills: Vec<&str> = plan.groups[1..]
-        .iter()
-        .map(|g| g.scenario.as_str())
-        .collect();
-    let shard = args
-        .shard
-        .map(|s| format!(" shard {s}"))
-        .unwrap_or_default();
+    let drills: Vec<&str> = plan.groups[1..].iter().map(|g| g.scenario.as_str()).collect();
+    let shard = args.shard.map(|s| format!(" shard {s}")).unwrap_or_default();
     if events.text() {
         println!(
             "drill {DRILL_VERSION} gate: {MAIN_SCENARIO} {MAIN_PROFILE} seeds 1..={}{shard}, {} drills x {} seeds ({}), {} determinism seeds, {} runs, jobs {workers}",
@@ -276,20 +228,9 @@ struct GateRun {
 }
 
 impl GateRun {
-    fn new(
-        plan: GatePlan,
-        out: PathBuf,
-        work: PathBuf,
-        budget: Option<Duration>,
-        events: Events,
-    ) -> GateRun {
+    fn new(plan: GatePlan, out: PathBuf, work: PathBuf, budget: Option<Duration>, events: Events) -> GateRun {
         let total = plan.queue.len() as u64;
-        let sample = plan
-            .queue
-            .iter()
-            .filter(|p| p.rerun)
-            .map(|p| (p.group, p.seed))
-            .collect();
+        let sample = plan.queue.iter().filter(|p| p.rerun).map(|p| (p.group, p.seed)).collect();
         GateRun {
             sample,
             groups: plan.groups,
@@ -310,8 +251,7 @@ impl GateRun {
 
     fn job_dir(&self, p: Planned) -> PathBuf {
         let again = if p.rerun { "-again" } else { "" };
-        self.work
-            .join(format!("{}-seed-{}{again}", p.group, p.seed))
+        self.work.join(format!("{}-seed-{}{again}", p.group, p.seed))
     }
 
     fn out_of_time(&self) -> bool {
@@ -332,23 +272,13 @@ impl GateRun {
         }
         let folder = group.folder.join(format!("seed-{}", p.seed));
         outdir::create(&group.folder)?;
-        fs::rename(&job.dir, &folder)
-            .map_err(|e| CliError::io("cannot move a failing run to", &folder, e))?;
+        fs::rename(&job.dir, &folder).map_err(|e| CliError::io("cannot move a failing run to", &folder, e))?;
         if folder.join(TRACE_FILE).is_file() {
             write_timeline_from(&folder)?;
         }
         let replay = group.replay(p.seed);
-        self.progress.println(&format!(
-            "{} seed {} {outcome}: {replay}",
-            group.scenario, p.seed
-        ));
-        let failing = FailingSeed {
-            seed: p.seed,
-            outcome,
-            first_violation,
-            replay,
-            folder: folder.to_string_lossy().into_owned(),
-        };
+        self.progress.println(&format!("{} seed {} {outcome}: {replay}", group.scenario, p.seed));
+        let failing = FailingSeed { seed: p.seed, outcome, first_violation, replay, folder: folder.to_string_lossy().into_owned() };
         group.failing.insert(p.seed, failing);
         arrived.dir = folder;
         arrived.scratch = false;
@@ -362,11 +292,7 @@ impl GateRun {
             self.pairs.insert(key, arrived);
             return Ok(());
         };
-        let (first, second) = if other.planned.rerun {
-            (arrived, other)
-        } else {
-            (other, arrived)
-        };
+        let (first, second) = if other.planned.rerun { (arrived, other) } else { (other, arrived) };
         self.determinism.checked += 1;
         if first.fingerprint == second.fingerprint {
             return remove_scratch(&[first, second]);
@@ -382,20 +308,13 @@ impl GateRun {
         for (run, to) in [&first, &second].into_iter().zip(&runs) {
             take_trace(run, to)?;
         }
-        let what = match first_difference(
-            trace_lines(&runs[0].join(TRACE_FILE))?,
-            trace_lines(&runs[1].join(TRACE_FILE))?,
-        ) {
+        let what = match first_difference(trace_lines(&runs[0].join(TRACE_FILE))?, trace_lines(&runs[1].join(TRACE_FILE))?) {
             Some(d) => d.describe("run 1", "run 2"),
             None => "the traces are equal line by line; one run did not finish".to_string(),
         };
         let replay = group.replay(first.planned.seed);
-        self.progress.println(&format!(
-            "{} seed {} differs between two runs: {replay}",
-            group.scenario, first.planned.seed
-        ));
-        let fingerprints = [first.fingerprint, second.fingerprint]
-            .map(|f| f.unwrap_or_else(|| "(panicked)".into()));
+        self.progress.println(&format!("{} seed {} differs between two runs: {replay}", group.scenario, first.planned.seed));
+        let fingerprints = [first.fingerprint, second.fingerprint].map(|f| f.unwrap_or_else(|| "(panicked)".into()));
         self.determinism.mismatches.push(Mismatch {
             scenario: group.scenario.clone(),
             seed: first.planned.seed,
@@ -472,10 +391,7 @@ impl Dispatch for GateRun {
     }
 
     fn finished(&mut self, _slot: usize, job: Job, answer: Answer) -> Result<(), CliError> {
-        let (p, started) = self
-            .in_flight
-            .remove(&job.dir)
-            .ok_or_else(|| CliError::new("a worker answered a job the gate did not give"))?;
+        let (p, started) = self.in_flight.remove(&job.dir).ok_or_else(|| CliError::new("a worker answered a job the gate did not give"))?;
         if let Answer::Error { message } = &answer {
             let name = &self.groups[p.group].scenario;
             return Err(CliError::new(format!("{name} seed {}: {message}", p.seed)));
@@ -521,12 +437,7 @@ fn arrived(p: Planned, job: &Job, answer: &Answer) -> Arrived {
         Answer::Done { summary } => Some(summary.fingerprint.clone()),
         _ => None,
     };
-    Arrived {
-        planned: p,
-        fingerprint,
-        dir: job.dir.clone(),
-        scratch: true,
-    }
+    Arrived { planned: p, fingerprint, dir: job.dir.clone(), scratch: true }
 }
 
 fn remove_scratch(runs: &[Arrived]) -> Result<(), CliError> {
@@ -544,9 +455,7 @@ fn take_trace(run: &Arrived, to: &Path) -> Result<(), CliError> {
     }
     outdir::create(to)?;
     let (from, dest) = (run.dir.join(TRACE_FILE), to.join(TRACE_FILE));
-    fs::copy(&from, &dest)
-        .map(|_| ())
-        .map_err(|e| CliError::io("cannot copy", &from, e))
+    fs::copy(&from, &dest).map(|_| ()).map_err(|e| CliError::io("cannot copy", &from, e))
 }
 
 fn drill_result(g: Group, shard: Option<Shard>) -> DrillResult {
@@ -565,18 +474,8 @@ fn drill_result(g: Group, shard: Option<Shard>) -> DrillResult {
 
 fn print_gate(g: &GateSummary, out: &Path) {
     let s = &g.sweep;
-    let counts = |c: &OutcomeCounts| {
-        Outcome::ALL
-            .iter()
-            .map(|o| format!("{} {}", o.as_str(), c.get(*o)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    println!(
-        "sweep           {} seeds: {}",
-        s.counts.total(),
-        counts(&s.counts)
-    );
+    let counts = |c: &OutcomeCounts| Outcome::ALL.iter().map(|o| format!("{} {}", o.as_str(), c.get(*o))).collect::<Vec<_>>().join(", ");
+    println!("sweep           {} seeds: {}", s.counts.total(), counts(&s.counts));
     if g.drills.is_empty() {
         println!("drills          none registered");
     }
@@ -588,37 +487,17 @@ fn print_gate(g: &GateSummary, out: &Path) {
         } else {
             "not exercised"
         };
-        println!(
-            "drill {:<9} {} runs: {} ({verdict})",
-            d.name,
-            d.counts.total(),
-            counts(&d.counts)
-        );
+        println!("drill {:<9} {} runs: {} ({verdict})", d.name, d.counts.total(), counts(&d.counts));
     }
     for (id, c) in &s.drills {
-        println!(
-            "in swarm        {id}: picked {}, exercised {}, passed {}",
-            c.runs, c.exercised, c.passed
-        );
+        println!("in swarm        {id}: picked {}, exercised {}, passed {}", c.runs, c.exercised, c.passed);
     }
     let det = &g.determinism;
-    println!(
-        "determinism     {} of {} sampled seeds run twice, {} mismatches",
-        det.checked,
-        det.sampled,
-        det.mismatches.len()
-    );
-    let inv: BTreeMap<String, u64> = g
-        .invariants
-        .iter()
-        .map(|i| (i.id.clone(), i.checks))
-        .collect();
+    println!("determinism     {} of {} sampled seeds run twice, {} mismatches", det.checked, det.sampled, det.mismatches.len());
+    let inv: BTreeMap<String, u64> = g.invariants.iter().map(|i| (i.id.clone(), i.checks)).collect();
     println!("invariants      {}", counts_line(&inv));
     println!("faults          {}", counts_line(&s.faults));
-    println!(
-        "seeds/s         {:.1} ({:.2} s on {} workers)",
-        s.seeds_per_second, g.wall_seconds, s.jobs
-    );
+    println!("seeds/s         {:.1} ({:.2} s on {} workers)", s.seeds_per_second, g.wall_seconds, s.jobs);
     if !g.coverage_judged {
         println!("coverage        judged by `drill merge` of all shards");
     }
@@ -626,21 +505,12 @@ fn print_gate(g: &GateSummary, out: &Path) {
         println!("shortfall       {p}");
     }
     for (scenario, f) in g.failing() {
-        println!(
-            "failing {scenario} seed {} {}: {}",
-            f.seed, f.outcome, f.replay
-        );
+        println!("failing {scenario} seed {} {}: {}", f.seed, f.outcome, f.replay);
     }
     for m in &det.mismatches {
-        println!(
-            "nondeterministic {} seed {}: {}\n{}",
-            m.scenario, m.seed, m.folder, m.first_difference
-        );
+        println!("nondeterministic {} seed {}: {}\n{}", m.scenario, m.seed, m.folder, m.first_difference);
     }
-    println!(
-        "files: {} (summary.json, junit.xml, report.md, report.html)",
-        out.display()
-    );
+    println!("files: {} (summary.json, junit.xml, report.md, report.html)", out.display());
     println!("outcome: {} | exit code {}", g.verdict, g.exit_code);
 }
 
@@ -650,15 +520,9 @@ mod tests {
 
     #[test]
     fn samples_spread_over_the_range() {
-        let r = SeedRange {
-            first: 1,
-            last: 100,
-        };
+        let r = SeedRange { first: 1, last: 100 };
         assert_eq!(sample_seeds(r, 4), BTreeSet::from([1, 26, 51, 76]));
-        assert_eq!(
-            sample_seeds(SeedRange { first: 5, last: 6 }, 9),
-            BTreeSet::from([5, 6])
-        );
+        assert_eq!(sample_seeds(SeedRange { first: 5, last: 6 }, 9), BTreeSet::from([5, 6]));
         assert!(sample_seeds(r, 0).is_empty());
     }
 }

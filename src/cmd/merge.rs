@@ -16,9 +16,7 @@ use serde_json::Value;
 use crate::cli::MergeArgs;
 use crate::cmd::gate::registry_ids;
 use crate::error::CliError;
-use crate::gatefiles::{
-    prepare_gate_dir, relocate, relocate_sweep, write_gate_files, write_sweep_files,
-};
+use crate::gatefiles::{prepare_gate_dir, relocate, relocate_sweep, write_gate_files, write_sweep_files};
 use crate::runfiles::{read_json, DRILL_VERSION, SUMMARY_FILE};
 
 /// Merges the folders' summaries into `--out`.
@@ -28,11 +26,7 @@ pub fn merge(args: MergeArgs) -> Result<i32, CliError> {
     if gates != 0 && gates != parts.len() {
         return Err(CliError::new("cannot merge gates with sweeps"));
     }
-    println!(
-        "drill {DRILL_VERSION} merge of {} {}",
-        parts.len(),
-        if gates > 0 { "gates" } else { "sweeps" }
-    );
+    println!("drill {DRILL_VERSION} merge of {} {}", parts.len(), if gates > 0 { "gates" } else { "sweeps" });
     if gates > 0 {
         merge_gates(&parts, &args.out)
     } else {
@@ -54,19 +48,11 @@ fn read_parts(dirs: &[PathBuf]) -> Result<Vec<(PathBuf, Value)>, CliError> {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(dir: &Path, v: &Value) -> Result<T, CliError> {
-    serde_json::from_value(v.clone()).map_err(|e| {
-        CliError::new(format!(
-            "malformed {}: {e}",
-            dir.join(SUMMARY_FILE).display()
-        ))
-    })
+    serde_json::from_value(v.clone()).map_err(|e| CliError::new(format!("malformed {}: {e}", dir.join(SUMMARY_FILE).display())))
 }
 
 fn merge_sweep_parts(parts: &[(PathBuf, Value)], out: &Path) -> Result<i32, CliError> {
-    let sweeps = parts
-        .iter()
-        .map(|(d, v)| parse::<SweepSummary>(d, v).map(|s| relocate_sweep(s, d)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let sweeps = parts.iter().map(|(d, v)| parse::<SweepSummary>(d, v).map(|s| relocate_sweep(s, d))).collect::<Result<Vec<_>, _>>()?;
     let merged = merge_sweeps(&sweeps).map_err(|e| CliError::new(e.to_string()))?;
     prepare_gate_dir(out)?;
     write_sweep_files(out, &merged)?;
@@ -78,44 +64,30 @@ fn merge_sweep_parts(parts: &[(PathBuf, Value)], out: &Path) -> Result<i32, CliE
         out.display()
     );
     for f in &merged.failing {
-        println!(
-            "failing seed {} {}: {} ({})",
-            f.seed, f.outcome, f.replay, f.folder
-        );
+        println!("failing seed {} {}: {} ({})", f.seed, f.outcome, f.replay, f.folder);
     }
     println!("outcome: {}", merged.outcome);
     Ok(merged.outcome.exit_code())
 }
 
 fn merge_gates(parts: &[(PathBuf, Value)], out: &Path) -> Result<i32, CliError> {
-    let gates = parts
-        .iter()
-        .map(|(d, v)| parse::<GateSummary>(d, v).map(|g| relocate_gate(g, d)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let gates = parts.iter().map(|(d, v)| parse::<GateSummary>(d, v).map(|g| relocate_gate(g, d))).collect::<Result<Vec<_>, _>>()?;
     let sweeps: Vec<SweepSummary> = gates.iter().map(|g| g.sweep.clone()).collect();
     let sweep = merge_sweeps(&sweeps).map_err(|e| CliError::new(e.to_string()))?;
-    let drill_parts: Vec<&[drill_reports::gate::DrillResult]> =
-        gates.iter().map(|g| g.drills.as_slice()).collect();
+    let drill_parts: Vec<&[drill_reports::gate::DrillResult]> = gates.iter().map(|g| g.drills.as_slice()).collect();
     let drills = merge_drills(&drill_parts).map_err(|e| CliError::new(e.to_string()))?;
     let mut determinism = Determinism::default();
     for g in &gates {
         determinism.sampled += g.determinism.sampled;
         determinism.checked += g.determinism.checked;
-        determinism
-            .mismatches
-            .extend(g.determinism.mismatches.iter().cloned());
+        determinism.mismatches.extend(g.determinism.mismatches.iter().cloned());
     }
     let mut merged = GateSummary {
         sweep,
         drills,
         determinism,
         unrun: gates.iter().map(|g| g.unrun).sum(),
-        slowest: slowest(
-            gates
-                .iter()
-                .flat_map(|g| g.slowest.iter().cloned())
-                .collect(),
-        ),
+        slowest: slowest(gates.iter().flat_map(|g| g.slowest.iter().cloned()).collect()),
         wall_seconds: gates.iter().map(|g| g.wall_seconds).fold(0.0, f64::max),
         verdict: Verdict::Pass,
         ..gates[0].clone()
@@ -157,14 +129,8 @@ fn print_merged_gate(g: &GateSummary, out: &Path) {
         println!("shortfall: {p}");
     }
     for (scenario, f) in g.failing() {
-        println!(
-            "failing {scenario} seed {} {}: {} ({})",
-            f.seed, f.outcome, f.replay, f.folder
-        );
+        println!("failing {scenario} seed {} {}: {} ({})", f.seed, f.outcome, f.replay, f.folder);
     }
-    println!(
-        "files: {} (summary.json, junit.xml, report.md, report.html)",
-        out.display()
-    );
+    println!("files: {} (summary.json, junit.xml, report.md, report.html)", out.display());
     println!("outcome: {} | exit code {}", g.verdict, g.exit_code);
 }

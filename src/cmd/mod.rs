@@ -15,8 +15,7 @@ use std::collections::BTreeMap;
 
 /// Worker processes for `total` jobs: as asked, else one per CPU, and never more than jobs.
 pub fn worker_count(requested: Option<usize>, total: u64) -> usize {
-    let wanted =
-        requested.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let wanted = requested.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let total = usize::try_from(total).unwrap_or(usize::MAX);
     wanted.min(total).max(1)
 }
@@ -26,11 +25,7 @@ pub fn counts_line(counts: &BTreeMap<String, u64>) -> String {
     if counts.is_empty() {
         return "none".to_string();
     }
-    counts
-        .iter()
-        .map(|(k, n)| format!("{k} {n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    counts.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
 }
 
 /// `1 seed`, `2 seeds`.
@@ -54,9 +49,6 @@ mod tests {
         let c = BTreeMap::from([("partition".to_string(), 1), ("crash".to_string(), 2)]);
         assert_eq!(counts_line(&c), "crash 2, partition 1");
         assert_eq!(counts_line(&BTreeMap::new()), "none");
-        assert_eq!(
-            (count(1, "seed", "seeds"), count(0, "seed", "seeds")),
-            ("1 seed".into(), "0 seeds".into())
-        );
+        assert_eq!((count(1, "seed", "seeds"), count(0, "seed", "seeds")), ("1 seed".into(), "0 seeds".into()));
     }
 }

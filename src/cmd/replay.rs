@@ -12,9 +12,7 @@ use drill_scenarios::{RunReport, RunRequest, RunSource};
 use crate::cli::ReplayArgs;
 use crate::diff::{file_fingerprint, first_difference, trace_lines, LineDiff};
 use crate::error::CliError;
-use crate::runfiles::{
-    folder_replay, read_json, DRILL_VERSION, PLAN_FILE, SUMMARY_FILE, TRACE_FILE,
-};
+use crate::runfiles::{folder_replay, read_json, DRILL_VERSION, PLAN_FILE, SUMMARY_FILE, TRACE_FILE};
 
 /// Exit code when the replay differs from the folder.
 const EXIT_NONDETERMINISM: i32 = 4;
@@ -31,49 +29,32 @@ pub fn replay(args: ReplayArgs) -> Result<i32, CliError> {
         summary.profile,
         summary.scenario
     );
-    let report = drill_scenarios::run(&RunRequest {
-        source: RunSource::Plan(plan),
-        out_dir: None,
-    })?;
+    let report = drill_scenarios::run(&RunRequest { source: RunSource::Plan(plan), out_dir: None })?;
     let comparison = compare(dir, &summary, &report)?;
     let again = folder_replay(dir);
     if comparison.matches() {
         match &comparison.other_build {
-            Some(build) => println!(
-                "replay matches line for line, but for the build named on line 1: the folder was written by {build}"
-            ),
-            None => println!(
-                "replay matches: fingerprint {}, {} trace lines",
-                report.fingerprint,
-                report.trace.len()
-            ),
+            Some(build) => println!("replay matches line for line, but for the build named on line 1: the folder was written by {build}"),
+            None => println!("replay matches: fingerprint {}, {} trace lines", report.fingerprint, report.trace.len()),
         }
         let outcome = report.outcome;
         println!("outcome: {outcome} | replay: {again}");
         return Ok(outcome.exit_code());
     }
     comparison.print(dir, &summary);
-    println!(
-        "outcome: nondeterminism (the replay differs from {}) | replay: {again}",
-        dir.display()
-    );
+    println!("outcome: nondeterminism (the replay differs from {}) | replay: {again}", dir.display());
     Ok(EXIT_NONDETERMINISM)
 }
 
 /// The folder's summary and the text of its plan.
 fn read_folder(dir: &Path) -> Result<(Summary, String), CliError> {
-    let meta =
-        std::fs::metadata(dir).map_err(|e| CliError::io("cannot read replay folder", dir, e))?;
+    let meta = std::fs::metadata(dir).map_err(|e| CliError::io("cannot read replay folder", dir, e))?;
     if !meta.is_dir() {
-        return Err(CliError::new(format!(
-            "{} is not a run folder",
-            dir.display()
-        )));
+        return Err(CliError::new(format!("{} is not a run folder", dir.display())));
     }
     let summary: Summary = read_json(&dir.join(SUMMARY_FILE))?;
     let plan_path = dir.join(PLAN_FILE);
-    let plan = std::fs::read_to_string(&plan_path)
-        .map_err(|e| CliError::io("cannot read", &plan_path, e))?;
+    let plan = std::fs::read_to_string(&plan_path).map_err(|e| CliError::io("cannot read", &plan_path, e))?;
     Ok((summary, plan))
 }
 
@@ -108,11 +89,7 @@ impl Comparison {
         if summary.drill_version != DRILL_VERSION {
             println!(
                 "note: the folder was written by drill {}; this is drill {DRILL_VERSION}",
-                if summary.drill_version.is_empty() {
-                    "(unknown)"
-                } else {
-                    &summary.drill_version
-                }
+                if summary.drill_version.is_empty() { "(unknown)" } else { &summary.drill_version }
             );
         }
     }
@@ -127,11 +104,7 @@ fn only_the_build_differs(replayed: &[String], recorded: &[String]) -> Option<St
     let strip = |line: &str| -> Option<(serde_json::Value, String)> {
         let mut v: serde_json::Value = serde_json::from_str(line).ok()?;
         let d = v.get_mut("detail")?.as_object_mut()?;
-        let build = format!(
-            "drill {} at commit {}",
-            d.remove("version")?.as_str().unwrap_or("?"),
-            d.remove("commit")?.as_str().unwrap_or("?")
-        );
+        let build = format!("drill {} at commit {}", d.remove("version")?.as_str().unwrap_or("?"), d.remove("commit")?.as_str().unwrap_or("?"));
         Some((v, build))
     };
     let (a, _) = strip(&replayed[0])?;
@@ -143,18 +116,12 @@ fn compare(dir: &Path, summary: &Summary, report: &RunReport) -> Result<Comparis
     let mut c = Comparison::default();
     let mut differs = |what: &str, folder: &str, replay: &str| {
         if folder != replay {
-            c.problems.push(format!(
-                "{what}: {SUMMARY_FILE} has {folder}, the replay has {replay}"
-            ));
+            c.problems.push(format!("{what}: {SUMMARY_FILE} has {folder}, the replay has {replay}"));
         }
     };
     differs("plan hash", &summary.plan_hash, &report.plan_hash);
     differs("fingerprint", &summary.fingerprint, &report.fingerprint);
-    differs(
-        "outcome",
-        summary.outcome.as_str(),
-        report.outcome.as_str(),
-    );
+    differs("outcome", summary.outcome.as_str(), report.outcome.as_str());
     let trace = dir.join(TRACE_FILE);
     if !trace.exists() {
         c.no_trace_file = true;
@@ -169,9 +136,7 @@ fn compare(dir: &Path, summary: &Summary, report: &RunReport) -> Result<Comparis
     }
     // Bytes first: the fingerprint is `sha256sum trace.jsonl`, so any edit at all shows here.
     if file_fingerprint(&trace)? != report.fingerprint {
-        c.problems.push(format!(
-            "{TRACE_FILE} does not hash to the replay's fingerprint"
-        ));
+        c.problems.push(format!("{TRACE_FILE} does not hash to the replay's fingerprint"));
         c.first_diff = first_difference(report.trace.iter().cloned(), trace_lines(&trace)?);
     }
     Ok(c)

@@ -12,24 +12,15 @@ use crate::cmd::counts_line;
 use crate::error::CliError;
 use crate::ndjson::Events;
 use crate::outdir;
-use crate::runfiles::{
-    folder_replay, plan_replay, seed_replay, summary_of, write_json, write_timeline, DRILL_VERSION,
-    PLAN_FILE, SUMMARY_FILE,
-};
+use crate::runfiles::{folder_replay, plan_replay, seed_replay, summary_of, write_json, write_timeline, DRILL_VERSION, PLAN_FILE, SUMMARY_FILE};
 
 /// Hex digits of the plan file's hash used to name its default run folder.
 const PLAN_FOLDER_HASH_CHARS: usize = 12;
 
 /// What to run: a seed, or the text of a plan file.
 enum Input {
-    Seed {
-        seed: u64,
-        scenario: String,
-        profile: String,
-    },
-    Plan {
-        text: String,
-    },
+    Seed { seed: u64, scenario: String, profile: String },
+    Plan { text: String },
 }
 
 /// Runs one world and writes its run folder; the exit code is the outcome's.
@@ -39,12 +30,8 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
     let created = outdir::prepare_run_dir(&out)?;
     let replay = input.replay(&out);
     note_replay_on_panic(replay.clone());
-    let request = RunRequest {
-        source: input.source(),
-        out_dir: Some(out.clone()),
-    };
-    let report =
-        drill_scenarios::run(&request).inspect_err(|_| outdir::remove_created(&created))?;
+    let request = RunRequest { source: input.source(), out_dir: Some(out.clone()) };
+    let report = drill_scenarios::run(&request).inspect_err(|_| outdir::remove_created(&created))?;
     let summary = summary_of(&report, replay);
     write_json(&out.join(SUMMARY_FILE), &summary)?;
     write_timeline(&out, &summary, &report.trace)?;
@@ -67,38 +54,20 @@ impl Input {
     fn from_args(args: &RunArgs) -> Result<Input, CliError> {
         let Some(path) = &args.plan else {
             // clap requires --seed whenever --plan is absent.
-            let seed = args
-                .seed
-                .ok_or_else(|| CliError::new("--seed or --plan is required"))?;
+            let seed = args.seed.ok_or_else(|| CliError::new("--seed or --plan is required"))?;
             let (scenario, profile) = (args.world.scenario.clone(), args.world.profile.clone());
-            return Ok(Input::Seed {
-                seed,
-                scenario,
-                profile,
-            });
+            return Ok(Input::Seed { seed, scenario, profile });
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| CliError::io("cannot read plan file", path, e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| CliError::io("cannot read plan file", path, e))?;
         if let Err(e) = serde_json::from_str::<serde_json::Value>(&text) {
-            return Err(CliError::new(format!(
-                "malformed plan file {}: {e}",
-                path.display()
-            )));
+            return Err(CliError::new(format!("malformed plan file {}: {e}", path.display())));
         }
         Ok(Input::Plan { text })
     }
 
     fn source(&self) -> RunSource {
         match self {
-            Input::Seed {
-                seed,
-                scenario,
-                profile,
-            } => RunSource::Seed {
-                seed: *seed,
-                scenario: scenario.clone(),
-                profile: profile.clone(),
-            },
+            Input::Seed { seed, scenario, profile } => RunSource::Seed { seed: *seed, scenario: scenario.clone(), profile: profile.clone() },
             Input::Plan { text } => RunSource::Plan(text.clone()),
         }
     }
@@ -119,11 +88,7 @@ impl Input {
     /// The command that runs the same input again; a plan is replayed from its copy in `out`.
     fn replay(&self, out: &Path) -> String {
         match self {
-            Input::Seed {
-                seed,
-                scenario,
-                profile,
-            } => seed_replay(*seed, scenario, profile),
+            Input::Seed { seed, scenario, profile } => seed_replay(*seed, scenario, profile),
             Input::Plan { .. } => plan_replay(&out.join(PLAN_FILE)),
         }
     }
@@ -140,25 +105,12 @@ fn note_replay_on_panic(replay: String) {
 }
 
 fn print_report(summary: &Summary, out: &Path) {
-    println!(
-        "drill {DRILL_VERSION} seed {} plan {} profile {} scenario {}",
-        summary.seed, summary.plan_hash, summary.profile, summary.scenario
-    );
+    println!("drill {DRILL_VERSION} seed {} plan {} profile {} scenario {}", summary.seed, summary.plan_hash, summary.profile, summary.scenario);
     for v in &summary.violations {
-        println!(
-            "violation {} at {} (trace line {}): {}",
-            v.invariant, v.node, v.trace_line, v.message
-        );
+        println!("violation {} at {} (trace line {}): {}", v.invariant, v.node, v.trace_line, v.message);
     }
     println!("faults: {}", counts_line(&summary.faults));
-    println!(
-        "{} steps, {} ms simulated, {} trace lines, fingerprint {}",
-        summary.steps, summary.sim_time_ms, summary.trace_lines, summary.fingerprint
-    );
-    println!(
-        "run folder: {} (check it with: {})",
-        out.display(),
-        folder_replay(out)
-    );
+    println!("{} steps, {} ms simulated, {} trace lines, fingerprint {}", summary.steps, summary.sim_time_ms, summary.trace_lines, summary.fingerprint);
+    println!("run folder: {} (check it with: {})", out.display(), folder_replay(out));
     println!("outcome: {} | replay: {}", summary.outcome, summary.replay);
 }

@@ -18,9 +18,7 @@ use crate::error::CliError;
 use crate::outdir::{self, WORK_DIR};
 use crate::pool::Session;
 use crate::progress::wall_clock_now;
-use crate::runfiles::{
-    plan_replay, read_json, write_json, write_timeline_from, DRILL_VERSION, PLAN_FILE, SUMMARY_FILE,
-};
+use crate::runfiles::{plan_replay, read_json, write_json, write_timeline_from, DRILL_VERSION, PLAN_FILE, SUMMARY_FILE};
 use crate::shrink::{self, is_failing, Oracle, Signature, Size, Stop};
 use crate::worker::{Answer, Job};
 
@@ -57,12 +55,7 @@ pub struct ShrinkRecord {
 /// Shrinks the folder's plan; the exit code is the shrunk run's outcome's.
 pub fn shrink(args: ShrinkArgs) -> Result<i32, CliError> {
     let (summary, plan) = read_failing_run(&args.dir)?;
-    let target = is_failing(&summary).ok_or_else(|| {
-        CliError::new(format!(
-            "{} passed; only a failing run can be shrunk",
-            args.dir.display()
-        ))
-    })?;
+    let target = is_failing(&summary).ok_or_else(|| CliError::new(format!("{} passed; only a failing run can be shrunk", args.dir.display())))?;
     let out = args.dir.join(SHRUNK_DIR);
     prepare_shrunk_dir(&out)?;
     let work = out.join(WORK_DIR);
@@ -78,10 +71,7 @@ pub fn shrink(args: ShrinkArgs) -> Result<i32, CliError> {
     let before = Size::of(&plan);
     println!("target: {target}");
     println!("before: {before}");
-    let world = WorldArgs {
-        scenario: summary.scenario.clone(),
-        profile: summary.profile.clone(),
-    };
+    let world = WorldArgs { scenario: summary.scenario.clone(), profile: summary.profile.clone() };
     let session = Session::new(worker_count(args.jobs, u64::MAX), &world);
     let mut oracle = RunOracle::new(session, work.clone(), target.clone(), &args);
     let original = oracle.run_one(&plan, &work.join("original"))?;
@@ -114,16 +104,12 @@ pub fn shrink(args: ShrinkArgs) -> Result<i32, CliError> {
 /// The run folder's summary and plan; refuses anything that is not a run folder.
 fn read_failing_run(dir: &Path) -> Result<(Summary, Plan), CliError> {
     if !dir.is_dir() {
-        return Err(CliError::new(format!(
-            "{} is not a run folder",
-            dir.display()
-        )));
+        return Err(CliError::new(format!("{} is not a run folder", dir.display())));
     }
     let summary: Summary = read_json(&dir.join(SUMMARY_FILE))?;
     let path = dir.join(PLAN_FILE);
     let text = fs::read_to_string(&path).map_err(|e| CliError::io("cannot read", &path, e))?;
-    let plan = Plan::parse(&text)
-        .map_err(|e| CliError::new(format!("malformed {}: {e}", path.display())))?;
+    let plan = Plan::parse(&text).map_err(|e| CliError::new(format!("malformed {}: {e}", path.display())))?;
     Ok((summary, plan))
 }
 
@@ -134,32 +120,20 @@ fn prepare_shrunk_dir(out: &Path) -> Result<(), CliError> {
         Err(e) => return Err(CliError::io("cannot read folder", out, e)),
         Ok(entries) => entries,
     };
-    let names: Vec<String> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let names: Vec<String> = entries.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     if names.is_empty() {
         return Ok(());
     }
     if !names.iter().any(|n| n == SHRINK_FILE || n == WORK_DIR) {
-        return Err(CliError::new(format!(
-            "{} is not empty and does not hold a previous drill shrink; move it away first",
-            out.display()
-        )));
+        return Err(CliError::new(format!("{} is not empty and does not hold a previous drill shrink; move it away first", out.display())));
     }
     outdir::clear_previous(out, &names, &[SHRINK_FILE], &[WORK_DIR])
 }
 
 fn not_reproduced(dir: &Path, target: &Signature, got: &Summary) -> i32 {
     let got = is_failing(got).map_or_else(|| "pass".to_string(), |s| s.to_string());
-    println!(
-        "the plan in {} no longer fails as its summary says: expected {target}, got {got}",
-        dir.display()
-    );
-    println!(
-        "outcome: nondeterminism | check it with: drill replay {}",
-        dir.display()
-    );
+    println!("the plan in {} no longer fails as its summary says: expected {target}, got {got}", dir.display());
+    println!("outcome: nondeterminism | check it with: drill replay {}", dir.display());
     EXIT_NONDETERMINISM
 }
 
@@ -168,13 +142,20 @@ fn report(record: &ShrinkRecord, out: &Path, target: &Signature, last: &Summary)
     let (b, a) = (record.before, record.after);
     println!(
         "shrunk {} -> {} clients, {} -> {} ops, {} -> {} faults ({} -> {} ops and faults) in {} runs ({:.1} s)",
-        b.clients, a.clients, b.ops, a.ops, b.faults, a.faults, b.items(), a.items(), record.runs, record.wall_seconds
+        b.clients,
+        a.clients,
+        b.ops,
+        a.ops,
+        b.faults,
+        a.faults,
+        b.items(),
+        a.items(),
+        record.runs,
+        record.wall_seconds
     );
     match record.stopped {
         Stop::Fixpoint => println!("stopped: no smaller plan fails the same way"),
-        Stop::Budget => println!(
-            "stopped early: the run or time budget ran out (--max-runs, --time-budget); the plan may shrink further"
-        ),
+        Stop::Budget => println!("stopped early: the run or time budget ran out (--max-runs, --time-budget); the plan may shrink further"),
     }
     println!("shrunk run: {} (shrink.json has the counts)", out.display());
     let kept = is_failing(last);
@@ -223,18 +204,13 @@ impl RunOracle {
         let answer = self.session.run_batch(&[job])?.remove(0);
         match answer {
             Answer::Done { summary } => Ok(*summary),
-            Answer::Panic { message } | Answer::Error { message } => Err(CliError::new(format!(
-                "the run in {} failed: {message}",
-                dir.display()
-            ))),
+            Answer::Panic { message } | Answer::Error { message } => Err(CliError::new(format!("the run in {} failed: {message}", dir.display()))),
         }
     }
 
     /// Candidates the budget still allows now.
     fn allowance(&self, wanted: usize) -> usize {
-        let out_of_time = self
-            .time_budget
-            .is_some_and(|b| self.started.elapsed() >= b);
+        let out_of_time = self.time_budget.is_some_and(|b| self.started.elapsed() >= b);
         if out_of_time {
             return 0;
         }
@@ -253,9 +229,7 @@ impl RunOracle {
     fn keeps_target(&self, answer: &Answer) -> bool {
         match answer {
             Answer::Done { summary } => is_failing(summary).as_ref() == Some(&self.target),
-            Answer::Panic { .. } => {
-                self.target.invariant.as_deref() == Some(crate::cmd::sweep::PANIC_INVARIANT)
-            }
+            Answer::Panic { .. } => self.target.invariant.as_deref() == Some(crate::cmd::sweep::PANIC_INVARIANT),
             Answer::Error { .. } => false,
         }
     }
@@ -271,10 +245,7 @@ impl Oracle for RunOracle {
         if take == 0 {
             return Ok(None);
         }
-        let jobs = candidates[..take]
-            .iter()
-            .map(|p| self.candidate_job(p))
-            .collect::<Result<Vec<Job>, CliError>>()?;
+        let jobs = candidates[..take].iter().map(|p| self.candidate_job(p)).collect::<Result<Vec<Job>, CliError>>()?;
         self.runs += jobs.len() as u64;
         let answers = self.session.run_batch(&jobs)?;
         let verdicts = answers.iter().map(|a| self.keeps_target(a)).collect();

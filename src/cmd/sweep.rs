@@ -9,10 +9,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use drill_reports::{
-    add_counts, add_drills, DrillCoverage, FailingSeed, Outcome, OutcomeCounts, SeedRange, Shard, SweepSummary, Violation,
-    FORMAT_VERSION,
-};
+use drill_reports::{add_counts, add_drills, DrillCoverage, FailingSeed, Outcome, OutcomeCounts, SeedRange, Shard, SweepSummary, Violation, FORMAT_VERSION};
 use serde_json::json;
 
 use crate::cli::{SweepArgs, WorldArgs};
@@ -40,15 +37,9 @@ pub fn sweep(args: SweepArgs) -> Result<i32, CliError> {
     let workers = worker_count(args.many.jobs, total);
     let world = args.many.world;
     let events = Events::new(args.json);
-    let shard = args
-        .shard
-        .map(|s| format!(" shard {s}"))
-        .unwrap_or_default();
+    let shard = args.shard.map(|s| format!(" shard {s}")).unwrap_or_default();
     if events.text() {
-        println!(
-            "drill {DRILL_VERSION} sweep seeds {range}{shard} ({total} seeds) profile {} scenario {} jobs {workers}",
-            world.profile, world.scenario
-        );
+        println!("drill {DRILL_VERSION} sweep seeds {range}{shard} ({total} seeds) profile {} scenario {} jobs {workers}", world.profile, world.scenario);
     }
     events.start(
         "sweep",
@@ -78,9 +69,7 @@ pub fn seed_count(range: SeedRange, shard: Option<Shard>) -> Result<u64, CliErro
     };
     if total == 0 {
         let shard = shard.map(|s| s.to_string()).unwrap_or_default();
-        return Err(CliError::new(format!(
-            "shard {shard} holds no seed of {range}; use fewer shards or more seeds"
-        )));
+        return Err(CliError::new(format!("shard {shard} holds no seed of {range}; use fewer shards or more seeds")));
     }
     Ok(total)
 }
@@ -137,32 +126,16 @@ impl Sweep {
     }
 
     /// Moves a failing seed's run folder out of the scratch folder and records it.
-    fn keep(
-        &mut self,
-        job: Job,
-        outcome: Outcome,
-        first_violation: Option<Violation>,
-    ) -> Result<(), CliError> {
+    fn keep(&mut self, job: Job, outcome: Outcome, first_violation: Option<Violation>) -> Result<(), CliError> {
         let folder = self.out.join(format!("seed-{}", job.seed));
-        fs::rename(&job.dir, &folder)
-            .map_err(|e| CliError::io("cannot move a failing run to", &folder, e))?;
+        fs::rename(&job.dir, &folder).map_err(|e| CliError::io("cannot move a failing run to", &folder, e))?;
         if folder.join(TRACE_FILE).is_file() {
             write_timeline_from(&folder)?;
         }
         let replay = seed_replay(job.seed, &self.world.scenario, &self.world.profile);
-        self.progress
-            .println(&format!("seed {} {outcome}: {replay}", job.seed));
+        self.progress.println(&format!("seed {} {outcome}: {replay}", job.seed));
         let folder = folder.to_string_lossy().into_owned();
-        self.failing.insert(
-            job.seed,
-            FailingSeed {
-                seed: job.seed,
-                outcome,
-                first_violation,
-                replay,
-                folder,
-            },
-        );
+        self.failing.insert(job.seed, FailingSeed { seed: job.seed, outcome, first_violation, replay, folder });
         Ok(())
     }
 
@@ -201,28 +174,20 @@ impl Dispatch for Sweep {
 
     fn finished(&mut self, _slot: usize, job: Job, answer: Answer) -> Result<(), CliError> {
         let (outcome, first_violation) = match &answer {
-            Answer::Error { message } => {
-                return Err(CliError::new(format!("seed {}: {message}", job.seed)))
-            }
+            Answer::Error { message } => return Err(CliError::new(format!("seed {}: {message}", job.seed))),
             Answer::Done { summary } => {
                 add_counts(&mut self.faults, &summary.faults);
                 add_counts(&mut self.checks, &summary.checks);
                 add_drills(&mut self.drills, &summary.drills);
                 (summary.outcome, summary.violations.first().cloned())
             }
-            Answer::Panic { message } => {
-                (Outcome::Violation, Some(panic_violation(message.clone())))
-            }
+            Answer::Panic { message } => (Outcome::Violation, Some(panic_violation(message.clone()))),
         };
         self.counts.add(outcome);
         self.progress.finish_one(outcome != Outcome::Pass);
-        self.events.emit(
-            "seed",
-            &seed_event(job.seed, &answer, outcome, &first_violation),
-        );
+        self.events.emit("seed", &seed_event(job.seed, &answer, outcome, &first_violation));
         if outcome == Outcome::Pass {
-            return fs::remove_dir_all(&job.dir)
-                .map_err(|e| CliError::io("cannot remove", &job.dir, e));
+            return fs::remove_dir_all(&job.dir).map_err(|e| CliError::io("cannot remove", &job.dir, e));
         }
         self.keep(job, outcome, first_violation)
     }
@@ -233,12 +198,7 @@ impl Dispatch for Sweep {
 }
 
 /// The NDJSON `seed` event of one finished run.
-pub fn seed_event(
-    seed: u64,
-    answer: &Answer,
-    outcome: Outcome,
-    first_violation: &Option<Violation>,
-) -> serde_json::Value {
+pub fn seed_event(seed: u64, answer: &Answer, outcome: Outcome, first_violation: &Option<Violation>) -> serde_json::Value {
     let (fingerprint, sim_time_ms) = match answer {
         Answer::Done { summary } => (Some(summary.fingerprint.clone()), Some(summary.sim_time_ms)),
         _ => (None, None),
@@ -249,12 +209,7 @@ pub fn seed_event(
 
 /// A panic counts as a violation: a broken simulator or stack invariant (DESIGN.md).
 pub fn panic_violation(message: String) -> Violation {
-    Violation {
-        invariant: PANIC_INVARIANT.to_string(),
-        node: "world".to_string(),
-        trace_line: 0,
-        message,
-    }
+    Violation { invariant: PANIC_INVARIANT.to_string(), node: "world".to_string(), trace_line: 0, message }
 }
 
 fn print_table(s: &SweepSummary, out: &Path) {
@@ -262,40 +217,21 @@ fn print_table(s: &SweepSummary, out: &Path) {
     for outcome in Outcome::ALL {
         println!("{:<15} {}", outcome.as_str(), s.counts.get(outcome));
     }
-    println!(
-        "seeds/s         {:.1} ({:.2} s on {} workers)",
-        s.seeds_per_second, s.wall_seconds, s.jobs
-    );
+    println!("seeds/s         {:.1} ({:.2} s on {} workers)", s.seeds_per_second, s.wall_seconds, s.jobs);
     println!("faults          {}", counts_line(&s.faults));
     println!("checks          {}", counts_line(&s.checks));
     for (id, c) in &s.drills {
         println!("drill           {id}: {} runs, {} exercised, {} passed", c.runs, c.exercised, c.passed);
     }
     for f in &s.failing {
-        let why = f
-            .first_violation
-            .as_ref()
-            .map(|v| format!(" {} at {}: {}", v.invariant, v.node, v.message));
-        println!(
-            "failing seed {} {}{}",
-            f.seed,
-            f.outcome,
-            why.unwrap_or_default()
-        );
+        let why = f.first_violation.as_ref().map(|v| format!(" {} at {}: {}", v.invariant, v.node, v.message));
+        println!("failing seed {} {}{}", f.seed, f.outcome, why.unwrap_or_default());
         println!("  replay: {}", f.replay);
         println!("  folder: {}", f.folder);
     }
-    println!(
-        "files: {} (summary.json, junit.xml, report.md, report.html)",
-        out.display()
-    );
+    println!("files: {} (summary.json, junit.xml, report.md, report.html)", out.display());
     match s.failing.first() {
         None => println!("outcome: pass | all {} seeds passed", s.counts.total()),
-        Some(f) => println!(
-            "outcome: {} | {} failing; replay the first: {}",
-            s.outcome,
-            s.failing.len(),
-            f.replay
-        ),
+        Some(f) => println!("outcome: {} | {} failing; replay the first: {}", s.outcome, s.failing.len(), f.replay),
     }
 }

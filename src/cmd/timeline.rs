@@ -8,10 +8,7 @@ use crate::runfiles::{write_timeline_from, REPORT_FILE, TRACE_FILE};
 pub fn timeline(args: TimelineArgs) -> Result<i32, CliError> {
     let dir = &args.dir;
     if !dir.join(TRACE_FILE).is_file() {
-        return Err(CliError::new(format!(
-            "{} is not a run folder (it has no {TRACE_FILE})",
-            dir.display()
-        )));
+        return Err(CliError::new(format!("{} is not a run folder (it has no {TRACE_FILE})", dir.display())));
     }
     write_timeline_from(dir)?;
     println!("timeline: {}", dir.join(REPORT_FILE).display());

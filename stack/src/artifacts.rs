@@ -61,14 +61,25 @@ pub struct Index {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ArtifactError {
     /// No artifact for this tenant.
-    Missing { tenant: String },
+    Missing {
+        tenant: String,
+    },
     /// The artifact failed authentication or is not an artifact: corrupt, truncated, moved or
     /// sealed under another key. Delete it and rebuild.
-    Corrupt { tenant: String, detail: String },
+    Corrupt {
+        tenant: String,
+        detail: String,
+    },
     /// The artifact opens but differs from the projection: rebuild it.
-    Stale { tenant: String, artifact_through_seq: u64, projection_through_seq: u64 },
+    Stale {
+        tenant: String,
+        artifact_through_seq: u64,
+        projection_through_seq: u64,
+    },
     /// A rebuilt artifact did not read back equal to a fresh build.
-    RebuildMismatch { tenant: String },
+    RebuildMismatch {
+        tenant: String,
+    },
     /// The store is READ_ONLY: nothing was written.
     ReadOnly,
     Fs(FsError),
@@ -98,10 +109,9 @@ impl fmt::Display for ArtifactError {
             ArtifactError::Corrupt { tenant, detail } => {
                 write!(f, "{code}: the index artifact of {tenant} failed authentication ({detail}): delete and rebuild it")
             }
-            ArtifactError::Stale { tenant, artifact_through_seq, projection_through_seq } => write!(
-                f,
-                "{code}: the index artifact of {tenant} covers seq {artifact_through_seq}, the projection {projection_through_seq}: rebuild it"
-            ),
+            ArtifactError::Stale { tenant, artifact_through_seq, projection_through_seq } => {
+                write!(f, "{code}: the index artifact of {tenant} covers seq {artifact_through_seq}, the projection {projection_through_seq}: rebuild it")
+            }
             ArtifactError::RebuildMismatch { tenant } => write!(f, "{code}: the rebuilt artifact of {tenant} does not read back as built"),
             ArtifactError::ReadOnly => write!(f, "{}", resilience::ReadOnly),
             ArtifactError::Fs(e) => write!(f, "{e}"),
@@ -363,11 +373,14 @@ mod tests {
         let good = d.refresh("acme");
         let name = file_name("acme");
         let blob = d.fs.read(&name).unwrap();
-        let mut corrupted: Vec<Vec<u8>> = (0..blob.len()).step_by(7).map(|i| {
-            let mut b = blob.clone();
-            b[i] ^= 0x20;
-            b
-        }).collect();
+        let mut corrupted: Vec<Vec<u8>> = (0..blob.len())
+            .step_by(7)
+            .map(|i| {
+                let mut b = blob.clone();
+                b[i] ^= 0x20;
+                b
+            })
+            .collect();
         corrupted.push(blob[..blob.len() / 2].to_vec());
         corrupted.push(Vec::new());
         for bad in corrupted {

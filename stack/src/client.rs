@@ -195,14 +195,7 @@ impl Client {
 
     /// Like [`Client::open`], through the SQLite VFS named `vfs` (see [`store::open_with_vfs`]);
     /// `drill bench` uses it to run the same workload on a real file and in memory.
-    pub fn open_with_vfs(
-        path: &str,
-        vfs: Option<&str>,
-        replica: &str,
-        tenant: &str,
-        clock: Box<dyn Clock>,
-        keys: DeviceKeys,
-    ) -> Result<Client, StoreError> {
+    pub fn open_with_vfs(path: &str, vfs: Option<&str>, replica: &str, tenant: &str, clock: Box<dyn Clock>, keys: DeviceKeys) -> Result<Client, StoreError> {
         let conn = store::open_with_vfs(path, vfs)?;
         conn.execute_batch(store::EVENTS_SCHEMA)?;
         conn.execute_batch(CLIENT_SCHEMA)?;
@@ -213,9 +206,7 @@ impl Client {
             match store::meta_get(&tx, key)? {
                 None => store::meta_set(&tx, key, want)?,
                 Some(have) if have == want => {}
-                Some(have) => {
-                    return Err(StoreError::Invalid { detail: format!("database belongs to {key} {have}, not {want}") })
-                }
+                Some(have) => return Err(StoreError::Invalid { detail: format!("database belongs to {key} {have}, not {want}") }),
             }
         }
         // A fresh database gets a fresh incarnation, so op ids never repeat even when a device
@@ -272,9 +263,8 @@ impl Client {
     /// The pending writes, oldest first.
     pub fn outbox(&self) -> Result<Vec<PendingWrite>, StoreError> {
         let mut st = self.conn.prepare_cached("SELECT write_id, op_id, aggregate, kind, payload FROM outbox ORDER BY write_id")?;
-        let rows = st.query_map([], |r| {
-            Ok(PendingWrite { write_id: r.get(0)?, op_id: Some(r.get(1)?), aggregate: r.get(2)?, kind: r.get(3)?, payload: r.get(4)? })
-        })?;
+        let rows =
+            st.query_map([], |r| Ok(PendingWrite { write_id: r.get(0)?, op_id: Some(r.get(1)?), aggregate: r.get(2)?, kind: r.get(3)?, payload: r.get(4)? }))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -283,9 +273,7 @@ impl Client {
         use rusqlite::OptionalExtension;
         let mut st = self.conn.prepare_cached("SELECT write_id, op_id, aggregate, kind, payload FROM outbox WHERE op_id = ?1")?;
         Ok(st
-            .query_row([op_id], |r| {
-                Ok(PendingWrite { write_id: r.get(0)?, op_id: Some(r.get(1)?), aggregate: r.get(2)?, kind: r.get(3)?, payload: r.get(4)? })
-            })
+            .query_row([op_id], |r| Ok(PendingWrite { write_id: r.get(0)?, op_id: Some(r.get(1)?), aggregate: r.get(2)?, kind: r.get(3)?, payload: r.get(4)? }))
             .optional()?)
     }
 
@@ -302,11 +290,7 @@ impl Client {
             cursor: get_u64(&self.conn, "cursor")?,
             reconcile_cursor: get_u64(&self.conn, "reconcile_cursor")?,
             last_reconciled_write_ids: self.last_reconciled()?,
-            pending: self
-                .outbox()?
-                .into_iter()
-                .map(|w| PendingRef { op_id: w.op_id.unwrap_or_default(), write_id: w.write_id })
-                .collect(),
+            pending: self.outbox()?.into_iter().map(|w| PendingRef { op_id: w.op_id.unwrap_or_default(), write_id: w.write_id }).collect(),
         })
     }
 
@@ -387,12 +371,8 @@ impl Client {
     pub async fn sync(&mut self, rpc: &mut impl Exchange) -> Result<SyncReport, SyncError> {
         resilience::check_write(&self.conn, Write::Command).map_err(StoreError::from)?;
         let base = self.export_state()?;
-        let mut a = Attempt {
-            cursor: base.cursor,
-            reconcile_cursor: base.reconcile_cursor,
-            last_reconciled: base.last_reconciled_write_ids,
-            ..Attempt::default()
-        };
+        let mut a =
+            Attempt { cursor: base.cursor, reconcile_cursor: base.reconcile_cursor, last_reconciled: base.last_reconciled_write_ids, ..Attempt::default() };
         let (refreshes, refusals) = self.auth.as_ref().map(|a| (a.state.refreshes, a.state.refusals.len())).unwrap_or_default();
         self.push(rpc, &mut a).await?;
         self.pull(rpc, &mut a).await?;
@@ -466,7 +446,11 @@ impl Client {
         lrw: BTreeMap<String, u64>,
     ) -> Result<(), SyncError> {
         if cursor < a.reconcile_cursor {
-            return Err(guard("reconcile", "reconcileCursorRegression", format!("transport reconcile regressed sync cursor: {} -> {cursor}", a.reconcile_cursor)));
+            return Err(guard(
+                "reconcile",
+                "reconcileCursorRegression",
+                format!("transport reconcile regressed sync cursor: {} -> {cursor}", a.reconcile_cursor),
+            ));
         }
         check_last_write_ids("reconcile", &a.last_reconciled, &lrw)?;
         let by_op: BTreeMap<&str, (u64, u64)> = accepted.iter().map(|x| (x.op_id.as_str(), (x.write_id, x.seq))).collect();
@@ -503,9 +487,7 @@ impl Client {
         while a.pages < PULL_PAGES_MAX {
             let req = Request::Pull { tenant: self.tenant.clone(), replica: self.replica.clone(), since: a.cursor, limit: PAGE_LIMIT_MAX };
             let (items, has_more, next_cursor, lrw) = match self.call(rpc, &req).await? {
-                Response::Page { items, has_more, next_cursor, last_reconciled_write_ids } => {
-                    (items, has_more, next_cursor, last_reconciled_write_ids)
-                }
+                Response::Page { items, has_more, next_cursor, last_reconciled_write_ids } => (items, has_more, next_cursor, last_reconciled_write_ids),
                 Response::ResyncRequired { floor_seq, floor_hash } => return Err(SyncError::ResyncRequired { floor_seq, floor_hash }),
                 Response::Error { code, message, .. } => return Err(SyncError::Server { code, message }),
                 other => return Err(unexpected("pull", &other)),
@@ -574,7 +556,9 @@ impl Client {
         };
         let now = self.clock.now_unix_ms();
         let auth = self.auth.as_mut().expect("checked above");
-        auth.state.accept(fresh.clone(), server_unix_ms, now, &identity, &self.replica, &self.tenant).map_err(|e| SyncError::Token { code: e.code().into(), detail: e.to_string() })?;
+        auth.state
+            .accept(fresh.clone(), server_unix_ms, now, &identity, &self.replica, &self.tenant)
+            .map_err(|e| SyncError::Token { code: e.code().into(), detail: e.to_string() })?;
         if let Ring::Store(ks) = &mut self.keys.ring {
             ks.save_token(&self.tenant, &fresh, &mut *self.keys.nonces).map_err(StoreError::from)?;
         }

@@ -197,7 +197,11 @@ pub struct Sources<'a> {
 pub enum DiagnosticsError {
     /// The bundle holds secret number `secret` (in the caller's list) in `form`, at byte
     /// `offset`: it must not leave the device.
-    SecretFound { secret: usize, form: &'static str, offset: usize },
+    SecretFound {
+        secret: usize,
+        form: &'static str,
+        offset: usize,
+    },
     Store(StoreError),
 }
 
@@ -497,7 +501,14 @@ mod tests {
 
     impl Device {
         fn sources(&self) -> Sources<'_> {
-            Sources { db: &self.c, engine: &self.engine, keys: Some(&self.ks), files: Some(&self.fs), errors: &self.errors, event_store: EventStoreStatus::Writable }
+            Sources {
+                db: &self.c,
+                engine: &self.engine,
+                keys: Some(&self.ks),
+                files: Some(&self.fs),
+                errors: &self.errors,
+                event_store: EventStoreStatus::Writable,
+            }
         }
 
         fn secrets(&self) -> Vec<&[u8]> {

@@ -115,9 +115,14 @@ impl Crash {
 pub enum MigrateError {
     /// The migration cannot finish; the database is usable at `from_version` and holds no
     /// migration in progress.
-    LegacyMigrationBlocked { from_version: u32, detail: String },
+    LegacyMigrationBlocked {
+        from_version: u32,
+        detail: String,
+    },
     /// A failpoint stopped the migration at `at`, as a crash would: [`run`] finishes it.
-    Interrupted { at: Crash },
+    Interrupted {
+        at: Crash,
+    },
     Store(StoreError),
 }
 
@@ -355,7 +360,8 @@ fn rebuild(c: &Connection, crash: Option<Crash>) -> Result<(), MigrateError> {
         let marks = (1..=columns.split(',').count()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
         let mut st = tx.prepare(&format!("INSERT INTO {staging}({columns}) VALUES ({marks})"))?;
         for row in rows {
-            let values = row.iter().map(uncell).collect::<Result<Vec<_>, _>>().map_err(|d| StoreError::Invalid { detail: format!("migration snapshot: {d}") })?;
+            let values =
+                row.iter().map(uncell).collect::<Result<Vec<_>, _>>().map_err(|d| StoreError::Invalid { detail: format!("migration snapshot: {d}") })?;
             if let Err(e) = st.execute(rusqlite::params_from_iter(values)) {
                 failure = Some(match e.sqlite_error_code() {
                     Some(rusqlite::ErrorCode::ConstraintViolation) => blocked(1, format!("a row of {staging} breaks version {CURRENT}'s constraints: {e}")),

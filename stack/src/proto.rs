@@ -132,12 +132,7 @@ pub enum Response {
     /// it has in the total order, the tenant's cursor, and every replica's last reconciled write.
     Pushed { accepted: Vec<Accepted>, cursor: u64, last_reconciled_write_ids: BTreeMap<String, u64> },
     /// One page of events.
-    Page {
-        items: Vec<WireEvent>,
-        has_more: bool,
-        next_cursor: u64,
-        last_reconciled_write_ids: BTreeMap<String, u64>,
-    },
+    Page { items: Vec<WireEvent>, has_more: bool, next_cursor: u64, last_reconciled_write_ids: BTreeMap<String, u64> },
     /// The client's `since` is behind the server's retention: the events it would need are
     /// compacted. It must resynchronise from the floor (the last compacted event).
     ResyncRequired {
@@ -200,7 +195,10 @@ pub enum DecodeError {
     Malformed(String),
     /// The peer speaks a version outside `PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION`; the id is
     /// kept so the refusal can be answered.
-    Version { v: u32, id: u64 },
+    Version {
+        v: u32,
+        id: u64,
+    },
 }
 
 impl std::fmt::Display for DecodeError {

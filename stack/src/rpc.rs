@@ -107,10 +107,7 @@ impl RpcClient {
             None => self.token.clone(),
         };
         let bytes = proto::encode_with_token(self.version, id, token.as_deref(), req);
-        self.ep
-            .send_to_raw(self.server, TAG_REQUEST, Box::new(bytes))
-            .await
-            .map_err(|e| SyncError::Transport { detail: format!("send: {e}") })
+        self.ep.send_to_raw(self.server, TAG_REQUEST, Box::new(bytes)).await.map_err(|e| SyncError::Transport { detail: format!("send: {e}") })
     }
 
     /// Sends `req` and waits for its response.

@@ -123,7 +123,10 @@ pub enum SagaError {
     /// The store is READ_ONLY: nothing was recorded or delivered.
     ReadOnly,
     /// A failpoint stopped [`drive_with`] at `at`, as a crash would.
-    Interrupted { effect_id: String, at: Crash },
+    Interrupted {
+        effect_id: String,
+        at: Crash,
+    },
     Store(StoreError),
 }
 
@@ -272,9 +275,7 @@ pub fn tenant_counts(c: &Connection) -> Result<BTreeMap<String, u64>, StoreError
 /// Every saga row, by effect id.
 pub fn steps(c: &Connection) -> Result<Vec<Step>, StoreError> {
     install(c)?;
-    let mut st = c.prepare(
-        "SELECT effect_id, saga, tenant, state, body, requested_ms, updated_ms, attempts, last_error FROM saga_state ORDER BY effect_id",
-    )?;
+    let mut st = c.prepare("SELECT effect_id, saga, tenant, state, body, requested_ms, updated_ms, attempts, last_error FROM saga_state ORDER BY effect_id")?;
     let rows = st.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
@@ -601,10 +602,7 @@ mod tests {
         let d = device();
         assert!(tenant_counts(&d.c).unwrap().is_empty());
         Engine::builtin().install(&d.c).unwrap();
-        d.c.execute_batch(
-            "INSERT INTO proj_tenant_counters VALUES ('acme', 'created', 2), ('acme', 'updated', 3), ('globex', 'created', 1);",
-        )
-        .unwrap();
+        d.c.execute_batch("INSERT INTO proj_tenant_counters VALUES ('acme', 'created', 2), ('acme', 'updated', 3), ('globex', 'created', 1);").unwrap();
         assert_eq!(tenant_counts(&d.c).unwrap(), counts(&[("acme", 5), ("globex", 1)]));
     }
 

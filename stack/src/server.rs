@@ -163,14 +163,10 @@ impl Server {
 
     /// Binds `replica` to `tenant` on first sight; refuses it for any other tenant.
     fn authorize(conn: &Connection, tenant: &str, replica: &str) -> Result<(), Refusal> {
-        let bound: Option<String> =
-            conn.query_row("SELECT tenant FROM replicas WHERE replica = ?1", [replica], |r| r.get(0)).optional()?;
+        let bound: Option<String> = conn.query_row("SELECT tenant FROM replicas WHERE replica = ?1", [replica], |r| r.get(0)).optional()?;
         match bound {
             Some(t) if t == tenant => Ok(()),
-            Some(t) => Err(Refusal::Answer(Response::error(
-                "rbacDenied",
-                format!("replica {replica} belongs to tenant {t}, not {tenant}"),
-            ))),
+            Some(t) => Err(Refusal::Answer(Response::error("rbacDenied", format!("replica {replica} belongs to tenant {t}, not {tenant}")))),
             None => {
                 conn.execute("INSERT INTO replicas(replica, tenant) VALUES (?1, ?2)", [replica, tenant])?;
                 Ok(())
@@ -324,10 +320,7 @@ impl Server {
     pub fn diagnostics(&self) -> Result<Vec<Diagnostics>, StoreError> {
         let mut st = self.conn.prepare_cached("SELECT tenant, COUNT(*) FROM events GROUP BY tenant ORDER BY tenant")?;
         let counts: Vec<(String, u64)> = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
-        counts
-            .into_iter()
-            .map(|(tenant, count)| Ok(Diagnostics { head: store::chain_head(&self.conn, &tenant)?, tenant, count }))
-            .collect()
+        counts.into_iter().map(|(tenant, count)| Ok(Diagnostics { head: store::chain_head(&self.conn, &tenant)?, tenant, count })).collect()
     }
 }
 
@@ -408,7 +401,8 @@ mod tests {
         push(&mut s, "acme", "r1", writes);
         assert_eq!(s.events().unwrap().len(), 3);
         assert_eq!(s.tombstones().unwrap().len(), 4);
-        let Response::ResyncRequired { floor_seq, floor_hash } = s.handle(Request::Pull { tenant: "acme".into(), replica: "r1".into(), since: 0, limit: 8 }) else {
+        let Response::ResyncRequired { floor_seq, floor_hash } = s.handle(Request::Pull { tenant: "acme".into(), replica: "r1".into(), since: 0, limit: 8 })
+        else {
             panic!("a device behind retention must be told to resync")
         };
         assert_eq!(floor_seq, 4);
@@ -429,7 +423,8 @@ mod tests {
         let (_d, mut s) = server();
         let writes: Vec<PendingWrite> = (1..=70).map(|i| write(i, &format!("x-{i}"), b"p")).collect();
         push(&mut s, "acme", "r1", writes);
-        let Response::Page { items, has_more, next_cursor, .. } = s.handle(Request::Pull { tenant: "acme".into(), replica: "r1".into(), since: 0, limit: 100 }) else {
+        let Response::Page { items, has_more, next_cursor, .. } = s.handle(Request::Pull { tenant: "acme".into(), replica: "r1".into(), since: 0, limit: 100 })
+        else {
             panic!("a page")
         };
         assert_eq!(items.len(), PAGE_LIMIT_MAX as usize);

@@ -35,9 +35,7 @@ pub fn open_with_vfs(path: &str, vfs: Option<&str>) -> Result<Connection, StoreE
     };
     let mut reserve = PAGE_RESERVE_BYTES;
     // SAFETY: a live connection handle and a pointer to an int, as this file control expects.
-    let rc = unsafe {
-        ffi::sqlite3_file_control(c.handle(), c"main".as_ptr(), ffi::SQLITE_FCNTL_RESERVE_BYTES, &mut reserve as *mut i32 as *mut c_void)
-    };
+    let rc = unsafe { ffi::sqlite3_file_control(c.handle(), c"main".as_ptr(), ffi::SQLITE_FCNTL_RESERVE_BYTES, &mut reserve as *mut i32 as *mut c_void) };
     if rc != ffi::SQLITE_OK {
         return Err(StoreError::Sqlite { detail: format!("reserving page checksum bytes failed with code {rc}") });
     }
@@ -129,9 +127,7 @@ fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
 
 /// Events of `tenant` after `since`, in order, at most `limit`.
 pub fn events_after(c: &Connection, tenant: &str, since: u64, limit: u32) -> Result<Vec<EventRow>, StoreError> {
-    let mut st = c.prepare_cached(&format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE tenant = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
-    ))?;
+    let mut st = c.prepare_cached(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE tenant = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"))?;
     let rows = st.query_map(rusqlite::params![tenant, since, limit], event_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -153,8 +149,18 @@ pub fn events_since(c: &Connection, since: u64) -> Result<Vec<EventRow>, StoreEr
 
 /// Inserts one event.
 pub fn insert_event(c: &Connection, e: &EventRow) -> Result<(), StoreError> {
-    c.prepare_cached(&format!("INSERT INTO events({EVENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"))?
-        .execute(rusqlite::params![e.seq, e.op_id, e.tenant, e.aggregate, e.kind, e.replica, e.write_id, e.payload, e.prev_hash, e.hash])?;
+    c.prepare_cached(&format!("INSERT INTO events({EVENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"))?.execute(rusqlite::params![
+        e.seq,
+        e.op_id,
+        e.tenant,
+        e.aggregate,
+        e.kind,
+        e.replica,
+        e.write_id,
+        e.payload,
+        e.prev_hash,
+        e.hash
+    ])?;
     Ok(())
 }
 
@@ -162,10 +168,8 @@ pub fn insert_event(c: &Connection, e: &EventRow) -> Result<(), StoreError> {
 /// compacted history ends) or the genesis hash.
 pub fn chain_head(c: &Connection, tenant: &str) -> Result<Vec<u8>, StoreError> {
     use rusqlite::OptionalExtension;
-    let h: Option<Vec<u8>> = c
-        .prepare_cached("SELECT hash FROM events WHERE tenant = ?1 ORDER BY seq DESC LIMIT 1")?
-        .query_row([tenant], |r| r.get(0))
-        .optional()?;
+    let h: Option<Vec<u8>> =
+        c.prepare_cached("SELECT hash FROM events WHERE tenant = ?1 ORDER BY seq DESC LIMIT 1")?.query_row([tenant], |r| r.get(0)).optional()?;
     match h {
         Some(h) => Ok(h),
         None => Ok(anchor(c, tenant)?.map(|(_, h)| h).unwrap_or_else(|| crate::chain::GENESIS.to_vec())),

@@ -85,7 +85,13 @@ fn server_in(dir: &tempfile::TempDir, options: ServerOptions) -> Server {
 /// Writes of `replica` with ids `ids`, pushed straight to the server.
 fn push_writes(s: &mut Server, replica: &str, ids: std::ops::RangeInclusive<u64>) -> Response {
     let writes = ids
-        .map(|i| PendingWrite { write_id: i, op_id: Some(format!("{replica}-op-{i}")), aggregate: "a".into(), kind: "k".into(), payload: format!("p{i}").into_bytes() })
+        .map(|i| PendingWrite {
+            write_id: i,
+            op_id: Some(format!("{replica}-op-{i}")),
+            aggregate: "a".into(),
+            kind: "k".into(),
+            payload: format!("p{i}").into_bytes(),
+        })
         .collect();
     s.handle(Request::Push { tenant: "acme".into(), replica: replica.into(), writes })
 }

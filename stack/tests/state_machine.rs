@@ -12,9 +12,9 @@ use std::task::{Context, Poll, Waker};
 
 use drill_stack::chain::{first_broken, Link};
 use drill_stack::client::{Client, DeviceKeys, ExportedState, Ring};
+use drill_stack::clock::FixedClock;
 use drill_stack::crypto::Key;
 use drill_stack::envelope;
-use drill_stack::clock::FixedClock;
 use drill_stack::proto::{Request, Response};
 use drill_stack::rpc::Exchange;
 use drill_stack::server::Server;
@@ -170,14 +170,7 @@ fn step(w: &mut World, m: &mut Model, op: &Op) {
 }
 
 fn chain_ok(events: &[EventRow]) -> Option<u64> {
-    first_broken(events.iter().map(|e| Link {
-        seq: e.seq,
-        kind: &e.kind,
-        tenant: &e.tenant,
-        payload: &e.payload,
-        prev_hash: &e.prev_hash,
-        hash: &e.hash,
-    }))
+    first_broken(events.iter().map(|e| Link { seq: e.seq, kind: &e.kind, tenant: &e.tenant, payload: &e.payload, prev_hash: &e.prev_hash, hash: &e.hash }))
 }
 
 fn check(w: &World, m: &Model) -> Result<(), TestCaseError> {

@@ -81,7 +81,13 @@ struct World {
 
 impl World {
     fn new() -> World {
-        World { dir: tempfile::tempdir().unwrap(), secret: Key::from_bytes([3; 32]), server_clock: Manual::at(1_000_000), device_clock: Manual::at(1_000_000), issuer_seed: 1 }
+        World {
+            dir: tempfile::tempdir().unwrap(),
+            secret: Key::from_bytes([3; 32]),
+            server_clock: Manual::at(1_000_000),
+            device_clock: Manual::at(1_000_000),
+            issuer_seed: 1,
+        }
     }
 
     /// The server (re)started: a new issuer key.

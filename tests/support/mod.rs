@@ -27,19 +27,9 @@ pub fn seeds_or(defaults: &[u64]) -> Vec<u64> {
 
 /// Runs one seed in this process (one world at a time).
 pub fn run_seed(seed: u64, scenario: &str, profile: &str) -> RunReport {
-    let _one = ONE_WORLD_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    let source = RunSource::Seed {
-        seed,
-        scenario: scenario.to_string(),
-        profile: profile.to_string(),
-    };
-    drill_scenarios::run(&RunRequest {
-        source,
-        out_dir: None,
-    })
-    .unwrap_or_else(|e| panic!("seed {seed} ({scenario}, {profile}) was refused: {e}"))
+    let _one = ONE_WORLD_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let source = RunSource::Seed { seed, scenario: scenario.to_string(), profile: profile.to_string() };
+    drill_scenarios::run(&RunRequest { source, out_dir: None }).unwrap_or_else(|e| panic!("seed {seed} ({scenario}, {profile}) was refused: {e}"))
 }
 
 /// `Ok` when the seed passes; otherwise what broke and the exact commands that replay it.
@@ -57,15 +47,9 @@ pub fn check_seed(seed: u64, scenario: &str, profile: &str, test: &str) -> Resul
 
 /// Runs the text of a plan in this process (one world at a time).
 pub fn run_plan(plan_text: &str) -> RunReport {
-    let _one = ONE_WORLD_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let _one = ONE_WORLD_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let source = RunSource::Plan(plan_text.to_string());
-    drill_scenarios::run(&RunRequest {
-        source,
-        out_dir: None,
-    })
-    .unwrap_or_else(|e| panic!("the plan was refused: {e}"))
+    drill_scenarios::run(&RunRequest { source, out_dir: None }).unwrap_or_else(|e| panic!("the plan was refused: {e}"))
 }
 
 /// `None` for a passing run; otherwise its outcome, first violations and `replay`.
@@ -73,15 +57,9 @@ pub fn describe_failure(report: &RunReport, replay: &str) -> Option<String> {
     if report.outcome == Outcome::Pass {
         return None;
     }
-    let mut text = format!(
-        "seed {} ({}, {}): {:?}",
-        report.seed, report.scenario, report.profile, report.outcome
-    );
+    let mut text = format!("seed {} ({}, {}): {:?}", report.seed, report.scenario, report.profile, report.outcome);
     for v in report.violations.iter().take(5) {
-        text.push_str(&format!(
-            "\n  {} at {} (trace line {}): {}",
-            v.invariant, v.node, v.trace_line, v.message
-        ));
+        text.push_str(&format!("\n  {} at {} (trace line {}): {}", v.invariant, v.node, v.trace_line, v.message));
     }
     text.push_str(&format!("\n  replay: {replay}"));
     Some(text)

@@ -352,7 +352,8 @@ async fn no_backup(cx: &mut Ctx) {
         });
     cx.check(readable, "the events written under new keys reach the server and read back", json!({"new": new_ops.len()}));
     let skips = skipped(cx, 0);
-    let unrecoverable_skips = skips.iter().filter(|(_, r)| r.len() == 1 && r.contains("keys:payloadsUnrecoverable")).map(|(a, _)| a.clone()).collect::<BTreeSet<_>>();
+    let unrecoverable_skips =
+        skips.iter().filter(|(_, r)| r.len() == 1 && r.contains("keys:payloadsUnrecoverable")).map(|(a, _)| a.clone()).collect::<BTreeSet<_>>();
     cx.check(
         unrecoverable_skips == lost && skips.len() == lost.len(),
         "the projections skip exactly the lost aggregates, as unrecoverable",
@@ -412,7 +413,11 @@ async fn missing_keys(cx: &mut Ctx) {
         };
         let r = cx.on(node, task).await;
         let added: Option<BTreeSet<String>> = r.as_ref().ok().map(|a| a.iter().cloned().collect());
-        cx.check(added.as_ref() == Some(&withheld), "the backup brings back exactly the missing keys", json!({"added": added, "error": r.err().map(|e| e.code())}));
+        cx.check(
+            added.as_ref() == Some(&withheld),
+            "the backup brings back exactly the missing keys",
+            json!({"added": added, "error": r.err().map(|e| e.code())}),
+        );
     }
     let unlock = cx.step("unlock");
     let task = async move {
@@ -537,7 +542,11 @@ async fn diagnostics_export(cx: &mut Ctx) {
     }
 
     // Validation.
-    cx.check(bundle.is_some() && checked && scanned, "a bundle left the device only checked and scanned", json!({"exported": bundle.is_some(), "checked": checked, "scanned": scanned}));
+    cx.check(
+        bundle.is_some() && checked && scanned,
+        "a bundle left the device only checked and scanned",
+        json!({"exported": bundle.is_some(), "checked": checked, "scanned": scanned}),
+    );
     let parsed: Option<Value> = bundle.as_ref().and_then(|b| serde_json::from_slice(b).ok());
     let named: BTreeSet<String> = parsed
         .as_ref()

@@ -60,7 +60,11 @@ async fn retention(cx: &mut Ctx) {
         _ => None,
     };
     let code = r.as_ref().err().map(|e| e.code());
-    cx.symptom(floor.is_some() && before == after, "pull:resyncRequired, the exported state unchanged", json!({"code": code, "floor": floor.as_ref().map(|f| f.0)}));
+    cx.symptom(
+        floor.is_some() && before == after,
+        "pull:resyncRequired, the exported state unchanged",
+        json!({"code": code, "floor": floor.as_ref().map(|f| f.0)}),
+    );
     if cx.step("surface-recovery-path") {
         let explicit = floor.as_ref().is_some_and(|(seq, hash)| *seq > before.cursor && !hash.is_empty());
         cx.check(explicit, "the answer names the floor the device must resync from", json!({"cursor": before.cursor, "floor": floor.as_ref().map(|f| f.0)}));

@@ -134,11 +134,8 @@ async fn projection(cx: &mut Ctx) {
     let committed = cx.server_tenant(&tenant).await;
     // The failure: a corrupt row, or rows gone while the cursor stays (a stale index).
     let stale = rand::Rng::gen_bool(&mut cx.rng, 0.5);
-    let (table, key, column) = if rand::Rng::gen_bool(&mut cx.rng, 0.5) {
-        ("proj_aggregate_state", "aggregate", "events")
-    } else {
-        ("proj_tenant_counters", "kind", "count")
-    };
+    let (table, key, column) =
+        if rand::Rng::gen_bool(&mut cx.rng, 0.5) { ("proj_aggregate_state", "aggregate", "events") } else { ("proj_tenant_counters", "kind", "count") };
     let db = cx.devs[0].client().db();
     let keys: Vec<String> = {
         let mut st = db.prepare(&format!("SELECT {key} FROM {table} WHERE tenant = ?1 ORDER BY {key}")).expect("the projection's table");
@@ -346,7 +343,11 @@ async fn saga_stuck(cx: &mut Ctx) {
             for step in begun {
                 let outcome = if wrong { Ok(Delivered { first_time: false }) } else { fx.deliver(&step.effect_id, &step.body).await };
                 let r = saga::finish_delivery(cx.devs[0].client().db(), &step.effect_id, &outcome, &clock);
-                trace::emit(&name, "store.saga_reconciled", json!({"effect_id": step.effect_id, "outcome": outcome.as_ref().map(|d| d.first_time).map_err(|e| e.code()), "recorded": r.is_ok()}));
+                trace::emit(
+                    &name,
+                    "store.saga_reconciled",
+                    json!({"effect_id": step.effect_id, "outcome": outcome.as_ref().map(|d| d.first_time).map_err(|e| e.code()), "recorded": r.is_ok()}),
+                );
             }
         }
     }
@@ -356,15 +357,23 @@ async fn saga_stuck(cx: &mut Ctx) {
         let done = steps.iter().any(|s| s.effect_id == effect_id && s.state == saga::State::Done);
         let times = log.iter().filter(|d| d.effect_id == effect_id && d.applied).count();
         cx.check(done, "the saga step is done", json!({"effect_id": effect_id}));
-        cx.check(times == 1 && applied.iter().filter(|a| **a == effect_id).count() == 1, "the effects node applied the effect exactly once", json!({"applied": times}));
+        cx.check(
+            times == 1 && applied.iter().filter(|a| **a == effect_id).count() == 1,
+            "the effects node applied the effect exactly once",
+            json!({"applied": times}),
+        );
     }
     // INV-ONCE, by the model: the receiver's log next to the device's saga.
-    let readable = cx.devs[0].client().events().map(|es| es.iter().filter(|e| e.tenant == tenant && cx.devs[0].client().open_payload(e).is_ok()).count() as u64);
+    let readable =
+        cx.devs[0].client().events().map(|es| es.iter().filter(|e| e.tenant == tenant && cx.devs[0].client().open_payload(e).is_ok()).count() as u64);
     let facts = EffectsFacts {
         node: EFFECTS_NODE.into(),
         thresholds: vec![threshold],
         counts: vec![SagaCount { device: name.clone(), tenant: tenant.clone(), readable_events: readable.unwrap_or(0) }],
-        steps: steps.iter().map(|s| SagaStepFact { device: name.clone(), tenant: s.tenant.clone(), effect_id: s.effect_id.clone(), state: s.state.as_str().into() }).collect(),
+        steps: steps
+            .iter()
+            .map(|s| SagaStepFact { device: name.clone(), tenant: s.tenant.clone(), effect_id: s.effect_id.clone(), state: s.state.as_str().into() })
+            .collect(),
         log,
         applied,
         settled: true,

@@ -52,13 +52,55 @@ const fn jobs(id: &'static str, section: &'static str, title: &'static str, step
 }
 
 pub const DRILLS: &[Drill] = &[
-    jobs("001-A-failed-persist", "001 Scenario A", "a run whose persist failed: find its result envelope, persist-only, verify rows, remediation event", &["locate-result-envelope", "persist-only", "verify-rows", "record-remediation"], a_body),
-    jobs("001-B-export-mid-write", "001 Scenario B", "an export cut mid-write: stale lock, archive temp files, export again, validate checksums and counts", &["confirm-lock-stale", "archive-temp-files", "re-run-export", "validate-checksums"], b_body),
-    jobs("001-C-import-conflict", "001 Scenario C", "an import conflict: inspect and classify, reject by default, overwrite refused for child rows, fresh database + import + swap", &["inspect-conflicts", "classify", "re-run-with-overwrite", "fresh-db-import", "validate-and-swap"], c_body),
-    jobs("001-D-database-corruption", "001 Scenario D", "a corrupted database: backup copy, replay the latest valid snapshot into a fresh database, compare with the manifest, swap", &["backup-copy", "validate-snapshot", "replay-into-fresh-db", "compare-with-manifest"], d_body),
-    jobs("001-E-backend-crash-hang", "001 Scenario E", "backends that crash or hang: error events with backend and stage, fallback, failed run shell", &["capture-diagnostics", "emit-error-event", "fallback", "persist-failed-run-shell"], e_body),
-    jobs("001-F-legacy-migration-blocked", "001 Scenario F", "a blocked legacy migration: evidence copy, reopen once, snapshot into a fresh database with reject, validate, swap", &["preserve-evidence", "reopen-once", "locate-snapshot", "import-into-fresh-db", "validate-and-swap"], f_body),
-    jobs("001-post-recovery-validation", "001 Post-Recovery Validation", "after an export cut: no orphan lock files, counts consistent, robot mode NDJSON valid", &["re-run-export", "check-no-orphan-locks", "check-counts", "check-robot-ndjson"], v_body),
+    jobs(
+        "001-A-failed-persist",
+        "001 Scenario A",
+        "a run whose persist failed: find its result envelope, persist-only, verify rows, remediation event",
+        &["locate-result-envelope", "persist-only", "verify-rows", "record-remediation"],
+        a_body,
+    ),
+    jobs(
+        "001-B-export-mid-write",
+        "001 Scenario B",
+        "an export cut mid-write: stale lock, archive temp files, export again, validate checksums and counts",
+        &["confirm-lock-stale", "archive-temp-files", "re-run-export", "validate-checksums"],
+        b_body,
+    ),
+    jobs(
+        "001-C-import-conflict",
+        "001 Scenario C",
+        "an import conflict: inspect and classify, reject by default, overwrite refused for child rows, fresh database + import + swap",
+        &["inspect-conflicts", "classify", "re-run-with-overwrite", "fresh-db-import", "validate-and-swap"],
+        c_body,
+    ),
+    jobs(
+        "001-D-database-corruption",
+        "001 Scenario D",
+        "a corrupted database: backup copy, replay the latest valid snapshot into a fresh database, compare with the manifest, swap",
+        &["backup-copy", "validate-snapshot", "replay-into-fresh-db", "compare-with-manifest"],
+        d_body,
+    ),
+    jobs(
+        "001-E-backend-crash-hang",
+        "001 Scenario E",
+        "backends that crash or hang: error events with backend and stage, fallback, failed run shell",
+        &["capture-diagnostics", "emit-error-event", "fallback", "persist-failed-run-shell"],
+        e_body,
+    ),
+    jobs(
+        "001-F-legacy-migration-blocked",
+        "001 Scenario F",
+        "a blocked legacy migration: evidence copy, reopen once, snapshot into a fresh database with reject, validate, swap",
+        &["preserve-evidence", "reopen-once", "locate-snapshot", "import-into-fresh-db", "validate-and-swap"],
+        f_body,
+    ),
+    jobs(
+        "001-post-recovery-validation",
+        "001 Post-Recovery Validation",
+        "after an export cut: no orphan lock files, counts consistent, robot mode NDJSON valid",
+        &["re-run-export", "check-no-orphan-locks", "check-counts", "check-robot-ndjson"],
+        v_body,
+    ),
 ];
 
 fn a_body(cx: &mut Ctx) -> Pin<Box<dyn Future<Output = ()> + '_>> {
@@ -183,12 +225,17 @@ async fn scenario_a(cx: &mut Ctx) {
         let have = db.contents().ok();
         let all = env.as_ref().zip(have.as_ref()).is_some_and(|(e, c)| {
             let keyed = c.keyed();
-            keyed.iter().any(|(t, k, _)| t == "runs" && k == "lost") && e.segments.iter().all(|s| keyed.iter().any(|(t, k, _)| t == "segments" && k == &format!("lost/{}", s.idx)))
+            keyed.iter().any(|(t, k, _)| t == "runs" && k == "lost")
+                && e.segments.iter().all(|s| keyed.iter().any(|(t, k, _)| t == "segments" && k == &format!("lost/{}", s.idx)))
         });
         cx.check(all, "the run, its segments and its events are in the database", json!({}));
     }
     if cx.step("record-remediation") {
-        cx.check(report.as_ref().is_some_and(|r| r.inserted && r.remediation_seq > 0), "a remediation event is linked to the original run", json!({"report": format!("{report:?}")}));
+        cx.check(
+            report.as_ref().is_some_and(|r| r.inserted && r.remediation_seq > 0),
+            "a remediation event is linked to the original run",
+            json!({"report": format!("{report:?}")}),
+        );
     }
     let after = rows(&db);
     cx.recovery("jobs", &committed, &after, &BTreeSet::new());
@@ -230,7 +277,11 @@ async fn scenario_b(cx: &mut Ctx, validation: bool) {
     let stale_manifest = validate_snapshot(&j.fs, "export").map(|s| s.manifest.files.iter().map(|f| f.rows).collect::<Vec<_>>()).ok();
     let counts = db.counts().expect("counts");
     let incomplete = stale_manifest.as_ref() != Some(&counts.to_vec());
-    cx.symptom(!left.is_empty() && incomplete, "*.jsonl.tmp files exist and the manifest is incomplete", json!({"temps": left, "manifest_rows": stale_manifest, "db_rows": counts}));
+    cx.symptom(
+        !left.is_empty() && incomplete,
+        "*.jsonl.tmp files exist and the manifest is incomplete",
+        json!({"temps": left, "manifest_rows": stale_manifest, "db_rows": counts}),
+    );
     // The exporter restarts as boot 3.
     let now = 3_000;
     if !validation {
@@ -267,8 +318,13 @@ async fn scenario_b(cx: &mut Ctx, validation: bool) {
         if cx.step("check-counts") {
             let snap = validate_snapshot(&j.fs, "export");
             let manifest = snap.as_ref().map(|s| s.manifest.files.iter().map(|f| f.rows).collect::<Vec<_>>()).ok();
-            let events_per_run = db.contents().map(|c| c.count(drill_stack::jobs::db::Table::Events) >= c.count(drill_stack::jobs::db::Table::Runs)).unwrap_or(false);
-            cx.check(manifest.as_ref() == Some(&counts.to_vec()) && events_per_run, "run and event counts are consistent with the manifest", json!({"manifest": manifest, "db": counts}));
+            let events_per_run =
+                db.contents().map(|c| c.count(drill_stack::jobs::db::Table::Events) >= c.count(drill_stack::jobs::db::Table::Runs)).unwrap_or(false);
+            cx.check(
+                manifest.as_ref() == Some(&counts.to_vec()) && events_per_run,
+                "run and event counts are consistent with the manifest",
+                json!({"manifest": manifest, "db": counts}),
+            );
         }
         if cx.step("check-robot-ndjson") {
             let text = j.robot.to_ndjson();
@@ -305,13 +361,21 @@ async fn scenario_c(cx: &mut Ctx) {
     if cx.step("classify") {
         let divergent: Vec<String> = conflicts.iter().filter(|c| c.class == ConflictClass::Divergent).map(|c| format!("{}/{}", c.table, c.key)).collect();
         let benign = conflicts.iter().filter(|c| c.class == ConflictClass::BenignDuplicate).count();
-        cx.check(divergent == [format!("segments/{}/1", runs[0])], "exactly the edited row is divergent, the rest benign", json!({"divergent": divergent, "benign": benign}));
+        cx.check(
+            divergent == [format!("segments/{}/1", runs[0])],
+            "exactly the edited row is divergent, the rest benign",
+            json!({"divergent": divergent, "benign": benign}),
+        );
     }
     if cx.step("re-run-with-overwrite") {
         // The operator's intent is to overwrite, but a child row cannot be: stop there.
         let r = import_jsonl(&j.fs, &target, "export", ConflictPolicy::Overwrite);
         let code = r.as_ref().err().map(|e| e.code());
-        cx.check(code == Some("jobs:childRowOverwriteUnsupported") && target.contents().ok().as_ref() == Some(&before), "overwrite of a child row is refused and changes nothing", json!({"code": code}));
+        cx.check(
+            code == Some("jobs:childRowOverwriteUnsupported") && target.contents().ok().as_ref() == Some(&before),
+            "overwrite of a child row is refused and changes nothing",
+            json!({"code": code}),
+        );
     }
     drop(target);
     let fresh_db = fresh_name("c1");
@@ -362,7 +426,11 @@ async fn scenario_d(cx: &mut Ctx) {
     }
     if cx.step("replay-into-fresh-db") {
         let r = cx.on(j.node, async move { import_fresh(&SimFs::current(), "export", &fresh_name("d1")) }).await;
-        cx.check(r.is_ok(), "the snapshot replays into a fresh database and the pointer switches after validation", json!({"error": r.err().map(|e| e.to_string())}));
+        cx.check(
+            r.is_ok(),
+            "the snapshot replays into a fresh database and the pointer switches after validation",
+            json!({"error": r.err().map(|e| e.to_string())}),
+        );
     }
     let active = open_active_db(cx, &j).await;
     if cx.step("compare-with-manifest") {
@@ -400,7 +468,9 @@ async fn scenario_e(cx: &mut Ctx) {
         cx.check(detail.contains("signal") && detail.contains("timeout"), "command, exit status and stderr of each attempt are captured", json!({}));
     }
     if cx.step("emit-error-event") {
-        let named = env.as_ref().is_some_and(|e| e.events.iter().any(|ev| ev.backend.as_deref() == Some("whisper-gpu") && ev.stage == drill_stack::jobs::pipeline::STAGE_BACKEND));
+        let named = env
+            .as_ref()
+            .is_some_and(|e| e.events.iter().any(|ev| ev.backend.as_deref() == Some("whisper-gpu") && ev.stage == drill_stack::jobs::pipeline::STAGE_BACKEND));
         cx.check(named, "an error event names the backend and its stage", json!({}));
     }
     if cx.step("fallback") {
@@ -410,7 +480,11 @@ async fn scenario_e(cx: &mut Ctx) {
     if cx.step("persist-failed-run-shell") {
         let r = run_job(&db, &[&crash as &dyn Backend, &exit], &input("e2"), &opts, &mut j.robot).await;
         let shell = r.as_ref().ok().is_some_and(|e| !e.succeeded()) && db.has_run("e2").unwrap_or(false);
-        cx.check(shell, "when every backend fails, a failed run shell with diagnostics is persisted", json!({"result": format!("{:?}", r.as_ref().map(|e| e.run.status.clone()).map_err(|e| e.code()))}));
+        cx.check(
+            shell,
+            "when every backend fails, a failed run shell with diagnostics is persisted",
+            json!({"result": format!("{:?}", r.as_ref().map(|e| e.run.status.clone()).map_err(|e| e.code()))}),
+        );
     }
     let after = rows(&db);
     cx.recovery("jobs", &committed, &after, &BTreeSet::new());
@@ -428,7 +502,13 @@ async fn scenario_f(cx: &mut Ctx) {
     let made = cx
         .on(j.node, async move {
             let input = format!("audio-{first}");
-            create_legacy_v1(&SimFs::current(), import::DEFAULT_DB, &[(first.as_str(), input.as_str())], &[(first.as_str(), 0, "a"), ("ghost", 0, "orphan")], &[])
+            create_legacy_v1(
+                &SimFs::current(),
+                import::DEFAULT_DB,
+                &[(first.as_str(), input.as_str())],
+                &[(first.as_str(), 0, "a"), ("ghost", 0, "orphan")],
+                &[],
+            )
         })
         .await;
     cx.inject("legacy_database_unmigratable", json!({"created": made.is_ok()}));

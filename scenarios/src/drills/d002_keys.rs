@@ -185,14 +185,22 @@ async fn token_drill(cx: &mut Ctx) {
         let fixed = refresh(cx, 0).await;
         let held = cx.devs[0].client().token_state().and_then(|s| s.token().map(String::from));
         let well_formed = held.as_deref().is_some_and(|t| token::claims(t).is_ok() && t.split('.').count() == 3);
-        cx.check(fixed.is_ok() && well_formed, "the token endpoint answers a well-formed token", json!({"before": broken, "after": fixed.err().map(|e| e.code())}));
+        cx.check(
+            fixed.is_ok() && well_formed,
+            "the token endpoint answers a well-formed token",
+            json!({"before": broken, "after": fixed.err().map(|e| e.code())}),
+        );
     }
     if cx.step("force-refresh-by-reconnect") {
         keyed(cx, &[0]).await;
         let r = cx.sync_through_loss(0).await;
         // Counted over the connection: an attempt the network cut short may have refreshed.
         let refreshed = cx.devs[0].client().token_state().map(|s| s.refreshes).unwrap_or(0);
-        cx.check(r.is_ok() && refreshed >= 1, "the reconnect refreshed the token and the sync went through", json!({"refreshes": refreshed, "error": r.err().map(|e| e.code())}));
+        cx.check(
+            r.is_ok() && refreshed >= 1,
+            "the reconnect refreshed the token and the sync went through",
+            json!({"refreshes": refreshed, "error": r.err().map(|e| e.code())}),
+        );
     }
     if cx.step("verify-identity-bound") {
         let name = cx.devs[0].name.clone();
@@ -282,11 +290,19 @@ async fn group_drill(cx: &mut Ctx) {
     reader.read(&mut session, &room.packets[2..]);
     let undecrypted = session.key(2).is_none() && reader.inbox.delivered.len() == 2;
     let overflow = session.buffered() == BUFFER_MAX && reader.errors.iter().any(|c| c == "keys:groupBufferOverflow");
-    cx.symptom(undecrypted && overflow, "packets under the new epoch do not decrypt; the buffer grows to its limit and overflows", json!({"buffered": session.buffered(), "errors": reader.errors}));
+    cx.symptom(
+        undecrypted && overflow,
+        "packets under the new epoch do not decrypt; the buffer grows to its limit and overflows",
+        json!({"buffered": session.buffered(), "errors": reader.errors}),
+    );
     if cx.step("check-handshake-keys") {
         let theirs = ks(cx, 0).group_keys(&group).map(|k| k.keys().copied().collect::<Vec<_>>()).unwrap_or_default();
         let mine = ks(cx, PEER).group_keys(&group).map(|k| k.keys().copied().collect::<Vec<_>>()).unwrap_or_default();
-        cx.check(theirs.contains(&2) && !mine.contains(&2), "the member lacks the epoch key the authority sends under", json!({"authority": theirs, "member": mine}));
+        cx.check(
+            theirs.contains(&2) && !mine.contains(&2),
+            "the member lacks the epoch key the authority sends under",
+            json!({"authority": theirs, "member": mine}),
+        );
     }
     let mut fetched = None;
     if cx.step("request-group-key") {
@@ -405,7 +421,11 @@ async fn vault_drill(cx: &mut Ctx) {
     vault_seen(cx, PEER, false);
     // The member asks and waits: nobody answers while the authority is away.
     madsim::time::sleep(std::time::Duration::from_millis(2_000)).await;
-    cx.symptom(missing == Some("keys:vaultKeyMissing"), "the vault does not open and the request for its key times out", json!({"code": missing, "waited_ms": 2_000}));
+    cx.symptom(
+        missing == Some("keys:vaultKeyMissing"),
+        "the vault does not open and the request for its key times out",
+        json!({"code": missing, "waited_ms": 2_000}),
+    );
     if cx.step("check-initialized") {
         let db = cx.devs[PEER].client().db();
         let initialized = vault::initialized_in_db(db).unwrap_or(false);
@@ -525,7 +545,11 @@ async fn backup_drill(cx: &mut Ctx) {
         let c = cx.devs[0].client();
         let events = c.events().unwrap_or_default();
         let sealed = events.iter().filter(|e| c.open_payload(e).is_err()).count();
-        cx.check(!events.is_empty() && sealed == 0, "every payload of the restored database decrypts", json!({"events": events.len(), "undecryptable": sealed}));
+        cx.check(
+            !events.is_empty() && sealed == 0,
+            "every payload of the restored database decrypts",
+            json!({"events": events.len(), "undecryptable": sealed}),
+        );
     }
     if cx.step("sync-and-converge") {
         let ok = cx.sync(0).await.is_ok() && cx.converged(0).await;

@@ -110,7 +110,11 @@ async fn corruption(cx: &mut Ctx) {
     cx.symptom(seen, "sqlite open fails: file is not a database", json!({"error": opened.as_ref().err().map(|e| e.to_string())}));
     if cx.step("capture-logs") {
         let files = DiskSim::current().files(node);
-        cx.check(files.iter().any(|f| f == DEVICE_DB), "the damaged database file is named in the capture", json!({"files": files, "error": opened.err().map(|e| e.to_string())}));
+        cx.check(
+            files.iter().any(|f| f == DEVICE_DB),
+            "the damaged database file is named in the capture",
+            json!({"files": files, "error": opened.err().map(|e| e.to_string())}),
+        );
     }
     if cx.step("recreate-database") {
         let fs = cx.files(node);
@@ -227,7 +231,11 @@ async fn divergence(cx: &mut Ctx) {
             })
             .await;
         let refused = matches!(&resp, Some(Response::Error { code, .. }) if code == "rbacDenied");
-        cx.check(refused, "a cross-tenant pull is refused with rbacDenied, never merged", json!({"answer": format!("{resp:?}").chars().take(120).collect::<String>()}));
+        cx.check(
+            refused,
+            "a cross-tenant pull is refused with rbacDenied, never merged",
+            json!({"answer": format!("{resp:?}").chars().take(120).collect::<String>()}),
+        );
         let leaked = cx.device_events(1).iter().any(|e| e.tenant == tenant);
         cx.check(!leaked, "the other tenant's device holds none of this tenant's events", json!({}));
     }
@@ -251,7 +259,8 @@ async fn divergence(cx: &mut Ctx) {
                 None
             })
             .await;
-        let refused = matches!(&resp, Some(Err(code)) if code == "sync:protocolVersion") || matches!(&resp, Some(Ok(Response::Error { code, .. })) if code.contains("protocol"));
+        let refused = matches!(&resp, Some(Err(code)) if code == "sync:protocolVersion")
+            || matches!(&resp, Some(Ok(Response::Error { code, .. })) if code.contains("protocol"));
         cx.check(refused, "a peer outside N-1..N is refused", json!({"answer": format!("{resp:?}").chars().take(120).collect::<String>()}));
     }
     for i in 0..cx.devs.len() {
@@ -280,7 +289,11 @@ async fn hydrate(cx: &mut Ctx) {
         let server = cx.server_tenant(&tenant).await;
         let held = cx.device_events(0).len();
         let at_cursor = server.iter().filter(|e| e.seq <= state.cursor).count();
-        cx.check(held < at_cursor, "the cursor claims events the device does not hold", json!({"cursor": state.cursor, "held": held, "server_upto_cursor": at_cursor}));
+        cx.check(
+            held < at_cursor,
+            "the cursor claims events the device does not hold",
+            json!({"cursor": state.cursor, "held": held, "server_upto_cursor": at_cursor}),
+        );
     }
     if cx.step("hydrate-last-known-good") {
         let state = if cx.wrong("hydrate-last-known-good") { cx.devs[0].client().export_state().expect("state") } else { good.clone() };

@@ -41,15 +41,58 @@ const fn blob(id: &'static str, section: &'static str, title: &'static str, step
     Drill { id, section, title, steps, devices: 2, server_retention: None, param, body }
 }
 
-const VISIBILITY: &[&str] = &["validate-staged-row", "validate-checkpoint-tuple", "validate-persisted-state", "validate-payload-shape", "advance-reconcile", "retry-identical-attach"];
+const VISIBILITY: &[&str] =
+    &["validate-staged-row", "validate-checkpoint-tuple", "validate-persisted-state", "validate-payload-shape", "advance-reconcile", "retry-identical-attach"];
 
 pub const DRILLS: &[Drill] = &[
-    blob("003-2-visibility-409-retry", "003 §2", "attach before reconcile: 409 behind required visibility; validate, advance reconcile, retry the identical payload", VISIBILITY, 0, visibility_body),
-    blob("003-2-deterministic-500", "003 §2", "malformed persisted reconcile state: a deterministic 500; validate, a push records a good state, retry the identical payload", VISIBILITY, 1, visibility_body),
-    blob("003-3-transient-retry-backoff", "003 §3", "a transient store outage past the retry bound: 500 after backoff; retry the same payload, same key", &["confirm-transient", "wait-out-outage", "retry-same-payload", "verify-read"], 0, transient_body),
-    blob("003-3-no-such-key-orphan-cleanup", "003 §3", "an object deleted out of band: 500 NoSuchKey; find the orphaned metadata, clean it up", &["find-orphans", "cleanup-orphans", "verify-registry"], 0, orphan_body),
-    blob("003-3-access-denied-surfaced", "003 §3", "the store denies access: 500 AccessDenied at once, not retried; fix permissions, check configuration, stage again", &["verify-permissions", "check-configuration", "retry-stage"], 0, denied_body),
-    blob("003-3-404-vs-500", "003 §3", "404 for a blob the registry lacks, 500 for a registered blob whose object read fails; read again after the outage", &["distinguish-404-vs-500", "retry-after-outage"], 0, not_found_body),
+    blob(
+        "003-2-visibility-409-retry",
+        "003 §2",
+        "attach before reconcile: 409 behind required visibility; validate, advance reconcile, retry the identical payload",
+        VISIBILITY,
+        0,
+        visibility_body,
+    ),
+    blob(
+        "003-2-deterministic-500",
+        "003 §2",
+        "malformed persisted reconcile state: a deterministic 500; validate, a push records a good state, retry the identical payload",
+        VISIBILITY,
+        1,
+        visibility_body,
+    ),
+    blob(
+        "003-3-transient-retry-backoff",
+        "003 §3",
+        "a transient store outage past the retry bound: 500 after backoff; retry the same payload, same key",
+        &["confirm-transient", "wait-out-outage", "retry-same-payload", "verify-read"],
+        0,
+        transient_body,
+    ),
+    blob(
+        "003-3-no-such-key-orphan-cleanup",
+        "003 §3",
+        "an object deleted out of band: 500 NoSuchKey; find the orphaned metadata, clean it up",
+        &["find-orphans", "cleanup-orphans", "verify-registry"],
+        0,
+        orphan_body,
+    ),
+    blob(
+        "003-3-access-denied-surfaced",
+        "003 §3",
+        "the store denies access: 500 AccessDenied at once, not retried; fix permissions, check configuration, stage again",
+        &["verify-permissions", "check-configuration", "retry-stage"],
+        0,
+        denied_body,
+    ),
+    blob(
+        "003-3-404-vs-500",
+        "003 §3",
+        "404 for a blob the registry lacks, 500 for a registered blob whose object read fails; read again after the outage",
+        &["distinguish-404-vs-500", "retry-after-outage"],
+        0,
+        not_found_body,
+    ),
 ];
 
 fn visibility_body(cx: &mut Ctx) -> Pin<Box<dyn Future<Output = ()> + '_>> {
@@ -141,7 +184,11 @@ async fn visibility(cx: &mut Ctx) {
     cx.symptom(seen, want.1, json!({"status": first.status, "code": first.code, "retry_status": again.status}));
     if cx.step("validate-staged-row") {
         let staged_ok = staged.status == 200 && staged.body.status.as_deref() == Some("blob-stage:staged") && staged.body.expires_at_ms > staged.body.now_ms;
-        cx.check(staged_ok, "the staged row is blob-stage:staged and not expired", json!({"status": staged.body.status, "expires_at_ms": staged.body.expires_at_ms}));
+        cx.check(
+            staged_ok,
+            "the staged row is blob-stage:staged and not expired",
+            json!({"status": staged.body.status, "expires_at_ms": staged.body.expires_at_ms}),
+        );
     }
     if cx.step("validate-checkpoint-tuple") {
         let c = &b.checkpoint;
@@ -151,7 +198,9 @@ async fn visibility(cx: &mut Ctx) {
     if cx.step("validate-persisted-state") {
         // 409: the observed state does not dominate; a malformed state cannot be judged at all.
         let behind = match &first.body.observed {
-            Some(v) => !v.dominates(b.checkpoint.required_cursor, &serde_json::from_value(b.checkpoint.required_last_reconciled_write_ids.clone()).unwrap_or_default()),
+            Some(v) => {
+                !v.dominates(b.checkpoint.required_cursor, &serde_json::from_value(b.checkpoint.required_last_reconciled_write_ids.clone()).unwrap_or_default())
+            }
             None => malformed,
         };
         cx.check(behind, "the persisted reconcile state does not dominate the checkpoint", json!({"observed": first.body.observed}));
@@ -187,7 +236,11 @@ async fn transient(cx: &mut Ctx) {
     let transient = |c: &Option<String>| c.as_deref().is_some_and(|c| ["s3:ServiceUnavailable", "s3:SlowDown", "s3:InternalError", "s3:timeout"].contains(&c));
     let bound = config().retry.attempts_max;
     let seen = r.status == 500 && r.error.as_deref() == Some("Failed to persist blob data") && transient(&r.code) && r.body.attempts == bound;
-    cx.symptom(seen, "500 Failed to persist blob data after the retry bound", json!({"status": r.status, "code": r.code, "attempts": r.body.attempts, "bound": bound}));
+    cx.symptom(
+        seen,
+        "500 Failed to persist blob data after the retry bound",
+        json!({"status": r.status, "code": r.code, "attempts": r.body.attempts, "bound": bound}),
+    );
     if cx.step("confirm-transient") {
         cx.check(transient(&r.code), "the store's code is one that is safe to retry", json!({"code": r.code, "armed": kind}));
     }
@@ -205,7 +258,11 @@ async fn transient(cx: &mut Ctx) {
     }
     if cx.step("verify-read") {
         let back = read(cx, &b.id).await;
-        cx.check(back.status == 200 && back.body.bytes.as_deref().map(sha) == Some(sha(&b.bytes)), "the blob reads back its bytes", json!({"status": back.status, "code": back.code}));
+        cx.check(
+            back.status == 200 && back.body.bytes.as_deref().map(sha) == Some(sha(&b.bytes)),
+            "the blob reads back its bytes",
+            json!({"status": back.status, "code": back.code}),
+        );
     }
     finish(cx, &committed).await;
 }
@@ -239,7 +296,11 @@ async fn orphans(cx: &mut Ctx) {
         // A cleanup whose answer the network lost was sent again and found nothing left: the
         // scan after it is the judge.
         let after = cx.blob(0, BlobRequest::Orphans { cleanup: false }).await.expect("a scan answer");
-        cx.check(after.body.orphans.is_empty() && r.body.cleaned <= gone.len() as u64, "the orphaned registry rows are removed", json!({"cleaned": r.body.cleaned, "left": after.body.orphans}));
+        cx.check(
+            after.body.orphans.is_empty() && r.body.cleaned <= gone.len() as u64,
+            "the orphaned registry rows are removed",
+            json!({"cleaned": r.body.cleaned, "left": after.body.orphans}),
+        );
     }
     if cx.step("verify-registry") {
         for b in &blobs {
@@ -273,13 +334,21 @@ async fn denied(cx: &mut Ctx) {
     if cx.step("check-configuration") {
         let c = config();
         let key = object_key(&c.key_prefix, &b.id);
-        cx.check(!c.bucket.is_empty() && key.starts_with(&c.key_prefix), "bucket and key prefix are configured", json!({"bucket": c.bucket, "prefix": c.key_prefix}));
+        cx.check(
+            !c.bucket.is_empty() && key.starts_with(&c.key_prefix),
+            "bucket and key prefix are configured",
+            json!({"bucket": c.bucket, "prefix": c.key_prefix}),
+        );
     }
     if cx.step("retry-stage") {
         let tenant = cx.devs[0].tenant.clone();
         let client_id = cx.devs[0].name.clone();
         let r = cx.blob(0, BlobRequest::Stage { tenant, client_id, blob_id: b.id.clone(), bytes: b.bytes.clone() }).await;
-        cx.check(r.as_ref().is_ok_and(|r| r.status == 200), "the stage succeeds once access is granted", json!({"status": r.as_ref().ok().map(|r| r.status), "code": r.as_ref().ok().and_then(|r| r.code.clone())}));
+        cx.check(
+            r.as_ref().is_ok_and(|r| r.status == 200),
+            "the stage succeeds once access is granted",
+            json!({"status": r.as_ref().ok().map(|r| r.status), "code": r.as_ref().ok().and_then(|r| r.code.clone())}),
+        );
     }
     finish(cx, &committed).await;
 }
@@ -293,16 +362,28 @@ async fn not_found(cx: &mut Ctx) {
     let missing = read(cx, "never-staged").await;
     let failing = read(cx, &b.id).await;
     let seen = missing.status == 404 && failing.status == 500 && failing.error.as_deref() == Some("Failed to read blob data");
-    cx.symptom(seen, "404 for an unknown blob, 500 Failed to read blob data for a registered one", json!({"unknown": missing.status, "registered": failing.status, "code": failing.code}));
+    cx.symptom(
+        seen,
+        "404 for an unknown blob, 500 Failed to read blob data for a registered one",
+        json!({"unknown": missing.status, "registered": failing.status, "code": failing.code}),
+    );
     if cx.step("distinguish-404-vs-500") {
         let metadata = missing.error.as_deref() == Some("Blob not found");
         let object = failing.code.as_deref().is_some_and(|c| c.starts_with("s3:"));
-        cx.check(metadata && object, "404 is the metadata layer, 500 the object layer with the store's code", json!({"404": missing.error, "500": failing.code}));
+        cx.check(
+            metadata && object,
+            "404 is the metadata layer, 500 the object layer with the store's code",
+            json!({"404": missing.error, "500": failing.code}),
+        );
     }
     if cx.step("retry-after-outage") {
         cx.blob_fault(BlobStep::Disarm).await;
     }
     let back = read(cx, &b.id).await;
-    cx.check(back.status == 200 && back.body.bytes.as_deref().map(sha) == Some(sha(&b.bytes)), "the registered blob reads back after the outage", json!({"status": back.status}));
+    cx.check(
+        back.status == 200 && back.body.bytes.as_deref().map(sha) == Some(sha(&b.bytes)),
+        "the registered blob reads back after the outage",
+        json!({"status": back.status}),
+    );
     finish(cx, &committed).await;
 }

@@ -45,7 +45,11 @@ pub const DRILLS: &[Drill] = &[
     guardrail("003-4-pull-cursor-regression", "a regressing pull cursor: pull:pullCursorRegression, triage, hydrate, sync", 2),
     guardrail("003-4-pull-last-write-id-regression", "a pull regressing lastReconciledWriteIds: pull:lastWriteIdRegression, triage, hydrate, sync", 3),
     guardrail("003-4-reconcile-cursor-regression", "a regressing reconcile cursor: reconcile:reconcileCursorRegression, triage, hydrate, sync", 4),
-    guardrail("003-4-reconcile-last-write-id-regression", "a reconcile regressing lastReconciledWriteIds: reconcile:lastWriteIdRegression, triage, hydrate, sync", 5),
+    guardrail(
+        "003-4-reconcile-last-write-id-regression",
+        "a reconcile regressing lastReconciledWriteIds: reconcile:lastWriteIdRegression, triage, hydrate, sync",
+        5,
+    ),
     guardrail("003-4-stale-write-recovery-exhausted", "stale write ids past 2 renumbered retries: flush:staleWriteRecoveryExhausted, triage, hydrate, sync", 6),
     Drill {
         id: "003-4-hydrate-guardrail",
@@ -103,7 +107,11 @@ async fn guardrail_drill(cx: &mut Ctx) {
         let own = server.iter().filter(|e| e.replica == state.replica).map(|e| e.write_id).max().unwrap_or(0);
         let reconciled = state.last_reconciled_write_ids.get(&state.replica).copied().unwrap_or(0);
         let behind = state.cursor < head;
-        cx.check(state.cursor <= head && reconciled <= own, "the device is never ahead of the server's order", json!({"cursor": state.cursor, "server_head": head, "reconciled": reconciled, "server_write_id": own, "behind": behind}));
+        cx.check(
+            state.cursor <= head && reconciled <= own,
+            "the device is never ahead of the server's order",
+            json!({"cursor": state.cursor, "server_head": head, "reconciled": reconciled, "server_write_id": own, "behind": behind}),
+        );
     }
     if cx.step("repair-transport") {
         cx.transport(0, None);

@@ -48,8 +48,8 @@ use drill_stack::SyncError;
 use serde_json::json;
 
 use super::d004_replay::{
-    client_projection_facts, client_tenant_facts, corrupt, cursors, findings, inconsistencies, projections_wrong, rebuild, rows, tenant_facts,
-    truncate, validate, writes_refused, Period, PEER, PROJECTIONS,
+    client_projection_facts, client_tenant_facts, corrupt, cursors, findings, inconsistencies, projections_wrong, rebuild, rows, tenant_facts, truncate,
+    validate, writes_refused, Period, PEER, PROJECTIONS,
 };
 use super::harness::{fact_of, tenant_ring, Ctx};
 use super::Drill;
@@ -261,7 +261,11 @@ async fn take_backup(cx: &mut Ctx, i: usize) -> Option<Vec<u8>> {
     let fs = cx.files(cx.devs[i].node);
     let bytes = fs.read(DEVICE_DB);
     let log = fs.read("device.db-wal").map(|b| b.len()).unwrap_or(0);
-    trace::emit(&cx.devs[i].name, "drill.backup", json!({"bytes": bytes.as_ref().map(Vec::len).ok(), "error": bytes.as_ref().err().map(|e| e.to_string()), "log": log}));
+    trace::emit(
+        &cx.devs[i].name,
+        "drill.backup",
+        json!({"bytes": bytes.as_ref().map(Vec::len).ok(), "error": bytes.as_ref().err().map(|e| e.to_string()), "log": log}),
+    );
     cx.open(i).await.expect("the device reopens");
     bytes.ok().filter(|b| !b.is_empty() && log == 0)
 }
@@ -292,7 +296,8 @@ enum Change {
 fn item_passes(step: &str, c: &Checked, expected: u64) -> bool {
     match step {
         "verify-hash-chain" => c.events.as_ref().is_some_and(|ev| {
-            first_broken(ev.iter().map(|e| Link { seq: e.seq, kind: &e.kind, tenant: &e.tenant, payload: &e.payload, prev_hash: &e.prev_hash, hash: &e.hash })).is_none()
+            first_broken(ev.iter().map(|e| Link { seq: e.seq, kind: &e.kind, tenant: &e.tenant, payload: &e.payload, prev_hash: &e.prev_hash, hash: &e.hash }))
+                .is_none()
         }),
         "rebuild-projections" => c.rebuild.is_none(),
         "compare-event-counts" => c.events.as_ref().is_some_and(|ev| ev.len() as u64 == expected),
@@ -328,13 +333,17 @@ async fn backup(cx: &mut Ctx) {
     flipped[at] ^= 0x5a;
     let mine = cx.device_events(0);
     let victim = mine[rand::Rng::gen_range(&mut cx.rng, 0..mine.len())].seq;
-    let tampered = altered(cx, 0, "tampered.db", &base, Change::Sql(format!("UPDATE events SET payload = CAST(payload || x'00' AS BLOB) WHERE seq = {victim}"))).await;
+    let tampered =
+        altered(cx, 0, "tampered.db", &base, Change::Sql(format!("UPDATE events SET payload = CAST(payload || x'00' AS BLOB) WHERE seq = {victim}"))).await;
     let theirs = cx.server(|s| s.events().expect("the server's events")).await;
     let foreign_row = theirs.into_iter().rfind(|e| e.tenant == other).expect("the other tenant wrote");
     let foreign = altered(cx, 0, "foreign.db", &base, Change::Insert(foreign_row)).await;
     let bad = [("truncated", truncated), ("flipped", flipped), ("tampered", tampered), ("stale", stale), ("foreign", foreign)];
     let differ = bad.iter().all(|(_, b)| *b != base);
-    cx.inject("damaged_backup_copies", json!({"copies": bad.iter().map(|(k, b)| json!({"kind": k, "bytes": b.len()})).collect::<Vec<_>>(), "flipped_at": at, "tampered_seq": victim}));
+    cx.inject(
+        "damaged_backup_copies",
+        json!({"copies": bad.iter().map(|(k, b)| json!({"kind": k, "bytes": b.len()})).collect::<Vec<_>>(), "flipped_at": at, "tampered_seq": victim}),
+    );
     cx.symptom(differ, "the backup job handed over copies that differ from the database", json!({}));
     let mut copies: Vec<(&str, Vec<u8>)> = good.clone().map(|g| ("good", g)).into_iter().chain(bad).collect();
     let mut checked: Vec<(&str, Checked)> = Vec::new();
@@ -344,7 +353,8 @@ async fn backup(cx: &mut Ctx) {
             checked.push((k, c));
         }
     }
-    let mut rejected: Vec<(&str, Vec<&str>)> = checked.iter().map(|(k, c)| (*k, if item_passes("restore-to-clean-db", c, expected) { vec![] } else { vec!["restore-to-clean-db"] })).collect();
+    let mut rejected: Vec<(&str, Vec<&str>)> =
+        checked.iter().map(|(k, c)| (*k, if item_passes("restore-to-clean-db", c, expected) { vec![] } else { vec!["restore-to-clean-db"] })).collect();
     for step in ["verify-hash-chain", "rebuild-projections", "compare-event-counts", "check-tenant-isolation"] {
         if cx.step(step) {
             for ((_, c), (_, by)) in checked.iter().zip(rejected.iter_mut()) {
@@ -355,7 +365,11 @@ async fn backup(cx: &mut Ctx) {
         }
     }
     let verdict: Vec<_> = rejected.iter().map(|(k, by)| json!({"copy": k, "rejected_by": by})).collect();
-    trace::emit("drill", "drill.backup_verdict", json!({"verdict": verdict, "details": checked.iter().map(|(k, c)| json!({"copy": k, "unsound": c.unsound, "events": c.events.as_ref().map(Vec::len), "rebuild": c.rebuild, "foreign": c.foreign})).collect::<Vec<_>>()}));
+    trace::emit(
+        "drill",
+        "drill.backup_verdict",
+        json!({"verdict": verdict, "details": checked.iter().map(|(k, c)| json!({"copy": k, "unsound": c.unsound, "events": c.events.as_ref().map(Vec::len), "rebuild": c.rebuild, "foreign": c.foreign})).collect::<Vec<_>>()}),
+    );
     let good_ok = rejected.iter().any(|(k, by)| *k == "good" && by.is_empty());
     cx.check(good_ok, "the verified backup passes every item of the checklist", json!({"verdict": verdict}));
     for kind in ["truncated", "flipped", "tampered", "stale", "foreign"] {
@@ -553,7 +567,11 @@ async fn tenant_breach(cx: &mut Ctx) {
     }
     trace::emit(&cx.devs[0].name, "drill.audit_mode", json!({"frozen": frozen.map(Mode::as_str)}));
     let quarantined: u64 = cx.devs[0].client().db().query_row("SELECT COUNT(*) FROM quarantine_events", [], |r| r.get(0)).unwrap_or(0);
-    cx.check(quarantined == cross.len() as u64 && quarantined > 0, "the cross-tenant events are kept in quarantine, out of the store", json!({"quarantined": quarantined}));
+    cx.check(
+        quarantined == cross.len() as u64 && quarantined > 0,
+        "the cross-tenant events are kept in quarantine, out of the store",
+        json!({"quarantined": quarantined}),
+    );
     validate(cx, 0, &committed).await;
 }
 

@@ -125,7 +125,6 @@ fn snapshot_body(cx: &mut Ctx) -> Pin<Box<dyn Future<Output = ()> + '_>> {
     Box::pin(snapshot_recovery(cx))
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // What the drills of runbook 004 share (the other file of these drills uses them too).
 
@@ -351,7 +350,11 @@ pub async fn validate(cx: &mut Ctx, i: usize, committed: &[drill_model::EventFac
 pub fn projections_wrong(cx: &mut Ctx, i: usize) {
     let f = projection_facts(cx, i, false, None);
     let found = findings(&StoreFact::Projection(f));
-    cx.symptom(!found.is_empty(), "projection queries return data that is not the fold of the events", json!({"findings": found.len(), "first": found.first()}));
+    cx.symptom(
+        !found.is_empty(),
+        "projection queries return data that is not the fold of the events",
+        json!({"findings": found.len(), "first": found.first()}),
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -395,7 +398,11 @@ async fn full_replay(cx: &mut Ctx) {
         let r = rows(cx, 0);
         let agg: u64 = r[0].iter().filter_map(|row| row[1].parse::<u64>().ok()).sum();
         let kinds: u64 = r[1].iter().filter_map(|row| row[1].parse::<u64>().ok()).sum();
-        cx.check(agg == tenant_events && kinds == tenant_events, "the replayed counts equal the events held", json!({"events": tenant_events, "aggregate_state": agg, "tenant_counters": kinds}));
+        cx.check(
+            agg == tenant_events && kinds == tenant_events,
+            "the replayed counts equal the events held",
+            json!({"events": tenant_events, "aggregate_state": agg, "tenant_counters": kinds}),
+        );
     }
     // Validation of the replay itself, before the mode changes back.
     cx.check(at.iter().all(|&c| c == last), "the replay folded every event", json!({"cursors": at, "last_event": last}));
@@ -579,7 +586,14 @@ fn restore_and_compare(cx: &mut Ctx, i: usize, want: &[u64], corrupt: &[u64]) {
             restored: rows,
             restored_incomplete: inc,
             replayed: c.engine().rows(&scratch, p, &tenant).expect("rows"),
-            replayed_incomplete: c.engine().incomplete(&scratch, &tenant).expect("skipped").into_iter().filter(|x| x.projection == p).map(|x| x.aggregate).collect(),
+            replayed_incomplete: c
+                .engine()
+                .incomplete(&scratch, &tenant)
+                .expect("skipped")
+                .into_iter()
+                .filter(|x| x.projection == p)
+                .map(|x| x.aggregate)
+                .collect(),
         })
         .collect();
     let f = SnapshotFacts { node: cx.devs[i].name.clone(), tenant, projections: pairs };
@@ -663,7 +677,8 @@ fn load_unchecked(cx: &mut Ctx, i: usize, ids: &[u64]) {
         if *p == "aggregate_state" {
             sql += &format!("DELETE FROM proj_aggregate_state WHERE tenant = {};", q(&tenant));
             for r in rows.iter().filter(|r| r.len() == 5) {
-                sql += &format!("INSERT INTO proj_aggregate_state VALUES ({}, {}, {}, {}, {}, {});", q(&tenant), q(&r[0]), q(&r[1]), q(&r[2]), q(&r[3]), q(&r[4]));
+                sql +=
+                    &format!("INSERT INTO proj_aggregate_state VALUES ({}, {}, {}, {}, {}, {});", q(&tenant), q(&r[0]), q(&r[1]), q(&r[2]), q(&r[3]), q(&r[4]));
             }
         } else {
             sql += &format!("DELETE FROM proj_tenant_counters WHERE tenant = {};", q(&tenant));

@@ -113,7 +113,11 @@ async fn partial(cx: &mut Ctx) {
     let last = cx.device_events(0).last().map(|e| e.seq).unwrap_or(0);
     let cursors: Vec<u64> = PROJECTIONS.iter().map(|p| cx.devs[0].client().projection_cursor(p).unwrap_or(0)).collect();
     let behind = cursors.iter().any(|&c| c < last);
-    cx.symptom(hit.is_some() && behind, "the event is persisted but the projection is not updated", json!({"error": hit.and_then(|h| h.1), "last_event": last, "cursors": cursors}));
+    cx.symptom(
+        hit.is_some() && behind,
+        "the event is persisted but the projection is not updated",
+        json!({"error": hit.and_then(|h| h.1), "last_event": last, "cursors": cursors}),
+    );
     if cx.step("restart") {
         // Startup folds whatever the projections missed.
         let name = cx.devs[0].name.clone();

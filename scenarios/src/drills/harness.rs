@@ -159,7 +159,21 @@ impl Ctx {
             });
         }
         let rng = seeds.stream("drill");
-        let mut cx = Ctx { plan, drill, seeds, rng, shared, nodes, server: server.id(), server_slot, devs, verdict: Verdict::default(), blobs: None, tokens, next_op: 0 };
+        let mut cx = Ctx {
+            plan,
+            drill,
+            seeds,
+            rng,
+            shared,
+            nodes,
+            server: server.id(),
+            server_slot,
+            devs,
+            verdict: Verdict::default(),
+            blobs: None,
+            tokens,
+            next_op: 0,
+        };
         cx.wait_server().await;
         for i in 0..cx.devs.len() {
             if let Err(e) = cx.open(i).await {

@@ -22,9 +22,9 @@ pub mod d002_keys;
 pub mod d002_rooms;
 pub mod d003_blobs;
 pub mod d003_sync;
-pub mod d004_store;
 pub mod d004_ops;
 pub mod d004_replay;
+pub mod d004_store;
 pub mod harness;
 pub mod swarm;
 
@@ -89,7 +89,22 @@ pub struct DrillPlan {
 
 /// Every drill, in runbook order.
 pub fn registry() -> Vec<&'static Drill> {
-    [d000_keys::DRILLS, d000_retention::DRILLS, d000_store::DRILLS, d001_jobs::DRILLS, d002_rooms::DRILLS, d002_keys::DRILLS, d003_sync::DRILLS, d003_blobs::DRILLS, d004_store::DRILLS, d004_replay::DRILLS, d004_ops::DRILLS].into_iter().flatten().collect()
+    [
+        d000_keys::DRILLS,
+        d000_retention::DRILLS,
+        d000_store::DRILLS,
+        d001_jobs::DRILLS,
+        d002_rooms::DRILLS,
+        d002_keys::DRILLS,
+        d003_sync::DRILLS,
+        d003_blobs::DRILLS,
+        d004_store::DRILLS,
+        d004_replay::DRILLS,
+        d004_ops::DRILLS,
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// Looks a drill up by id.

@@ -63,11 +63,7 @@ pub struct FileEntry {
 impl FileEntry {
     /// A file created now, not yet durable.
     pub fn created() -> Self {
-        FileEntry {
-            durable: None,
-            current: Some(Vec::new()),
-            pending: vec![Pending::Create],
-        }
+        FileEntry { durable: None, current: Some(Vec::new()), pending: vec![Pending::Create] }
     }
 
     /// Re-creates a file that exists durably but was deleted (pending) since.

@@ -156,11 +156,7 @@ impl NodeDisk {
             let hit = if a.fault.persistent { a.seen >= a.fault.nth } else { a.seen == a.fault.nth };
             if hit {
                 if !a.fired {
-                    trace::emit(
-                        &self.name,
-                        "disk.ioerr",
-                        json!({"op": op, "nth": a.fault.nth, "persistent": a.fault.persistent, "file": file}),
-                    );
+                    trace::emit(&self.name, "disk.ioerr", json!({"op": op, "nth": a.fault.nth, "persistent": a.fault.persistent, "file": file}));
                 }
                 a.fired = true;
                 return Some(match op {
@@ -503,11 +499,7 @@ fn debug_log() -> bool {
 }
 
 pub(crate) fn crash_model(f: &DiskFaults, c: &DiskConfig) -> CrashModel {
-    CrashModel {
-        keep_probability: f.crash_keep_probability,
-        tear_probability: f.crash_tear_probability,
-        sector_size: c.sector_size,
-    }
+    CrashModel { keep_probability: f.crash_keep_probability, tear_probability: f.crash_tear_probability, sector_size: c.sector_size }
 }
 
 /// The checksum stored in a page's last [`CHECKSUM_BYTES`] bytes: SHA-256 of the rest, truncated.

@@ -120,11 +120,7 @@ fn current() -> Option<(Arc<DiskSim>, NodeId)> {
 }
 
 /// Runs `f` on the handle's node disk if the handle is from the node's current generation.
-unsafe fn with_handle<R>(
-    file: *mut ffi::sqlite3_file,
-    stale: R,
-    f: impl FnOnce(&mut Handle, &mut NodeDisk, &super::DiskConfig) -> R,
-) -> R {
+unsafe fn with_handle<R>(file: *mut ffi::sqlite3_file, stale: R, f: impl FnOnce(&mut Handle, &mut NodeDisk, &super::DiskConfig) -> R) -> R {
     let h = &mut *(*(file as *mut SimFile)).handle;
     let disk = h.disk.clone();
     let node = h.node;
@@ -234,12 +230,7 @@ unsafe extern "C" fn x_delete_inner(_vfs: *mut ffi::sqlite3_vfs, z_name: *const 
     }
 }
 
-unsafe extern "C" fn x_access_inner(
-    _vfs: *mut ffi::sqlite3_vfs,
-    z_name: *const c_char,
-    flags: c_int,
-    res: *mut c_int,
-) -> c_int {
+unsafe extern "C" fn x_access_inner(_vfs: *mut ffi::sqlite3_vfs, z_name: *const c_char, flags: c_int, res: *mut c_int) -> c_int {
     *res = 0;
     let Some((disk, node)) = current() else { return ffi::SQLITE_IOERR_ACCESS };
     let name = cstr(z_name);
@@ -292,12 +283,7 @@ fn after_named_call() {
     }
 }
 
-unsafe extern "C" fn x_full_pathname(
-    _vfs: *mut ffi::sqlite3_vfs,
-    z_name: *const c_char,
-    n_out: c_int,
-    z_out: *mut c_char,
-) -> c_int {
+unsafe extern "C" fn x_full_pathname(_vfs: *mut ffi::sqlite3_vfs, z_name: *const c_char, n_out: c_int, z_out: *mut c_char) -> c_int {
     let bytes = CStr::from_ptr(z_name).to_bytes();
     if bytes.len() + 1 > n_out as usize {
         return ffi::SQLITE_CANTOPEN;
@@ -516,13 +502,7 @@ unsafe extern "C" fn x_device_characteristics(_file: *mut ffi::sqlite3_file) -> 
     0
 }
 
-unsafe extern "C" fn x_shm_map(
-    file: *mut ffi::sqlite3_file,
-    region: c_int,
-    size: c_int,
-    extend: c_int,
-    out: *mut *mut c_void,
-) -> c_int {
+unsafe extern "C" fn x_shm_map(file: *mut ffi::sqlite3_file, region: c_int, size: c_int, extend: c_int, out: *mut *mut c_void) -> c_int {
     *out = ptr::null_mut();
     assert_eq!(size as usize, SHM_REGION_BYTES, "SQLite asked for an unexpected shm region size");
     with_handle(file, ffi::SQLITE_IOERR_SHMMAP, |h, d, _| {

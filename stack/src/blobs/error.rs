@@ -56,10 +56,7 @@ impl ObjectErrorKind {
     /// Whether the same request may succeed if sent again: the runbook's "safe to retry" codes
     /// and timeouts. A missing key or refused access stays so.
     pub fn transient(self) -> bool {
-        matches!(
-            self,
-            ObjectErrorKind::ServiceUnavailable | ObjectErrorKind::SlowDown | ObjectErrorKind::InternalError | ObjectErrorKind::Timeout
-        )
+        matches!(self, ObjectErrorKind::ServiceUnavailable | ObjectErrorKind::SlowDown | ObjectErrorKind::InternalError | ObjectErrorKind::Timeout)
     }
 }
 
@@ -140,15 +137,8 @@ impl BlobError {
             BlobError::InvalidRequest { .. } | BlobError::InvalidCheckpoint { .. } => 400,
             BlobError::Forbidden { .. } => 403,
             BlobError::NotFound { .. } | BlobError::StagingNotFound { .. } => 404,
-            BlobError::NotAttachable { .. }
-            | BlobError::StagingExpired { .. }
-            | BlobError::ReconcileBehind { .. }
-            | BlobError::IdConflict { .. } => 409,
-            BlobError::AttachFailed { .. }
-            | BlobError::Persist(_)
-            | BlobError::Read(_)
-            | BlobError::Delete(_)
-            | BlobError::Registry { .. } => 500,
+            BlobError::NotAttachable { .. } | BlobError::StagingExpired { .. } | BlobError::ReconcileBehind { .. } | BlobError::IdConflict { .. } => 409,
+            BlobError::AttachFailed { .. } | BlobError::Persist(_) | BlobError::Read(_) | BlobError::Delete(_) | BlobError::Registry { .. } => 500,
             BlobError::Unavailable => 503,
         }
     }
@@ -263,9 +253,6 @@ mod tests {
     #[test]
     fn only_the_runbooks_safe_to_retry_codes_are_transient() {
         let transient: Vec<ObjectErrorKind> = ObjectErrorKind::ALL.into_iter().filter(|k| k.transient()).collect();
-        assert_eq!(
-            transient,
-            vec![ObjectErrorKind::ServiceUnavailable, ObjectErrorKind::SlowDown, ObjectErrorKind::InternalError, ObjectErrorKind::Timeout]
-        );
+        assert_eq!(transient, vec![ObjectErrorKind::ServiceUnavailable, ObjectErrorKind::SlowDown, ObjectErrorKind::InternalError, ObjectErrorKind::Timeout]);
     }
 }

@@ -224,10 +224,9 @@ pub fn insert_stage(conn: &Connection, s: &NewStage) -> Result<BlobRow, BlobErro
         rusqlite::params![s.blob_id, s.tenant, s.client_id, s.object_key, s.size, s.sha256, s.now_ms, s.now_ms.saturating_add(s.ttl_ms)],
     )
     .map_err(store)?;
-    row(conn, &s.blob_id).map_err(|error| BlobError::Registry { op: BlobOp::Stage, error })?.ok_or_else(|| BlobError::Registry {
-        op: BlobOp::Stage,
-        error: StoreError::Invalid { detail: format!("staged row {} vanished", s.blob_id) },
-    })
+    row(conn, &s.blob_id)
+        .map_err(|error| BlobError::Registry { op: BlobOp::Stage, error })?
+        .ok_or_else(|| BlobError::Registry { op: BlobOp::Stage, error: StoreError::Invalid { detail: format!("staged row {} vanished", s.blob_id) } })
 }
 
 /// The checkpoint's required state, or why it is not a coherent tuple.
@@ -235,7 +234,8 @@ pub fn parse_checkpoint(c: &AttachCheckpoint) -> Result<BTreeMap<String, u64>, B
     if c.client_id.is_empty() {
         return Err(BlobError::InvalidCheckpoint { detail: "clientId is required".into() });
     }
-    parse_write_ids(&c.required_last_reconciled_write_ids).map_err(|detail| BlobError::InvalidCheckpoint { detail: format!("requiredLastReconciledWriteIds: {detail}") })
+    parse_write_ids(&c.required_last_reconciled_write_ids)
+        .map_err(|detail| BlobError::InvalidCheckpoint { detail: format!("requiredLastReconciledWriteIds: {detail}") })
 }
 
 /// Attaches staged blob `blob_id` of `tenant` to `item_id`, at server time `now_ms`, if the
@@ -405,7 +405,11 @@ mod tests {
 
     #[test]
     fn malformed_staged_metadata_is_a_deterministic_500() {
-        for broken in ["UPDATE blob_registry SET expires_at_ms = NULL", "UPDATE blob_registry SET expires_at_ms = 'soon'", "UPDATE blob_registry SET status = 'blob-stage:???'"] {
+        for broken in [
+            "UPDATE blob_registry SET expires_at_ms = NULL",
+            "UPDATE blob_registry SET expires_at_ms = 'soon'",
+            "UPDATE blob_registry SET status = 'blob-stage:???'",
+        ] {
             let (_d, conn) = db();
             stage(&conn, "b-1", 100);
             record_reconcile(&conn, "desktop", 9, &lrw(&[("desktop", 3)])).unwrap();

@@ -66,20 +66,31 @@ pub enum S3Request {
         #[serde(with = "hex_bytes")]
         bytes: Vec<u8>,
     },
-    GetObject { bucket: String, key: String },
-    HeadObject { bucket: String, key: String },
-    DeleteObject { bucket: String, key: String },
-    ListObjects { bucket: String, prefix: String },
+    GetObject {
+        bucket: String,
+        key: String,
+    },
+    HeadObject {
+        bucket: String,
+        key: String,
+    },
+    DeleteObject {
+        bucket: String,
+        key: String,
+    },
+    ListObjects {
+        bucket: String,
+        prefix: String,
+    },
 }
 
 impl S3Request {
     /// The key the request is about (empty for a list).
     pub fn key(&self) -> &str {
         match self {
-            S3Request::PutObject { key, .. }
-            | S3Request::GetObject { key, .. }
-            | S3Request::HeadObject { key, .. }
-            | S3Request::DeleteObject { key, .. } => key,
+            S3Request::PutObject { key, .. } | S3Request::GetObject { key, .. } | S3Request::HeadObject { key, .. } | S3Request::DeleteObject { key, .. } => {
+                key
+            }
             S3Request::ListObjects { .. } => "",
         }
     }

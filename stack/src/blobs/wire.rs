@@ -19,8 +19,7 @@ impl ReconcileView {
     /// Whether this state is at or past `required`: the cursor dominates, and every required
     /// replica's write id is present and dominated.
     pub fn dominates(&self, required_cursor: u64, required: &BTreeMap<String, u64>) -> bool {
-        self.cursor >= required_cursor
-            && required.iter().all(|(r, &w)| self.last_reconciled_write_ids.get(r).is_some_and(|&have| have >= w))
+        self.cursor >= required_cursor && required.iter().all(|(r, &w)| self.last_reconciled_write_ids.get(r).is_some_and(|&have| have >= w))
     }
 }
 

@@ -176,8 +176,14 @@ impl Row for RunRow {
         self.run_id.clone()
     }
     fn insert(&self, c: &Connection) -> rusqlite::Result<()> {
-        c.prepare_cached("INSERT INTO runs(run_id, input, status, backend, diagnostics, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
-            .execute(params![self.run_id, self.input, self.status, self.backend, self.diagnostics, self.created_ms])?;
+        c.prepare_cached("INSERT INTO runs(run_id, input, status, backend, diagnostics, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(params![
+            self.run_id,
+            self.input,
+            self.status,
+            self.backend,
+            self.diagnostics,
+            self.created_ms
+        ])?;
         Ok(())
     }
     fn all(c: &Connection) -> rusqlite::Result<Vec<Self>> {
@@ -211,8 +217,13 @@ impl Row for SegmentRow {
         format!("{}/{}", self.run_id, self.idx)
     }
     fn insert(&self, c: &Connection) -> rusqlite::Result<()> {
-        c.prepare_cached("INSERT INTO segments(run_id, idx, start_ms, end_ms, text) VALUES (?1, ?2, ?3, ?4, ?5)")?
-            .execute(params![self.run_id, self.idx, self.start_ms, self.end_ms, self.text])?;
+        c.prepare_cached("INSERT INTO segments(run_id, idx, start_ms, end_ms, text) VALUES (?1, ?2, ?3, ?4, ?5)")?.execute(params![
+            self.run_id,
+            self.idx,
+            self.start_ms,
+            self.end_ms,
+            self.text
+        ])?;
         Ok(())
     }
     fn all(c: &Connection) -> rusqlite::Result<Vec<Self>> {
@@ -221,12 +232,8 @@ impl Row for SegmentRow {
         rows.collect()
     }
     fn stored(&self, c: &Connection) -> rusqlite::Result<Option<Self>> {
-        c.query_row(
-            "SELECT run_id, idx, start_ms, end_ms, text FROM segments WHERE run_id = ?1 AND idx = ?2",
-            params![self.run_id, self.idx],
-            segment_from_row,
-        )
-        .optional()
+        c.query_row("SELECT run_id, idx, start_ms, end_ms, text FROM segments WHERE run_id = ?1 AND idx = ?2", params![self.run_id, self.idx], segment_from_row)
+            .optional()
     }
 }
 
@@ -240,8 +247,14 @@ impl Row for EventRow {
         format!("{}/{}", self.run_id, self.seq)
     }
     fn insert(&self, c: &Connection) -> rusqlite::Result<()> {
-        c.prepare_cached("INSERT INTO events(run_id, seq, kind, stage, backend, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
-            .execute(params![self.run_id, self.seq, self.kind, self.stage, self.backend, self.detail])?;
+        c.prepare_cached("INSERT INTO events(run_id, seq, kind, stage, backend, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(params![
+            self.run_id,
+            self.seq,
+            self.kind,
+            self.stage,
+            self.backend,
+            self.detail
+        ])?;
         Ok(())
     }
     fn all(c: &Connection) -> rusqlite::Result<Vec<Self>> {
@@ -393,7 +406,13 @@ fn migrate_v1(conn: &Connection) -> Result<(), JobError> {
 
 /// Creates a legacy (version 1) database `name` with these runs, segments `(run_id, idx,
 /// text)` and events `(run_id, seq, kind, detail)`: what an old build left behind.
-pub fn create_legacy_v1(fs: &dyn FileSystem, name: &str, runs: &[(&str, &str)], segments: &[(&str, u32, &str)], events: &[(&str, u32, &str, &str)]) -> Result<(), JobError> {
+pub fn create_legacy_v1(
+    fs: &dyn FileSystem,
+    name: &str,
+    runs: &[(&str, &str)],
+    segments: &[(&str, u32, &str)],
+    events: &[(&str, u32, &str, &str)],
+) -> Result<(), JobError> {
     let conn = store::open(&fs.db_path(name))?;
     conn.execute_batch(&format!("BEGIN; {LEGACY_SCHEMA_V1}"))?;
     for (run_id, input) in runs {

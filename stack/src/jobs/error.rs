@@ -90,14 +90,12 @@ impl fmt::Display for JobError {
             JobError::ManifestMissing { dir } => write!(f, "{dir} has no manifest.json: the export did not finish"),
             JobError::ManifestMismatch { file, detail } => write!(f, "{file} does not match the manifest: {detail}"),
             JobError::SnapshotMalformed { file, line, detail } => write!(f, "{file} line {line} is not a row: {detail}"),
-            JobError::ImportConflict { divergent, benign } => write!(
-                f,
-                "duplicate key mismatch, import aborted: {divergent} divergent and {benign} benign duplicate row(s), see sync_conflicts.jsonl"
-            ),
-            JobError::ChildRowOverwriteUnsupported { table, key } => write!(
-                f,
-                "child-row UPDATE/DELETE is unsupported ({table} {key}): import into a fresh database and swap the active pointer"
-            ),
+            JobError::ImportConflict { divergent, benign } => {
+                write!(f, "duplicate key mismatch, import aborted: {divergent} divergent and {benign} benign duplicate row(s), see sync_conflicts.jsonl")
+            }
+            JobError::ChildRowOverwriteUnsupported { table, key } => {
+                write!(f, "child-row UPDATE/DELETE is unsupported ({table} {key}): import into a fresh database and swap the active pointer")
+            }
             JobError::LegacyMigrationBlocked { from_version, detail } => {
                 write!(f, "safe legacy migration from schema {from_version} is blocked: {detail}")
             }

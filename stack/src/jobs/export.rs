@@ -192,7 +192,8 @@ pub fn export(fs: &dyn FileSystem, db: &JobsDb, dir: &str, me: &LockOwner, now_m
         files.push(ManifestFile { name: t.file().into(), rows: contents.count(t), bytes: data.len() as u64, sha256: sha256_hex(&data) });
     }
     fs.sync_dir()?;
-    let manifest = Manifest { format_version: MANIFEST_FORMAT_VERSION, schema_version: super::db::SCHEMA_VERSION, created_ms: now_ms, owner: me.label(), files };
+    let manifest =
+        Manifest { format_version: MANIFEST_FORMAT_VERSION, schema_version: super::db::SCHEMA_VERSION, created_ms: now_ms, owner: me.label(), files };
     let text = serde_json::to_string_pretty(&manifest).expect("manifests serialize") + "\n";
     crate::fs::publish(fs, &manifest_path, text.as_bytes())?;
     let broke_lock = lock.broke.clone();
@@ -231,7 +232,10 @@ pub fn validate_snapshot(fs: &dyn FileSystem, dir: &str) -> Result<Snapshot, Job
         }
         let rows = count_rows(&bytes);
         if rows != entry.rows || bytes.len() as u64 != entry.bytes {
-            return Err(JobError::ManifestMismatch { file: t.file().into(), detail: format!("{rows} rows, {} bytes; the manifest says {} and {}", bytes.len(), entry.rows, entry.bytes) });
+            return Err(JobError::ManifestMismatch {
+                file: t.file().into(),
+                detail: format!("{rows} rows, {} bytes; the manifest says {} and {}", bytes.len(), entry.rows, entry.bytes),
+            });
         }
         data.push((t, bytes));
     }

@@ -102,7 +102,13 @@ pub fn import_jsonl(fs: &dyn FileSystem, db: &JobsDb, dir: &str, policy: Conflic
     Ok(report)
 }
 
-fn apply<R: Overwrite>(c: &rusqlite::Connection, rows: &[R], policy: ConflictPolicy, report: &mut ImportReport, conflicts: &mut Vec<Conflict>) -> Result<(), JobError> {
+fn apply<R: Overwrite>(
+    c: &rusqlite::Connection,
+    rows: &[R],
+    policy: ConflictPolicy,
+    report: &mut ImportReport,
+    conflicts: &mut Vec<Conflict>,
+) -> Result<(), JobError> {
     for row in rows {
         match row.stored(c)? {
             None => {
@@ -242,7 +248,14 @@ pub fn validate_against(db: &JobsDb, snapshot: &Snapshot) -> Result<(), JobError
         let data = contents.jsonl(t);
         if contents.count(t) != entry.rows || sha256_hex(&data) != entry.sha256 {
             return Err(JobError::ValidationFailed {
-                detail: format!("{} holds {} rows (sha256 {}), the manifest {} ({})", t.name(), contents.count(t), &sha256_hex(&data)[..12], entry.rows, &entry.sha256[..12.min(entry.sha256.len())]),
+                detail: format!(
+                    "{} holds {} rows (sha256 {}), the manifest {} ({})",
+                    t.name(),
+                    contents.count(t),
+                    &sha256_hex(&data)[..12],
+                    entry.rows,
+                    &entry.sha256[..12.min(entry.sha256.len())]
+                ),
             });
         }
     }

@@ -143,9 +143,7 @@ pub async fn run_job(db: &JobsDb, backends: &[&dyn Backend], input: &JobInput, o
         Err(e) => {
             let err = match e {
                 JobError::Store(cause) => JobError::PersistFailed { run_id: run_id.clone(), cause },
-                JobError::DbCorrupt { detail } => {
-                    JobError::PersistFailed { run_id: run_id.clone(), cause: crate::error::StoreError::Corrupt { detail } }
-                }
+                JobError::DbCorrupt { detail } => JobError::PersistFailed { run_id: run_id.clone(), cause: crate::error::StoreError::Corrupt { detail } },
                 other => other,
             };
             robot.emit(RobotEvent::PersistError { run_id: run_id.clone(), code: err.code().into(), message: err.to_string() });
@@ -199,7 +197,8 @@ async fn run_backend(
             attempt.stderr = format!("no answer within {} ms: killed", opts.backend_timeout_ms);
         }
     }
-    let detail = json!({"command": attempt.command, "outcome": attempt.outcome, "exit_code": attempt.exit_code, "signal": attempt.signal, "stderr": attempt.stderr});
+    let detail =
+        json!({"command": attempt.command, "outcome": attempt.outcome, "exit_code": attempt.exit_code, "signal": attempt.signal, "stderr": attempt.stderr});
     events.push("backend.error", STAGE_BACKEND, Some(b.id()), detail);
     robot.emit(RobotEvent::BackendError {
         run_id: input.run_id.clone(),
@@ -270,9 +269,8 @@ pub fn persist_only(db: &JobsDb, env: &ResultEnvelope, original_run_id: &str, re
         return Err(JobError::UnknownRun { run_id: original_run_id.into() });
     }
     let detail = json!({"action": "persist_only", "run_id": env.run.run_id, "reason": reason}).to_string();
-    let existing: Option<u32> = tx
-        .query_row("SELECT seq FROM events WHERE run_id = ?1 AND kind = 'remediation' AND detail = ?2", [original_run_id, &detail], |r| r.get(0))
-        .ok();
+    let existing: Option<u32> =
+        tx.query_row("SELECT seq FROM events WHERE run_id = ?1 AND kind = 'remediation' AND detail = ?2", [original_run_id, &detail], |r| r.get(0)).ok();
     let remediation_seq = match existing {
         Some(seq) => seq,
         None => {

@@ -1,6 +1,5 @@
 //! The runbook's scenarios end to end on the real file system, outside the simulation.
 
-
 use super::backend::{JobInput, Scripted, ScriptedBackend};
 use super::db::{create_legacy_v1, JobsDb};
 use super::export::{self, export, validate_snapshot, LockOwner, MANIFEST};

@@ -138,8 +138,7 @@ fn open_backup(backup: &[u8], passphrase: &str) -> Result<Contents, KeyError> {
     let nonce = hex::decode(&env.nonce).ok().and_then(|n| crypto::nonce_from_slice(&n).ok()).ok_or_else(|| invalid("nonce"))?;
     let sealed = hex::decode(&env.sealed).map_err(|_| invalid("sealed"))?;
     let key = kdf::derive(passphrase, &salt, &env.kdf)?;
-    let plain = crypto::open(&key, &nonce, &envelope_aad(&env.format, &env.kdf, &env.salt), &sealed)
-        .map_err(|_| KeyError::BackupPassphraseWrong)?;
+    let plain = crypto::open(&key, &nonce, &envelope_aad(&env.format, &env.kdf, &env.salt), &sealed).map_err(|_| KeyError::BackupPassphraseWrong)?;
     let inner: Sealed = serde_json::from_slice(&plain).map_err(|e| invalid(format!("contents: {e}")))?;
     let mut entries = BTreeMap::new();
     for (name, k) in inner.entries {

@@ -47,10 +47,7 @@ impl KdfParams {
 /// Derives the wrapping key from `passphrase` and `salt`.
 pub fn derive(passphrase: &str, salt: &[u8; SALT_BYTES], params: &KdfParams) -> Result<Key, KeyError> {
     let mut out = [0u8; crate::crypto::KEY_BYTES];
-    params
-        .argon2()?
-        .hash_password_into(passphrase.as_bytes(), salt, &mut out)
-        .map_err(|e| KeyError::KdfParams { detail: e.to_string() })?;
+    params.argon2()?.hash_password_into(passphrase.as_bytes(), salt, &mut out).map_err(|e| KeyError::KdfParams { detail: e.to_string() })?;
     Ok(Key::from_bytes(out))
 }
 

@@ -123,7 +123,8 @@ impl TokenIssuer {
         let [claims_hex, nonce_hex, tag_hex] = parts[..] else { return Err(invalid("a token has three parts")) };
         let nonce = hex::decode(nonce_hex).ok().and_then(|n| crypto::nonce_from_slice(&n).ok()).ok_or_else(|| invalid("nonce"))?;
         let tag = hex::decode(tag_hex).map_err(|_| invalid("tag is not hex"))?;
-        crypto::open(&self.key, &nonce, &tag_aad(claims_hex), &tag).map_err(|_| invalid("tag does not verify (forged, or issued before the issuer's key changed)"))?;
+        crypto::open(&self.key, &nonce, &tag_aad(claims_hex), &tag)
+            .map_err(|_| invalid("tag does not verify (forged, or issued before the issuer's key changed)"))?;
         let c = claims(token)?;
         check_expiry(&c, clock.now_unix_ms())?;
         Ok(c)

@@ -57,9 +57,7 @@ fn share_aad(group: &str, epoch: u64, recipient: &str) -> Vec<u8> {
 /// Creating or recovering the vault key records a marker in the event database: a command,
 /// which READ_ONLY refuses (`store:readOnly`) before anything is written to either file.
 fn writable(db: &Connection) -> Result<(), KeyError> {
-    crate::projections::resilience::check_write(db, crate::projections::resilience::Write::Command)
-        .map(|_| ())
-        .map_err(|e| KeyError::Store(e.into()))
+    crate::projections::resilience::check_write(db, crate::projections::resilience::Write::Command).map(|_| ()).map_err(|e| KeyError::Store(e.into()))
 }
 
 /// Whether the database says the vault was initialized.
@@ -107,24 +105,11 @@ impl KeyStore {
     }
 
     /// Wraps this store's vault key for `recipient_identity` under the group key of `epoch`.
-    pub fn vault_share(
-        &self,
-        group: &str,
-        epoch: u64,
-        group_key: &Key,
-        recipient_identity: &str,
-        rng: &mut dyn RngCore,
-    ) -> Result<VaultShare, KeyError> {
+    pub fn vault_share(&self, group: &str, epoch: u64, group_key: &Key, recipient_identity: &str, rng: &mut dyn RngCore) -> Result<VaultShare, KeyError> {
         let vault = self.vault_key()?;
         let nonce = crypto::nonce_from(rng);
         let sealed = crypto::seal(group_key, &nonce, &share_aad(group, epoch, recipient_identity), vault.as_bytes());
-        Ok(VaultShare {
-            group: group.into(),
-            epoch,
-            recipient_identity: recipient_identity.into(),
-            nonce: hex::encode(nonce),
-            sealed: hex::encode(sealed),
-        })
+        Ok(VaultShare { group: group.into(), epoch, recipient_identity: recipient_identity.into(), nonce: hex::encode(nonce), sealed: hex::encode(sealed) })
     }
 
     /// Recovers the vault key from a peer's share, opened with the group key of the share's

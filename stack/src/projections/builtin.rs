@@ -65,9 +65,8 @@ impl Projection for AggregateState {
 
     fn apply(&self, c: &Connection, e: &DecryptedEvent) -> Result<(), StoreError> {
         use rusqlite::OptionalExtension;
-        let prev: Option<String> = c
-            .query_row("SELECT digest FROM proj_aggregate_state WHERE tenant = ?1 AND aggregate = ?2", [&e.tenant, &e.aggregate], |r| r.get(0))
-            .optional()?;
+        let prev: Option<String> =
+            c.query_row("SELECT digest FROM proj_aggregate_state WHERE tenant = ?1 AND aggregate = ?2", [&e.tenant, &e.aggregate], |r| r.get(0)).optional()?;
         let prev = match prev {
             Some(h) => hex::decode(h).map_err(|_| StoreError::Invalid { detail: "aggregate digest".into() })?,
             None => vec![0u8; 32],

@@ -197,7 +197,8 @@ impl Engine {
 
     /// The aggregates skipped for `tenant`, every projection.
     pub fn incomplete(&self, c: &Connection, tenant: &str) -> Result<Vec<Incomplete>, ProjectionError> {
-        let mut st = c.prepare("SELECT projection, tenant, aggregate, reason, first_seq FROM proj_incomplete WHERE tenant = ?1 ORDER BY projection, aggregate")?;
+        let mut st =
+            c.prepare("SELECT projection, tenant, aggregate, reason, first_seq FROM proj_incomplete WHERE tenant = ?1 ORDER BY projection, aggregate")?;
         let rows = st.query_map([tenant], |r| {
             Ok(Incomplete { projection: r.get(0)?, tenant: r.get(1)?, aggregate: r.get(2)?, reason: r.get(3)?, first_seq: r.get(4)? })
         })?;
@@ -325,11 +326,7 @@ fn feed_tracking<'a>(
 
 fn is_incomplete(c: &Connection, projection: &str, tenant: &str, aggregate: &str) -> Result<bool, StoreError> {
     use rusqlite::OptionalExtension;
-    Ok(c.query_row(
-        "SELECT 1 FROM proj_incomplete WHERE projection = ?1 AND tenant = ?2 AND aggregate = ?3",
-        [projection, tenant, aggregate],
-        |_| Ok(()),
-    )
-    .optional()?
-    .is_some())
+    Ok(c.query_row("SELECT 1 FROM proj_incomplete WHERE projection = ?1 AND tenant = ?2 AND aggregate = ?3", [projection, tenant, aggregate], |_| Ok(()))
+        .optional()?
+        .is_some())
 }

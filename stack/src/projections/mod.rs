@@ -98,9 +98,15 @@ pub enum ProjectionError {
     /// The store is READ_ONLY: the command was refused and nothing changed.
     ReadOnly,
     /// No projection has this name.
-    UnknownProjection { name: String },
+    UnknownProjection {
+        name: String,
+    },
     /// A snapshot of state that lacks aggregates (missing keys) would hide them after a restore.
-    SnapshotIncomplete { projection: String, tenant: String, aggregates: Vec<String> },
+    SnapshotIncomplete {
+        projection: String,
+        tenant: String,
+        aggregates: Vec<String>,
+    },
     Store(StoreError),
 }
 

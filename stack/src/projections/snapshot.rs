@@ -80,9 +80,8 @@ impl Engine {
     /// newer ones that did not.
     pub fn latest_valid_snapshot(&self, c: &Connection, tenant: &str, projection: &str) -> Result<(Option<Snapshot>, Vec<u64>), ProjectionError> {
         self.find(projection)?;
-        let mut st = c.prepare(
-            "SELECT id, through_seq, created_ms, state, checksum FROM proj_snapshots WHERE tenant = ?1 AND projection = ?2 ORDER BY id DESC",
-        )?;
+        let mut st =
+            c.prepare("SELECT id, through_seq, created_ms, state, checksum FROM proj_snapshots WHERE tenant = ?1 AND projection = ?2 ORDER BY id DESC")?;
         let rows = st.query_map([tenant, projection], |r| {
             Ok((r.get::<_, u64>(0)?, r.get::<_, u64>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?))
         })?;

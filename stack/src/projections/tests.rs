@@ -35,7 +35,8 @@ impl World {
         let key = self.keys.entry(aggregate.to_string()).or_insert_with(|| Key::generate(&mut self.rng)).clone();
         let nonce = crypto::nonce_from(&mut self.rng);
         let ciphertext = crypto::seal_payload(&key, &nonce, tenant, aggregate, kind, payload);
-        let e = SealedEvent { seq: self.events.len() as u64 + 1, tenant: tenant.into(), aggregate: aggregate.into(), kind: kind.into(), ts_ms, nonce, ciphertext };
+        let e =
+            SealedEvent { seq: self.events.len() as u64 + 1, tenant: tenant.into(), aggregate: aggregate.into(), kind: kind.into(), ts_ms, nonce, ciphertext };
         self.events.push(e.clone());
         e
     }
