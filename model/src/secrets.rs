@@ -120,6 +120,15 @@ impl SecretScanner {
         s
     }
 
+    /// Whether this scanner looks for exactly `secrets` (in that order, skipped ones included).
+    pub fn looks_for(&self, secrets: &[Secret]) -> bool {
+        self.secrets.len() + self.skipped.len() == secrets.len() && {
+            let mut kept = self.secrets.iter();
+            let mut short = self.skipped.iter();
+            secrets.iter().all(|x| if x.bytes.len() < SECRET_BYTES_MIN { short.next() == Some(&x.label) } else { kept.next() == Some(x) })
+        }
+    }
+
     /// Whether there is any secret to look for.
     pub fn is_empty(&self) -> bool {
         self.secrets.is_empty()
@@ -172,8 +181,13 @@ pub fn scan(images: &[(String, &[u8])], secrets: &[Secret]) -> Vec<Finding> {
 /// `world`), `line` the trace line of the scan. Non-vacuous when there was an image and a
 /// secret long enough to scan for.
 pub fn check_no_plaintext(node: &str, line: u64, images: &[(String, &[u8])], secrets: &[Secret]) -> Judgement {
+    check_no_plaintext_with(&SecretScanner::new(secrets.to_vec()), node, line, images)
+}
+
+/// [`check_no_plaintext`] with a scanner already built for the secrets (the end of a run scans
+/// every node's images for the same secrets).
+pub fn check_no_plaintext_with(scanner: &SecretScanner, node: &str, line: u64, images: &[(String, &[u8])]) -> Judgement {
     let mut j = Judgement::default();
-    let scanner = SecretScanner::new(secrets.to_vec());
     if scanner.is_empty() || images.iter().all(|(_, b)| b.is_empty()) {
         return j;
     }
@@ -259,6 +273,38 @@ pub fn check_no_regen(history: &[VaultObservation]) -> Judgement {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scanner_knows_the_exact_list_it_looks_for() {
+        let list = vec![Secret::plaintext("long", b"0123456789abcdef"), Secret::plaintext("short", b"abc"), Secret::plaintext("other", b"fedcba9876543210")];
+        let scanner = SecretScanner::new(list.clone());
+        assert!(scanner.looks_for(&list));
+        let mut changed = list.clone();
+        changed[2].bytes[0] ^= 1;
+        assert!(!scanner.looks_for(&changed), "a changed secret");
+        assert!(!scanner.looks_for(&list[..2]), "a shorter list");
+        let mut relabelled = list.clone();
+        relabelled[1].label = "renamed".into();
+        assert!(!scanner.looks_for(&relabelled), "a skipped secret is compared by its label");
+        let mut longer = list.clone();
+        longer.push(Secret::plaintext("more", b"more more more"));
+        assert!(!scanner.looks_for(&longer), "a longer list");
+    }
+
+    #[test]
+    fn the_model_scans_each_image_with_the_list_of_its_own_fact() {
+        use crate::store::{StoreFact, StoreModel};
+        let secret = Secret::plaintext("payload", b"a payload the disk must not hold");
+        let mut m = StoreModel::new();
+        let scan = |secrets: Vec<Secret>| StoreFact::Scan {
+            node: "n".into(),
+            images: vec![("n:/db".into(), b"xx a payload the disk must not hold xx".to_vec())],
+            secrets,
+        };
+        assert!(m.observe(&scan(vec![secret.clone()]), 1).violations.len() == 1);
+        assert!(m.observe(&scan(vec![Secret::plaintext("other", b"something else entirely")]), 2).violations.is_empty(), "a new list, a new scanner");
+        assert!(m.observe(&scan(vec![secret]), 3).violations.len() == 1, "and back");
+    }
 
     /// Every occurrence, found by looking at every offset: what the strided scan must agree with.
     fn naive(image: &[u8], secrets: &[Secret]) -> Vec<(String, usize, u64)> {

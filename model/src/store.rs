@@ -520,6 +520,10 @@ pub enum StoreFact {
 #[derive(Debug, Clone, Default)]
 pub struct StoreModel {
     vaults: crate::secrets::NoRegen,
+    /// The scanner of the last scan, kept while the secrets are the same: the end of a run
+    /// scans every node's images for one list, and building the scanner costs more than
+    /// comparing the list.
+    scanner: Option<crate::secrets::SecretScanner>,
 }
 
 impl StoreModel {
@@ -537,7 +541,11 @@ impl StoreModel {
             StoreFact::ReadOnly(f) => check_read_only(f, line),
             StoreFact::Scan { node, images, secrets } => {
                 let images: Vec<(String, &[u8])> = images.iter().map(|(n, b)| (n.clone(), b.as_slice())).collect();
-                crate::secrets::check_no_plaintext(node, line, &images, secrets)
+                if !self.scanner.as_ref().is_some_and(|s| s.looks_for(secrets)) {
+                    self.scanner = Some(crate::secrets::SecretScanner::new(secrets.clone()));
+                }
+                let scanner = self.scanner.as_ref().expect("built above");
+                crate::secrets::check_no_plaintext_with(scanner, node, line, &images)
             }
             StoreFact::Vault(o) => self.vaults.observe(o),
             StoreFact::Effects(f) => crate::store_ops::check_effects(f, line),

@@ -1014,8 +1014,9 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
                 if snapshot_due {
                     // No snapshot may hold a corrupt row: the projections are verified first.
                     ops.before_snapshot(&ctx, &mut client);
-                    if let Err(e) = client.snapshot_projections() {
-                        record(&ctx.shared, name, "op.snapshot_refused", json!({"op": id, "code": e.code(), "message": e.to_string()}), None);
+                    match client.snapshot_projections() {
+                        Ok(ids) => ops.after_snapshot(&client, &ids),
+                        Err(e) => record(&ctx.shared, name, "op.snapshot_refused", json!({"op": id, "code": e.code(), "message": e.to_string()}), None),
                     }
                 }
                 vault_step(&ctx, &mut client, start, false);

@@ -51,7 +51,7 @@ use drill_sim::rng::SeedTree;
 use drill_sim::trace;
 use drill_sim::world::Nodes;
 use drill_stack::artifacts::{self, ArtifactError};
-use drill_stack::client::{Client, Ring};
+use drill_stack::client::{Client, Ring, VerifiedSnapshots};
 use drill_stack::diagnostics::{self, ErrorLog, Sources};
 use drill_stack::fs::FileSystem;
 use drill_stack::migrate;
@@ -59,7 +59,7 @@ use drill_stack::projections::health::{self, EventStoreStatus};
 use drill_stack::projections::resilience::Mode;
 use drill_stack::projections::Scope;
 use drill_stack::saga::{self, AchievementSaga, Delivered, EffectError, EffectSink, Receiver};
-use drill_stack::{envelope, store};
+use drill_stack::store;
 use madsim::net::Endpoint;
 use madsim::task::NodeId;
 use rand::Rng;
@@ -648,6 +648,12 @@ pub struct Device {
     effects: Option<EffectsClient>,
     nonces: drill_sim::rng::Stream,
     errors: ErrorLog,
+    /// What the last verification found good, for the next one to replay only the events
+    /// after it; `None` until a snapshot follows a verification that found (or left) the
+    /// projections consistent.
+    verified: Option<VerifiedSnapshots>,
+    /// Whether the last verification found the projections consistent or rebuilt them.
+    consistent: bool,
 }
 
 impl Device {
@@ -658,7 +664,16 @@ impl Device {
         let start = *lock(&ctx.starts);
         let node = madsim::plugin::node();
         let nonces = ctx.seeds.child(&format!("device/{}/start-{start}/store-ops", ctx.name)).stream("artifact-nonces");
-        let mut d = Device { ops: ctx.ops.clone(), node, fs: SimFs::current(), effects: None, nonces, errors: ErrorLog::new(ERROR_LOG_CAPACITY) };
+        let mut d = Device {
+            ops: ctx.ops.clone(),
+            node,
+            fs: SimFs::current(),
+            effects: None,
+            nonces,
+            errors: ErrorLog::new(ERROR_LOG_CAPACITY),
+            verified: None,
+            consistent: false,
+        };
         if d.ops.plan.is_none() {
             return d;
         }
@@ -677,12 +692,23 @@ impl Device {
     }
 
     /// Before a snapshot of the projections: verify them, so that no snapshot holds a corrupt
-    /// row. (Verifying replays the device's history: it runs at boot, before snapshots and at
-    /// the audit, not around every sync.)
+    /// row. (Verifying replays the device's history, from the last snapshot a verification
+    /// found good when there is one: it runs at boot, before snapshots and at the audit, not
+    /// around every sync.)
     pub fn before_snapshot(&mut self, ctx: &ClientCtx, client: &mut Client) {
         if self.ops.plan.is_some() {
             self.verify(ctx, client);
         }
+    }
+
+    /// After the snapshots `ids` were taken right after [`Device::before_snapshot`]: when the
+    /// verification found the projections consistent (or rebuilt them), the next one starts
+    /// from these snapshots.
+    pub fn after_snapshot(&mut self, client: &Client, ids: &[u64]) {
+        if self.ops.plan.is_none() {
+            return;
+        }
+        self.verified = if self.consistent { client.verified_snapshots(ids).ok() } else { None };
     }
 
     /// After a sync attempt: finish a deferred migration, refresh the artifact, and (when the
@@ -780,11 +806,13 @@ impl Device {
     /// rebuilt (runbook 004 §6.2), then the model checks them.
     fn verify(&mut self, ctx: &ClientCtx, client: &mut Client) {
         let name = ctx.name.as_str();
-        let inconsistent = match inconsistent_projections(client) {
+        self.consistent = false;
+        let inconsistent = match inconsistent_projections_since(client, self.verified.as_ref()) {
             Ok(v) => v,
             Err(e) => return record(&ctx.shared, name, "store.verify_failed", json!({"message": e}), None),
         };
         if inconsistent.is_empty() {
+            self.consistent = true;
             return;
         }
         for (p, why) in &inconsistent {
@@ -799,6 +827,7 @@ impl Device {
         let scope = Scope { tenant: Some(ctx.tenant.clone()), ..Scope::default() };
         match client.rebuild_projections(&scope) {
             Ok(r) => {
+                self.consistent = true;
                 record(&ctx.shared, name, "store.projection_rebuilt", json!({"applied": r.applied}), None);
                 check_rebuilt(ctx, client);
                 // The index artifact is derived from the projections: one built from the corrupt
@@ -1051,9 +1080,12 @@ pub(crate) fn artifact_key(client: &Client) -> Option<drill_stack::crypto::Key> 
 /// The projections that differ from a replay of the device's events (the stack's
 /// [`verify`](drill_stack::projections::verify::verify)), with the first difference.
 pub(crate) fn inconsistent_projections(client: &Client) -> Result<Vec<(&'static str, String)>, String> {
-    let events = client.events().map_err(|e| e.to_string())?;
-    let sealed = events.iter().map(envelope::sealed_event).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
-    let found =
-        drill_stack::projections::verify::verify(client.db(), client.engine(), &sealed, &client.keys().ring, client.tenant()).map_err(|e| e.to_string())?;
+    inconsistent_projections_since(client, None)
+}
+
+/// [`inconsistent_projections`], replaying from the snapshots an earlier verification found
+/// good where that gives the same answer ([`Client::verify_projections`]).
+fn inconsistent_projections_since(client: &Client, since: Option<&VerifiedSnapshots>) -> Result<Vec<(&'static str, String)>, String> {
+    let found = client.verify_projections(since).map_err(|e| e.to_string())?;
     Ok(found.into_iter().map(|i| (i.projection, i.detail)).collect())
 }

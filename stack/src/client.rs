@@ -29,6 +29,7 @@ use crate::keys::token::{self, TokenState};
 use crate::keys::{KeyError, KeyStore};
 use crate::projections::health::{EventStoreStatus, Health};
 use crate::projections::resilience::{self, Mode, Write};
+use crate::projections::verify::{self, Inconsistency};
 use crate::projections::{ApplyReport, Engine, Incomplete, KeyRing, Scope};
 use crate::proto::{PendingWrite, Request, Response, WireEvent, PAGE_LIMIT_MAX};
 use crate::rpc::Exchange;
@@ -154,6 +155,26 @@ struct Attempt {
     items: Vec<EventRow>,
     pages: u32,
     settled: bool,
+}
+
+/// What a verification of a device's projections found good, for the next one to start from
+/// ([`Client::verify_projections`]): per projection the snapshot taken right after it, and the
+/// aggregates whose keys the device held then.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifiedSnapshots {
+    by_projection: BTreeMap<String, VerifiedBase>,
+    keys: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct VerifiedBase {
+    snapshot_id: u64,
+    /// The tenant's chain hash at the snapshot's seq (`None`: no event at or below it).
+    hash: Option<Vec<u8>>,
+}
+
+fn sealed(events: &[EventRow]) -> Result<Vec<crate::projections::SealedEvent>, StoreError> {
+    Ok(events.iter().map(envelope::sealed_event).collect::<Result<Vec<_>, _>>()?)
 }
 
 /// A device's store.
@@ -653,6 +674,66 @@ impl Client {
         Ok(self.engine.rebuild(&self.conn, &sealed, &self.keys.ring, scope)?)
     }
 
+    /// The projections that differ from a replay of this device's events
+    /// ([`verify::verify`](crate::projections::verify::verify)). With `since` (what an earlier
+    /// verification found good, [`Client::verified_snapshots`]), each projection whose latest
+    /// valid snapshot is the one `since` names is replayed from it, with only the events after
+    /// it: the cost of the tail, not of the history. That gives the replay from the start's
+    /// answer only while the history up to the snapshot is the one it was taken of (the chain
+    /// hash there is unchanged) and every key it was taken with is still held; otherwise, and
+    /// when an event of the tail does not open, the projection is replayed from the start.
+    /// Reads only.
+    pub fn verify_projections(&self, since: Option<&VerifiedSnapshots>) -> Result<Vec<Inconsistency>, StoreError> {
+        let mut bases = BTreeMap::new();
+        if let Some(since) = since.filter(|v| self.still_holds_keys(v)) {
+            for (name, base) in &since.by_projection {
+                let (latest, _) = self.engine.latest_valid_snapshot(&self.conn, &self.tenant, name)?;
+                let Some(snapshot) = latest.filter(|s| s.id == base.snapshot_id) else { continue };
+                let cursor = self.engine.cursor(&self.conn, name, &self.tenant)?;
+                if snapshot.through_seq <= cursor && store::hash_through(&self.conn, &self.tenant, snapshot.through_seq)? == base.hash {
+                    bases.insert(name.clone(), snapshot);
+                }
+            }
+        }
+        if !bases.is_empty() {
+            // A projection without a base replays from the start, so it needs every event.
+            let all = bases.len() < self.engine.names().len();
+            let from = if all { 0 } else { bases.values().map(|s| s.through_seq).min().unwrap_or(0) };
+            let sealed = sealed(&store::events_after(&self.conn, &self.tenant, from, u32::MAX)?)?;
+            if let Some(found) = verify::verify_from(&self.conn, &self.engine, &sealed, &self.keys.ring, &self.tenant, &bases)? {
+                return Ok(found);
+            }
+        }
+        let sealed = sealed(&store::all_events(&self.conn)?)?;
+        Ok(verify::verify(&self.conn, &self.engine, &sealed, &self.keys.ring, &self.tenant)?)
+    }
+
+    /// After the snapshots `ids` were taken of projections a verification found consistent (or
+    /// that were just rebuilt from the events): what the next [`Client::verify_projections`] may
+    /// start from.
+    pub fn verified_snapshots(&self, ids: &[u64]) -> Result<VerifiedSnapshots, StoreError> {
+        let mut by_projection = BTreeMap::new();
+        for name in self.engine.names() {
+            let (latest, _) = self.engine.latest_valid_snapshot(&self.conn, &self.tenant, name)?;
+            if let Some(s) = latest.filter(|s| ids.contains(&s.id)) {
+                let hash = store::hash_through(&self.conn, &self.tenant, s.through_seq)?;
+                by_projection.insert(name.to_string(), VerifiedBase { snapshot_id: s.id, hash });
+            }
+        }
+        let keys = self.keys.ring.aggregates().map(|a| a.into_iter().collect()).unwrap_or_default();
+        Ok(VerifiedSnapshots { by_projection, keys })
+    }
+
+    fn still_holds_keys(&self, v: &VerifiedSnapshots) -> bool {
+        match self.keys.ring.aggregates() {
+            Ok(now) => {
+                let now: BTreeSet<String> = now.into_iter().collect();
+                v.keys.is_subset(&now)
+            }
+            Err(_) => false,
+        }
+    }
+
     /// The projections' engine, for operator tools (snapshots, health, rows).
     pub fn engine(&self) -> &Engine {
         &self.engine
@@ -871,6 +952,77 @@ mod tests {
         assert_eq!(c.export_state().unwrap().cursor, 40);
         assert_eq!(c.outbox().unwrap().len(), 1);
         assert_eq!(c.diagnostics().unwrap(), (0, vec![7u8; 32]));
+    }
+
+    /// Stores events `seqs` of aggregate `a` (as a sync would: sealed, chained; `edit` names
+    /// their payloads) and folds them.
+    fn pulled(c: &mut Client, seqs: std::ops::RangeInclusive<u64>, edit: &str) {
+        let key = Key::from_bytes([7; 32]);
+        for seq in seqs {
+            let head = store::chain_head(c.db(), "acme").unwrap();
+            let payload = envelope::seal(&key, &[seq as u8; 24], "acme", "a", "edited", 0, format!("{edit} {seq}").as_bytes());
+            let hash = chain::event_hash(&head, "edited", "acme", &payload).to_vec();
+            let e = EventRow {
+                seq,
+                op_id: format!("op-{seq}"),
+                tenant: "acme".into(),
+                aggregate: "a".into(),
+                kind: "edited".into(),
+                replica: "client-9".into(),
+                write_id: seq,
+                payload,
+                prev_hash: head,
+                hash,
+            };
+            store::insert_event(c.db(), &e).unwrap();
+        }
+        c.project().unwrap();
+    }
+
+    #[test]
+    fn verifying_from_a_verified_snapshot_answers_as_a_replay_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = device(&dir);
+        pulled(&mut c, 1..=5, "edit");
+        assert_eq!(c.verify_projections(None).unwrap(), vec![]);
+        let since = c.verified_snapshots(&c.snapshot_projections().unwrap()).unwrap();
+        pulled(&mut c, 6..=8, "edit");
+        assert_eq!(c.verify_projections(Some(&since)).unwrap(), vec![]);
+
+        // Only the tail is replayed: an event below the snapshot that went missing (the chain
+        // hash at the snapshot unchanged) is not read, which a replay from the start notices.
+        let gone: EventRow = store::events_after(c.db(), "acme", 1, 1).unwrap().remove(0);
+        c.db().execute("DELETE FROM events WHERE seq = 2", []).unwrap();
+        assert_eq!(c.verify_projections(Some(&since)).unwrap(), vec![], "the tail alone is consistent");
+        assert_eq!(c.verify_projections(None).unwrap().len(), 2, "a replay from the start misses event 2 in both projections");
+        store::insert_event(c.db(), &gone).unwrap();
+
+        // A corrupt row after the snapshot is found either way, with the same first difference.
+        c.db().execute_batch("UPDATE proj_tenant_counters SET count = count + 1").unwrap();
+        let found = c.verify_projections(Some(&since)).unwrap();
+        assert_eq!(found.iter().map(|i| i.projection).collect::<Vec<_>>(), ["tenant_counters"]);
+        assert_eq!(found, c.verify_projections(None).unwrap());
+        c.rebuild_projections(&Scope::default()).unwrap();
+
+        // A key lost since the snapshot: the snapshot holds folds a replay with the keys held
+        // now would skip, so the check starts from the beginning, tail or no tail.
+        let since = c.verified_snapshots(&c.snapshot_projections().unwrap()).unwrap();
+        c.keys_mut().ring = Ring::Fixed(BTreeMap::new());
+        let found = c.verify_projections(Some(&since)).unwrap();
+        assert_eq!(found.len(), 2, "both projections folded aggregate a: {found:?}");
+        assert_eq!(found, c.verify_projections(None).unwrap());
+        c.keys_mut().ring = test_keys().ring;
+
+        // The history below the snapshot replaced (a hydrate back to seq 3, then other events
+        // pulled): the chain hash at the snapshot differs, so the check starts from the beginning
+        // (the snapshot's folds are of events the device no longer holds).
+        c.hydrate(&ExportedState { cursor: 3, ..c.export_state().unwrap() }).unwrap();
+        pulled(&mut c, 4..=9, "other");
+        assert_eq!(c.verify_projections(Some(&since)).unwrap(), vec![]);
+        c.db().execute_batch("UPDATE proj_aggregate_state SET events = events + 1").unwrap();
+        let found = c.verify_projections(Some(&since)).unwrap();
+        assert_eq!(found.iter().map(|i| i.projection).collect::<Vec<_>>(), ["aggregate_state"]);
+        assert_eq!(found, c.verify_projections(None).unwrap());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::error::StoreError;
 pub const PAGE_RESERVE_BYTES: i32 = 8;
 
 /// Prepared statements each connection keeps compiled.
-pub const STATEMENT_CACHE_CAPACITY: usize = 64;
+pub const STATEMENT_CACHE_CAPACITY: usize = 128;
 
 /// Opens (creating if needed) the database at `path` with the stack's settings, and checks that
 /// SQLite can read it.
@@ -174,6 +174,14 @@ pub fn chain_head(c: &Connection, tenant: &str) -> Result<Vec<u8>, StoreError> {
         Some(h) => Ok(h),
         None => Ok(anchor(c, tenant)?.map(|(_, h)| h).unwrap_or_else(|| crate::chain::GENESIS.to_vec())),
     }
+}
+
+/// The hash of `tenant`'s last stored event at or below `seq`, if any: equal hashes mean the
+/// same history up to there (each hash covers the one before it).
+pub fn hash_through(c: &Connection, tenant: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    use rusqlite::OptionalExtension;
+    let mut st = c.prepare_cached("SELECT hash FROM events WHERE tenant = ?1 AND seq <= ?2 ORDER BY seq DESC LIMIT 1")?;
+    Ok(st.query_row(rusqlite::params![tenant, seq], |r| r.get(0)).optional()?)
 }
 
 /// Where `tenant`'s stored chain starts when older events were compacted away: the sequence

@@ -33,7 +33,7 @@ pub fn fold_digest(prev: &[u8], kind: &str, payload: &[u8]) -> [u8; 32] {
 }
 
 fn collect(c: &Connection, sql: &str, tenant: &str, columns: usize) -> Result<Vec<Vec<String>>, StoreError> {
-    let mut st = c.prepare(sql)?;
+    let mut st = c.prepare_cached(sql)?;
     let rows = st.query_map([tenant], |r| (0..columns).map(|i| r.get::<_, String>(i)).collect::<Result<Vec<_>, _>>())?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -59,25 +59,27 @@ impl Projection for AggregateState {
     }
 
     fn clear(&self, c: &Connection, tenant: &str) -> Result<(), StoreError> {
-        c.execute("DELETE FROM proj_aggregate_state WHERE tenant = ?1", [tenant])?;
+        c.prepare_cached("DELETE FROM proj_aggregate_state WHERE tenant = ?1")?.execute([tenant])?;
         Ok(())
     }
 
     fn apply(&self, c: &Connection, e: &DecryptedEvent) -> Result<(), StoreError> {
         use rusqlite::OptionalExtension;
-        let prev: Option<String> =
-            c.query_row("SELECT digest FROM proj_aggregate_state WHERE tenant = ?1 AND aggregate = ?2", [&e.tenant, &e.aggregate], |r| r.get(0)).optional()?;
+        let prev: Option<String> = c
+            .prepare_cached("SELECT digest FROM proj_aggregate_state WHERE tenant = ?1 AND aggregate = ?2")?
+            .query_row([&e.tenant, &e.aggregate], |r| r.get(0))
+            .optional()?;
         let prev = match prev {
             Some(h) => hex::decode(h).map_err(|_| StoreError::Invalid { detail: "aggregate digest".into() })?,
             None => vec![0u8; 32],
         };
         let digest = hex::encode(fold_digest(&prev, &e.kind, &e.payload));
-        c.execute(
+        c.prepare_cached(
             "INSERT INTO proj_aggregate_state(tenant, aggregate, events, last_seq, last_kind, digest) VALUES (?1, ?2, 1, ?3, ?4, ?5)
              ON CONFLICT(tenant, aggregate) DO UPDATE SET events = events + 1, last_seq = excluded.last_seq,
              last_kind = excluded.last_kind, digest = excluded.digest",
-            rusqlite::params![e.tenant, e.aggregate, e.seq, e.kind, digest],
-        )?;
+        )?
+        .execute(rusqlite::params![e.tenant, e.aggregate, e.seq, e.kind, digest])?;
         Ok(())
     }
 
@@ -95,10 +97,14 @@ impl Projection for AggregateState {
             let [aggregate, events, last_seq, last_kind, digest] = &r[..] else {
                 return Err(StoreError::Invalid { detail: "aggregate_state snapshot row".into() });
             };
-            c.execute(
-                "INSERT INTO proj_aggregate_state VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                rusqlite::params![tenant, aggregate, parse::<u64>(events)?, parse::<u64>(last_seq)?, last_kind, digest],
-            )?;
+            c.prepare_cached("INSERT INTO proj_aggregate_state VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(rusqlite::params![
+                tenant,
+                aggregate,
+                parse::<u64>(events)?,
+                parse::<u64>(last_seq)?,
+                last_kind,
+                digest
+            ])?;
         }
         Ok(())
     }
@@ -119,16 +125,16 @@ impl Projection for TenantCounters {
     }
 
     fn clear(&self, c: &Connection, tenant: &str) -> Result<(), StoreError> {
-        c.execute("DELETE FROM proj_tenant_counters WHERE tenant = ?1", [tenant])?;
+        c.prepare_cached("DELETE FROM proj_tenant_counters WHERE tenant = ?1")?.execute([tenant])?;
         Ok(())
     }
 
     fn apply(&self, c: &Connection, e: &DecryptedEvent) -> Result<(), StoreError> {
-        c.execute(
+        c.prepare_cached(
             "INSERT INTO proj_tenant_counters(tenant, kind, count) VALUES (?1, ?2, 1)
              ON CONFLICT(tenant, kind) DO UPDATE SET count = count + 1",
-            [&e.tenant, &e.kind],
-        )?;
+        )?
+        .execute([&e.tenant, &e.kind])?;
         Ok(())
     }
 
@@ -139,7 +145,7 @@ impl Projection for TenantCounters {
     fn load(&self, c: &Connection, tenant: &str, rows: &[Vec<String>]) -> Result<(), StoreError> {
         for r in rows {
             let [kind, count] = &r[..] else { return Err(StoreError::Invalid { detail: "tenant_counters snapshot row".into() }) };
-            c.execute("INSERT INTO proj_tenant_counters VALUES (?1, ?2, ?3)", rusqlite::params![tenant, kind, parse::<u64>(count)?])?;
+            c.prepare_cached("INSERT INTO proj_tenant_counters VALUES (?1, ?2, ?3)")?.execute(rusqlite::params![tenant, kind, parse::<u64>(count)?])?;
         }
         Ok(())
     }

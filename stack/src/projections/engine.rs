@@ -157,15 +157,13 @@ impl Engine {
         let mut report = loop {
             for p in &on {
                 // A rebuilt projection is healthy again, whichever tenants it holds.
-                tx.execute("DELETE FROM proj_unhealthy WHERE projection = ?1", [p.name()])?;
+                tx.prepare_cached("DELETE FROM proj_unhealthy WHERE projection = ?1")?.execute([p.name()])?;
                 for t in &tenants {
                     clear(&tx, *p, t)?;
                 }
                 for ((t, a), (seq, reason)) in &skipped {
-                    tx.execute(
-                        "INSERT OR IGNORE INTO proj_incomplete(projection, tenant, aggregate, reason, first_seq) VALUES (?1, ?2, ?3, ?4, ?5)",
-                        rusqlite::params![p.name(), t, a, *reason, seq],
-                    )?;
+                    tx.prepare_cached("INSERT OR IGNORE INTO proj_incomplete(projection, tenant, aggregate, reason, first_seq) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                        .execute(rusqlite::params![p.name(), t, a, *reason, seq])?;
                 }
             }
             let (mut report, partial) = feed_tracking(&tx, &on, chosen.iter().copied(), keys)?;
@@ -198,7 +196,7 @@ impl Engine {
     /// The aggregates skipped for `tenant`, every projection.
     pub fn incomplete(&self, c: &Connection, tenant: &str) -> Result<Vec<Incomplete>, ProjectionError> {
         let mut st =
-            c.prepare("SELECT projection, tenant, aggregate, reason, first_seq FROM proj_incomplete WHERE tenant = ?1 ORDER BY projection, aggregate")?;
+            c.prepare_cached("SELECT projection, tenant, aggregate, reason, first_seq FROM proj_incomplete WHERE tenant = ?1 ORDER BY projection, aggregate")?;
         let rows = st.query_map([tenant], |r| {
             Ok(Incomplete { projection: r.get(0)?, tenant: r.get(1)?, aggregate: r.get(2)?, reason: r.get(3)?, first_seq: r.get(4)? })
         })?;
@@ -213,41 +211,42 @@ impl Engine {
     /// Marks a projection unhealthy (an inconsistency found by a check), until its next rebuild.
     pub fn mark_unhealthy(&self, c: &Connection, projection: &str, detail: &str) -> Result<(), ProjectionError> {
         self.find(projection)?;
-        c.execute("INSERT OR REPLACE INTO proj_unhealthy(projection, detail) VALUES (?1, ?2)", [projection, detail])?;
+        c.prepare_cached("INSERT OR REPLACE INTO proj_unhealthy(projection, detail) VALUES (?1, ?2)")?.execute([projection, detail])?;
         Ok(())
     }
 
     /// The dashboard status (runbook 004 §7), given how the event store answered.
     pub fn health(&self, c: &Connection, event_store: EventStoreStatus) -> Result<Health, ProjectionError> {
-        let mut st = c.prepare("SELECT projection FROM proj_unhealthy ORDER BY projection")?;
+        let mut st = c.prepare_cached("SELECT projection FROM proj_unhealthy ORDER BY projection")?;
         let unhealthy: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
         Ok(health::status(resilience::mode(c)?, unhealthy, event_store))
     }
 }
 
 pub(super) fn known_tenants(c: &Connection) -> Result<Vec<String>, StoreError> {
-    let mut st = c.prepare("SELECT DISTINCT tenant FROM proj_cursor ORDER BY tenant")?;
+    let mut st = c.prepare_cached("SELECT DISTINCT tenant FROM proj_cursor ORDER BY tenant")?;
     let rows = st.query_map([], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 fn cursor(c: &Connection, projection: &str, tenant: &str) -> Result<u64, StoreError> {
     use rusqlite::OptionalExtension;
-    let seq: Option<u64> = c.query_row("SELECT seq FROM proj_cursor WHERE projection = ?1 AND tenant = ?2", [projection, tenant], |r| r.get(0)).optional()?;
+    let seq: Option<u64> =
+        c.prepare_cached("SELECT seq FROM proj_cursor WHERE projection = ?1 AND tenant = ?2")?.query_row([projection, tenant], |r| r.get(0)).optional()?;
     Ok(seq.unwrap_or(0))
 }
 
 pub(super) fn set_cursor(c: &Connection, projection: &str, tenant: &str, seq: u64) -> Result<(), StoreError> {
-    c.execute("INSERT OR REPLACE INTO proj_cursor(projection, tenant, seq) VALUES (?1, ?2, ?3)", rusqlite::params![projection, tenant, seq])?;
+    c.prepare_cached("INSERT OR REPLACE INTO proj_cursor(projection, tenant, seq) VALUES (?1, ?2, ?3)")?.execute(rusqlite::params![projection, tenant, seq])?;
     Ok(())
 }
 
 /// Empties one projection of one tenant: its rows, cursor, skipped aggregates and unhealthy mark.
 pub(super) fn clear(c: &Connection, p: &dyn Projection, tenant: &str) -> Result<(), StoreError> {
     p.clear(c, tenant)?;
-    c.execute("DELETE FROM proj_cursor WHERE projection = ?1 AND tenant = ?2", [p.name(), tenant])?;
-    c.execute("DELETE FROM proj_incomplete WHERE projection = ?1 AND tenant = ?2", [p.name(), tenant])?;
-    c.execute("DELETE FROM proj_unhealthy WHERE projection = ?1", [p.name()])?;
+    c.prepare_cached("DELETE FROM proj_cursor WHERE projection = ?1 AND tenant = ?2")?.execute([p.name(), tenant])?;
+    c.prepare_cached("DELETE FROM proj_incomplete WHERE projection = ?1 AND tenant = ?2")?.execute([p.name(), tenant])?;
+    c.prepare_cached("DELETE FROM proj_unhealthy WHERE projection = ?1")?.execute([p.name()])?;
     Ok(())
 }
 
@@ -309,10 +308,8 @@ fn feed_tracking<'a>(
                     report.applied += 1;
                 }
                 Err(reason) => {
-                    c.execute(
-                        "INSERT OR IGNORE INTO proj_incomplete(projection, tenant, aggregate, reason, first_seq) VALUES (?1, ?2, ?3, ?4, ?5)",
-                        rusqlite::params![p.name(), e.tenant, e.aggregate, *reason, e.seq],
-                    )?;
+                    c.prepare_cached("INSERT OR IGNORE INTO proj_incomplete(projection, tenant, aggregate, reason, first_seq) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                        .execute(rusqlite::params![p.name(), e.tenant, e.aggregate, *reason, e.seq])?;
                     report.incomplete.insert((e.tenant.clone(), e.aggregate.clone()));
                     if folded.contains(&(p.name(), e.tenant.clone(), e.aggregate.clone())) {
                         partial.entry((e.tenant.clone(), e.aggregate.clone())).or_insert((e.seq, *reason));
@@ -326,7 +323,8 @@ fn feed_tracking<'a>(
 
 fn is_incomplete(c: &Connection, projection: &str, tenant: &str, aggregate: &str) -> Result<bool, StoreError> {
     use rusqlite::OptionalExtension;
-    Ok(c.query_row("SELECT 1 FROM proj_incomplete WHERE projection = ?1 AND tenant = ?2 AND aggregate = ?3", [projection, tenant, aggregate], |_| Ok(()))
+    Ok(c.prepare_cached("SELECT 1 FROM proj_incomplete WHERE projection = ?1 AND tenant = ?2 AND aggregate = ?3")?
+        .query_row([projection, tenant, aggregate], |_| Ok(()))
         .optional()?
         .is_some())
 }

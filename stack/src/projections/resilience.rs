@@ -72,8 +72,9 @@ impl fmt::Display for ReadOnly {
 const MODE: &str = "resilience/mode";
 const DISABLED: &str = "resilience/disabled";
 
+/// Every command reads the mode, so the statement is compiled once per connection and kept.
 fn ensure_meta(c: &Connection) -> Result<(), StoreError> {
-    c.execute_batch("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);")?;
+    c.prepare_cached("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)")?.execute([])?;
     Ok(())
 }
 

@@ -66,10 +66,8 @@ impl Engine {
             let through = self.cursor(&tx, p.name(), tenant)?;
             let state = serde_json::to_string(&p.rows(&tx, tenant)?).expect("rows serialize");
             let sum = checksum(tenant, p.name(), through, &state);
-            tx.execute(
-                "INSERT INTO proj_snapshots(tenant, projection, through_seq, created_ms, state, checksum) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                rusqlite::params![tenant, p.name(), through, created_ms, state, sum],
-            )?;
+            tx.prepare_cached("INSERT INTO proj_snapshots(tenant, projection, through_seq, created_ms, state, checksum) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
+                .execute(rusqlite::params![tenant, p.name(), through, created_ms, state, sum])?;
             ids.push(tx.last_insert_rowid() as u64);
         }
         tx.commit()?;
@@ -81,7 +79,7 @@ impl Engine {
     pub fn latest_valid_snapshot(&self, c: &Connection, tenant: &str, projection: &str) -> Result<(Option<Snapshot>, Vec<u64>), ProjectionError> {
         self.find(projection)?;
         let mut st =
-            c.prepare("SELECT id, through_seq, created_ms, state, checksum FROM proj_snapshots WHERE tenant = ?1 AND projection = ?2 ORDER BY id DESC")?;
+            c.prepare_cached("SELECT id, through_seq, created_ms, state, checksum FROM proj_snapshots WHERE tenant = ?1 AND projection = ?2 ORDER BY id DESC")?;
         let rows = st.query_map([tenant, projection], |r| {
             Ok((r.get::<_, u64>(0)?, r.get::<_, u64>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?))
         })?;
@@ -140,5 +138,5 @@ impl Engine {
 
 /// Number of snapshots stored (every tenant, every projection).
 pub fn count(c: &Connection) -> Result<u64, StoreError> {
-    Ok(c.query_row("SELECT COUNT(*) FROM proj_snapshots", [], |r| r.get(0))?)
+    Ok(c.prepare_cached("SELECT COUNT(*) FROM proj_snapshots")?.query_row([], |r| r.get(0))?)
 }
