@@ -174,7 +174,7 @@ struct VerifiedBase {
 }
 
 fn sealed(events: &[EventRow]) -> Result<Vec<crate::projections::SealedEvent>, StoreError> {
-    Ok(events.iter().map(envelope::sealed_event).collect::<Result<Vec<_>, _>>()?)
+    events.iter().map(envelope::sealed_event).collect::<Result<Vec<_>, _>>()
 }
 
 /// A device's store.
