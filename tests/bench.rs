@@ -37,7 +37,7 @@ fn a_tiny_bench_writes_every_measurement() {
     }
     let text = fs::read_to_string(tmp.path().join("result/bench.json")).expect("bench.json is written");
     let b: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(b["format_version"], 2);
+    assert_eq!(b["format_version"], 1);
     assert_eq!(b["budget"], "tiny");
     positive(&b, "/machine/cpus");
     positive(&b, "/wall_seconds");
@@ -64,24 +64,21 @@ fn a_tiny_bench_writes_every_measurement() {
     positive(&b, "/store/real_file_over_simulated");
 
     for series in ["/scaling/by_ops", "/scaling/by_clients"] {
-        for size in array(&b, series, 4) {
+        for size in array(&b, series, 3) {
             positive(size, "/ops");
             positive(size, "/us_per_op");
             assert!(size["outcomes"].is_object(), "{size}");
         }
     }
-    for growth in ["ops_growth", "clients_growth", "ops_growth_largest", "clients_growth_largest", "ops_growth_cpu", "clients_growth_largest_cpu"] {
-        positive(&b, &format!("/scaling/{growth}"));
-    }
-    positive(&b, "/store/simulated_over_memory_cpu");
-    assert!(b["gate"].is_null(), "a tiny budget leaves the gate out: {}", b["gate"]);
+    positive(&b, "/scaling/ops_growth");
+    positive(&b, "/scaling/clients_growth");
 
     positive(&b, "/memory/baseline_kib");
     let first = positive(&b, "/memory/after_first_seed_kib");
     let last = positive(&b, "/memory/after_all_seeds_kib");
     assert!(last >= first, "a peak never shrinks");
 
-    for t in array(&b, "/targets", 9) {
+    for t in array(&b, "/targets", 4) {
         assert!(t["name"].is_string() && t["goal"].is_string() && t["measured"].is_string() && t["met"].is_boolean(), "{t}");
     }
     assert!(!tmp.path().join("result/.drill-bench-work").exists(), "the scratch folder is removed");

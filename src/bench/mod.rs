@@ -5,8 +5,7 @@
 //! - [`store`]: the device store's append workload on the simulated disk, in memory and on a
 //!   real file;
 //! - [`scale`]: the standard run with more operations and more devices;
-//! - [`memory`]: peak memory of a fresh process running seeds one after another;
-//! - [`gate`]: the wall time of the release gate, as a user runs it.
+//! - [`memory`]: peak memory of a fresh process running seeds one after another.
 //!
 //! [`report`] holds the results, the targets they are held against, and the table.
 //!
@@ -14,7 +13,6 @@
 //! the machine. It never reads it inside a run: every timing brackets a whole world from outside
 //! (madsim answers the clock with simulated time inside one).
 
-pub mod gate;
 pub mod memory;
 pub mod report;
 pub mod scale;
@@ -36,54 +34,19 @@ pub struct Budget {
     pub file_commits: u32,
     /// Seeds the memory probe runs in one process.
     pub memory_seeds: u64,
-    /// Swarm seeds of the release gate (`drill gate --seeds N`); 0 leaves the gate out.
-    pub gate_seeds: u64,
-    /// Seeds of each drill in the gate (its `--drill-seeds`).
-    pub gate_drill_seeds: u64,
-    /// Seeds the gate runs twice (its `--determinism-seeds`).
-    pub gate_determinism_seeds: u64,
 }
 
 impl Budget {
-    /// The full bench: several minutes on two cores (the gate alone is the release gate's
-    /// default: 500 seeds, every drill over 5 seeds, 20 seeds twice).
-    pub const FULL: Budget = Budget {
-        standard_seeds: 600,
-        scale_seeds: 20,
-        commits: 5_000,
-        file_commits: 500,
-        memory_seeds: 1_000,
-        gate_seeds: 500,
-        gate_drill_seeds: 5,
-        gate_determinism_seeds: 20,
-    };
-    /// `--quick`: a minute or so, a smoke check of every measurement rather than numbers to quote.
-    pub const QUICK: Budget = Budget {
-        standard_seeds: 60,
-        scale_seeds: 2,
-        commits: 500,
-        file_commits: 100,
-        memory_seeds: 20,
-        gate_seeds: 20,
-        gate_drill_seeds: 1,
-        gate_determinism_seeds: 2,
-    };
+    /// The full bench: a few minutes on two cores.
+    pub const FULL: Budget = Budget { standard_seeds: 600, scale_seeds: 20, commits: 5_000, file_commits: 500, memory_seeds: 200 };
+    /// `--quick`: seconds, a smoke check of every measurement rather than numbers to quote.
+    pub const QUICK: Budget = Budget { standard_seeds: 60, scale_seeds: 2, commits: 500, file_commits: 100, memory_seeds: 20 };
 
     /// A budget scaled down to `seeds` standard seeds (the hidden `--seeds`, for tests).
     pub fn tiny(seeds: u64) -> Budget {
         let seeds = seeds.max(1);
         let commits = u32::try_from(seeds.saturating_mul(20)).unwrap_or(u32::MAX).max(20);
-        // No gate: it runs every drill of the registry, which is more than a test's budget.
-        Budget {
-            standard_seeds: seeds,
-            scale_seeds: 1,
-            commits,
-            file_commits: commits.min(100),
-            memory_seeds: seeds,
-            gate_seeds: 0,
-            gate_drill_seeds: 1,
-            gate_determinism_seeds: 1,
-        }
+        Budget { standard_seeds: seeds, scale_seeds: 1, commits, file_commits: commits.min(100), memory_seeds: seeds }
     }
 }
 

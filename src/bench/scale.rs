@@ -1,6 +1,6 @@
-//! How the cost of a run grows: the standard run with 1×, 4×, 16× and 64× the operations, and
-//! with 2, 4, 8 and 16 devices, each size over the same seeds, in this process (one world at a
-//! time, no run files). What is compared is wall time per planned operation, so a cost that grows worse than
+//! How the cost of a run grows: the standard run with 1×, 4× and 16× the operations, and with 2,
+//! 4 and 8 devices, each size over the same seeds, in this process (one world at a time, no run
+//! files). What is compared is wall time per planned operation, so a cost that grows worse than
 //! linearly with the history shows as a rising column.
 //!
 //! More operations come with a proportionally longer workload phase, so that operations arrive
@@ -42,27 +42,17 @@ pub struct ScaleResult {
     pub profile: String,
     pub by_ops: Vec<SizeResult>,
     pub by_clients: Vec<SizeResult>,
-    /// Time per operation at 16× the operations over 1× (1.0 is flat): the target's size.
+    /// Time per operation at the largest size over the smallest, for each series (1.0 is flat).
     pub ops_growth: f64,
-    /// Time per operation at 8 devices over 2: the target's size.
     pub clients_growth: f64,
     /// The same growths in CPU time per operation.
     pub ops_growth_cpu: f64,
     pub clients_growth_cpu: f64,
-    /// At the largest sizes (64× the operations, 16 devices), wall and CPU, where a cost that
-    /// grows with the history would hurt most.
-    pub ops_growth_largest: f64,
-    pub ops_growth_largest_cpu: f64,
-    pub clients_growth_largest: f64,
-    pub clients_growth_largest_cpu: f64,
 }
 
 /// Operation multipliers and device counts measured.
-pub const OPS_FACTORS: [usize; 4] = [1, 4, 16, 64];
-pub const CLIENT_COUNTS: [usize; 4] = [2, 4, 8, 16];
-/// The sizes the targets are judged at (indices into the two series).
-const OPS_TARGET_INDEX: usize = 2;
-const CLIENTS_TARGET_INDEX: usize = 2;
+pub const OPS_FACTORS: [usize; 3] = [1, 4, 16];
+pub const CLIENT_COUNTS: [usize; 3] = [2, 4, 8];
 
 /// Runs every size over seeds `1..=seeds`.
 pub fn measure(seeds: u64, mut progress: impl FnMut(&str)) -> Result<ScaleResult, CliError> {
@@ -78,28 +68,16 @@ pub fn measure(seeds: u64, mut progress: impl FnMut(&str)) -> Result<ScaleResult
         progress(&format!("{n} devices"));
         by_clients.push(size(format!("{n} devices"), Shape { clients: n, ..standard }, seeds)?);
     }
-    let wall = |s: &SizeResult| s.us_per_op;
-    let cpu = |s: &SizeResult| s.cpu_us_per_op;
-    let last_ops = by_ops.len() - 1;
-    let last_clients = by_clients.len() - 1;
+    let growth = |v: &[SizeResult], per_op: fn(&SizeResult) -> f64| ratio(v.last().map_or(0.0, per_op), v.first().map_or(0.0, per_op));
     Ok(ScaleResult {
         profile: PROFILE.to_string(),
-        ops_growth: growth(&by_ops, OPS_TARGET_INDEX, wall),
-        clients_growth: growth(&by_clients, CLIENTS_TARGET_INDEX, wall),
-        ops_growth_cpu: growth(&by_ops, OPS_TARGET_INDEX, cpu),
-        clients_growth_cpu: growth(&by_clients, CLIENTS_TARGET_INDEX, cpu),
-        ops_growth_largest: growth(&by_ops, last_ops, wall),
-        ops_growth_largest_cpu: growth(&by_ops, last_ops, cpu),
-        clients_growth_largest: growth(&by_clients, last_clients, wall),
-        clients_growth_largest_cpu: growth(&by_clients, last_clients, cpu),
+        ops_growth: growth(&by_ops, |s| s.us_per_op),
+        clients_growth: growth(&by_clients, |s| s.us_per_op),
+        ops_growth_cpu: growth(&by_ops, |s| s.cpu_us_per_op),
+        clients_growth_cpu: growth(&by_clients, |s| s.cpu_us_per_op),
         by_ops,
         by_clients,
     })
-}
-
-/// Time per operation at size `at` over the first size of the series (0 when either is missing).
-fn growth(v: &[SizeResult], at: usize, per_op: impl Fn(&SizeResult) -> f64) -> f64 {
-    ratio(v.get(at).map_or(0.0, &per_op), v.first().map_or(0.0, &per_op))
 }
 
 fn size(label: String, shape: Shape, seeds: u64) -> Result<SizeResult, CliError> {

@@ -67,8 +67,6 @@ pub struct StoreResult {
     pub real_file_dir: String,
     /// Simulated disk's cost per commit over `:memory:`'s.
     pub simulated_over_memory: f64,
-    /// The same in CPU time per commit (neither waits for a device).
-    pub simulated_over_memory_cpu: f64,
     /// Real file's cost per commit over the simulated disk's.
     pub real_file_over_simulated: f64,
 }
@@ -91,16 +89,8 @@ pub fn measure(commits: u32, file_commits: u32, tmp: &Path) -> Result<StoreResul
     ];
     let _ = std::fs::remove_dir_all(&dir);
     let ways = ways.into_iter().collect::<Result<Vec<_>, _>>()?;
-    let mut result = StoreResult {
-        payload_bytes: PAYLOAD_BYTES,
-        ways,
-        real_file_dir: dir.display().to_string(),
-        simulated_over_memory: 0.0,
-        simulated_over_memory_cpu: 0.0,
-        real_file_over_simulated: 0.0,
-    };
-    let cpu = |way: Way| result.ways.iter().find(|w| w.way == way).map_or(0.0, |w| w.cpu_us_per_commit);
-    result.simulated_over_memory_cpu = ratio(cpu(Way::SimulatedDisk), cpu(Way::Memory));
+    let mut result =
+        StoreResult { payload_bytes: PAYLOAD_BYTES, ways, real_file_dir: dir.display().to_string(), simulated_over_memory: 0.0, real_file_over_simulated: 0.0 };
     let (sim, mem, real) = (result.us_per_commit(Way::SimulatedDisk), result.us_per_commit(Way::Memory), result.us_per_commit(Way::RealFile));
     result.simulated_over_memory = ratio(sim, mem);
     result.real_file_over_simulated = ratio(real, sim);

@@ -1,8 +1,7 @@
 //! `drill bench`: drill's speed, measured side by side on this machine in one run — the standard
 //! swarm run through the worker pool, the store's commit on the simulated disk against
-//! `:memory:` and a real file, how a run's cost grows with operations and devices, peak memory
-//! per seed and the release gate's wall time — printed as a table with the targets, and written
-//! to `bench.json`.
+//! `:memory:` and a real file, how a run's cost grows with operations and devices, and peak
+//! memory per seed — printed as a table with the targets, and written to `bench.json`.
 //!
 //! See docs/bench.md for what each number means and how to profile a run.
 
@@ -11,7 +10,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use crate::bench::report::{self, BenchReport, Machine, Standard};
-use crate::bench::{gate, memory, scale, seeds, store, timed, Budget};
+use crate::bench::{memory, scale, seeds, store, timed, Budget};
 use crate::error::CliError;
 use crate::outdir;
 use crate::runfiles::{read_json, write_json, DRILL_VERSION};
@@ -92,13 +91,7 @@ fn measure_all(budget: Budget, name: &str, work: &Path) -> Result<BenchReport, C
     let store = store::measure(budget.commits, budget.file_commits, work)?;
     step(&format!("scaling, {} seed(s) at each size", budget.scale_seeds));
     let scaling = scale::measure(budget.scale_seeds, |size| step(&format!("  {size}")))?;
-    let gate = if budget.gate_seeds > 0 {
-        step(&format!("release gate, {} seeds (drills x {}, {} determinism seeds)", budget.gate_seeds, budget.gate_drill_seeds, budget.gate_determinism_seeds));
-        gate::measure(&budget, work)?
-    } else {
-        None
-    };
-    let targets = report::targets(&report::Measured { standard: &standard, store: &store, scaling: &scaling, memory: &memory, gate: gate.as_ref() });
+    let targets = report::targets(&standard, &store, &scaling);
     Ok(BenchReport {
         format_version: report::BENCH_FORMAT_VERSION,
         drill_version: DRILL_VERSION.to_string(),
@@ -109,7 +102,6 @@ fn measure_all(budget: Budget, name: &str, work: &Path) -> Result<BenchReport, C
         store,
         scaling,
         memory,
-        gate,
         targets,
     })
 }
