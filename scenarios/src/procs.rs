@@ -1296,6 +1296,7 @@ fn trace_request(shared: &SharedRef, req: &drill_stack::proto::Request, resp: &d
         Response::ResyncRequired { floor_seq, .. } => json!({"resync_required": floor_seq}),
         Response::Blob(_) => json!({"blob": "answered"}),
         Response::Token { .. } => json!({"token": "issued"}),
+        Response::Keys(_) => json!({"keys": "answered"}),
         Response::Pushed { accepted, .. } => json!({"accepted": accepted.len()}),
         Response::Page { items, has_more, next_cursor, .. } => json!({"items": items.len(), "has_more": has_more, "next_cursor": next_cursor}),
     };
@@ -1304,6 +1305,7 @@ fn trace_request(shared: &SharedRef, req: &drill_stack::proto::Request, resp: &d
         Request::Pull { replica, since, .. } => json!({"from": replica, "op": "pull", "since": since, "result": outcome}),
         Request::Blob(_) => json!({"op": "blob", "result": outcome}),
         Request::Token { replica, .. } => json!({"from": replica, "op": "token", "result": outcome}),
+        Request::Keys(k) => json!({"op": "keys", "request": k.name(), "result": outcome}),
     };
     if let Response::Error { code, .. } = resp {
         if let Some(kind) = code.strip_prefix("keys:token") {

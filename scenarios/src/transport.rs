@@ -227,7 +227,7 @@ fn mutate(kind: TransportFaultKind, req: &Request, resp: Response, base: &Export
     use TransportFaultKind as K;
     let since = match req {
         Request::Pull { since, .. } => *since,
-        Request::Push { .. } | Request::Blob(_) | Request::Token { .. } => 0,
+        Request::Push { .. } | Request::Blob(_) | Request::Token { .. } | Request::Keys(_) => 0,
     };
     match (kind, resp) {
         (K::TokenEndpointMalformed, Response::Token { server_unix_ms, .. }) => (Response::Token { token: "not a token".into(), server_unix_ms }, true),

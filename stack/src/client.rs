@@ -20,11 +20,13 @@ use rand_core::RngCore;
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
+use crate::blobs::object::RetryPolicy;
 use crate::chain;
 use crate::clock::Clock;
 use crate::crypto::{self, Key};
 use crate::envelope;
 use crate::error::{StoreError, SyncError};
+use crate::keys::exchange::{self, GroupKeysFetched, VaultRecovered};
 use crate::keys::token::{self, TokenState};
 use crate::keys::{KeyError, KeyStore};
 use crate::projections::health::{EventStoreStatus, Health};
@@ -759,6 +761,28 @@ impl Client {
     /// The device's keys, to import or restore them (runbook 000).
     pub fn keys_mut(&mut self) -> &mut DeviceKeys {
         &mut self.keys
+    }
+
+    /// The device's key store, or `keys:keyStoreUninitialized` for a device on fixed keys.
+    fn key_store(keys: &mut DeviceKeys) -> Result<(&mut KeyStore, &mut (dyn RngCore + Send)), KeyError> {
+        match &mut keys.ring {
+            Ring::Store(ks) => Ok((ks, &mut *keys.nonces)),
+            Ring::Fixed(_) => Err(KeyError::KeyStoreUninitialized),
+        }
+    }
+
+    /// Asks `peer` (a member's key service) for the epochs of `group` this device lacks and
+    /// stores them (runbook 002, "request-group-key"; see [`crate::keys::exchange`]).
+    pub async fn request_group_keys(&mut self, peer: &mut impl Exchange, group: &str, policy: &RetryPolicy) -> Result<GroupKeysFetched, KeyError> {
+        let (ks, rng) = Self::key_store(&mut self.keys)?;
+        exchange::request_group_keys(peer, ks, group, policy, rng).await
+    }
+
+    /// Recovers the initialized vault key this device lost from the first of `peers` that gives
+    /// a share (runbook 002, "request from peers"); never regenerates it.
+    pub async fn recover_vault_from_peers<E: Exchange>(&mut self, peers: &mut [E], group: &str, policy: &RetryPolicy) -> Result<VaultRecovered, KeyError> {
+        let (ks, rng) = Self::key_store(&mut self.keys)?;
+        exchange::request_vault_share(peers, ks, &mut self.conn, group, policy, rng).await
     }
 
     /// `projection`'s rows for this device's tenant.

@@ -70,6 +70,9 @@ pub enum Request {
         #[serde(with = "hex_bytes")]
         proof: Vec<u8>,
     },
+    /// A key request to a member's key service, never to the sync server (runbook 002:
+    /// [`crate::keys::exchange`]).
+    Keys(crate::keys::exchange::KeyRequest),
 }
 
 /// One event on the wire.
@@ -146,6 +149,8 @@ pub enum Response {
     /// by the server's time (its own clock plus the offset it learns here), so a device clock
     /// that runs ahead or behind neither throws fresh tokens away nor keeps stale ones.
     Token { token: String, server_unix_ms: i64 },
+    /// A member's answer to a key request.
+    Keys(crate::keys::exchange::KeyAnswer),
     /// The request failed. A `staleWriteId` error carries the replica's last write id the
     /// server holds, so the client can renumber.
     Error {

@@ -142,7 +142,7 @@ impl Server {
                     }
                     r => r.map(|_| ()),
                 },
-                Request::Blob(_) => Ok(()),
+                Request::Blob(_) | Request::Keys(_) => Ok(()),
             };
             if let Err(e) = admitted {
                 return Response::error(e.code(), e.to_string());
@@ -154,6 +154,10 @@ impl Server {
             // Blob requests wait on the object store: `blobs::serve` hands them to the blob layer.
             Request::Blob(_) => Err(Refusal::Answer(Response::error("blobServiceRequired", "blob requests are served by the blob layer"))),
             Request::Token { .. } => Err(Refusal::Answer(Response::error("tokenServiceDisabled", "this server issues no tokens"))),
+            // The server holds no keys: members ask each other (`keys::exchange`).
+            Request::Keys(_) => {
+                Err(Refusal::Answer(Response::error("keys:notAKeyPeer", "the sync server holds no keys: key requests go to the group's members")))
+            }
         };
         match result {
             Ok(r) | Err(Refusal::Answer(r)) => r,

@@ -54,6 +54,19 @@ pub enum KeyError {
     GroupBufferOverflow { group: String, epoch: u64, capacity: usize },
     /// A group packet did not open under its epoch's key.
     GroupPacketRejected { group: String, epoch: u64 },
+    /// A key request names an epoch of the group that the side judging it does not hold (the
+    /// peer asked does not hold the epoch the requester can open, or the requester holds no
+    /// epoch of the group at all and must pair again).
+    GroupEpochUnknown { group: String, epoch: Option<u64> },
+    /// A key request got no answer from its peer in any of its attempts (the peer is down or cut
+    /// off): ask again later, or ask another peer.
+    KeyRequestTimedOut { request: String, attempts: u32, detail: String },
+    /// The peer answered a key request with a refusal (its own typed code is in `detail`).
+    KeyRequestRefused { request: String, detail: String },
+    /// A peer's answer to a key request does not open or does not answer the request.
+    KeyAnswerInvalid { detail: String },
+    /// No peer asked for a vault share could give one: each peer's reason is in `detail`.
+    VaultShareUnavailable { asked: usize, detail: String },
     /// The token's expiry is past, by the node's clock.
     TokenExpired { expires_unix_ms: i64, now_unix_ms: i64 },
     /// The token is malformed or its tag does not verify.
@@ -88,6 +101,11 @@ impl KeyError {
             KeyError::VaultShareInvalid { .. } => "keys:vaultShareInvalid",
             KeyError::GroupBufferOverflow { .. } => "keys:groupBufferOverflow",
             KeyError::GroupPacketRejected { .. } => "keys:groupPacketRejected",
+            KeyError::GroupEpochUnknown { .. } => "keys:groupEpochUnknown",
+            KeyError::KeyRequestTimedOut { .. } => "keys:keyRequestTimedOut",
+            KeyError::KeyRequestRefused { .. } => "keys:keyRequestRefused",
+            KeyError::KeyAnswerInvalid { .. } => "keys:keyAnswerInvalid",
+            KeyError::VaultShareUnavailable { .. } => "keys:vaultShareUnavailable",
             KeyError::TokenExpired { .. } => "keys:tokenExpired",
             KeyError::TokenInvalid { .. } => "keys:tokenInvalid",
             KeyError::TokenIdentityMismatch { .. } => "keys:tokenIdentityMismatch",
@@ -131,6 +149,14 @@ impl fmt::Display for KeyError {
                 write!(f, "{code}: packet of group {group} under unknown epoch {epoch} dropped: buffer full ({capacity})")
             }
             KeyError::GroupPacketRejected { group, epoch } => write!(f, "{code}: packet of group {group} did not open under epoch {epoch}"),
+            KeyError::GroupEpochUnknown { group, epoch: Some(epoch) } => write!(f, "{code}: epoch {epoch} of group {group} is not held here"),
+            KeyError::GroupEpochUnknown { group, epoch: None } => write!(f, "{code}: no epoch of group {group} is held here: pair with the group again"),
+            KeyError::KeyRequestTimedOut { request, attempts, detail } => {
+                write!(f, "{code}: {request} got no answer in {attempts} attempts ({detail}): the peer is down or cut off")
+            }
+            KeyError::KeyRequestRefused { request, detail } => write!(f, "{code}: {request} was refused: {detail}"),
+            KeyError::KeyAnswerInvalid { detail } => write!(f, "{code}: {detail}"),
+            KeyError::VaultShareUnavailable { asked, detail } => write!(f, "{code}: none of the {asked} peers asked gave a vault share: {detail}"),
             KeyError::TokenExpired { expires_unix_ms, now_unix_ms } => {
                 write!(f, "{code}: token expired at {expires_unix_ms}, now {now_unix_ms}: reconnect to refresh it")
             }

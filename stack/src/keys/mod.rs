@@ -9,6 +9,8 @@
 //! - [`vault`]: the vault key, never silently regenerated once initialized, recovered from a
 //!   peer's share.
 //! - [`group`]: group keys with epochs; packets under an unknown epoch wait in a bounded buffer.
+//! - [`exchange`]: group key requests and vault share requests between members, on the wire,
+//!   with timeouts, retries and typed errors.
 //! - [`token`]: tokens bound to an identity, with an expiry read from the node's clock,
 //!   refreshed on (re)connect.
 //!
@@ -18,6 +20,7 @@
 pub mod backup;
 pub mod binding;
 mod error;
+pub mod exchange;
 pub mod group;
 pub mod kdf;
 mod keystore;
