@@ -178,7 +178,7 @@ fn a_down_authority_times_out_after_every_attempt_and_answers_after_its_restart(
             Handle::current().kill(peer.id());
             let mut member = device(&base, "member", 8);
             let mut rpc = connect(1, 1).await;
-            let start = madsim::time::Instant::now();
+            let start = madsim::time::TimeHandle::current().now_instant();
             let e = member.request_group_keys(&mut rpc, GROUP, &KEY_RETRY).await.unwrap_err();
             let KeyError::KeyRequestTimedOut { attempts, .. } = &e else { panic!("{e}") };
             assert_eq!((*attempts, e.code()), (KEY_RETRY.attempts_max, "keys:keyRequestTimedOut"));
