@@ -26,6 +26,7 @@ use crate::clock::Clock;
 use crate::crypto::{self, Key};
 use crate::envelope;
 use crate::error::{StoreError, SyncError};
+use crate::fs::{FileSystem, FsError};
 use crate::keys::exchange::{self, GroupKeysFetched, VaultRecovered};
 use crate::keys::token::{self, TokenState};
 use crate::keys::{KeyError, KeyStore};
@@ -35,6 +36,7 @@ use crate::projections::verify::{self, Inconsistency};
 use crate::projections::{ApplyReport, Engine, Incomplete, KeyRing, Scope};
 use crate::proto::{PendingWrite, Request, Response, WireEvent, PAGE_LIMIT_MAX};
 use crate::rpc::Exchange;
+use crate::saga::{self, AchievementSaga, Reconciled, RemoteEffectSink, SagaError};
 use crate::store::{self, EventRow};
 
 /// Writes pushed in one request at most.
@@ -179,6 +181,18 @@ fn sealed(events: &[EventRow]) -> Result<Vec<crate::projections::SealedEvent>, S
     events.iter().map(envelope::sealed_event).collect::<Result<Vec<_>, _>>()
 }
 
+/// What [`Client::recreate`] did with a device database that is not a database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recreated {
+    /// Why the file does not open: the store's corruption error, as the operator captures it.
+    pub damage: String,
+    /// The names the damaged file and its log have now, kept as evidence.
+    pub kept: Vec<String>,
+}
+
+/// Most evidence copies of one database kept side by side.
+const EVIDENCE_MAX: u32 = 1_000;
+
 /// A device's store.
 pub struct Client {
     conn: Connection,
@@ -246,6 +260,47 @@ impl Client {
         store::meta_set(&tx, "boots", &boots.to_string())?;
         tx.commit()?;
         Ok(Client { conn, replica: replica.into(), tenant: tenant.into(), incarnation, clock, boots, keys, engine, auth: None })
+    }
+
+    /// The operator's recovery of a device database that is not a database (runbook 002,
+    /// "Database Corruption on Native"; runbook 001, scenario D). The file `name` of `fs` must
+    /// fail to open, or fail SQLite's quick check, with `store:corrupt`; it and its log are then
+    /// kept aside as evidence under `<name>.corrupt-<n>` (never over earlier evidence), so the
+    /// next [`Client::open`] creates a fresh database. The key store survives: binding accepts
+    /// an empty database ([`crate::keys::binding::bind`]), and sync refills it from the server.
+    /// Writes the device never pushed are lost with the file. A file that opens and passes the
+    /// check is refused with `store:invalid` and left as it is: a healthy database is never
+    /// thrown away.
+    pub fn recreate(fs: &dyn FileSystem, name: &str) -> Result<Recreated, StoreError> {
+        let damage = match store::open(&fs.db_path(name)).and_then(|c| store::quick_check(&c)) {
+            Err(StoreError::Corrupt { detail }) => detail,
+            Err(other) => return Err(other),
+            Ok(()) => return Err(StoreError::Invalid { detail: format!("{name} opens and passes its quick check: not recreated") }),
+        };
+        let fs_err = |e: FsError| match e {
+            FsError::Full { .. } => StoreError::Full,
+            e => StoreError::Io { detail: format!("{}: {e}", e.code()) },
+        };
+        let mut evidence = None;
+        for n in 1..=EVIDENCE_MAX {
+            let candidate = format!("{name}.corrupt-{n}");
+            if !fs.exists(&candidate).map_err(fs_err)? {
+                evidence = Some(candidate);
+                break;
+            }
+        }
+        let evidence = evidence.ok_or_else(|| StoreError::Invalid { detail: format!("{EVIDENCE_MAX} evidence copies of {name} already kept") })?;
+        let mut kept = Vec::new();
+        for suffix in ["", "-wal", "-shm"] {
+            let from = format!("{name}{suffix}");
+            if fs.exists(&from).map_err(fs_err)? {
+                let to = format!("{evidence}{suffix}");
+                fs.rename(&from, &to).map_err(fs_err)?;
+                kept.push(to);
+            }
+        }
+        fs.sync_dir().map_err(fs_err)?;
+        Ok(Recreated { damage, kept })
     }
 
     /// How many times this database has been opened, this time included.
@@ -736,6 +791,14 @@ impl Client {
         }
     }
 
+    /// The saga reconcile of the device's start path (runbook 000, "Saga stuck state"): every
+    /// saga's request re-derived from the tenant counts, and every effect not `done` delivered
+    /// through `sink`. A device runs it at every start, before new work.
+    pub async fn reconcile_sagas(&mut self, sagas: &[AchievementSaga], sink: &mut impl RemoteEffectSink) -> Result<Reconciled, SagaError> {
+        let counts = saga::tenant_counts(&self.conn)?;
+        saga::reconcile_remote(&self.conn, sagas, &counts, sink, &*self.clock).await
+    }
+
     /// The projections' engine, for operator tools (snapshots, health, rows).
     pub fn engine(&self) -> &Engine {
         &self.engine
@@ -964,6 +1027,51 @@ mod tests {
         let path = dir.path().join("device.db");
         let other = Client::open(path.to_str().unwrap(), "client-9", "acme", Box::new(crate::clock::FixedClock(0)), test_keys());
         assert!(matches!(other, Err(StoreError::Invalid { .. })));
+    }
+
+    /// A database file whose bytes are not a database: SQLite's header magic gone.
+    fn damage_header(dir: &tempfile::TempDir) {
+        let p = dir.path().join("device.db");
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[0] ^= 0x5a;
+        std::fs::write(&p, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_refused_at_open_and_recreated_with_its_evidence_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = crate::fs::StdFs::new(dir.path());
+        let mut c = device(&dir);
+        c.append("a", "k", b"x").unwrap();
+        drop(c);
+        // A bit-flipped header, then plain garbage over a second database.
+        damage_header(&dir);
+        for round in 1..=2 {
+            let damaged = std::fs::read(dir.path().join("device.db")).unwrap();
+            let path = dir.path().join("device.db");
+            let opened = Client::open(path.to_str().unwrap(), "client-1", "acme", Box::new(crate::clock::FixedClock(0)), test_keys());
+            assert_eq!(opened.err().map(|e| e.code()), Some("store:corrupt"), "round {round}");
+            let r = Client::recreate(&fs, "device.db").unwrap();
+            assert!(r.damage.contains("not a database"), "{}", r.damage);
+            assert_eq!(r.kept[0], format!("device.db.corrupt-{round}"));
+            assert_eq!(std::fs::read(dir.path().join(&r.kept[0])).unwrap(), damaged, "the evidence is the damaged file, unchanged");
+            let fresh = device(&dir);
+            assert_eq!((fresh.boots(), fresh.outbox().unwrap().len()), (1, 0), "a fresh database");
+            drop(fresh);
+            std::fs::write(dir.path().join("device.db"), vec![0x42u8; 8192]).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_healthy_database_is_never_recreated() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = crate::fs::StdFs::new(dir.path());
+        let mut c = device(&dir);
+        c.append("a", "k", b"x").unwrap();
+        drop(c);
+        assert_eq!(Client::recreate(&fs, "device.db").unwrap_err().code(), "store:invalid");
+        assert_eq!(device(&dir).outbox().unwrap().len(), 1, "the database is untouched");
+        assert!(!dir.path().join("device.db.corrupt-1").exists());
     }
 
     #[test]

@@ -320,13 +320,58 @@ pub fn drive_with(c: &Connection, sink: &mut dyn EffectSink, clock: &dyn Clock, 
             return Err(SagaError::Interrupted { effect_id: step.effect_id, at: Crash::BeforeDone });
         }
         finish_delivery(c, &step.effect_id, &outcome, clock)?;
-        match outcome {
-            Ok(d) if d.first_time => report.delivered.push(step.effect_id),
-            Ok(_) => report.duplicates.push(step.effect_id),
-            Err(e) => report.failed.push((step.effect_id, e)),
-        }
+        report.record(step.effect_id, outcome);
     }
     Ok(report)
+}
+
+impl DriveReport {
+    fn record(&mut self, effect_id: String, outcome: Result<Delivered, EffectError>) {
+        match outcome {
+            Ok(d) if d.first_time => self.delivered.push(effect_id),
+            Ok(_) => self.duplicates.push(effect_id),
+            Err(e) => self.failed.push((effect_id, e)),
+        }
+    }
+}
+
+/// The external side of a saga across the network: one delivery, answered, refused or timed
+/// out (the asynchronous [`EffectSink`]).
+pub trait RemoteEffectSink {
+    fn deliver(&mut self, effect_id: &str, body: &str) -> impl std::future::Future<Output = Result<Delivered, EffectError>>;
+}
+
+/// [`reconcile`] for a receiver across the network, for every saga of `sagas`: what a device
+/// runs at every start, before it does anything else (runbook 000: "Saga stuck state: reconcile
+/// on start"). Re-derives the requests from `counts`, then sends every effect not `done` and
+/// records each answer; a crash anywhere in it leaves a state the next start finishes.
+pub async fn reconcile_remote(
+    c: &Connection,
+    sagas: &[AchievementSaga],
+    counts: &BTreeMap<String, u64>,
+    sink: &mut impl RemoteEffectSink,
+    clock: &dyn Clock,
+) -> Result<Reconciled, SagaError> {
+    let mut requested = Vec::new();
+    for saga in sagas {
+        requested.extend(observe_all(c, saga, counts, clock)?);
+    }
+    let mut drive = DriveReport::default();
+    for step in begin_deliveries(c, clock)? {
+        let outcome = sink.deliver(&step.effect_id, &step.body).await;
+        finish_delivery(c, &step.effect_id, &outcome, clock)?;
+        drive.record(step.effect_id, outcome);
+    }
+    Ok(Reconciled { requested, drive })
+}
+
+/// Records the request of `saga` for every tenant whose count calls for it; returns the new ones.
+fn observe_all(c: &Connection, saga: &AchievementSaga, counts: &BTreeMap<String, u64>, clock: &dyn Clock) -> Result<Vec<String>, SagaError> {
+    let mut requested = Vec::new();
+    for (tenant, &count) in counts {
+        requested.extend(saga.observe(c, tenant, count, clock)?);
+    }
+    Ok(requested)
 }
 
 /// The first half of a delivery, for a caller that sends effects itself (over the network,
@@ -376,10 +421,7 @@ pub fn reconcile(
     sink: &mut dyn EffectSink,
     clock: &dyn Clock,
 ) -> Result<Reconciled, SagaError> {
-    let mut requested = Vec::new();
-    for (tenant, &count) in counts {
-        requested.extend(saga.observe(c, tenant, count, clock)?);
-    }
+    let requested = observe_all(c, saga, counts, clock)?;
     Ok(Reconciled { requested, drive: drive(c, sink, clock)? })
 }
 
@@ -699,6 +741,46 @@ mod tests {
             applied.sort();
             proptest::prop_assert_eq!(applied, rewarded);
             assert_once(&d);
+        }
+    }
+
+    /// The receiver across a network that answers at once.
+    struct Remote<'a>(&'a mut Receiver);
+
+    impl RemoteEffectSink for Remote<'_> {
+        fn deliver(&mut self, effect_id: &str, body: &str) -> impl std::future::Future<Output = Result<Delivered, EffectError>> {
+            std::future::ready(self.0.deliver(effect_id, body))
+        }
+    }
+
+    fn ready<F: std::future::Future>(f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        match f.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("a ready sink never waits"),
+        }
+    }
+
+    #[test]
+    fn reconcile_at_start_finishes_what_a_crash_left_and_rebuilds_cleared_tables_for_every_saga() {
+        for crash in [Crash::BeforeEffect, Crash::BeforeDone] {
+            let mut d = device();
+            let sagas = [AchievementSaga::new(2), AchievementSaga::new(5)];
+            sagas[0].observe(&d.c, "acme", 3, &CLOCK).unwrap();
+            drive_with(&d.c, &mut d.receiver, &CLOCK, Some(crash)).unwrap_err();
+            d.restart();
+            let all = counts(&[("acme", 6), ("globex", 1)]);
+            let r = ready(reconcile_remote(&d.c, &sagas, &all, &mut Remote(&mut d.receiver), &CLOCK)).unwrap();
+            assert_eq!(r.requested, vec!["achievement/acme/5".to_string()], "{crash:?}");
+            let duplicates = usize::from(crash == Crash::BeforeDone);
+            assert_eq!((r.drive.delivered.len(), r.drive.duplicates.len()), (2 - duplicates, duplicates), "{crash:?}");
+            assert_once(&d);
+            // The manual recovery: cleared tables come back from the counts, no effect twice.
+            clear(&d.c).unwrap();
+            let r = ready(reconcile_remote(&d.c, &sagas, &all, &mut Remote(&mut d.receiver), &CLOCK)).unwrap();
+            assert_eq!((r.requested.len(), r.drive.duplicates.len()), (2, 2));
+            assert_once(&d);
+            assert_eq!(d.receiver.applied().unwrap().len(), 2);
         }
     }
 

@@ -194,6 +194,18 @@ pub fn anchor(c: &Connection, tenant: &str) -> Result<Option<(u64, Vec<u8>)>, St
     Ok(Some((seq, hash)))
 }
 
+/// SQLite's quick check of every page of `c`'s database: `store:corrupt`, naming what it found,
+/// when the file is damaged.
+pub fn quick_check(c: &Connection) -> Result<(), StoreError> {
+    let mut st = c.prepare("PRAGMA quick_check")?;
+    let found: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    if found == ["ok"] {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt { detail: found.join("; ") })
+    }
+}
+
 /// Records `tenant`'s chain anchor.
 pub fn set_anchor(c: &Connection, tenant: &str, seq: u64, hash: &[u8]) -> Result<(), StoreError> {
     meta_set(c, &format!("anchor/{tenant}"), &format!("{seq}:{}", hex::encode(hash)))

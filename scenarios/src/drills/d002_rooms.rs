@@ -4,7 +4,8 @@
 //! - `002-database-corruption-native`. The failure: a device's database file is overwritten with
 //!   bytes that are not a database while the device is down. The symptom: opening it fails with
 //!   the store's corruption error ("file is not a database"). The recovery: capture the error and
-//!   the file name, recreate the database (the damaged file kept aside), recover by syncing from
+//!   the file name, recreate the database through the stack (`Client::recreate`: the damaged file
+//!   and its log kept as evidence, a fresh database at the next open), recover by syncing from
 //!   the server, validate convergence by count and hash. Writes the device never synced are lost
 //!   with its file: the runbook recovers from peers, and no peer ever had them.
 //! - `002-sync-divergence`. The failure: a device's event rows are lost behind the stack's back
@@ -28,7 +29,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use drill_sim::disk::DiskSim;
-use drill_stack::fs::FileSystem;
+use drill_stack::client::Client;
 use drill_stack::proto::{Request, Response, PROTOCOL_VERSION, SERVER_PORT};
 use drill_stack::rpc::RpcClient;
 use drill_stack::StoreError;
@@ -117,16 +118,20 @@ async fn corruption(cx: &mut Ctx) {
         );
     }
     if cx.step("recreate-database") {
+        // The stack's own recovery: it checks the file is damaged, keeps it (and its log) as
+        // evidence, and the next open creates a fresh database.
         let fs = cx.files(node);
-        let kept = fs.rename(DEVICE_DB, "device.db.corrupt").is_ok();
-        for side in ["device.db-wal", "device.db-shm"] {
-            if fs.exists(side).unwrap_or(false) {
-                let _ = fs.remove(side);
-            }
-        }
-        let _ = fs.sync_dir();
-        let r = cx.open(0).await;
-        cx.check(kept && r.is_ok(), "a fresh database opens, the damaged file kept aside", json!({"kept": kept, "error": r.err().map(|e| e.to_string())}));
+        let recreated = cx.on(node, async move { Client::recreate(&fs, DEVICE_DB) }).await;
+        let opened = match &recreated {
+            Ok(_) => cx.open(0).await,
+            Err(e) => Err(e.clone()),
+        };
+        let kept = recreated.as_ref().map(|r| r.kept.clone()).unwrap_or_default();
+        cx.check(
+            recreated.is_ok() && opened.is_ok() && kept.first().is_some_and(|k| k.starts_with("device.db.corrupt-")),
+            "the stack recreates the database, the damaged file kept as evidence",
+            json!({"kept": kept, "damage": recreated.as_ref().ok().map(|r| r.damage.clone()), "error": opened.err().map(|e| e.to_string())}),
+        );
     }
     if cx.step("sync-recovery") && cx.devs[0].client.is_some() {
         let r = cx.sync(0).await;
