@@ -4,7 +4,7 @@
 //! real file through SQLite's `unix` VFS with the stack's `synchronous=FULL`.
 //!
 //! Each way is timed from outside, opening included: once with no commits (the set-up, median
-//! of a few) and once with the workload (median of a few, one for the real file); the cost of a
+//! of a few) and once with the workload (median of a few); the cost of a
 //! commit is the difference divided by the commits.
 
 use std::path::{Path, PathBuf};
@@ -85,7 +85,7 @@ pub fn measure(commits: u32, file_commits: u32, tmp: &Path) -> Result<StoreResul
     let ways = [
         way(Way::SimulatedDisk, commits, REPEATS, &|n| on_simulated_disk(n)),
         way(Way::Memory, commits, REPEATS, &|n| in_memory(n)),
-        way(Way::RealFile, file_commits, 1, &|n| on_real_file(&file, n)),
+        way(Way::RealFile, file_commits, REPEATS, &|n| on_real_file(&file, n)),
     ];
     let _ = std::fs::remove_dir_all(&dir);
     let ways = ways.into_iter().collect::<Result<Vec<_>, _>>()?;
