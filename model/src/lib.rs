@@ -13,6 +13,7 @@ pub mod invariants;
 pub mod jobs;
 pub mod recovery;
 pub mod secrets;
+pub mod server_dr;
 pub mod store;
 pub mod store_ops;
 mod verified;

@@ -1293,6 +1293,8 @@ fn trace_request(shared: &SharedRef, req: &drill_stack::proto::Request, resp: &d
     use drill_stack::proto::{Request, Response};
     let outcome = match resp {
         Response::Error { code, .. } => json!({"error": code}),
+        Response::RetryLater { code, .. } => json!({"retry_later": code}),
+        Response::Rewound { held } => json!({"rewound": held.as_ref().map(|h| h.seq)}),
         Response::ResyncRequired { floor_seq, .. } => json!({"resync_required": floor_seq}),
         Response::Blob(_) => json!({"blob": "answered"}),
         Response::Token { .. } => json!({"token": "issued"}),

@@ -151,7 +151,7 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
     let handle = madsim::runtime::Handle::current();
     let mut nodes = Nodes::new();
     let slot = Arc::new(Mutex::new(None));
-    let options = drill_stack::server::ServerOptions { retention_events: plan.server_retention };
+    let options = drill_stack::server::ServerOptions { retention_events: plan.server_retention, ..Default::default() };
     let tenant_keys = Arc::new(procs::provision(&plan));
     let rooms = procs::rooms(&plan);
     let tokens = Arc::new(crate::tokens::Tokens::new(plan.seed));

@@ -327,7 +327,7 @@ mod tests {
     }
 
     fn pull(since: u64) -> Request {
-        Request::Pull { tenant: "acme".into(), replica: "client-1".into(), since, limit: 64 }
+        Request::Pull { tenant: "acme".into(), replica: "client-1".into(), since, limit: 64, head: None }
     }
 
     #[test]

@@ -36,7 +36,7 @@ fn pull_with_version(v: u32) -> Result<Response, SyncError> {
             .spawn(async move {
                 let addr = SocketAddr::new(SERVER_IP, SERVER_PORT);
                 let mut rpc = RpcClient::bind(addr, 1, Duration::from_millis(500)).await?.with_version(v);
-                rpc.call(&Request::Pull { tenant: "acme".into(), replica: "client-1".into(), since: 0, limit: 8 }).await
+                rpc.call(&Request::Pull { tenant: "acme".into(), replica: "client-1".into(), since: 0, limit: 8, head: None }).await
             })
             .await
             .expect("the device task runs")

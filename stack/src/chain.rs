@@ -29,7 +29,13 @@ pub struct Link<'a> {
 
 /// Verifies a tenant's events in order; returns the seq of the first event that does not verify.
 pub fn first_broken<'a>(links: impl IntoIterator<Item = Link<'a>>) -> Option<u64> {
-    let mut prev: Vec<u8> = GENESIS.to_vec();
+    first_broken_from(&GENESIS, links)
+}
+
+/// [`first_broken`] for a chain that starts at `start` (a compaction anchor's hash) instead of
+/// [`GENESIS`].
+pub fn first_broken_from<'a>(start: &[u8], links: impl IntoIterator<Item = Link<'a>>) -> Option<u64> {
+    let mut prev: Vec<u8> = start.to_vec();
     for l in links {
         let want = event_hash(&prev, l.kind, l.tenant, l.payload);
         if l.prev_hash != prev.as_slice() || l.hash != want.as_slice() {

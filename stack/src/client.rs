@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use rand_core::RngCore;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use crate::blobs::object::RetryPolicy;
@@ -34,7 +34,7 @@ use crate::projections::health::{EventStoreStatus, Health};
 use crate::projections::resilience::{self, Mode, Write};
 use crate::projections::verify::{self, Inconsistency};
 use crate::projections::{ApplyReport, Engine, Incomplete, KeyRing, Scope};
-use crate::proto::{PendingWrite, Request, Response, WireEvent, PAGE_LIMIT_MAX};
+use crate::proto::{ChainPoint, PendingWrite, Request, Response, WireEvent, PAGE_LIMIT_MAX};
 use crate::rpc::Exchange;
 use crate::saga::{self, AchievementSaga, Reconciled, RemoteEffectSink, SagaError};
 use crate::store::{self, EventRow};
@@ -143,6 +143,10 @@ pub struct SyncReport {
     /// by a refresh and a retry).
     pub token_refreshes: u64,
     pub token_refusals: Vec<String>,
+    /// The server answered the push "retry later" (its code: `readOnly`, `tenantReadOnly`,
+    /// `archivePending`, `archiveWindowFull`): the writes stay in the outbox for the next attempt,
+    /// and the pull went on.
+    pub push_deferred: Option<String>,
 }
 
 /// Everything an attempt will commit, held in memory until it has fully succeeded.
@@ -159,6 +163,7 @@ struct Attempt {
     items: Vec<EventRow>,
     pages: u32,
     settled: bool,
+    deferred: Option<String>,
 }
 
 /// What a verification of a device's projections found good, for the next one to start from
@@ -217,6 +222,12 @@ const TOKEN_REFUSALS: [&str; 3] = ["keys:tokenExpired", "keys:tokenInvalid", "ke
 
 fn guard(stage: &'static str, code: &'static str, detail: String) -> SyncError {
     SyncError::Guardrail { stage, code, detail }
+}
+
+/// The server does not hold this device's chain head: it was restored behind the device.
+fn rewound(held: Option<ChainPoint>) -> SyncError {
+    let at = held.map(|h| format!("event {}", h.seq)).unwrap_or_else(|| "no event".into());
+    guard("sync", "serverRewound", format!("the server's chain ends at {at} and does not hold this device's head: it was restored behind this device"))
 }
 
 fn get_u64(c: &Connection, key: &str) -> Result<u64, StoreError> {
@@ -439,6 +450,43 @@ impl Client {
         Ok(())
     }
 
+    /// This device's chain head as the server must hold it: its last event, or its anchor, or
+    /// none (an empty chain).
+    pub fn chain_point(&self) -> Result<Option<ChainPoint>, StoreError> {
+        let last: Option<(u64, Vec<u8>)> = self
+            .conn
+            .prepare_cached("SELECT seq, hash FROM events WHERE tenant = ?1 ORDER BY seq DESC LIMIT 1")?
+            .query_row([&self.tenant], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        Ok(match last {
+            Some((seq, hash)) => Some(ChainPoint { seq, hash }),
+            None => store::anchor(&self.conn, &self.tenant)?.map(|(seq, hash)| ChainPoint { seq, hash }),
+        })
+    }
+
+    /// After the operator re-offered this device's events to a restored server
+    /// ([`crate::server::Server::reoffer`]): drops the device's events and sync position, so the
+    /// next sync pulls and verifies the server's history from the start. `server_holds` is
+    /// every op the server answered it holds; an event of this device outside it is not dropped
+    /// but refused with `rebase:eventsNotReoffered` (nothing the device holds may be lost).
+    /// Pending writes stay.
+    pub fn rebase_after_restore(&mut self, server_holds: &BTreeSet<String>) -> Result<(), SyncError> {
+        resilience::check_write(&self.conn, Write::Command).map_err(StoreError::from)?;
+        let missing: Vec<String> = self.events()?.into_iter().map(|e| e.op_id).filter(|op| !server_holds.contains(op)).collect();
+        if !missing.is_empty() {
+            return Err(guard("rebase", "eventsNotReoffered", format!("{} events the server does not hold, first {}", missing.len(), missing[0])));
+        }
+        let floor = store::anchor(&self.conn, &self.tenant)?.map(|(seq, _)| seq).unwrap_or(0);
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM events WHERE tenant = ?1", [&self.tenant])?;
+        self.engine.reset(&tx, &self.tenant).map_err(StoreError::from)?;
+        store::meta_set(&tx, "cursor", &floor.to_string())?;
+        store::meta_set(&tx, "reconcile_cursor", "0")?;
+        store::meta_set(&tx, "last_reconciled_write_ids", "{}")?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Where this device's chain starts, if it resynchronised past compacted history.
     pub fn anchor(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         store::anchor(&self.conn, &self.tenant)
@@ -460,6 +508,7 @@ impl Client {
             pulled: a.items.len(),
             pages: a.pages,
             settled: a.settled,
+            push_deferred: a.deferred.clone(),
             ..SyncReport::default()
         };
         if let Some(auth) = &self.auth {
@@ -490,11 +539,16 @@ impl Client {
             if rpc.version() < 2 {
                 sent.iter_mut().for_each(|w| w.op_id = None);
             }
-            let req = Request::Push { tenant: self.tenant.clone(), replica: self.replica.clone(), writes: sent };
+            let req = Request::Push { tenant: self.tenant.clone(), replica: self.replica.clone(), writes: sent, head: self.chain_point()? };
             match self.call(rpc, &req).await? {
                 Response::Pushed { accepted, cursor, last_reconciled_write_ids } => {
                     return self.reconciled(a, &writes, accepted, cursor, last_reconciled_write_ids);
                 }
+                Response::RetryLater { code, .. } => {
+                    a.deferred = Some(code);
+                    return Ok(());
+                }
+                Response::Rewound { held } => return Err(rewound(held)),
                 Response::Error { code, last_write_id: Some(last), .. } if code == "staleWriteId" => {
                     stale += 1;
                     if stale > STALE_WRITE_RETRIES_MAX || rpc.version() < 2 {
@@ -562,10 +616,12 @@ impl Client {
     async fn pull(&mut self, rpc: &mut impl Exchange, a: &mut Attempt) -> Result<(), SyncError> {
         let mut seen: BTreeSet<String> = BTreeSet::new();
         let mut head = store::chain_head(&self.conn, &self.tenant)?;
+        let mut point = self.chain_point()?;
         while a.pages < PULL_PAGES_MAX {
-            let req = Request::Pull { tenant: self.tenant.clone(), replica: self.replica.clone(), since: a.cursor, limit: PAGE_LIMIT_MAX };
+            let req = Request::Pull { tenant: self.tenant.clone(), replica: self.replica.clone(), since: a.cursor, limit: PAGE_LIMIT_MAX, head: point.clone() };
             let (items, has_more, next_cursor, lrw) = match self.call(rpc, &req).await? {
                 Response::Page { items, has_more, next_cursor, last_reconciled_write_ids } => (items, has_more, next_cursor, last_reconciled_write_ids),
+                Response::Rewound { held } => return Err(rewound(held)),
                 Response::ResyncRequired { floor_seq, floor_hash } => return Err(SyncError::ResyncRequired { floor_seq, floor_hash }),
                 Response::Error { code, message, .. } => return Err(SyncError::Server { code, message }),
                 other => return Err(unexpected("pull", &other)),
@@ -586,6 +642,7 @@ impl Client {
                     return Err(guard("pull", "hashChainViolation", format!("event {} does not extend the local chain", e.seq)));
                 }
                 head = e.hash.clone();
+                point = Some(ChainPoint { seq: e.seq, hash: e.hash.clone() });
                 a.items.push(e);
             }
             a.cursor = next_cursor;

@@ -7,7 +7,10 @@
 //! - [`store`]: the SQLite schema and connection settings shared by client and server.
 //! - [`chain`]: the event hash chain.
 //! - [`proto`]: the wire protocol.
-//! - [`server`]: the server's store, which holds the total order, and its request handler.
+//! - [`server`]: the server's store, which holds the total order, and its request handler; its
+//!   resilience modes, projections, full backups, continuous archive and restore (runbook 004).
+//! - [`backup_node`]: the node that keeps the server's backups and archive segments, and its
+//!   protocol.
 //! - [`client`]: a device's store with its outbox, and the sync that pushes and pulls.
 //! - [`rpc`]: request/response over madsim endpoints.
 //! - [`blobs`]: staged blobs in an S3-like object store, their registry, and attach with a
@@ -32,6 +35,7 @@
 //!   free of keys and plaintext by construction, and the check that proves it (runbook 000).
 
 pub mod artifacts;
+pub mod backup_node;
 pub mod blobs;
 pub mod chain;
 pub mod client;

@@ -53,10 +53,25 @@ pub struct PendingWrite {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    /// Appends writes to the total order; idempotent per `(replica, write_id)`.
-    Push { tenant: String, replica: String, writes: Vec<PendingWrite> },
-    /// The tenant's events after `since`, one page.
-    Pull { tenant: String, replica: String, since: u64, limit: u32 },
+    /// Appends writes to the total order; idempotent per `(replica, write_id)`. `head` is the
+    /// device's chain head: a server that does not hold it was restored behind the device and
+    /// answers [`Response::Rewound`] without appending anything.
+    Push {
+        tenant: String,
+        replica: String,
+        writes: Vec<PendingWrite>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        head: Option<ChainPoint>,
+    },
+    /// The tenant's events after `since`, one page; `head` as for a push.
+    Pull {
+        tenant: String,
+        replica: String,
+        since: u64,
+        limit: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        head: Option<ChainPoint>,
+    },
     /// A blob request (runbook 003 §2, §3), served by the server's blob layer.
     Blob(crate::blobs::BlobRequest),
     /// A fresh token for `identity`, proven by a seal under the device's pairing key over the
@@ -73,6 +88,15 @@ pub enum Request {
     /// A key request to a member's key service, never to the sync server (runbook 002:
     /// [`crate::keys::exchange`]).
     Keys(crate::keys::exchange::KeyRequest),
+}
+
+/// A point of a tenant's hash chain: an event's sequence number and hash (or a compaction
+/// anchor's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainPoint {
+    pub seq: u64,
+    #[serde(with = "hex_bytes")]
+    pub hash: Vec<u8>,
 }
 
 /// One event on the wire.
@@ -151,6 +175,14 @@ pub enum Response {
     Token { token: String, server_unix_ms: i64 },
     /// A member's answer to a key request.
     Keys(crate::keys::exchange::KeyAnswer),
+    /// The server cannot take the request now but will later (runbook 004 §2: READ_ONLY, or its
+    /// archive is behind): nothing was changed, the device keeps its writes and asks again.
+    /// `code` names why: `readOnly`, `tenantReadOnly`, `archivePending`, `archiveWindowFull`.
+    RetryLater { code: String, message: String },
+    /// The server does not hold the chain head the request named: it was restored from a backup
+    /// older than what the device holds. `held` is the server's head of the tenant. The device
+    /// fails closed (`sync:serverRewound`) until the operator re-offers what the server lost.
+    Rewound { held: Option<ChainPoint> },
     /// The request failed. A `staleWriteId` error carries the replica's last write id the
     /// server holds, so the client can renumber.
     Error {
@@ -231,7 +263,8 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<Envelope<T>,
     serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
 }
 
-mod hex_bytes {
+/// Byte fields as hex strings on the wire (serde `with`).
+pub(crate) mod hex_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
@@ -254,6 +287,7 @@ mod tests {
             tenant: "acme".into(),
             replica: "client-1".into(),
             writes: vec![PendingWrite { write_id: 1, op_id: Some("x-1".into()), aggregate: "a".into(), kind: "k".into(), payload: vec![0, 255] }],
+            head: Some(ChainPoint { seq: 4, hash: vec![1, 2] }),
         };
         let bytes = encode(PROTOCOL_VERSION, 7, &req);
         let env: Envelope<Request> = decode(&bytes).unwrap();
@@ -277,7 +311,8 @@ mod tests {
     fn a_version_1_push_has_no_op_ids() {
         let text = r#"{"v":1,"id":3,"body":{"op":"push","tenant":"t","replica":"r","writes":[{"write_id":1,"aggregate":"a","kind":"k","payload":"00"}]}}"#;
         let env: Envelope<Request> = decode(text.as_bytes()).unwrap();
-        let Request::Push { writes, .. } = env.body else { panic!("a push") };
+        let Request::Push { writes, head, .. } = env.body else { panic!("a push") };
         assert_eq!(writes[0].op_id, None);
+        assert_eq!(head, None);
     }
 }

@@ -15,6 +15,24 @@
 //! anything else is refused with the token's typed error (`keys:tokenInvalid`,
 //! `keys:tokenExpired`, `keys:tokenIdentityMismatch`) before the request touches the store; a
 //! live token of another tenant than the request's is refused `rbacDenied`.
+//!
+//! The server's event store is the source of truth, and it can die and come back (runbook 004):
+//! [`modes`] (NORMAL / DEGRADED / READ_ONLY, per server and per tenant; READ_ONLY answers pushes
+//! "retry later"), [`projections`] folded on the server, full [`backup`]s and a continuous
+//! [`archive`] of sealed segments, and the [`restore`] procedure. A request naming a chain head
+//! the server does not hold (a device ahead of a restored server) is answered
+//! [`Response::Rewound`] and changes nothing.
+
+pub mod archive;
+pub mod backup;
+pub mod modes;
+pub mod projections;
+pub mod restore;
+
+pub use archive::{ArchiveMode, Segment, SegmentManifest};
+pub use backup::{BackupManifest, FullBackup};
+pub use modes::{ModeScope, ServerWork, Transition};
+pub use projections::StoredForm;
 
 use std::collections::BTreeMap;
 
@@ -23,7 +41,8 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::chain;
 use crate::error::StoreError;
 use crate::keys::token::TokenAuth;
-use crate::proto::{Accepted, PendingWrite, Request, Response, WireEvent, PAGE_LIMIT_MAX};
+use crate::projections::Engine;
+use crate::proto::{Accepted, ChainPoint, PendingWrite, Request, Response, WireEvent, PAGE_LIMIT_MAX};
 use crate::store::{self, EventRow};
 
 const SERVER_SCHEMA: &str = "
@@ -49,6 +68,9 @@ pub struct ServerOptions {
     /// Keep at least this many events per tenant; older ones are compacted away (a tombstone per
     /// op stays, so retries stay idempotent), and a device behind them must resync in full.
     pub retention_events: Option<u64>,
+    /// Archive every committed push as a sealed segment, shipped to a backup node
+    /// ([`archive`]); `None`: no archive.
+    pub archive: Option<ArchiveMode>,
 }
 
 /// The server's store.
@@ -56,6 +78,7 @@ pub struct Server {
     conn: Connection,
     options: ServerOptions,
     tokens: Option<TokenAuth>,
+    engine: Engine,
 }
 
 /// A compacted write: enough to keep pushes idempotent and to account for it.
@@ -106,7 +129,16 @@ impl Server {
         conn.execute_batch(store::EVENTS_SCHEMA)?;
         conn.execute_batch(SERVER_SCHEMA)?;
         conn.execute_batch(crate::blobs::registry::SCHEMA)?;
-        Ok(Server { conn, options, tokens: None })
+        conn.execute_batch(modes::SCHEMA)?;
+        conn.execute_batch(archive::SCHEMA)?;
+        let engine = Engine::builtin();
+        engine.install(&conn)?;
+        Ok(Server { conn, options, tokens: None, engine })
+    }
+
+    /// The settings the server was opened with.
+    pub fn options(&self) -> ServerOptions {
+        self.options
     }
 
     /// The connection the blob registry lives on (the blob layer borrows it step by step).
@@ -149,8 +181,8 @@ impl Server {
             }
         }
         let result = match req {
-            Request::Push { tenant, replica, writes } => self.push(&tenant, &replica, &writes),
-            Request::Pull { tenant, replica, since, limit } => self.pull(&tenant, &replica, since, limit),
+            Request::Push { tenant, replica, writes, head } => self.push(&tenant, &replica, &writes, head.as_ref()),
+            Request::Pull { tenant, replica, since, limit, head } => self.pull(&tenant, &replica, since, limit, head.as_ref()),
             // Blob requests wait on the object store: `blobs::serve` hands them to the blob layer.
             Request::Blob(_) => Err(Refusal::Answer(Response::error("blobServiceRequired", "blob requests are served by the blob layer"))),
             Request::Token { .. } => Err(Refusal::Answer(Response::error("tokenServiceDisabled", "this server issues no tokens"))),
@@ -159,10 +191,12 @@ impl Server {
                 Err(Refusal::Answer(Response::error("keys:notAKeyPeer", "the sync server holds no keys: key requests go to the group's members")))
             }
         };
-        match result {
+        let resp = match result {
             Ok(r) | Err(Refusal::Answer(r)) => r,
-            Err(Refusal::Store(e)) => Response::error(e.code(), e.to_string()),
-        }
+            Err(Refusal::Store(e)) => return Response::error(e.code(), e.to_string()),
+        };
+        // A synchronous archive acknowledges a push only once its events are on the backup node.
+        self.acknowledge(resp).unwrap_or_else(|e| Response::error(e.code(), e.to_string()))
     }
 
     /// Binds `replica` to `tenant` on first sight; refuses it for any other tenant.
@@ -178,9 +212,51 @@ impl Server {
         }
     }
 
-    fn push(&mut self, tenant: &str, replica: &str, writes: &[PendingWrite]) -> Result<Response, Refusal> {
+    /// Refuses a request that names a chain head this server does not hold.
+    fn check_head(conn: &Connection, tenant: &str, head: Option<&ChainPoint>) -> Result<(), Refusal> {
+        match head {
+            Some(h) if !Self::holds(conn, tenant, h)? => Err(Refusal::Answer(Response::Rewound { held: Self::head_point(conn, tenant)? })),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `tenant`'s chain here passes through `point`: a stored event or an anchor with
+    /// its hash, or an event compacted away (its tombstone keeps its seq, and the anchor's hash
+    /// covers it; a device that far behind is told to resync by the pull).
+    pub(crate) fn holds(conn: &Connection, tenant: &str, point: &ChainPoint) -> Result<bool, StoreError> {
+        let n: u64 = conn.query_row(
+            "SELECT (SELECT COUNT(*) FROM events WHERE seq = ?1 AND tenant = ?2 AND hash = ?3)
+                  + (SELECT COUNT(*) FROM anchors WHERE seq = ?1 AND tenant = ?2 AND hash = ?3)
+                  + (SELECT COUNT(*) FROM pruned WHERE seq = ?1 AND tenant = ?2)",
+            rusqlite::params![point.seq, tenant, point.hash],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
+    }
+
+    /// `tenant`'s chain head here: its last event, or its anchor, or none.
+    pub(crate) fn head_point(conn: &Connection, tenant: &str) -> Result<Option<ChainPoint>, StoreError> {
+        let last: Option<(u64, Vec<u8>)> = conn
+            .prepare_cached("SELECT seq, hash FROM events WHERE tenant = ?1 ORDER BY seq DESC LIMIT 1")?
+            .query_row([tenant], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        Ok(match last {
+            Some((seq, hash)) => Some(ChainPoint { seq, hash }),
+            None => store::anchor(conn, tenant)?.map(|(seq, hash)| ChainPoint { seq, hash }),
+        })
+    }
+
+    fn push(&mut self, tenant: &str, replica: &str, writes: &[PendingWrite], head: Option<&ChainPoint>) -> Result<Response, Refusal> {
         let tx = self.conn.transaction()?;
+        // Authorized first: a refusal below names the tenant's mode and chain head, which only
+        // the tenant's own replicas may learn. Every refusal rolls the binding back.
         Self::authorize(&tx, tenant, replica)?;
+        if let Some(answer) = modes::push_refusal(&tx, tenant)? {
+            return Err(Refusal::Answer(answer));
+        }
+        Self::check_head(&tx, tenant, head)?;
+        archive::check_window(&tx, self.options.archive)?;
+        let mut appended: Vec<EventRow> = Vec::new();
         let mut accepted = Vec::with_capacity(writes.len());
         let mut head = store::chain_head(&tx, tenant)?;
         let mut next_seq: u64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM events", [], |r| r.get(0))?;
@@ -225,11 +301,19 @@ impl Server {
             store::insert_event(&tx, &row)?;
             tx.execute("UPDATE replicas SET last_write_id = MAX(last_write_id, ?1) WHERE replica = ?2", rusqlite::params![w.write_id, replica])?;
             accepted.push(Accepted { op_id, write_id: w.write_id, seq: next_seq });
+            appended.push(row);
             head = hash.to_vec();
             next_seq += 1;
         }
+        // The archive seals what this push committed in the same transaction, before any
+        // compaction could drop it.
+        if self.options.archive.is_some() {
+            archive::seal(&tx, &appended)?;
+        }
         if let Some(keep) = self.options.retention_events {
-            Self::compact(&tx, tenant, keep)?;
+            if modes::enabled(&tx, Some(tenant), ServerWork::Compaction)? {
+                Self::compact(&tx, tenant, keep)?;
+            }
         }
         let cursor = Self::tenant_cursor(&tx, tenant)?;
         let last_reconciled_write_ids = Self::last_reconciled(&tx, tenant)?;
@@ -237,6 +321,11 @@ impl Server {
         // (`crdt:<replica>`), which blob attach is judged against: it commits with the push.
         crate::blobs::registry::record_reconcile(&tx, replica, cursor, &last_reconciled_write_ids)?;
         tx.commit()?;
+        if !appended.is_empty() {
+            // Derived and disposable: a fold that fails now is caught up by the next push or a
+            // rebuild, and never fails the push it follows.
+            let _ = self.project();
+        }
         Ok(Response::Pushed { accepted, cursor, last_reconciled_write_ids })
     }
 
@@ -265,8 +354,9 @@ impl Server {
         store::set_anchor(conn, tenant, floor, &hash)
     }
 
-    fn pull(&mut self, tenant: &str, replica: &str, since: u64, limit: u32) -> Result<Response, Refusal> {
+    fn pull(&mut self, tenant: &str, replica: &str, since: u64, limit: u32, head: Option<&ChainPoint>) -> Result<Response, Refusal> {
         Self::authorize(&self.conn, tenant, replica)?;
+        Self::check_head(&self.conn, tenant, head)?;
         if let Some((floor_seq, floor_hash)) = store::anchor(&self.conn, tenant)? {
             if since < floor_seq {
                 return Ok(Response::ResyncRequired { floor_seq, floor_hash });
@@ -274,6 +364,10 @@ impl Server {
         }
         let limit = limit.clamp(1, PAGE_LIMIT_MAX);
         let mut items = store::events_after(&self.conn, tenant, since, limit + 1)?;
+        // A synchronous archive shows only what it holds: an event not yet on the backup node is
+        // neither acknowledged nor served, so no device holds history the archive could lose.
+        let horizon = archive::visible_through(&self.conn, self.options.archive)?;
+        items.retain(|e| e.seq <= horizon);
         let has_more = items.len() > limit as usize;
         items.truncate(limit as usize);
         let next_cursor = items.last().map(|e| e.seq).unwrap_or(since);
@@ -343,7 +437,7 @@ mod tests {
     }
 
     fn push(s: &mut Server, tenant: &str, replica: &str, writes: Vec<PendingWrite>) -> Response {
-        s.handle(Request::Push { tenant: tenant.into(), replica: replica.into(), writes })
+        s.handle(Request::Push { tenant: tenant.into(), replica: replica.into(), writes, head: None })
     }
 
     #[test]
@@ -380,7 +474,7 @@ mod tests {
     fn a_replica_is_refused_for_another_tenant_and_the_refusal_is_reported() {
         let (_d, mut s) = server();
         push(&mut s, "acme", "r1", vec![write(1, "x-1", b"one")]);
-        let pull = s.handle(Request::Pull { tenant: "globex".into(), replica: "r1".into(), since: 0, limit: 8 });
+        let pull = s.handle(Request::Pull { tenant: "globex".into(), replica: "r1".into(), since: 0, limit: 8, head: None });
         assert!(matches!(&pull, Response::Error { code, .. } if code == "rbacDenied"), "{pull:?}");
         let pushed = push(&mut s, "globex", "r1", vec![write(2, "x-2", b"two")]);
         assert!(matches!(&pushed, Response::Error { code, .. } if code == "rbacDenied"), "{pushed:?}");
@@ -400,12 +494,14 @@ mod tests {
     #[test]
     fn retention_compacts_and_asks_a_lagging_device_to_resync() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Server::open_with(dir.path().join("s.db").to_str().unwrap(), ServerOptions { retention_events: Some(3) }).unwrap();
+        let mut s =
+            Server::open_with(dir.path().join("s.db").to_str().unwrap(), ServerOptions { retention_events: Some(3), ..ServerOptions::default() }).unwrap();
         let writes: Vec<PendingWrite> = (1..=7).map(|i| write(i, &format!("x-{i}"), b"p")).collect();
         push(&mut s, "acme", "r1", writes);
         assert_eq!(s.events().unwrap().len(), 3);
         assert_eq!(s.tombstones().unwrap().len(), 4);
-        let Response::ResyncRequired { floor_seq, floor_hash } = s.handle(Request::Pull { tenant: "acme".into(), replica: "r1".into(), since: 0, limit: 8 })
+        let Response::ResyncRequired { floor_seq, floor_hash } =
+            s.handle(Request::Pull { tenant: "acme".into(), replica: "r1".into(), since: 0, limit: 8, head: None })
         else {
             panic!("a device behind retention must be told to resync")
         };
@@ -419,7 +515,7 @@ mod tests {
             }
             r => panic!("{r:?}"),
         }
-        assert!(matches!(s.handle(Request::Pull { tenant: "acme".into(), replica: "r1".into(), since: 4, limit: 8 }), Response::Page { .. }));
+        assert!(matches!(s.handle(Request::Pull { tenant: "acme".into(), replica: "r1".into(), since: 4, limit: 8, head: None }), Response::Page { .. }));
     }
 
     #[test]
@@ -427,7 +523,8 @@ mod tests {
         let (_d, mut s) = server();
         let writes: Vec<PendingWrite> = (1..=70).map(|i| write(i, &format!("x-{i}"), b"p")).collect();
         push(&mut s, "acme", "r1", writes);
-        let Response::Page { items, has_more, next_cursor, .. } = s.handle(Request::Pull { tenant: "acme".into(), replica: "r1".into(), since: 0, limit: 100 })
+        let Response::Page { items, has_more, next_cursor, .. } =
+            s.handle(Request::Pull { tenant: "acme".into(), replica: "r1".into(), since: 0, limit: 100, head: None })
         else {
             panic!("a page")
         };

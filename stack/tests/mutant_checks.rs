@@ -93,7 +93,7 @@ fn push_writes(s: &mut Server, replica: &str, ids: std::ops::RangeInclusive<u64>
             payload: format!("p{i}").into_bytes(),
         })
         .collect();
-    s.handle(Request::Push { tenant: "acme".into(), replica: replica.into(), writes })
+    s.handle(Request::Push { tenant: "acme".into(), replica: replica.into(), writes, head: None })
 }
 
 fn write_ids_of(s: &Server, replica: &str) -> Vec<u64> {
@@ -277,7 +277,7 @@ fn a_device_knows_its_replica() {
 fn retention_compacts_only_past_twice_the_kept_events() {
     let dir = tempfile::tempdir().unwrap();
     let keep = 3;
-    let mut server = server_in(&dir, ServerOptions { retention_events: Some(keep) });
+    let mut server = server_in(&dir, ServerOptions { retention_events: Some(keep), ..ServerOptions::default() });
     push_writes(&mut server, "client-2", 1..=2 * keep);
     assert!(server.anchors().unwrap().is_empty(), "compacted at {} events", 2 * keep);
     assert_eq!(server.events().unwrap().len() as u64, 2 * keep);
@@ -293,7 +293,7 @@ fn a_page_of_exactly_the_limit_has_no_more() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = server_in(&dir, ServerOptions::default());
     push_writes(&mut server, "client-2", 1..=u64::from(PAGE_LIMIT_MAX));
-    let req = Request::Pull { tenant: "acme".into(), replica: "client-1".into(), since: 0, limit: PAGE_LIMIT_MAX };
+    let req = Request::Pull { tenant: "acme".into(), replica: "client-1".into(), since: 0, limit: PAGE_LIMIT_MAX, head: None };
     let Response::Page { items, has_more, next_cursor, .. } = server.handle(req) else { panic!("a page") };
     assert_eq!(items.len(), PAGE_LIMIT_MAX as usize);
     assert!(!has_more);

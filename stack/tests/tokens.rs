@@ -202,7 +202,7 @@ fn requests_without_a_live_token_of_their_own_are_refused_and_change_nothing() {
     let mut w = World::new();
     let mut s = w.server();
     let write = PendingWrite { write_id: 1, op_id: Some("op-1".into()), aggregate: "a".into(), kind: "k".into(), payload: b"x".to_vec() };
-    let push = Request::Push { tenant: "acme".into(), replica: "dev-1".into(), writes: vec![write] };
+    let push = Request::Push { tenant: "acme".into(), replica: "dev-1".into(), writes: vec![write], head: None };
     let code = |r: Response| match r {
         Response::Error { code, .. } => code,
         other => panic!("refused, not {other:?}"),
@@ -220,7 +220,7 @@ fn requests_without_a_live_token_of_their_own_are_refused_and_change_nothing() {
     let foreign = c2.token_state().unwrap().token().unwrap().to_string();
     assert_eq!(code(s.handle_with_token(Some(&foreign), push.clone())), "keys:tokenIdentityMismatch");
     // The other replica's own live token, asking for another tenant: an RBAC refusal.
-    let globex = Request::Pull { tenant: "globex".into(), replica: "dev-2".into(), since: 0, limit: 10 };
+    let globex = Request::Pull { tenant: "globex".into(), replica: "dev-2".into(), since: 0, limit: 10, head: None };
     assert_eq!(code(s.handle_with_token(Some(&foreign), globex)), "rbacDenied");
     let mut stolen = w.device(fixed(), 1);
     stolen.set_pairing(token::pairing_key(&w.secret, "acme", "dev-2"));

@@ -221,7 +221,7 @@ async fn divergence(cx: &mut Ctx) {
         let other = cx.devs[1].name.clone();
         let node = cx.devs[1].node;
         let token = cx.devs[1].client().token_state().and_then(|s| s.token().map(String::from));
-        let req = Request::Pull { tenant: tenant.clone(), replica: other, since: 0, limit: 100 };
+        let req = Request::Pull { tenant: tenant.clone(), replica: other, since: 0, limit: 100, head: None };
         let resp = cx
             .on(node, async move {
                 let server = SocketAddr::new(SERVER_IP, SERVER_PORT);
@@ -255,7 +255,7 @@ async fn divergence(cx: &mut Ctx) {
                 let server = SocketAddr::new(SERVER_IP, SERVER_PORT);
                 let mut rpc = RpcClient::bind(server, 9_100, Duration::from_millis(1_000)).await.ok()?.with_version(PROTOCOL_VERSION - 2);
                 for _ in 0..super::harness::SYNC_ATTEMPTS_MAX {
-                    match rpc.call(&Request::Pull { tenant: t.clone(), replica: r.clone(), since: 0, limit: 1 }).await {
+                    match rpc.call(&Request::Pull { tenant: t.clone(), replica: r.clone(), since: 0, limit: 1, head: None }).await {
                         Ok(resp) => return Some(Ok(resp)),
                         Err(drill_stack::SyncError::Transport { .. }) => continue,
                         Err(e) => return Some(Err(e.code())),

@@ -482,7 +482,7 @@ async fn review_scope_guard(cx: &mut Ctx, tenant: &str, other: &str) {
         .await;
     let mut answers = Vec::new();
     for t in [tenant.to_string(), other.to_string()] {
-        let req = Request::Pull { tenant: t, replica: replica.clone(), since: 0, limit: 1_000 };
+        let req = Request::Pull { tenant: t, replica: replica.clone(), since: 0, limit: 1_000, head: None };
         let rpc = cx.devs[0].rpc.as_mut().expect("bound");
         let mut answer = Err(SyncError::Transport { detail: "not sent".into() });
         for _ in 0..super::harness::SYNC_ATTEMPTS_MAX {

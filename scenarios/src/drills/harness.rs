@@ -133,7 +133,7 @@ impl Ctx {
         let handle = madsim::runtime::Handle::current();
         let mut nodes = Nodes::new();
         let server_slot = Arc::new(Mutex::new(None));
-        let options = ServerOptions { retention_events: plan.server_retention };
+        let options = ServerOptions { retention_events: plan.server_retention, ..ServerOptions::default() };
         let tenant_keys = Arc::new(plan.clients.iter().map(|c| (c.tenant.clone(), Arc::new(tenant_ring(&c.tenant)))).collect());
         let tokens = Arc::new(crate::tokens::Tokens::new(plan.seed));
         let sctx = Arc::new(ServerCtx { options, tenant_keys, slot: server_slot.clone(), tokens: tokens.clone(), shared: shared.clone() });

@@ -301,7 +301,7 @@ mod tests {
         let mut r = rng();
         let mut peer = store(&dir, "p.db", &mut r);
         peer.put_group_key("room", 1, &Key::generate(&mut r), &mut r).unwrap();
-        let pull = Request::Pull { tenant: "t".into(), replica: "r".into(), since: 0, limit: 1 };
+        let pull = Request::Pull { tenant: "t".into(), replica: "r".into(), since: 0, limit: 1, head: None };
         assert!(matches!(handle(&peer, pull, &mut r), Response::Error { code, .. } if code == "keys:notASyncServer"));
         let share = Request::Keys(KeyRequest::VaultShare { group: "room".into(), requester: "id-m".into(), epoch: 1 });
         assert!(matches!(handle(&peer, share, &mut r), Response::Error { code, .. } if code == "keys:vaultKeyUninitialized"));

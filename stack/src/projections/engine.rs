@@ -251,7 +251,7 @@ pub(super) fn clear(c: &Connection, p: &dyn Projection, tenant: &str) -> Result<
 }
 
 /// Why an event's payload is not available, as a stable code.
-fn decrypt(e: &SealedEvent, keys: &dyn KeyRing) -> Result<DecryptedEvent, &'static str> {
+pub(super) fn decrypt<K: KeyRing + ?Sized>(e: &SealedEvent, keys: &K) -> Result<DecryptedEvent, &'static str> {
     let key = keys.aggregate_key(&e.aggregate).map_err(|k: KeyError| k.code())?;
     let payload = crypto::open_payload(&key, &e.nonce, &e.tenant, &e.aggregate, &e.kind, &e.ciphertext).map_err(|x| x.code())?;
     Ok(DecryptedEvent { seq: e.seq, tenant: e.tenant.clone(), aggregate: e.aggregate.clone(), kind: e.kind.clone(), ts_ms: e.ts_ms, payload })
@@ -301,7 +301,7 @@ fn feed_tracking<'a>(
             if is_incomplete(c, p.name(), &e.tenant, &e.aggregate)? {
                 continue;
             }
-            match opened.get_or_insert_with(|| decrypt(e, keys)) {
+            match opened.get_or_insert_with(|| keys.open(e)) {
                 Ok(d) => {
                     p.apply(c, d)?;
                     folded.insert((p.name(), e.tenant.clone(), e.aggregate.clone()));

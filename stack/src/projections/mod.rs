@@ -58,7 +58,7 @@ pub struct DecryptedEvent {
 }
 
 /// One projection: its tables, how it folds one event, and its state as canonical rows.
-pub trait Projection {
+pub trait Projection: Send + Sync {
     /// A stable name (also the snapshots' key).
     fn name(&self) -> &'static str;
     /// Whether DEGRADED may switch it off (false) or not (true).
@@ -78,6 +78,13 @@ pub trait Projection {
 /// Where projections get aggregate keys.
 pub trait KeyRing {
     fn aggregate_key(&self, aggregate: &str) -> Result<Key, KeyError>;
+
+    /// The event as projections fold it, or why it is unreadable (a stable code). By default its
+    /// payload opened under its aggregate's key; a store that folds what it holds without keys
+    /// (the server: [`crate::server::StoredForm`]) says otherwise.
+    fn open(&self, e: &SealedEvent) -> Result<DecryptedEvent, &'static str> {
+        engine::decrypt(e, self)
+    }
 }
 
 impl KeyRing for KeyStore {

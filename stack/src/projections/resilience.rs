@@ -91,11 +91,18 @@ pub fn mode(c: &Connection) -> Result<Mode, StoreError> {
 /// otherwise). An administrative action, allowed in every mode.
 pub fn set_mode(c: &Connection, mode: Mode, disabled: &[&str]) -> Result<(), StoreError> {
     ensure_meta(c)?;
-    let off: Vec<&str> = if mode == Mode::Degraded { disabled.to_vec() } else { Vec::new() };
     let tx = c.unchecked_transaction()?;
-    store::meta_set(&tx, MODE, mode.as_str())?;
-    store::meta_set(&tx, DISABLED, &serde_json::to_string(&off).expect("names serialize"))?;
+    write_mode(&tx, mode, disabled)?;
     tx.commit()?;
+    Ok(())
+}
+
+/// [`set_mode`] inside the caller's transaction (the server logs the transition with it).
+pub(crate) fn write_mode(c: &Connection, mode: Mode, disabled: &[&str]) -> Result<(), StoreError> {
+    ensure_meta(c)?;
+    let off: Vec<&str> = if mode == Mode::Degraded { disabled.to_vec() } else { Vec::new() };
+    store::meta_set(c, MODE, mode.as_str())?;
+    store::meta_set(c, DISABLED, &serde_json::to_string(&off).expect("names serialize"))?;
     Ok(())
 }
 

@@ -77,10 +77,21 @@ impl Engine {
     /// The newest snapshot of `projection` for `tenant` that passes its checksum, and the ids of
     /// newer ones that did not.
     pub fn latest_valid_snapshot(&self, c: &Connection, tenant: &str, projection: &str) -> Result<(Option<Snapshot>, Vec<u64>), ProjectionError> {
+        self.valid_snapshot(c, tenant, projection, i64::MAX)
+    }
+
+    /// Time travel (runbook 004 §4.1): the newest snapshot of `projection` for `tenant` taken at
+    /// or before `at_ms` that passes its checksum.
+    pub fn snapshot_as_of(&self, c: &Connection, tenant: &str, projection: &str, at_ms: i64) -> Result<Option<Snapshot>, ProjectionError> {
+        Ok(self.valid_snapshot(c, tenant, projection, at_ms)?.0)
+    }
+
+    fn valid_snapshot(&self, c: &Connection, tenant: &str, projection: &str, at_ms: i64) -> Result<(Option<Snapshot>, Vec<u64>), ProjectionError> {
         self.find(projection)?;
-        let mut st =
-            c.prepare_cached("SELECT id, through_seq, created_ms, state, checksum FROM proj_snapshots WHERE tenant = ?1 AND projection = ?2 ORDER BY id DESC")?;
-        let rows = st.query_map([tenant, projection], |r| {
+        let mut st = c.prepare_cached(
+            "SELECT id, through_seq, created_ms, state, checksum FROM proj_snapshots WHERE tenant = ?1 AND projection = ?2 AND created_ms <= ?3 ORDER BY id DESC",
+        )?;
+        let rows = st.query_map(rusqlite::params![tenant, projection, at_ms], |r| {
             Ok((r.get::<_, u64>(0)?, r.get::<_, u64>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?))
         })?;
         let mut skipped = Vec::new();
