@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use drill_reports::{SeedRange, Shard};
+use drill_scenarios::Profile;
 
 use crate::seeds;
 
@@ -66,7 +67,7 @@ pub struct WorldArgs {
     pub scenario: String,
     /// Fault profile (see `drill list`).
     #[arg(long, value_name = "NAME", default_value = "swarm", value_parser = parse_profile)]
-    pub profile: String,
+    pub profile: Profile,
 }
 
 /// `drill run`.
@@ -156,7 +157,7 @@ pub struct GateArgs {
     pub drill_seeds: u64,
     /// Fault profile the drills run under (the drill injects its own failure).
     #[arg(long, value_name = "NAME", default_value = "none", value_parser = parse_profile)]
-    pub drill_profile: String,
+    pub drill_profile: Profile,
     /// Seeds of the sweep run a second time to check determinism, spread over the range.
     #[arg(long, value_name = "M", default_value_t = 20)]
     pub determinism_seeds: u64,
@@ -221,8 +222,8 @@ fn parse_scenario(name: &str) -> Result<String, String> {
     known(name, drill_scenarios::scenarios(), drill_scenarios::RunError::UnknownScenario)
 }
 
-fn parse_profile(name: &str) -> Result<String, String> {
-    known(name, drill_scenarios::profiles(), drill_scenarios::RunError::UnknownProfile)
+fn parse_profile(name: &str) -> Result<Profile, String> {
+    drill_scenarios::profile(name).map_err(|e| e.to_string())
 }
 
 /// Accepts `name` if the registry lists it, with the scenarios crate's own wording otherwise.

@@ -286,7 +286,7 @@ impl Drop for Session {
 fn worker_command(world: &WorldArgs) -> Result<Child, CliError> {
     let exe = std::env::current_exe().map_err(|e| CliError::new(format!("cannot find drill's own executable: {e}")))?;
     Command::new(&exe)
-        .args(["__worker", "--scenario", &world.scenario, "--profile", &world.profile])
+        .args(["__worker", "--scenario", &world.scenario, "--profile", world.profile.as_str()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -28,7 +28,7 @@ pub fn summary_of(report: &RunReport, replay: String) -> Summary {
         drill_version: DRILL_VERSION.to_string(),
         seed: report.seed,
         scenario: report.scenario.clone(),
-        profile: report.profile.clone(),
+        profile: report.profile.to_string(),
         outcome: report.outcome,
         violations: report.violations.iter().map(violation_of).collect(),
         fingerprint: report.fingerprint.clone(),

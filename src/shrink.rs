@@ -278,7 +278,7 @@ fn to_value(plan: &Plan) -> Value {
 /// A candidate as a plan, if it is one a run accepts.
 fn valid_plan(value: Value) -> Option<Plan> {
     let plan: Plan = serde_json::from_value(value).ok()?;
-    plan.validate().ok().map(|()| plan)
+    drill_scenarios::check(&plan).ok().map(|()| plan)
 }
 
 /// The names of the plan's top-level lists.
@@ -473,7 +473,7 @@ mod tests {
     use super::*;
 
     fn plan(seed: u64) -> Plan {
-        drill_scenarios::plan_for(seed, "sync-basic", "swarm").unwrap()
+        drill_scenarios::plan_for(seed, "sync-basic", drill_scenarios::Profile::Swarm).unwrap()
     }
 
     /// Fails while the plan keeps client-2's third op and any crash fault; counts runs.
@@ -543,7 +543,7 @@ mod tests {
 
     #[test]
     fn dropping_a_client_drops_its_store_faults_and_its_swarm_drill() {
-        use drill_scenarios::store_world::{ReadOnlyWindow, StorePlan};
+        use drill_scenarios::plan::store::{ReadOnlyWindow, StorePlan};
         let mut p = plan(1);
         let window = |node: &str| ReadOnlyWindow { node: node.into(), at_ms: 10, ms: 10 };
         p.store = Some(StorePlan { read_only: vec![window("client-1"), window("client-2")], ..StorePlan::default() });
@@ -553,8 +553,8 @@ mod tests {
 
     #[test]
     fn dropping_a_client_drops_its_passphrase_loss_and_keeps_the_effects_node_faults() {
-        use drill_scenarios::store_ops::{EffectsCrash, EffectsPartition, OpsPlan};
-        use drill_scenarios::store_world::{PassphraseLoss, StorePlan};
+        use drill_scenarios::plan::store::{PassphraseLoss, StorePlan};
+        use drill_scenarios::plan::store_ops::{EffectsCrash, EffectsPartition, OpsPlan};
         let mut p = plan(1);
         let loss = |node: &str| PassphraseLoss { node: node.into(), at_ms: 10, down_ms: 10, aggregates: vec!["note-1".into()] };
         let ops = OpsPlan {
@@ -571,7 +571,7 @@ mod tests {
 
     #[test]
     fn dropping_a_tenants_last_client_drops_its_rooms_rekeys() {
-        use drill_scenarios::store_world::{GroupRekey, StorePlan};
+        use drill_scenarios::plan::store::{GroupRekey, StorePlan};
         let mut p = plan(1);
         let rekey = |t: &str| GroupRekey { tenant: t.into(), at_ms: 10, withhold_ms: 10 };
         let (a, b) = (p.clients[0].tenant.clone(), p.clients[1].tenant.clone());

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use drill_reports::Summary;
-use drill_scenarios::{RunReport, RunRequest, RunSource};
+use drill_scenarios::{Profile, RunReport, RunRequest, RunSource};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::WorldArgs;
@@ -49,7 +49,7 @@ pub struct Job {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobWorld {
     pub scenario: String,
-    pub profile: String,
+    pub profile: Profile,
 }
 
 impl Job {
@@ -59,8 +59,8 @@ impl Job {
     }
 
     /// A seed of `scenario` under `profile`.
-    pub fn seed_of(seed: u64, dir: PathBuf, scenario: &str, profile: &str) -> Job {
-        Job { world: Some(JobWorld { scenario: scenario.to_string(), profile: profile.to_string() }), ..Job::seed(seed, dir) }
+    pub fn seed_of(seed: u64, dir: PathBuf, scenario: &str, profile: Profile) -> Job {
+        Job { world: Some(JobWorld { scenario: scenario.to_string(), profile }), ..Job::seed(seed, dir) }
     }
 
     /// A plan, given as the text of its plan.json.
@@ -75,10 +75,10 @@ impl Job {
             return (RunSource::Plan(text.clone()), replay);
         }
         let (scenario, profile) = match &self.world {
-            Some(w) => (w.scenario.clone(), w.profile.clone()),
-            None => (own.scenario.clone(), own.profile.clone()),
+            Some(w) => (w.scenario.clone(), w.profile),
+            None => (own.scenario.clone(), own.profile),
         };
-        let replay = seed_replay(self.seed, &scenario, &profile);
+        let replay = seed_replay(self.seed, &scenario, profile.as_str());
         let source = RunSource::Seed { seed: self.seed, scenario, profile };
         (source, replay)
     }

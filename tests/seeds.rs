@@ -37,7 +37,7 @@ fn fault_free_seeds_pass() {
 #[test]
 fn a_failure_names_the_invariant_and_the_replay_command() {
     // No seed fails today, so a plan makes one: a 1 ms liveness bound cannot be met.
-    let mut plan = drill_scenarios::plan_for(1, "sync-basic", "swarm").expect("a plan");
+    let mut plan = drill_scenarios::plan_for(1, "sync-basic", drill_scenarios::Profile::Swarm).expect("a plan");
     plan.liveness_ms_max = 1;
     let report = run_plan(&serde_json::to_string(&plan).expect("plans serialize"));
     let text = describe_failure(&report, "drill run --plan plan.json").expect("the run fails");

@@ -6,11 +6,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use crate::plan::Profile;
+
 /// Where a run starts from.
 #[derive(Debug, Clone)]
 pub enum RunSource {
     /// Build the plan from a seed, for a named scenario and fault profile.
-    Seed { seed: u64, scenario: String, profile: String },
+    Seed { seed: u64, scenario: String, profile: Profile },
     /// Run a plan exactly as written (the text of a `plan.json`).
     Plan(String),
 }
@@ -38,7 +40,7 @@ pub use drill_model::Violation;
 pub struct RunReport {
     pub seed: u64,
     pub scenario: String,
-    pub profile: String,
+    pub profile: Profile,
     pub outcome: Outcome,
     pub violations: Vec<Violation>,
     /// Hex SHA-256 over the trace lines (each line plus `\n`).

@@ -19,12 +19,9 @@ pub mod tokens;
 pub mod transport;
 
 pub use api::*;
-
-use drill_sim::faults::Knobs;
-use drill_sim::rng::SeedTree;
+pub use plan::Profile;
 
 use crate::plan::Plan;
-use crate::transport::TransportKnobs;
 
 /// Scenarios `drill run --scenario` accepts: the workload, then every drill of the registry.
 pub fn scenarios() -> &'static [Entry] {
@@ -37,42 +34,29 @@ pub fn scenarios() -> &'static [Entry] {
 
 /// Fault profiles `--profile` accepts.
 pub fn profiles() -> &'static [Entry] {
-    &[
-        Entry { name: "none", description: "no faults: the stack's happy path" },
-        Entry { name: "lite", description: "a couple of crashes, one partition, 1% message loss, one disk error, one clock jump" },
-        Entry { name: "swarm", description: "the seed turns each fault kind on or off and draws its rates" },
-    ]
+    static ALL: std::sync::OnceLock<Vec<Entry>> = std::sync::OnceLock::new();
+    ALL.get_or_init(|| Profile::ALL.into_iter().map(|p| Entry { name: p.as_str(), description: p.description() }).collect())
 }
 
-/// The fault knobs of a profile for a seed.
-pub fn knobs(profile: &str, seed: u64) -> Result<Knobs, RunError> {
-    match profile {
-        "none" => Ok(Knobs::none()),
-        "lite" => Ok(Knobs::lite()),
-        "swarm" => Ok(Knobs::swarm(&mut SeedTree::new(seed).stream("knobs"))),
-        other => Err(RunError::UnknownProfile(other.to_string())),
-    }
-}
-
-/// The transport fault knobs of a profile for a seed.
-pub fn transport_knobs(profile: &str, seed: u64) -> Result<TransportKnobs, RunError> {
-    match profile {
-        "none" => Ok(TransportKnobs::none()),
-        "lite" => Ok(TransportKnobs::lite()),
-        "swarm" => Ok(TransportKnobs::swarm(&mut SeedTree::new(seed).stream("transport-knobs"))),
-        other => Err(RunError::UnknownProfile(other.to_string())),
-    }
+/// The profile named `name`; an unknown one is bad input.
+pub fn profile(name: &str) -> Result<Profile, RunError> {
+    Profile::parse(name).ok_or_else(|| RunError::UnknownProfile(name.to_string()))
 }
 
 /// The plan a seed builds for a scenario and profile.
-pub fn plan_for(seed: u64, scenario: &str, profile: &str) -> Result<Plan, RunError> {
-    let knobs = knobs(profile, seed)?;
-    let transport = transport_knobs(profile, seed)?;
+pub fn plan_for(seed: u64, scenario: &str, profile: Profile) -> Result<Plan, RunError> {
     match scenario {
-        sync_basic::NAME => Ok(sync_basic::plan(seed, profile, knobs, transport, sync_basic::Shape::STANDARD)),
+        sync_basic::NAME => Ok(sync_basic::plan(seed, profile, sync_basic::Shape::STANDARD)),
         other if drills::find(other).is_some() => drills::plan(seed, other, profile),
         other => Err(RunError::UnknownScenario(other.to_string())),
     }
+}
+
+/// Checks a plan as a run needs it: the plan's own checks, then the drill registry's (the drill
+/// it names exists and has the steps it skips or does wrong).
+pub fn check(plan: &Plan) -> Result<(), String> {
+    plan.validate()?;
+    drills::validate(plan)
 }
 
 /// Builds (from a seed) or parses and checks (from a plan file) the plan a request would run,
@@ -83,10 +67,11 @@ pub fn prepare(source: &RunSource) -> Result<Plan, RunError> {
             if !scenarios().iter().any(|e| e.name == scenario) {
                 return Err(RunError::UnknownScenario(scenario.clone()));
             }
-            plan_for(*seed, scenario, profile)?
+            plan_for(*seed, scenario, *profile)?
         }
         RunSource::Plan(text) => Plan::parse(text).map_err(RunError::MalformedPlan)?,
     };
+    drills::validate(&plan).map_err(RunError::MalformedPlan)?;
     if !scenarios().iter().any(|e| e.name == plan.scenario) {
         return Err(RunError::MalformedPlan(format!("unknown scenario '{}'", plan.scenario)));
     }

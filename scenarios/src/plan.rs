@@ -1,14 +1,25 @@
 //! The plan: everything a seed decides up front. It serialises to `plan.json`; shrinking edits
 //! it, and a run can start from it instead of a seed.
+//!
+//! The plan is plain data on the ground floor: it and its sections (one module each, with their
+//! types, their swarm draw and their checks) import nothing of the world that executes them.
+
+pub mod blobs;
+pub mod drill;
+pub mod jobs;
+pub mod store;
+pub mod store_ops;
+pub mod transport;
 
 use std::collections::BTreeSet;
 
 use drill_sim::faults::{Knobs, Scheduled};
+use drill_sim::rng::SeedTree;
 use drill_stack::proto::{PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
-
-use crate::transport::{TransportFaultAt, TransportKnobs};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use transport::{TransportFaultAt, TransportKnobs};
 
 /// Version of the plan format; bump it when a field changes meaning.
 pub const PLAN_FORMAT_VERSION: u32 = 1;
@@ -19,6 +30,77 @@ pub const CLIENTS_MAX: usize = 16;
 pub const PAYLOAD_BYTES_MAX: u32 = 64 * 1024;
 pub const HEAL_AT_MS_MAX: u64 = 3_600_000;
 pub const LIVENESS_MS_MAX: u64 = 600_000;
+
+/// A fault profile: which background faults a run's world has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Profile {
+    /// No faults: the stack's happy path.
+    None,
+    /// A couple of crashes, one partition, 1% message loss, one disk error, one clock jump.
+    Lite,
+    /// The seed turns each fault kind on or off and draws its rates.
+    Swarm,
+}
+
+impl Profile {
+    pub const ALL: [Profile; 3] = [Profile::None, Profile::Lite, Profile::Swarm];
+
+    /// The name `--profile` and `plan.json` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::None => "none",
+            Profile::Lite => "lite",
+            Profile::Swarm => "swarm",
+        }
+    }
+
+    /// One line for `drill list`.
+    pub fn description(self) -> &'static str {
+        match self {
+            Profile::None => "no faults: the stack's happy path",
+            Profile::Lite => "a couple of crashes, one partition, 1% message loss, one disk error, one clock jump",
+            Profile::Swarm => "the seed turns each fault kind on or off and draws its rates",
+        }
+    }
+
+    /// The profile named `name`, if there is one.
+    pub fn parse(name: &str) -> Option<Profile> {
+        Profile::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+
+    /// The fault knobs of the profile for a seed.
+    pub fn knobs(self, seed: u64) -> Knobs {
+        match self {
+            Profile::None => Knobs::none(),
+            Profile::Lite => Knobs::lite(),
+            Profile::Swarm => Knobs::swarm(&mut SeedTree::new(seed).stream("knobs")),
+        }
+    }
+
+    /// The transport fault knobs of the profile for a seed.
+    pub fn transport_knobs(self, seed: u64) -> TransportKnobs {
+        match self {
+            Profile::None => TransportKnobs::none(),
+            Profile::Lite => TransportKnobs::lite(),
+            Profile::Swarm => TransportKnobs::swarm(&mut SeedTree::new(seed).stream("transport-knobs")),
+        }
+    }
+}
+
+impl std::fmt::Display for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Tenants the devices of a plan belong to, round robin.
+pub const TENANTS: [&str; 2] = ["acme", "globex"];
+
+/// The name of device `i` (0-based).
+pub fn client_name(i: usize) -> String {
+    format!("client-{}", i + 1)
+}
 
 /// A device of the topology.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,7 +157,7 @@ pub struct Plan {
     pub format_version: u32,
     pub seed: u64,
     pub scenario: String,
-    pub profile: String,
+    pub profile: Profile,
     pub clients: Vec<ClientSpec>,
     pub knobs: Knobs,
     pub transport_knobs: TransportKnobs,
@@ -89,16 +171,16 @@ pub struct Plan {
     pub server_retention: Option<u64>,
     /// READ_ONLY windows, key store losses and planted bugs; without it, none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub store: Option<crate::store_world::StorePlan>,
+    pub store: Option<store::StorePlan>,
     /// Blob traffic and blob store faults; without it the world has no blob store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub blobs: Option<crate::blobs_world::BlobPlan>,
+    pub blobs: Option<blobs::BlobPlan>,
     /// The jobs node and its operations; without it the world has no jobs node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jobs: Option<crate::jobs_world::JobsPlan>,
+    pub jobs: Option<jobs::JobsPlan>,
     /// The runbook drill the plan runs (a drill's own plan), or injects into a swarm world.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drill: Option<crate::drills::DrillPlan>,
+    pub drill: Option<drill::DrillPlan>,
     /// When every fault ends and the liveness phase starts.
     pub heal_at_ms: u64,
     /// How long the devices have to converge after the heal.
@@ -128,7 +210,8 @@ impl Plan {
         Ok(plan)
     }
 
-    /// Checks everything a run relies on.
+    /// Checks everything a run relies on that the plan alone tells (the drill registry checks a
+    /// drill's id and step names: [`crate::check`]).
     pub fn validate(&self) -> Result<(), String> {
         if self.format_version != PLAN_FORMAT_VERSION {
             return Err(format!("format_version {} is not {PLAN_FORMAT_VERSION}", self.format_version));
@@ -183,10 +266,10 @@ impl Plan {
         if self.heal_at_ms > HEAL_AT_MS_MAX || self.liveness_ms_max > LIVENESS_MS_MAX || self.liveness_ms_max == 0 {
             return Err(format!("heal_at_ms must be at most {HEAL_AT_MS_MAX} and liveness_ms_max within 1..={LIVENESS_MS_MAX}"));
         }
-        crate::blobs_world::validate(self)?;
-        crate::jobs_world::validate(self)?;
-        crate::store_world::validate(self)?;
-        crate::drills::validate(self)?;
+        blobs::validate(self)?;
+        jobs::validate(self)?;
+        store::validate(self)?;
+        drill::validate(self)?;
         self.knobs.validate()
     }
 }
@@ -196,7 +279,7 @@ mod tests {
     use super::*;
 
     fn swarm(seed: u64) -> Plan {
-        crate::plan_for(seed, "sync-basic", "swarm").unwrap()
+        crate::plan_for(seed, "sync-basic", Profile::Swarm).unwrap()
     }
 
     #[test]

@@ -21,9 +21,10 @@ use madsim::time::Instant;
 use serde_json::json;
 
 use crate::api::{Outcome, RunError, RunReport, Violation};
+use crate::plan::transport::TransportFaultKind;
 use crate::plan::{Action, Plan};
 use crate::procs::{self, client_ip, lock, record, ClientCtx, Command, Mailbox, ServerCtx, Shared, SharedRef, SERVER_IP};
-use crate::transport::{TransportFaultKind, TransportState};
+use crate::transport::TransportState;
 
 /// The trace format version, named in every trace's first line.
 pub use drill_sim::trace::TRACE_FORMAT_VERSION;
@@ -63,7 +64,7 @@ struct Ending {
 
 /// Runs `plan`; with `out_dir`, writes `plan.json` and `trace.jsonl` there as it goes.
 pub fn execute(plan: &Plan, out_dir: Option<&Path>) -> Result<RunReport, RunError> {
-    plan.validate().map_err(RunError::MalformedPlan)?;
+    crate::check(plan).map_err(RunError::MalformedPlan)?;
     let plan_json = plan.canonical_json();
     let plan_hash = plan.hash();
     let trace_path = out_dir.map(|d| d.join("trace.jsonl"));
@@ -120,7 +121,7 @@ pub fn execute(plan: &Plan, out_dir: Option<&Path>) -> Result<RunReport, RunErro
     Ok(RunReport {
         seed: plan.seed,
         scenario: plan.scenario.clone(),
-        profile: plan.profile.clone(),
+        profile: plan.profile,
         outcome,
         violations,
         fingerprint,
@@ -544,8 +545,8 @@ impl World<'_> {
             self.set_transport(&n, None);
         }
         let deadline = clock::now() + Duration::from_millis(self.plan.liveness_ms_max);
-        let restore = crate::store_world::restore_at_heal(self.plan);
-        let repair = crate::store_world::repair_at_heal(self.plan);
+        let restore = crate::plan::store::restore_at_heal(self.plan);
+        let repair = crate::plan::store::repair_at_heal(self.plan);
         let read_only: std::collections::BTreeSet<String> = self.plan.store.iter().flat_map(|s| s.read_only.iter().map(|w| w.node.clone())).collect();
         let mut round = 0u64;
         loop {

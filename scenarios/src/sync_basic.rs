@@ -4,20 +4,16 @@
 //! (INV-CHAIN), nothing is applied twice (INV-ONCE), and after the heal every device holds exactly
 //! the server's events for its tenant (INV-CONVERGE, LIVE-DRAIN).
 
-use drill_sim::faults::{schedule, Knobs};
+use drill_sim::faults::schedule;
 use drill_sim::rng::SeedTree;
 use rand::Rng;
 
 use drill_stack::proto::PROTOCOL_VERSION;
 
-use crate::plan::{Action, ClientSpec, Plan, PlannedOp, PLAN_FORMAT_VERSION};
-use crate::transport::TransportKnobs;
+use crate::plan::{self, client_name, Action, ClientSpec, Plan, PlannedOp, Profile, PLAN_FORMAT_VERSION, TENANTS};
 
 /// The scenario's name.
 pub const NAME: &str = "sync-basic";
-
-/// Tenants the devices belong to, round robin.
-const TENANTS: [&str; 2] = ["acme", "globex"];
 
 /// Workload shape.
 #[derive(Debug, Clone, Copy)]
@@ -33,19 +29,21 @@ impl Shape {
 }
 
 /// Builds the plan for `seed` under `profile`'s knobs.
-pub fn plan(seed: u64, profile: &str, knobs: Knobs, transport_knobs: TransportKnobs, shape: Shape) -> Plan {
+pub fn plan(seed: u64, profile: Profile, shape: Shape) -> Plan {
+    let (knobs, transport_knobs) = (profile.knobs(seed), profile.transport_knobs(seed));
+    let swarm = profile == Profile::Swarm;
     let seeds = SeedTree::new(seed);
     let mut rng = seeds.stream("plan");
     // Under swarm some devices run the previous protocol version: N and N-1 must interoperate.
-    let old_device_probability = if profile == "swarm" { 0.25 } else { 0.0 };
+    let old_device_probability = if swarm { 0.25 } else { 0.0 };
     let clients: Vec<ClientSpec> = (0..shape.clients)
         .map(|i| ClientSpec {
-            name: format!("client-{}", i + 1),
+            name: client_name(i),
             tenant: TENANTS[i % TENANTS.len()].to_string(),
             protocol_version: if rng.gen_bool(old_device_probability) { PROTOCOL_VERSION - 1 } else { PROTOCOL_VERSION },
         })
         .collect();
-    let hydrate_probability = if profile == "swarm" { 0.04 } else { 0.0 };
+    let hydrate_probability = if swarm { 0.04 } else { 0.0 };
     let mut ops = Vec::new();
     for c in &clients {
         for _ in 0..shape.ops_per_client {
@@ -73,14 +71,14 @@ pub fn plan(seed: u64, profile: &str, knobs: Knobs, transport_knobs: TransportKn
         format_version: PLAN_FORMAT_VERSION,
         seed,
         scenario: NAME.to_string(),
-        profile: profile.to_string(),
+        profile,
         clients,
         knobs,
         transport_knobs,
         ops,
         faults: Vec::new(),
         transport_faults: Vec::new(),
-        server_retention: if profile == "swarm" && rng.gen_bool(0.3) { Some(rng.gen_range(4..=20)) } else { None },
+        server_retention: if swarm && rng.gen_bool(0.3) { Some(rng.gen_range(4..=20)) } else { None },
         blobs: None,
         jobs: None,
         store: None,
@@ -92,11 +90,11 @@ pub fn plan(seed: u64, profile: &str, knobs: Knobs, transport_knobs: TransportKn
     plan.faults = schedule(&plan.knobs, &nodes, shape.duration_ms, &mut seeds.stream("faults"));
     let devices: Vec<String> = plan.clients.iter().map(|c| c.name.clone()).collect();
     plan.transport_faults = plan.transport_knobs.schedule(&devices, shape.duration_ms, &mut seeds.stream("transport"));
-    if profile == "swarm" {
-        crate::blobs_world::add_to_plan(&mut plan, &seeds, shape.duration_ms);
-        crate::jobs_world::add_to_plan(&mut plan, &seeds, shape.duration_ms);
-        crate::store_world::add_to_plan(&mut plan, &seeds, shape.duration_ms);
-        crate::drills::swarm::add_to_plan(&mut plan, &seeds, shape.duration_ms);
+    if swarm {
+        plan::blobs::swarm(&mut plan, &seeds, shape.duration_ms);
+        plan::jobs::swarm(&mut plan, &seeds, shape.duration_ms);
+        plan::store::swarm(&mut plan, &seeds, shape.duration_ms);
+        plan::drill::swarm(&mut plan, &seeds, shape.duration_ms);
     }
     plan
 }

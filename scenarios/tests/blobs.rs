@@ -4,15 +4,16 @@
 //! `AccessDenied` surfaced at once; an object deleted out of band, found and cleaned up by the
 //! orphan scan. Each run must also pass the model.
 
-use drill_scenarios::blobs_world::{BlobFaultAt, BlobFaultKind, BlobKnobs, BlobPlan};
+use drill_scenarios::plan::blobs::{BlobFaultAt, BlobFaultKind, BlobKnobs, BlobPlan};
 use drill_scenarios::plan::{Action, Plan, PlannedOp};
+use drill_scenarios::Profile;
 use drill_scenarios::{plan_for, run::execute, Outcome, RunReport};
 use drill_sim::faults::{Fault, Scheduled};
 use serde_json::Value;
 
 /// A quiet plan where client-1 does only `ops` and the blob store has `faults`.
 fn plan(ops: &[(u64, Action)], faults: Vec<BlobFaultAt>) -> Plan {
-    let mut p = plan_for(5, "sync-basic", "none").unwrap();
+    let mut p = plan_for(5, "sync-basic", Profile::None).unwrap();
     p.ops.retain(|o| o.client != "client-1");
     for (at_ms, action) in ops {
         p.ops.push(PlannedOp { at_ms: *at_ms, client: "client-1".into(), action: action.clone() });
@@ -121,10 +122,10 @@ fn transient_errors_are_retried_to_the_bound_access_denied_is_surfaced_and_orpha
 
 #[test]
 fn blob_plans_round_trip_and_plans_without_blobs_keep_their_text() {
-    let p = plan_for(9, "sync-basic", "swarm").unwrap();
+    let p = plan_for(9, "sync-basic", Profile::Swarm).unwrap();
     assert!(p.blobs.is_some());
     assert_eq!(Plan::parse(&p.canonical_json()).unwrap(), p);
-    let lite = plan_for(9, "sync-basic", "lite").unwrap();
+    let lite = plan_for(9, "sync-basic", Profile::Lite).unwrap();
     assert!(lite.blobs.is_none() && !lite.canonical_json().contains("blobs"));
     let mut bad = lite.clone();
     bad.ops[0].action = Action::StageBlob { bytes: 10 };

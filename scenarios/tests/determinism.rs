@@ -1,15 +1,16 @@
 //! Determinism is the product: a run depends only on its seed (or plan).
 
+use drill_scenarios::Profile;
 use drill_scenarios::{run, Outcome, RunReport, RunRequest, RunSource};
 
-fn run_seed(seed: u64, profile: &str) -> RunReport {
-    let source = RunSource::Seed { seed, scenario: "sync-basic".into(), profile: profile.into() };
+fn run_seed(seed: u64, profile: Profile) -> RunReport {
+    let source = RunSource::Seed { seed, scenario: "sync-basic".into(), profile };
     run(&RunRequest { source, out_dir: None }).expect("a valid request")
 }
 
 #[test]
 fn same_seed_same_fingerprint_for_every_profile() {
-    for profile in ["none", "lite", "swarm"] {
+    for profile in Profile::ALL {
         for seed in 1..=20 {
             let a = run_seed(seed, profile);
             let b = run_seed(seed, profile);
@@ -31,14 +32,14 @@ fn same_seed_same_fingerprint_for_every_profile() {
 fn different_seeds_different_fingerprints() {
     let mut seen = std::collections::BTreeSet::new();
     for seed in 1..=20 {
-        assert!(seen.insert(run_seed(seed, "swarm").fingerprint), "seed {seed} repeats another seed's trace");
+        assert!(seen.insert(run_seed(seed, Profile::Swarm).fingerprint), "seed {seed} repeats another seed's trace");
     }
 }
 
 #[test]
 fn a_plan_replays_to_the_same_fingerprint() {
     for seed in [3, 11] {
-        let a = run_seed(seed, "swarm");
+        let a = run_seed(seed, Profile::Swarm);
         let b = run(&RunRequest { source: RunSource::Plan(a.plan_json.clone()), out_dir: None }).unwrap();
         assert_eq!(a.fingerprint, b.fingerprint, "seed {seed}: a run from its plan differs from the run from its seed");
         assert_eq!(a.plan_hash, b.plan_hash);
@@ -47,7 +48,7 @@ fn a_plan_replays_to_the_same_fingerprint() {
 
 #[test]
 fn the_first_line_names_the_run_and_the_last_its_end() {
-    let r = run_seed(5, "lite");
+    let r = run_seed(5, Profile::Lite);
     let first: serde_json::Value = serde_json::from_str(&r.trace[0]).unwrap();
     assert_eq!(first["kind"], "run.start");
     let d = &first["detail"];
@@ -67,7 +68,7 @@ fn the_first_line_names_the_run_and_the_last_its_end() {
 fn the_trace_file_is_written_as_the_run_goes() {
     let dir = std::env::temp_dir().join(format!("drill-trace-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let source = RunSource::Seed { seed: 2, scenario: "sync-basic".into(), profile: "swarm".into() };
+    let source = RunSource::Seed { seed: 2, scenario: "sync-basic".into(), profile: Profile::Swarm };
     let r = run(&RunRequest { source, out_dir: Some(dir.clone()) }).unwrap();
     let text = std::fs::read_to_string(dir.join("trace.jsonl")).unwrap();
     assert_eq!(text, r.trace.join("\n") + "\n");

@@ -3,12 +3,14 @@
 //! skipped or done wrong — a drill that cannot fail checks nothing. Swarm seeds that pick a
 //! drill put it in their coverage table.
 
-use drill_scenarios::drills::{self, DrillPlan};
+use drill_scenarios::drills;
+use drill_scenarios::plan::drill::DrillPlan;
+use drill_scenarios::Profile;
 use drill_scenarios::{plan_for, run, Outcome, RunReport, RunRequest, RunSource};
 use serde_json::Value;
 
 fn run_drill(id: &str, seed: u64, skip: Option<&str>, wrong: Option<&str>) -> RunReport {
-    let mut plan = plan_for(seed, id, "none").unwrap();
+    let mut plan = plan_for(seed, id, Profile::None).unwrap();
     plan.drill = Some(DrillPlan { id: id.into(), skip: skip.map(String::from), wrong: wrong.map(String::from), swarm: None });
     drills::execute(&plan, None).unwrap()
 }
@@ -163,11 +165,12 @@ fn every_drill_fails_when_its_recovery_is_skipped_or_done_wrong() {
 
 #[test]
 fn a_drill_plan_names_only_steps_its_drill_has() {
-    let mut plan = plan_for(1, "003-4-pull-cursor-regression", "none").unwrap();
+    let mut plan = plan_for(1, "003-4-pull-cursor-regression", Profile::None).unwrap();
     plan.drill.as_mut().unwrap().skip = Some("no-such-step".into());
-    let err = plan.validate().unwrap_err();
+    assert!(plan.validate().is_ok(), "the plan alone does not know the registry's steps");
+    let err = drill_scenarios::check(&plan).unwrap_err();
     assert!(err.contains("no step 'no-such-step'"), "{err}");
-    assert!(plan_for(1, "no-such-drill", "none").is_err());
+    assert!(plan_for(1, "no-such-drill", Profile::None).is_err());
 }
 
 #[test]
@@ -175,7 +178,7 @@ fn swarm_seeds_pick_drills_and_count_them() {
     let mut picked = 0;
     let mut exercised = 0;
     for seed in 1..=12 {
-        let source = RunSource::Seed { seed, scenario: "sync-basic".into(), profile: "swarm".into() };
+        let source = RunSource::Seed { seed, scenario: "sync-basic".into(), profile: Profile::Swarm };
         let plan = drill_scenarios::prepare(&source).unwrap();
         let r = run(&RunRequest { source, out_dir: None }).unwrap();
         assert_eq!(r.outcome, Outcome::Pass, "seed {seed}: {:?}", r.violations);

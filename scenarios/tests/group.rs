@@ -4,8 +4,9 @@
 //! `keys:groupBufferOverflow`, and the operator's reconnect reads them again. INV-GROUP judges
 //! every member at the end; without the reconnect it fires.
 
+use drill_scenarios::plan::store::{GroupRekey, StorePlan};
 use drill_scenarios::plan::Plan;
-use drill_scenarios::store_world::{GroupRekey, StorePlan};
+use drill_scenarios::Profile;
 use drill_scenarios::{plan_for, run::execute, Outcome, RunReport};
 
 fn lines(r: &RunReport) -> Vec<serde_json::Value> {
@@ -14,7 +15,7 @@ fn lines(r: &RunReport) -> Vec<serde_json::Value> {
 
 /// A quiet world whose acme room rekeys early and hands the new key out only after 6 s.
 fn rekeyed(seed: u64, skip_reconnect: bool) -> Plan {
-    let mut p = plan_for(seed, "sync-basic", "none").unwrap();
+    let mut p = plan_for(seed, "sync-basic", Profile::None).unwrap();
     let tenant = p.clients[0].tenant.clone();
     let rekey = GroupRekey { tenant, at_ms: 200, withhold_ms: 6_000 };
     p.store = Some(StorePlan { group_rekeys: vec![rekey], skip_group_reconnect: skip_reconnect, ..StorePlan::default() });

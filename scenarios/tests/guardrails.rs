@@ -3,14 +3,15 @@
 //! state byte for byte as it was (the model checks both on every attempt: INV-GUARDRAIL and
 //! INV-FAIL-CLOSED). Duplicated and replayed requests are absorbed without error.
 
+use drill_scenarios::plan::transport::{TransportFaultAt, TransportFaultKind};
 use drill_scenarios::plan::{Action, Plan, PlannedOp};
-use drill_scenarios::transport::{TransportFaultAt, TransportFaultKind};
+use drill_scenarios::Profile;
 use drill_scenarios::{plan_for, run::execute, Outcome};
 
 /// One device, a quiet network, and the transport of client-1 faulty from 2 s to 6 s while it
 /// appends and syncs.
 fn plan_with(kind: TransportFaultKind) -> Plan {
-    let mut p = plan_for(1, "sync-basic", "none").unwrap();
+    let mut p = plan_for(1, "sync-basic", Profile::None).unwrap();
     p.ops.clear();
     let mut t = 0;
     for round in 0..12 {

@@ -5,11 +5,12 @@
 //! `PROPTEST_CASES` sets the number of plans (default 24, to fit CI); a larger run:
 //! `PROPTEST_CASES=2000 cargo test --release -p drill-scenarios --test properties`.
 
+use drill_scenarios::plan::store::{AggregateKeyLoss, KeyStoreLoss, ReadOnlyWindow, StorePlan};
+use drill_scenarios::plan::transport::{TransportFaultAt, TransportFaultKind, TransportKnobs};
 use drill_scenarios::plan::{Action, ClientSpec, Plan, PlannedOp, PLAN_FORMAT_VERSION};
 use drill_scenarios::run::execute;
-use drill_scenarios::store_world::{AggregateKeyLoss, KeyStoreLoss, ReadOnlyWindow, StorePlan};
-use drill_scenarios::transport::{TransportFaultAt, TransportFaultKind, TransportKnobs};
 use drill_scenarios::Outcome;
+use drill_scenarios::Profile;
 use drill_sim::disk::IoOp;
 use drill_sim::faults::{Fault, Knobs, Scheduled};
 use proptest::prelude::*;
@@ -127,7 +128,7 @@ fn build(n: usize, ops: Vec<(u64, usize, Action)>, faults: Vec<(u64, FaultSpec)>
         format_version: PLAN_FORMAT_VERSION,
         seed,
         scenario: "sync-basic".into(),
-        profile: "proptest".into(),
+        profile: Profile::None,
         clients,
         knobs,
         transport_knobs: TransportKnobs::none(),

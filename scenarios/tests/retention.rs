@@ -2,12 +2,13 @@
 //! (`pull:resyncRequired`, failing closed), resynchronises from the floor, and converges.
 
 use drill_scenarios::plan::{Action, PlannedOp};
+use drill_scenarios::Profile;
 use drill_scenarios::{plan_for, run::execute, Outcome};
 use drill_sim::faults::{Fault, Scheduled};
 
 #[test]
 fn a_device_behind_retention_resyncs_and_converges() {
-    let mut p = plan_for(3, "sync-basic", "none").unwrap();
+    let mut p = plan_for(3, "sync-basic", Profile::None).unwrap();
     p.server_retention = Some(3);
     // client-1 is cut off while the others write and sync far past the retention window.
     p.faults = vec![Scheduled { at_ms: 500, fault: Fault::Partition { a: vec!["client-1".into()], b: vec!["server".into()], one_way: false, ms: 6_000 } }];

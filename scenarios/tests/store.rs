@@ -1,8 +1,9 @@
 //! The store and keys in the world: sealed payloads (no plaintext or key material on any disk),
 //! projections folded and checked against the model, READ_ONLY windows, key store loss.
 
+use drill_scenarios::plan::store::{KeyStoreLoss, PassphraseLoss, ReadOnlyWindow, StorePlan};
 use drill_scenarios::plan::Plan;
-use drill_scenarios::store_world::{KeyStoreLoss, PassphraseLoss, ReadOnlyWindow, StorePlan};
+use drill_scenarios::Profile;
 use drill_scenarios::{plan_for, run::execute, Outcome, RunReport};
 
 fn lines(r: &RunReport) -> Vec<serde_json::Value> {
@@ -14,7 +15,7 @@ fn checks(r: &RunReport, invariant: &str) -> u64 {
 }
 
 fn with_store(seed: u64, store: StorePlan) -> Plan {
-    let mut p = plan_for(seed, "sync-basic", "none").unwrap();
+    let mut p = plan_for(seed, "sync-basic", Profile::None).unwrap();
     p.store = Some(store);
     p
 }
@@ -22,7 +23,7 @@ fn with_store(seed: u64, store: StorePlan) -> Plan {
 #[test]
 fn no_disk_holds_a_plaintext_or_a_key_and_a_planted_plaintext_is_found() {
     for seed in [1, 2] {
-        let clean = execute(&plan_for(seed, "sync-basic", "none").unwrap(), None).unwrap();
+        let clean = execute(&plan_for(seed, "sync-basic", Profile::None).unwrap(), None).unwrap();
         assert_eq!(clean.outcome, Outcome::Pass, "{:?}", clean.violations);
         // Every node's disk was scanned, for every payload and every key.
         assert!(checks(&clean, "INV-NO-PLAINTEXT") >= 4, "{:?}", clean.checks);
@@ -75,7 +76,7 @@ fn store_plans_name_known_nodes() {
 
 #[test]
 fn missing_aggregate_keys_are_skipped_until_the_backup_is_restored_and_replayed() {
-    use drill_scenarios::store_world::AggregateKeyLoss;
+    use drill_scenarios::plan::store::AggregateKeyLoss;
     let mut refused = 0;
     for seed in 1..=4 {
         let loss = AggregateKeyLoss { node: "client-1".into(), at_ms: 2_000, down_ms: 300, aggregates: vec!["note-1".into(), "note-2".into()] };
@@ -97,7 +98,7 @@ fn missing_aggregate_keys_are_skipped_until_the_backup_is_restored_and_replayed(
 
 #[test]
 fn a_skipped_key_backup_restore_fails_the_recovery_check() {
-    use drill_scenarios::store_world::AggregateKeyLoss;
+    use drill_scenarios::plan::store::AggregateKeyLoss;
     let loss = AggregateKeyLoss { node: "client-1".into(), at_ms: 6_000, down_ms: 300, aggregates: vec!["note-1".into(), "note-2".into()] };
     let store = StorePlan { aggregate_key_loss: vec![loss.clone()], ..StorePlan::default() };
     let r = execute(&with_store(1, store), None).unwrap();
@@ -206,7 +207,7 @@ fn key_fault_plans_name_known_devices_and_swarm_plans_carry_them() {
     assert!(p.validate().unwrap_err().contains("client-9"));
     let mut found = 0;
     for seed in 1..=40 {
-        let p = plan_for(seed, "sync-basic", "swarm").unwrap();
+        let p = plan_for(seed, "sync-basic", Profile::Swarm).unwrap();
         found += p.store.as_ref().map_or(0, |s| s.passphrase_loss.len());
     }
     assert!(found > 0);

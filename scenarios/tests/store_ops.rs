@@ -3,9 +3,10 @@
 //! exercise it: each fault recovers and the run passes, and each run fails when the recovery is
 //! skipped (a planted bug).
 
+use drill_scenarios::plan::store::StorePlan;
+use drill_scenarios::plan::store_ops::{ArtifactCorrupt, Bug, OpsPlan, ProjectionCorrupt, SagaCrash, SagaPoint, Upgrade};
 use drill_scenarios::plan::Plan;
-use drill_scenarios::store_ops::{ArtifactCorrupt, Bug, OpsPlan, ProjectionCorrupt, SagaCrash, SagaPoint, Upgrade};
-use drill_scenarios::store_world::StorePlan;
+use drill_scenarios::Profile;
 use drill_scenarios::{plan_for, run::execute, Outcome, RunReport};
 use serde_json::Value;
 
@@ -26,7 +27,7 @@ fn fault(r: &RunReport, kind: &str) -> u64 {
 }
 
 fn with_ops(seed: u64, ops: OpsPlan) -> Plan {
-    let mut p = plan_for(seed, "sync-basic", "none").unwrap();
+    let mut p = plan_for(seed, "sync-basic", Profile::None).unwrap();
     p.store = Some(StorePlan { ops: Some(ops), ..StorePlan::default() });
     p
 }
@@ -177,7 +178,7 @@ fn a_bundle_that_leaks_a_plaintext_is_caught_by_its_check_and_by_the_scan() {
 fn swarm_plans_carry_the_store_work_and_each_fault_kind() {
     let mut kinds = std::collections::BTreeSet::new();
     for seed in 1..=40 {
-        let p = plan_for(seed, "sync-basic", "swarm").unwrap();
+        let p = plan_for(seed, "sync-basic", Profile::Swarm).unwrap();
         let ops = p.store.as_ref().and_then(|s| s.ops.as_ref()).expect("swarm plans carry store work");
         assert!(!ops.saga_thresholds.is_empty());
         for (k, n) in [
@@ -201,7 +202,7 @@ fn swarm_plans_carry_the_store_work_and_each_fault_kind() {
 
 #[test]
 fn the_effects_node_crashed_or_cut_off_still_applies_each_effect_once_and_skipping_redelivery_fails() {
-    use drill_scenarios::store_ops::{EffectsCrash, EffectsPartition};
+    use drill_scenarios::plan::store_ops::{EffectsCrash, EffectsPartition};
     let faults = |bugs: Vec<Bug>, crash: bool| OpsPlan {
         effects_crash: if crash { vec![EffectsCrash { at_ms: 0, down_ms: 4_000 }] } else { vec![] },
         effects_partition: if crash { vec![] } else { vec![EffectsPartition { at_ms: 0, ms: 4_000 }] },
@@ -235,7 +236,7 @@ fn the_effects_node_crashed_or_cut_off_still_applies_each_effect_once_and_skippi
 fn swarm_plans_carry_the_effects_node_faults() {
     let (mut crashes, mut partitions) = (0, 0);
     for seed in 1..=40 {
-        let p = plan_for(seed, "sync-basic", "swarm").unwrap();
+        let p = plan_for(seed, "sync-basic", Profile::Swarm).unwrap();
         let ops = p.store.as_ref().and_then(|s| s.ops.as_ref()).expect("swarm plans carry store work");
         crashes += ops.effects_crash.len();
         partitions += ops.effects_partition.len();

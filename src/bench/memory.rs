@@ -53,7 +53,7 @@ pub fn probe(seeds: u64) -> Result<i32, CliError> {
     let baseline_kib = peak_rss_kib()?;
     let mut after_first_seed_kib = baseline_kib;
     for seed in 1..=seeds {
-        let request = RunRequest { source: RunSource::Seed { seed, scenario: SCENARIO.to_string(), profile: PROFILE.to_string() }, out_dir: None };
+        let request = RunRequest { source: RunSource::Seed { seed, scenario: SCENARIO.to_string(), profile: PROFILE }, out_dir: None };
         drill_scenarios::run(&request)?;
         if seed == 1 {
             after_first_seed_kib = peak_rss_kib()?;

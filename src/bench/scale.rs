@@ -111,7 +111,5 @@ fn size(label: String, shape: Shape, seeds: u64) -> Result<SizeResult, CliError>
 
 /// The standard run's plan for `seed`, at another shape.
 fn plan(seed: u64, shape: Shape) -> Result<Plan, CliError> {
-    let knobs = drill_scenarios::knobs(PROFILE, seed)?;
-    let transport = drill_scenarios::transport_knobs(PROFILE, seed)?;
-    Ok(sync_basic::plan(seed, PROFILE, knobs, transport, shape))
+    Ok(sync_basic::plan(seed, PROFILE, shape))
 }

@@ -11,6 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use drill_scenarios::Profile;
 use serde::Serialize;
 
 use crate::bench::{measured, median, quantile, ratio, wall_now, Who};
@@ -22,7 +23,7 @@ use crate::worker::{Answer, Job};
 
 /// The standard run's scenario and profile.
 pub const SCENARIO: &str = "sync-basic";
-pub const PROFILE: &str = "swarm";
+pub const PROFILE: Profile = Profile::Swarm;
 
 /// One sweep of the standard run.
 #[derive(Debug, Clone, Serialize)]
@@ -47,7 +48,7 @@ pub struct SweepResult {
 /// under `work` (removed as each seed finishes).
 pub fn sweep(seeds: u64, workers: usize, work: &Path) -> Result<SweepResult, CliError> {
     outdir::create(work)?;
-    let world = WorldArgs { scenario: SCENARIO.to_string(), profile: PROFILE.to_string() };
+    let world = WorldArgs { scenario: SCENARIO.to_string(), profile: PROFILE };
     let mut timer =
         SeedTimer { work: work.to_path_buf(), next: 1, last: seeds, sent: vec![None; workers], ms: Vec::new(), sim_ms: 0, outcomes: BTreeMap::new() };
     let (result, took) = measured(Who::Children, || pool::run(workers, &world, &mut timer));

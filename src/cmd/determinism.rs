@@ -145,7 +145,7 @@ impl Check {
             Some(d) => d.describe("run 1", "run 2"),
             None => "the trace files are equal line by line, but their fingerprints differ".to_string(),
         };
-        let replay = seed_replay(seed, &self.world.scenario, &self.world.profile);
+        let replay = seed_replay(seed, &self.world.scenario, self.world.profile.as_str());
         let text = format!("seed {seed}: the two runs differ\n{what}\ntraces: {} and {}\nreplay: {replay}", one.display(), two.display());
         self.progress.println(&format!("seed {seed}: the two runs differ"));
         self.mismatches.insert(seed, text);

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use drill_reports::gate::{slowest, Determinism, DrillResult, Mismatch, SlowRun, GATE_KIND};
 use drill_reports::{add_counts, FailingSeed, GateSummary, Outcome, OutcomeCounts, SeedRange, Shard, SweepSummary, Verdict, Violation, FORMAT_VERSION};
+use drill_scenarios::Profile;
 use serde_json::json;
 
 use crate::cli::{GateArgs, WorldArgs};
@@ -32,7 +33,7 @@ use crate::worker::{Answer, Job};
 /// The scenario the gate sweeps; the drills come from the drill registry.
 pub const MAIN_SCENARIO: &str = "sync-basic";
 /// The fault profile of the gate's sweep.
-pub const MAIN_PROFILE: &str = "swarm";
+pub const MAIN_PROFILE: Profile = Profile::Swarm;
 
 /// Runs the gate; the exit code is the verdict's (0, 1, 3, 4 or 5).
 pub fn gate(args: GateArgs) -> Result<i32, CliError> {
@@ -43,7 +44,7 @@ pub fn gate(args: GateArgs) -> Result<i32, CliError> {
     let workers = worker_count(args.jobs, plan.queue.len() as u64);
     let events = Events::new(args.json);
     announce(&plan, &args, workers, events);
-    let world = WorldArgs { scenario: MAIN_SCENARIO.to_string(), profile: MAIN_PROFILE.to_string() };
+    let world = WorldArgs { scenario: MAIN_SCENARIO.to_string(), profile: MAIN_PROFILE };
     let mut run = GateRun::new(plan, args.out.clone(), work.clone(), args.time_budget, events);
     pool::run(workers, &world, &mut run)?;
     fs::remove_dir_all(&work).map_err(|e| CliError::io("cannot remove", &work, e))?;
@@ -85,7 +86,7 @@ impl GatePlan {
         let mut groups = vec![Group::new(MAIN_SCENARIO, MAIN_PROFILE, range, &args.out)];
         for d in drill_scenarios::drills::registry() {
             let folder = args.out.join(DRILLS_DIR).join(d.id);
-            groups.push(Group::new(d.id, &args.drill_profile, drill_range, &folder));
+            groups.push(Group::new(d.id, args.drill_profile, drill_range, &folder));
         }
         let sample = sample_seeds(range, args.determinism_seeds);
         let mut queue = VecDeque::new();
@@ -139,7 +140,7 @@ fn announce(plan: &GatePlan, args: &GateArgs, workers: usize, events: Events) {
 /// The runs of one scenario: the sweep, or one drill.
 struct Group {
     scenario: String,
-    profile: String,
+    profile: Profile,
     seeds: SeedRange,
     /// Where failing runs' folders go.
     folder: PathBuf,
@@ -153,10 +154,10 @@ struct Group {
 }
 
 impl Group {
-    fn new(scenario: &str, profile: &str, seeds: SeedRange, folder: &Path) -> Group {
+    fn new(scenario: &str, profile: Profile, seeds: SeedRange, folder: &Path) -> Group {
         Group {
             scenario: scenario.to_string(),
-            profile: profile.to_string(),
+            profile,
             seeds,
             folder: folder.to_path_buf(),
             counts: OutcomeCounts::default(),
@@ -195,7 +196,7 @@ impl Group {
     }
 
     fn replay(&self, seed: u64) -> String {
-        seed_replay(seed, &self.scenario, &self.profile)
+        seed_replay(seed, &self.scenario, self.profile.as_str())
     }
 }
 
@@ -339,7 +340,7 @@ impl GateRun {
             format_version: FORMAT_VERSION,
             drill_version: DRILL_VERSION.to_string(),
             scenario: sweep.scenario,
-            profile: sweep.profile,
+            profile: sweep.profile.to_string(),
             seeds: sweep.seeds,
             shard,
             outcome: sweep.counts.worst(),
@@ -385,7 +386,7 @@ impl Dispatch for GateRun {
         let dir = self.job_dir(p);
         outdir::create(&dir)?;
         let g = &self.groups[p.group];
-        let job = Job::seed_of(p.seed, dir.clone(), &g.scenario, &g.profile);
+        let job = Job::seed_of(p.seed, dir.clone(), &g.scenario, g.profile);
         self.in_flight.insert(dir, (p, wall_clock_now()));
         Ok(Some(job))
     }
@@ -461,7 +462,7 @@ fn take_trace(run: &Arrived, to: &Path) -> Result<(), CliError> {
 fn drill_result(g: Group, shard: Option<Shard>) -> DrillResult {
     DrillResult {
         name: g.scenario,
-        profile: g.profile,
+        profile: g.profile.to_string(),
         seeds: g.seeds,
         shard,
         counts: g.counts,

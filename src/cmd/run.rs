@@ -19,7 +19,7 @@ const PLAN_FOLDER_HASH_CHARS: usize = 12;
 
 /// What to run: a seed, or the text of a plan file.
 enum Input {
-    Seed { seed: u64, scenario: String, profile: String },
+    Seed { seed: u64, scenario: String, profile: drill_scenarios::Profile },
     Plan { text: String },
 }
 
@@ -55,7 +55,7 @@ impl Input {
         let Some(path) = &args.plan else {
             // clap requires --seed whenever --plan is absent.
             let seed = args.seed.ok_or_else(|| CliError::new("--seed or --plan is required"))?;
-            let (scenario, profile) = (args.world.scenario.clone(), args.world.profile.clone());
+            let (scenario, profile) = (args.world.scenario.clone(), args.world.profile);
             return Ok(Input::Seed { seed, scenario, profile });
         };
         let text = std::fs::read_to_string(path).map_err(|e| CliError::io("cannot read plan file", path, e))?;
@@ -67,7 +67,7 @@ impl Input {
 
     fn source(&self) -> RunSource {
         match self {
-            Input::Seed { seed, scenario, profile } => RunSource::Seed { seed: *seed, scenario: scenario.clone(), profile: profile.clone() },
+            Input::Seed { seed, scenario, profile } => RunSource::Seed { seed: *seed, scenario: scenario.clone(), profile: *profile },
             Input::Plan { text } => RunSource::Plan(text.clone()),
         }
     }
@@ -88,7 +88,7 @@ impl Input {
     /// The command that runs the same input again; a plan is replayed from its copy in `out`.
     fn replay(&self, out: &Path) -> String {
         match self {
-            Input::Seed { seed, scenario, profile } => seed_replay(*seed, scenario, profile),
+            Input::Seed { seed, scenario, profile } => seed_replay(*seed, scenario, profile.as_str()),
             Input::Plan { .. } => plan_replay(&out.join(PLAN_FILE)),
         }
     }

@@ -71,7 +71,8 @@ pub fn shrink(args: ShrinkArgs) -> Result<i32, CliError> {
     let before = Size::of(&plan);
     println!("target: {target}");
     println!("before: {before}");
-    let world = WorldArgs { scenario: summary.scenario.clone(), profile: summary.profile.clone() };
+    let profile = drill_scenarios::profile(&summary.profile).map_err(|e| CliError::new(format!("{}: {e}", args.dir.display())))?;
+    let world = WorldArgs { scenario: summary.scenario.clone(), profile };
     let session = Session::new(worker_count(args.jobs, u64::MAX), &world);
     let mut oracle = RunOracle::new(session, work.clone(), target.clone(), &args);
     let original = oracle.run_one(&plan, &work.join("original"))?;

@@ -132,7 +132,7 @@ impl Sweep {
         if folder.join(TRACE_FILE).is_file() {
             write_timeline_from(&folder)?;
         }
-        let replay = seed_replay(job.seed, &self.world.scenario, &self.world.profile);
+        let replay = seed_replay(job.seed, &self.world.scenario, self.world.profile.as_str());
         self.progress.println(&format!("seed {} {outcome}: {replay}", job.seed));
         let folder = folder.to_string_lossy().into_owned();
         self.failing.insert(job.seed, FailingSeed { seed: job.seed, outcome, first_violation, replay, folder });
@@ -145,7 +145,7 @@ impl Sweep {
             format_version: FORMAT_VERSION,
             drill_version: DRILL_VERSION.to_string(),
             scenario: self.world.scenario,
-            profile: self.world.profile,
+            profile: self.world.profile.to_string(),
             seeds: self.range,
             shard: self.shard,
             outcome: self.counts.worst(),

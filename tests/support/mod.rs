@@ -28,7 +28,7 @@ pub fn seeds_or(defaults: &[u64]) -> Vec<u64> {
 /// Runs one seed in this process (one world at a time).
 pub fn run_seed(seed: u64, scenario: &str, profile: &str) -> RunReport {
     let _one = ONE_WORLD_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let source = RunSource::Seed { seed, scenario: scenario.to_string(), profile: profile.to_string() };
+    let source = RunSource::Seed { seed, scenario: scenario.to_string(), profile: drill_scenarios::profile(profile).expect("a known profile") };
     drill_scenarios::run(&RunRequest { source, out_dir: None }).unwrap_or_else(|e| panic!("seed {seed} ({scenario}, {profile}) was refused: {e}"))
 }
 

@@ -52,8 +52,8 @@ use super::d000_keys::{all_aggregates, close, key_store, open_keyed, own_facts, 
 use super::harness::Ctx;
 use super::Drill;
 use crate::group_world::Inbox;
+use crate::plan::transport::TransportFaultKind;
 use crate::procs::{self, DEVICE_DB, KEYS_DB};
-use crate::transport::TransportFaultKind;
 
 pub const DRILLS: &[Drill] = &[
     Drill {

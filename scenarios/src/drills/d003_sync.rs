@@ -19,7 +19,7 @@ use serde_json::json;
 
 use super::harness::Ctx;
 use super::Drill;
-use crate::transport::TransportFaultKind as K;
+use crate::plan::transport::TransportFaultKind as K;
 
 const STEPS: &[&str] = &["capture-state", "retry-and-compare", "compare-with-server", "repair-transport", "hydrate-last-known-good", "re-run-sync"];
 const HYDRATE_STEPS: &[&str] = &["capture-state", "hydrate-last-known-good", "re-run-sync"];

@@ -34,10 +34,11 @@ use serde_json::{json, Value};
 
 use super::Drill;
 use crate::api::Violation;
+use crate::plan::transport::TransportFaultKind;
 use crate::plan::Plan;
 use crate::procs::{self, client_ip, lock, NodeClock, ServerCtx, SharedRef, DEVICE_DB, SERVER_IP};
 use crate::sim_fs::SimFs;
-use crate::transport::{FaultyTransport, TransportFaultKind, TransportState};
+use crate::transport::{FaultyTransport, TransportState};
 
 /// How long a device waits for the server in a drill.
 pub const RPC_TIMEOUT_MS: u64 = 1_000;

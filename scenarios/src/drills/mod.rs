@@ -42,11 +42,12 @@ use drill_sim::rng::SeedTree;
 use drill_sim::trace::{self, Recorder};
 use drill_sim::world::{NetConfig, Runtime};
 use drill_stack::proto::PROTOCOL_VERSION;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::api::{DrillCoverage, Outcome, RunError, RunReport, Violation};
-use crate::plan::Plan;
+use crate::plan::drill::DrillPlan;
+use crate::plan::transport::TransportKnobs;
+use crate::plan::{client_name, ClientSpec, Plan, Profile, PLAN_FORMAT_VERSION, TENANTS};
 use crate::procs::{lock, Shared, SharedRef};
 use crate::run::{COMMIT, TRACE_FORMAT_VERSION, VERSION};
 use harness::{Ctx, Verdict};
@@ -70,21 +71,6 @@ pub struct Drill {
     /// A value the body reads (which fault of a family of drills).
     pub param: u8,
     pub body: Body,
-}
-
-/// What a plan says about the drill it runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DrillPlan {
-    pub id: String,
-    /// A recovery step to skip (tests: the drill must then fail).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub skip: Option<String>,
-    /// A recovery step to do wrong (tests: the drill must then fail).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wrong: Option<String>,
-    /// In a swarm plan: when the failure is injected, and on which device.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub swarm: Option<swarm::SwarmDrill>,
 }
 
 /// Every drill, in runbook order.
@@ -112,29 +98,42 @@ pub fn find(id: &str) -> Option<&'static Drill> {
     registry().into_iter().find(|d| d.id == id)
 }
 
+/// How long a drill's plan gives its world before the heal (a drill's body runs its own
+/// timeline; the plan's times bound its faults).
+const DRILL_HEAL_AT_MS: u64 = 1_500;
+/// How long a drill's devices have to converge.
+const DRILL_LIVENESS_MS_MAX: u64 = 30_000;
+
 /// The plan of drill `id` for `seed`: its devices and the profile's knobs (the drill injects
 /// its own failure; the profile's network latency and loss apply to its world).
-pub fn plan(seed: u64, id: &str, profile: &str) -> Result<Plan, RunError> {
+pub fn plan(seed: u64, id: &str, profile: Profile) -> Result<Plan, RunError> {
     let drill = find(id).ok_or_else(|| RunError::UnknownScenario(id.to_string()))?;
-    let knobs = crate::knobs(profile, seed)?;
-    let shape = crate::sync_basic::Shape { clients: drill.devices, ops_per_client: 0, duration_ms: 1_000 };
-    let mut p = crate::sync_basic::plan(seed, profile, knobs, crate::transport::TransportKnobs::none(), shape);
-    p.scenario = id.to_string();
-    p.ops.clear();
-    p.faults.clear();
-    p.transport_faults.clear();
-    p.blobs = None;
-    p.jobs = None;
-    p.store = None;
-    p.server_retention = drill.server_retention;
-    for c in &mut p.clients {
-        c.protocol_version = PROTOCOL_VERSION;
-    }
-    p.drill = Some(DrillPlan { id: id.to_string(), skip: None, wrong: None, swarm: None });
-    Ok(p)
+    let clients = (0..drill.devices)
+        .map(|i| ClientSpec { name: client_name(i), tenant: TENANTS[i % TENANTS.len()].to_string(), protocol_version: PROTOCOL_VERSION })
+        .collect();
+    Ok(Plan {
+        format_version: PLAN_FORMAT_VERSION,
+        seed,
+        scenario: id.to_string(),
+        profile,
+        clients,
+        knobs: profile.knobs(seed),
+        transport_knobs: TransportKnobs::none(),
+        ops: Vec::new(),
+        faults: Vec::new(),
+        transport_faults: Vec::new(),
+        server_retention: drill.server_retention,
+        store: None,
+        blobs: None,
+        jobs: None,
+        drill: Some(DrillPlan { id: id.to_string(), skip: None, wrong: None, swarm: None }),
+        heal_at_ms: DRILL_HEAL_AT_MS,
+        liveness_ms_max: DRILL_LIVENESS_MS_MAX,
+    })
 }
 
-/// Checks a plan's drill part.
+/// Checks a plan's drill against the registry: the drill exists and has the steps the plan
+/// skips or does wrong (the plan checks the rest itself).
 pub fn validate(plan: &Plan) -> Result<(), String> {
     let Some(d) = &plan.drill else { return Ok(()) };
     let drill = find(&d.id).ok_or_else(|| format!("unknown drill '{}'", d.id))?;
@@ -143,18 +142,12 @@ pub fn validate(plan: &Plan) -> Result<(), String> {
             return Err(format!("drill {} has no step '{s}' (its steps: {})", drill.id, drill.steps.join(", ")));
         }
     }
-    if d.swarm.is_some() {
-        return swarm::validate(plan);
-    }
-    if plan.scenario != d.id {
-        return Err(format!("a drill plan's scenario must be its drill, not '{}'", plan.scenario));
-    }
     Ok(())
 }
 
 /// Runs a drill's plan; with `out_dir`, writes `plan.json` and `trace.jsonl` there as it goes.
 pub fn execute(plan: &Plan, out_dir: Option<&Path>) -> Result<RunReport, RunError> {
-    plan.validate().map_err(RunError::MalformedPlan)?;
+    crate::check(plan).map_err(RunError::MalformedPlan)?;
     let drill = plan.drill.as_ref().and_then(|d| find(&d.id)).ok_or_else(|| RunError::MalformedPlan("not a drill plan".into()))?;
     let plan_json = plan.canonical_json();
     let plan_hash = plan.hash();
@@ -209,7 +202,7 @@ pub fn execute(plan: &Plan, out_dir: Option<&Path>) -> Result<RunReport, RunErro
     Ok(RunReport {
         seed: plan.seed,
         scenario: plan.scenario.clone(),
-        profile: plan.profile.clone(),
+        profile: plan.profile,
         outcome,
         violations,
         fingerprint,

@@ -12,87 +12,13 @@
 
 use std::collections::BTreeMap;
 
-use drill_sim::rng::SeedTree;
 use drill_sim::trace;
-use rand::Rng;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{find, DrillPlan};
+use super::find;
 use crate::api::{DrillCoverage, Outcome, RunReport};
-use crate::plan::{Action, Plan, PlannedOp};
-use crate::transport::{TransportFaultAt, TransportFaultKind as K};
-
-/// Chance that a swarm seed carries a drill.
-pub const DRILL_PROBABILITY: f64 = 0.5;
-/// How long the drill's fault window lasts.
-const WINDOW_MS: u64 = 600;
-
-/// Where and when a swarm plan injects its drill's failure.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SwarmDrill {
-    pub at_ms: u64,
-    pub device: String,
-}
-
-/// The drills a swarm seed may pick, with the transport fault each injects (`None`: the
-/// malformed hydrate).
-pub const CANDIDATES: [(&str, Option<K>); 8] = [
-    ("003-4-pull-page-invariant", Some(K::PullEmptyPageHasMore)),
-    ("003-4-pull-duplicate-op-replay", Some(K::PullDuplicateOpReplay)),
-    ("003-4-pull-cursor-regression", Some(K::PullCursorRegression)),
-    ("003-4-pull-last-write-id-regression", Some(K::PullLastWriteIdRegression)),
-    ("003-4-reconcile-cursor-regression", Some(K::ReconcileCursorRegression)),
-    ("003-4-reconcile-last-write-id-regression", Some(K::ReconcileLastWriteIdRegression)),
-    ("003-4-stale-write-recovery-exhausted", Some(K::StaleWriteIds)),
-    ("003-4-hydrate-guardrail", None),
-];
-
-fn fault_of(id: &str) -> Option<Option<K>> {
-    CANDIDATES.iter().find(|(d, _)| *d == id).map(|(_, k)| *k)
-}
-
-/// Maybe adds a drill to a swarm plan, from its own seed stream so the rest of the plan stays as
-/// the seed made it.
-pub fn add_to_plan(plan: &mut Plan, seeds: &SeedTree, duration_ms: u64) {
-    let mut rng = seeds.stream("swarm-drill");
-    if !rng.gen_bool(DRILL_PROBABILITY) || plan.clients.is_empty() || duration_ms < 4 * WINDOW_MS {
-        return;
-    }
-    let (id, kind) = CANDIDATES[rng.gen_range(0..CANDIDATES.len())];
-    let device = plan.clients[rng.gen_range(0..plan.clients.len())].name.clone();
-    let at_ms = rng.gen_range(WINDOW_MS..duration_ms - 2 * WINDOW_MS);
-    let op = |at_ms: u64, action: Action| PlannedOp { at_ms, client: device.clone(), action };
-    let end = at_ms + WINDOW_MS;
-    match kind {
-        Some(k) => {
-            plan.transport_faults.push(TransportFaultAt { at_ms, node: device.clone(), kind: k, ms: WINDOW_MS });
-            plan.transport_faults.sort_by_key(|f| f.at_ms);
-            let append = Action::Append { aggregate: "note-1".into(), kind: "created".into(), bytes: 64 };
-            plan.ops.extend([op(at_ms + 1, append), op(at_ms + 10, Action::Sync), op(at_ms + WINDOW_MS / 2, Action::Sync)]);
-        }
-        None => plan.ops.push(op(at_ms + 10, Action::Hydrate { malformed: true })),
-    }
-    plan.ops.extend([op(end + 20, Action::Hydrate { malformed: false }), op(end + 40, Action::Sync)]);
-    plan.ops.sort_by_key(|o| o.at_ms);
-    plan.drill = Some(DrillPlan { id: id.into(), skip: None, wrong: None, swarm: Some(SwarmDrill { at_ms, device }) });
-}
-
-/// Checks a swarm plan's drill.
-pub fn validate(plan: &Plan) -> Result<(), String> {
-    let Some(d) = &plan.drill else { return Ok(()) };
-    let Some(s) = &d.swarm else { return Ok(()) };
-    if fault_of(&d.id).is_none() {
-        return Err(format!("drill {} cannot run inside a swarm world", d.id));
-    }
-    if !plan.clients.iter().any(|c| c.name == s.device) {
-        return Err(format!("swarm drill names unknown device '{}'", s.device));
-    }
-    if s.at_ms + WINDOW_MS + 40 > plan.heal_at_ms {
-        return Err(format!("swarm drill at {} ms does not end before heal_at_ms {}", s.at_ms, plan.heal_at_ms));
-    }
-    Ok(())
-}
+use crate::plan::drill::{fault_of, WINDOW_MS};
+use crate::plan::Plan;
 
 /// A recovery step's mark on the world's timeline.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,104 @@
+//! The drill part of a plan: which runbook drill the plan runs (a drill's own plan) or injects
+//! into a busy swarm world, and which recovery step a test skips or does wrong; plain data, the
+//! swarm's draw of a drill, and its checks.
+
+use drill_sim::rng::SeedTree;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::transport::{TransportFaultAt, TransportFaultKind as K};
+use super::{Action, Plan, PlannedOp};
+
+/// What a plan says about the drill it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillPlan {
+    pub id: String,
+    /// A recovery step to skip (tests: the drill must then fail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip: Option<String>,
+    /// A recovery step to do wrong (tests: the drill must then fail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrong: Option<String>,
+    /// In a swarm plan: when the failure is injected, and on which device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swarm: Option<SwarmDrill>,
+}
+
+/// Where and when a swarm plan injects its drill's failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmDrill {
+    pub at_ms: u64,
+    pub device: String,
+}
+
+/// Chance that a swarm seed carries a drill.
+pub const DRILL_PROBABILITY: f64 = 0.5;
+/// How long a swarm drill's fault window lasts.
+pub const WINDOW_MS: u64 = 600;
+
+/// The drills a swarm seed may pick, with the transport fault each injects (`None`: the
+/// malformed hydrate).
+pub const CANDIDATES: [(&str, Option<K>); 8] = [
+    ("003-4-pull-page-invariant", Some(K::PullEmptyPageHasMore)),
+    ("003-4-pull-duplicate-op-replay", Some(K::PullDuplicateOpReplay)),
+    ("003-4-pull-cursor-regression", Some(K::PullCursorRegression)),
+    ("003-4-pull-last-write-id-regression", Some(K::PullLastWriteIdRegression)),
+    ("003-4-reconcile-cursor-regression", Some(K::ReconcileCursorRegression)),
+    ("003-4-reconcile-last-write-id-regression", Some(K::ReconcileLastWriteIdRegression)),
+    ("003-4-stale-write-recovery-exhausted", Some(K::StaleWriteIds)),
+    ("003-4-hydrate-guardrail", None),
+];
+
+/// The transport fault a swarm drill injects (`Some(None)`: the malformed hydrate); `None` for a
+/// drill that cannot run inside a swarm world.
+pub fn fault_of(id: &str) -> Option<Option<K>> {
+    CANDIDATES.iter().find(|(d, _)| *d == id).map(|(_, k)| *k)
+}
+
+/// Maybe adds a drill to a swarm plan, from its own seed stream so the rest of the plan stays as
+/// the seed made it.
+pub fn swarm(plan: &mut Plan, seeds: &SeedTree, duration_ms: u64) {
+    let mut rng = seeds.stream("swarm-drill");
+    if !rng.gen_bool(DRILL_PROBABILITY) || plan.clients.is_empty() || duration_ms < 4 * WINDOW_MS {
+        return;
+    }
+    let (id, kind) = CANDIDATES[rng.gen_range(0..CANDIDATES.len())];
+    let device = plan.clients[rng.gen_range(0..plan.clients.len())].name.clone();
+    let at_ms = rng.gen_range(WINDOW_MS..duration_ms - 2 * WINDOW_MS);
+    let op = |at_ms: u64, action: Action| PlannedOp { at_ms, client: device.clone(), action };
+    let end = at_ms + WINDOW_MS;
+    match kind {
+        Some(k) => {
+            plan.transport_faults.push(TransportFaultAt { at_ms, node: device.clone(), kind: k, ms: WINDOW_MS });
+            plan.transport_faults.sort_by_key(|f| f.at_ms);
+            let append = Action::Append { aggregate: "note-1".into(), kind: "created".into(), bytes: 64 };
+            plan.ops.extend([op(at_ms + 1, append), op(at_ms + 10, Action::Sync), op(at_ms + WINDOW_MS / 2, Action::Sync)]);
+        }
+        None => plan.ops.push(op(at_ms + 10, Action::Hydrate { malformed: true })),
+    }
+    plan.ops.extend([op(end + 20, Action::Hydrate { malformed: false }), op(end + 40, Action::Sync)]);
+    plan.ops.sort_by_key(|o| o.at_ms);
+    plan.drill = Some(DrillPlan { id: id.into(), skip: None, wrong: None, swarm: Some(SwarmDrill { at_ms, device }) });
+}
+
+/// Checks a plan's drill part, as far as the plan alone tells (the registry checks the drill's
+/// id and step names).
+pub fn validate(plan: &Plan) -> Result<(), String> {
+    let Some(d) = &plan.drill else { return Ok(()) };
+    let Some(s) = &d.swarm else {
+        if plan.scenario != d.id {
+            return Err(format!("a drill plan's scenario must be its drill, not '{}'", plan.scenario));
+        }
+        return Ok(());
+    };
+    if fault_of(&d.id).is_none() {
+        return Err(format!("drill {} cannot run inside a swarm world", d.id));
+    }
+    if !plan.clients.iter().any(|c| c.name == s.device) {
+        return Err(format!("swarm drill names unknown device '{}'", s.device));
+    }
+    if s.at_ms + WINDOW_MS + 40 > plan.heal_at_ms {
+        return Err(format!("swarm drill at {} ms does not end before heal_at_ms {}", s.at_ms, plan.heal_at_ms));
+    }
+    Ok(())
+}
