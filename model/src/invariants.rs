@@ -31,6 +31,7 @@ pub const TENANT: &str = "INV-TENANT";
 pub const READ_ONLY: &str = "INV-READ-ONLY";
 pub const MIGRATION: &str = "INV-MIGRATION";
 pub const GROUP: &str = "INV-GROUP";
+pub const SERVER_PROJECTION: &str = "INV-SERVER-PROJECTION";
 
 /// Every invariant the model checks today.
 pub const REGISTRY: &[Invariant] = &[
@@ -153,6 +154,12 @@ pub const REGISTRY: &[Invariant] = &[
         runbook: "002 Missing Group Key",
         statement: "every room packet reaches every member unchanged once the member holds its epoch's key: buffered (bounded) while the key is missing and replayed when it arrives; a packet dropped by a full buffer is reported and read again on reconnect; after the heal every member holds every epoch's key",
         checked: "at the end of the run, on every device of a room that carried packets",
+    },
+    Invariant {
+        id: SERVER_PROJECTION,
+        runbook: "004 §1, §3.2, §6.1",
+        statement: "the server's aggregate_state of every tenant equals the fold of the server's events (over their stored, sealed payloads)",
+        checked: "after every restore of the server's event store (drills on the server)",
     },
 ];
 

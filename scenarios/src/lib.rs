@@ -4,6 +4,7 @@
 //! from a plan file, and [`run::execute`]s it.
 
 mod api;
+pub mod backup_world;
 pub mod blobs_world;
 pub mod drills;
 pub mod group_world;

@@ -184,6 +184,7 @@ pub struct BackupClient {
     node: SocketAddr,
     next_id: u64,
     timeout: Duration,
+    attempts: u32,
 }
 
 /// Answers from earlier, timed-out calls that one call skips at most.
@@ -192,10 +193,27 @@ const STALE_ANSWERS_MAX: u32 = 64;
 impl BackupClient {
     pub async fn bind(node: SocketAddr, timeout: Duration) -> Result<Self, BackupError> {
         let ep = Endpoint::bind("0.0.0.0:0").await.map_err(|e| BackupError::Unreachable { detail: format!("bind: {e}") })?;
-        Ok(BackupClient { ep, node, next_id: 0, timeout })
+        Ok(BackupClient { ep, node, next_id: 0, timeout, attempts: 1 })
+    }
+
+    /// Sends each request up to `attempts` times (at least once) while no answer comes in time:
+    /// every request of the protocol is idempotent, so a lost message costs only a retry.
+    pub fn with_attempts(mut self, attempts: u32) -> Self {
+        self.attempts = attempts.max(1);
+        self
     }
 
     async fn call(&mut self, req: &BackupRequest) -> Result<BackupResponse, BackupError> {
+        let mut attempt = 1;
+        loop {
+            match self.call_once(req).await {
+                Err(BackupError::Unreachable { .. }) if attempt < self.attempts => attempt += 1,
+                r => return r,
+            }
+        }
+    }
+
+    async fn call_once(&mut self, req: &BackupRequest) -> Result<BackupResponse, BackupError> {
         self.next_id += 1;
         let id = self.next_id;
         let unreachable = |detail: String| BackupError::Unreachable { detail };
@@ -430,6 +448,40 @@ mod tests {
                     assert_eq!(c.fetch_segments(1).await.unwrap(), vec![seg]);
                     assert_eq!(c.timelines_max().await.unwrap(), 1);
                     assert_eq!(c.get("nothing").await, Err(BackupError::Missing { name: "nothing".into() }));
+                })
+                .await
+                .unwrap();
+        });
+    }
+
+    #[test]
+    fn a_lost_request_is_sent_again_within_the_attempts() {
+        madsim::runtime::Runtime::new().block_on(async {
+            let handle = madsim::runtime::Handle::current();
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().to_path_buf();
+            let addr: SocketAddr = "10.0.0.9:7100".parse().unwrap();
+            let backup = handle.create_node().name("backup").ip(addr.ip()).build();
+            backup.spawn(async move {
+                let ep = Endpoint::bind(addr).await.unwrap();
+                let fs = crate::fs::StdFs::new(root);
+                let _ = serve(ep, &fs).await;
+            });
+            let backup_id = backup.id();
+            let client_node = handle.create_node().name("server").ip("10.0.0.1".parse().unwrap()).build();
+            client_node
+                .spawn(async move {
+                    let net = madsim::net::NetSim::current();
+                    // Cut off for 1.5 s: one try of 1 s cannot get through, three can.
+                    net.clog_node(backup_id);
+                    madsim::task::spawn(async move {
+                        madsim::time::sleep(Duration::from_millis(1_500)).await;
+                        madsim::net::NetSim::current().unclog_node(backup_id);
+                    });
+                    let mut once = BackupClient::bind(addr, Duration::from_secs(1)).await.unwrap();
+                    assert!(matches!(once.list("full/").await, Err(BackupError::Unreachable { .. })));
+                    let mut thrice = BackupClient::bind(addr, Duration::from_secs(1)).await.unwrap().with_attempts(3);
+                    assert_eq!(thrice.list("full/").await, Ok(vec![]));
                 })
                 .await
                 .unwrap();

@@ -69,7 +69,8 @@ pub struct ServerOptions {
     /// op stays, so retries stay idempotent), and a device behind them must resync in full.
     pub retention_events: Option<u64>,
     /// Archive every committed push as a sealed segment, shipped to a backup node
-    /// ([`archive`]); `None`: no archive.
+    /// ([`archive`]); `None`: no archive. The operator may change it later
+    /// ([`Server::set_archive_mode`]); the store keeps that choice over this default.
     pub archive: Option<ArchiveMode>,
 }
 
@@ -255,7 +256,7 @@ impl Server {
             return Err(Refusal::Answer(answer));
         }
         Self::check_head(&tx, tenant, head)?;
-        archive::check_window(&tx, self.options.archive)?;
+        archive::check_window(&tx, archive::mode(&tx, self.options.archive)?)?;
         let mut appended: Vec<EventRow> = Vec::new();
         let mut accepted = Vec::with_capacity(writes.len());
         let mut head = store::chain_head(&tx, tenant)?;
@@ -307,7 +308,7 @@ impl Server {
         }
         // The archive seals what this push committed in the same transaction, before any
         // compaction could drop it.
-        if self.options.archive.is_some() {
+        if archive::mode(&tx, self.options.archive)?.is_some() {
             archive::seal(&tx, &appended)?;
         }
         if let Some(keep) = self.options.retention_events {
@@ -366,7 +367,7 @@ impl Server {
         let mut items = store::events_after(&self.conn, tenant, since, limit + 1)?;
         // A synchronous archive shows only what it holds: an event not yet on the backup node is
         // neither acknowledged nor served, so no device holds history the archive could lose.
-        let horizon = archive::visible_through(&self.conn, self.options.archive)?;
+        let horizon = archive::visible_through(&self.conn, self.archive_mode()?)?;
         items.retain(|e| e.seq <= horizon);
         let has_more = items.len() > limit as usize;
         items.truncate(limit as usize);

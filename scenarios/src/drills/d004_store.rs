@@ -1,12 +1,18 @@
 //! Runbook 004 (event store disaster recovery), §3.1 "Hash-Chain Verification", §6.1
 //! "Database Corruption" and §6.3 "Partial Write Failure".
 //!
-//! - `004-3.1-hash-chain-tamper`. The failure: one stored event's payload on the server is
-//!   changed behind the stack's back. The recovery is §3.1's procedure — read the events in
-//!   order, recompute each hash, compare with the stored one, flag the first mismatch — and then
-//!   the flagged event restored from a replica whose own chain verifies it. Checked: the exact
-//!   tampered event is flagged, the chain verifies after the restore, and no committed event is
-//!   lost or changed (INV-RECOVERY).
+//! - `004-3.1-hash-chain-tamper`, on the server's event store. The world: the server archives
+//!   every committed push continuously to the backup node (its own node), and the operator took
+//!   the daily full backup there; the tenant moved on after it. The failure: one stored event's
+//!   payload on the server is changed behind the stack's back. The symptom: the server's chain
+//!   check (§3.1: read in order, recompute each hash, compare) flags exactly that event. The
+//!   recovery, triggered by that flag, is §6.1's through the server's operator API, never an edit
+//!   by hand: READ_ONLY, restore the newest backup that passes its verification checklist, replay
+//!   the archive since it, rebuild the projections, verify every tenant's count and head against
+//!   what the chain promised, and NORMAL once they match. Checked: the exact tampered event is
+//!   flagged, the chain verifies end to end afterwards, the server's projections equal the
+//!   model's fold of its events (INV-SERVER-PROJECTION), the server takes writes again, and no
+//!   committed event is lost or changed (INV-RECOVERY).
 //! - `004-6.1-database-corruption`. The failure: bits flipped in a device's database file on
 //!   disk. The symptom: opening or querying it fails with the store's corruption error (pages
 //!   are checksummed). The recovery is §6.1's: restore the last verified backup, verify its hash
@@ -18,26 +24,34 @@
 //!   folds every event not yet folded. Checked: each projection's cursor reaches the last event,
 //!   its rows equal a full rebuild from the events, and no committed event is lost.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
 
+use drill_model::server_dr::{check_server_projection, fold_aggregate_state, SERVER_PROJECTION};
 use drill_model::EventFact;
 use drill_sim::disk::DiskSim;
+use drill_sim::trace;
 use drill_stack::chain::{first_broken, Link};
+use drill_stack::clock::Clock;
 use drill_stack::fs::FileSystem;
+use drill_stack::projections::resilience::Mode;
+use drill_stack::projections::Scope;
+use drill_stack::server::restore::{choose_backup, ReplayPoint};
+use drill_stack::server::{ArchiveMode, Diagnostics, ModeScope, Transition};
 use serde_json::json;
 
 use super::harness::Ctx;
 use super::Drill;
-use crate::procs::DEVICE_DB;
+use crate::backup_world::BackupWorld;
+use crate::procs::{NodeClock, DEVICE_DB};
 
 pub const DRILLS: &[Drill] = &[
     Drill {
         id: "004-3.1-hash-chain-tamper",
         section: "004 §3.1",
-        title: "a stored event changed on the server: verify the chain, flag the exact event, restore it from a replica",
-        steps: &["read-events-in-order", "recompute-and-compare", "flag-corrupt-event", "restore-from-replica", "verify-again"],
+        title: "a stored event changed on the server: the chain check flags the exact event; restore the verified backup and replay the archive",
+        steps: &["verify-chain", "set-read-only", "restore-verified-backup", "replay-archive", "rebuild-projections", "verify-tenants", "restore-normal"],
         devices: 3,
         server_retention: None,
         param: 0,
@@ -149,44 +163,168 @@ fn verify(events: &[EventFact], recompute: bool) -> Option<u64> {
 }
 
 async fn tamper(cx: &mut Ctx) {
+    let backups = BackupWorld::start(cx);
+    let mode = ArchiveMode::Asynchronous { window_events_max: ARCHIVE_WINDOW_EVENTS };
+    cx.server(move |s| s.set_archive_mode(Some(mode)).expect("the archive mode is set")).await;
     cx.warm_up().await;
     let tenant = cx.devs[0].tenant.clone();
+    let server_node = cx.server;
+    let taken_ms = NodeClock(server_node).now_unix_ms();
+    let backup = backups.take_backup(1, taken_ms).await;
+    cx.check(backup.is_ok(), "the daily full backup is on the backup node", json!({"backup": backup.as_ref().map(|m| m.through_seq).map_err(|e| e.clone())}));
+    // The tenant moves on after the backup; only the archive holds these events elsewhere.
+    for i in 0..cx.devs.len() {
+        let n = rand::Rng::gen_range(&mut cx.rng, 1..=2);
+        cx.append(i, n);
+        cx.sync(i).await.unwrap_or_else(|e| panic!("a sync after the backup failed: {e}"));
+    }
+    let drained = backups.drained().await;
+    cx.check(drained, "the archive shipped every committed event", json!({}));
     let committed = cx.server_tenant(&tenant).await;
     let victim = committed[rand::Rng::gen_range(&mut cx.rng, 0..committed.len())].seq;
     let changed = cx
         .server(move |s| s.registry_conn().execute("UPDATE events SET payload = CAST(payload || x'00' AS BLOB) WHERE seq = ?1", [victim]).expect("tampered"))
         .await;
     cx.inject("event_payload_tampered", json!({"node": "server", "seq": victim, "rows": changed}));
-    let stored = cx.server_tenant(&tenant).await;
-    cx.symptom(verify(&stored, true) == Some(victim), "the hash chain no longer verifies", json!({"seq": victim}));
-    let mut events = Vec::new();
-    if cx.step("read-events-in-order") {
-        events = cx.server_tenant(&tenant).await;
-    }
+    // What the chain promises: every tenant's count and head (a changed payload leaves both).
+    let promised = cx.server(|s| s.diagnostics().expect("diagnostics")).await;
+    let broken = cx.server(|s| s.verify_chain().expect("the chain check runs")).await;
+    cx.symptom(broken.contains(&(tenant.clone(), victim)), "the hash chain no longer verifies", json!({"seq": victim, "broken": broken}));
+
     let mut flagged = None;
-    if cx.step("recompute-and-compare") {
-        flagged = verify(&events, !cx.wrong("recompute-and-compare"));
-    }
-    if cx.step("flag-corrupt-event") {
+    if cx.step("verify-chain") {
+        flagged = if cx.wrong("verify-chain") {
+            // Done wrong: only the stored links are followed, no hash recomputed.
+            verify(&cx.server_tenant(&tenant).await, false)
+        } else {
+            cx.server(|s| s.verify_chain().expect("the chain check runs")).await.into_iter().find(|(t, _)| *t == tenant).map(|(_, seq)| seq)
+        };
         cx.check(flagged == Some(victim), "the exact tampered event is flagged", json!({"flagged": flagged, "tampered": victim}));
     }
-    if cx.step("restore-from-replica") {
-        // The replica's copy verifies against its own chain before it is trusted.
-        let replica = cx.device_events(0);
-        let copy = replica.iter().find(|e| Some(e.seq) == flagged).cloned();
-        let trusted = verify(&replica, true).is_none();
-        cx.check(copy.is_some() && trusted, "a replica holds a verified copy of the flagged event", json!({}));
-        if let Some(copy) = copy.filter(|_| trusted) {
-            let sql = format!("UPDATE events SET payload = x'{}' WHERE seq = {}", hex::encode(&copy.stored), copy.seq);
-            cx.server(move |s| s.registry_conn().execute_batch(&sql).expect("restored")).await;
-        }
+    // The flag is what sends the operator to the restore; without it nothing is repaired.
+    if flagged.is_some() {
+        restore_server(cx, &backups, &promised).await;
     }
-    if cx.step("verify-again") {
-        let after = cx.server_tenant(&tenant).await;
-        cx.check(verify(&after, true).is_none(), "the chain verifies end to end after the restore", json!({}));
-    }
+    let after = cx.server(|s| s.verify_chain().expect("the chain check runs")).await;
+    cx.check(after.is_empty(), "the chain verifies end to end after the restore", json!({"broken": after}));
+    judge_server_projections(cx).await;
+    let i = 0;
+    cx.append(i, 1);
+    let r = cx.sync(i).await;
+    let taken = r.as_ref().is_ok_and(|r| r.push_deferred.is_none());
+    cx.check(taken, "the server takes writes again", json!({"sync": r.map(|r| r.push_deferred).map_err(|e| e.to_string())}));
     let server = cx.server_tenant(&tenant).await;
     cx.recovery("server", &committed, &server, &BTreeSet::new());
+}
+
+/// Events the asynchronous archive may hold unshipped in the 3.1 drill (far more than it
+/// writes: the drill waits for the archiver before it tampers).
+const ARCHIVE_WINDOW_EVENTS: u64 = 256;
+
+/// Runbook 004 §6.1 on the server, one operator command a step: READ_ONLY, the newest verified
+/// backup from the backup node into the store, the archive since it, projections, each tenant
+/// against `promised`, then NORMAL once they all match.
+async fn restore_server(cx: &mut Ctx, backups: &BackupWorld, promised: &[Diagnostics]) {
+    if cx.step("set-read-only") {
+        let t = cx.server(|s| s.set_mode(&ModeScope::Server, Mode::ReadOnly, &[])).await;
+        trace_transition(&t);
+    }
+    let mut timeline = None;
+    if cx.step("restore-verified-backup") {
+        let fetched = backups.fetch_backups().await;
+        let timelines_max = backups.fetch_segments(0).await.map(|(_, max)| max).unwrap_or(0);
+        let restored = match fetched {
+            Ok(all) => {
+                let (chosen, refused) = choose_backup(&all);
+                let refused: Vec<_> = refused.iter().map(|v| json!({"id": v.id, "failed": v.failure().map(|i| i.name)})).collect();
+                match chosen.cloned() {
+                    Some(b) => {
+                        let id = b.manifest.id;
+                        let tl = b.manifest.timeline;
+                        let r = cx.server(move |s| s.restore_backup(&b, timelines_max).map(|v| v.passed()).map_err(|e| e.to_string())).await;
+                        timeline = r.is_ok().then_some(tl);
+                        json!({"backup": id, "refused": refused, "restored": r})
+                    }
+                    None => json!({"backup": null, "refused": refused}),
+                }
+            }
+            Err(e) => json!({"error": e.to_string()}),
+        };
+        cx.check(timeline.is_some(), "a verified backup is restored into the store", restored);
+    }
+    if cx.step("replay-archive") {
+        // The archive of the timeline the running store sealed on (the backup's, once restored).
+        let tl = match timeline {
+            Some(tl) => tl,
+            None => cx.server(|s| s.archive_timeline().expect("the timeline reads")).await,
+        };
+        let segments = backups.fetch_segments(tl).await;
+        let detail = match segments {
+            Ok((segs, _)) => {
+                let r = cx.server(move |s| s.replay_archive(&segs, ReplayPoint::End)).await;
+                match r {
+                    Ok(rep) => {
+                        json!({"replayed": rep.replayed, "segments": rep.segments, "stopped_at": rep.stopped_at, "through_seq": rep.through_seq, "ok": rep.stopped_at.is_none()})
+                    }
+                    Err(e) => json!({"error": e.to_string(), "ok": false}),
+                }
+            }
+            Err(e) => json!({"error": e.to_string(), "ok": false}),
+        };
+        cx.check(detail["ok"] == true, "the archive since the backup replays to its end", detail);
+    }
+    if cx.step("rebuild-projections") {
+        let r = cx.server(|s| s.rebuild_projections(&Scope::default()).map(|_| ()).map_err(|e| e.to_string())).await;
+        cx.check(r.is_ok(), "the server's projections are rebuilt", json!({"error": r.err()}));
+    }
+    let mut verified = false;
+    if cx.step("verify-tenants") {
+        let want = promised.to_vec();
+        let mismatches = cx.server(move |s| s.verify_tenants(&want).expect("the tenants read")).await;
+        verified = mismatches.is_empty();
+        let shown: Vec<_> = mismatches
+            .iter()
+            .map(|m| json!({"tenant": m.tenant, "expected": m.expected.as_ref().map(|e| e.0), "found": m.found.as_ref().map(|f| f.0)}))
+            .collect();
+        cx.check(verified, "every tenant's count and head are what the chain promised", json!({"mismatches": shown}));
+    }
+    // NORMAL only once the state is verified (§6.1 step 6).
+    if verified && cx.step("restore-normal") {
+        let t = cx.server(|s| s.set_mode(&ModeScope::Server, Mode::Normal, &[])).await;
+        trace_transition(&t);
+    }
+}
+
+fn trace_transition(t: &Result<Transition, drill_stack::StoreError>) {
+    let detail = match t {
+        Ok(t) => json!({"scope": format!("{:?}", t.scope), "from": t.from.as_str(), "to": t.to.as_str()}),
+        Err(e) => json!({"error": e.to_string()}),
+    };
+    trace::emit("server", "server.mode", detail);
+}
+
+/// INV-SERVER-PROJECTION: the server's `aggregate_state` of every tenant equals the model's fold
+/// of the server's events.
+async fn judge_server_projections(cx: &mut Ctx) {
+    let (rows, events) = cx
+        .server(|s| {
+            let events = s.events().expect("the server's events read back");
+            let tenants = s.tenants().expect("the tenants read");
+            let rows: BTreeMap<String, Vec<Vec<String>>> = tenants
+                .into_iter()
+                .map(|t| {
+                    let r = s.projection_rows("aggregate_state", &t).unwrap_or_default();
+                    (t, r)
+                })
+                .filter(|(_, r)| !r.is_empty())
+                .collect();
+            (rows, events)
+        })
+        .await;
+    let aggregates: BTreeMap<u64, String> = events.iter().map(|e| (e.seq, e.aggregate.clone())).collect();
+    let facts: Vec<EventFact> = events.iter().map(super::harness::fact_of).collect();
+    let folded = fold_aggregate_state(&facts, |e| aggregates[&e.seq].clone());
+    cx.judge(SERVER_PROJECTION, "server", check_server_projection(&folded, &rows));
 }
 
 async fn disk(cx: &mut Ctx) {

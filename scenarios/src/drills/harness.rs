@@ -260,6 +260,16 @@ impl Ctx {
         }
     }
 
+    /// One of the model's judgements (`invariant`, from its registry) of what the drill read
+    /// back: counted as checked, and a violation of the run when it fails.
+    pub fn judge(&mut self, invariant: &'static str, scope: &str, result: Result<(), String>) {
+        let line = self.emit("check.model", json!({"invariant": invariant, "scope": scope, "ok": result.is_ok()}));
+        lock(&self.shared).checker.count_check(invariant);
+        if let Err(why) = result {
+            self.violate(invariant, line, format!("{scope}: {why}"));
+        }
+    }
+
     // -----------------------------------------------------------------------------------------
     // Nodes
 

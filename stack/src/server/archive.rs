@@ -33,6 +33,8 @@ CREATE TABLE IF NOT EXISTS archive_segments(
 ";
 
 const TIMELINE: &str = "archive/timeline";
+/// The operator's choice of archive mode, over the server's options.
+const MODE: &str = "archive/mode";
 
 /// When a push is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +148,35 @@ pub struct ArchiveWindow {
     pub events: u64,
 }
 
+impl ArchiveMode {
+    fn encode(mode: Option<ArchiveMode>) -> String {
+        match mode {
+            None => "off".into(),
+            Some(ArchiveMode::Synchronous) => "synchronous".into(),
+            Some(ArchiveMode::Asynchronous { window_events_max }) => format!("asynchronous:{window_events_max}"),
+        }
+    }
+
+    fn decode(v: &str) -> Result<Option<ArchiveMode>, StoreError> {
+        let window = v.strip_prefix("asynchronous:").map(|n| n.parse::<u64>());
+        match (v, window) {
+            ("off", _) => Ok(None),
+            ("synchronous", _) => Ok(Some(ArchiveMode::Synchronous)),
+            (_, Some(Ok(window_events_max))) => Ok(Some(ArchiveMode::Asynchronous { window_events_max })),
+            _ => Err(StoreError::Invalid { detail: format!("archive mode {v}") }),
+        }
+    }
+}
+
+/// The archive mode in force: the operator's choice kept in the store, else `default` (the
+/// server's options).
+pub(super) fn mode(c: &Connection, default: Option<ArchiveMode>) -> Result<Option<ArchiveMode>, StoreError> {
+    match store::meta_get(c, MODE)? {
+        Some(v) => ArchiveMode::decode(&v),
+        None => Ok(default),
+    }
+}
+
 /// The timeline new segments are sealed on.
 pub(super) fn timeline(c: &Connection) -> Result<u64, StoreError> {
     Ok(store::meta_get(c, TIMELINE)?.and_then(|v| v.parse().ok()).unwrap_or(1))
@@ -228,6 +259,18 @@ impl Server {
         Ok(())
     }
 
+    /// The archive mode in force.
+    pub fn archive_mode(&self) -> Result<Option<ArchiveMode>, StoreError> {
+        mode(&self.conn, self.options.archive)
+    }
+
+    /// Sets the archive mode (runbook 004 §5.1: continuous archiving is a setting of the
+    /// server), kept in the store over the server's options. An administrative action, allowed
+    /// in every mode; from the next push on, committed events are sealed (or no longer are).
+    pub fn set_archive_mode(&self, mode: Option<ArchiveMode>) -> Result<(), StoreError> {
+        store::meta_set(&self.conn, MODE, &ArchiveMode::encode(mode))
+    }
+
     /// The committed events not yet on the backup node.
     pub fn archive_window(&self) -> Result<ArchiveWindow, StoreError> {
         window(&self.conn)
@@ -244,7 +287,7 @@ impl Server {
     /// acknowledged once they are shipped). Every answer of [`Server::handle`] passes here.
     pub(super) fn acknowledge(&self, resp: Response) -> Result<Response, StoreError> {
         let Response::Pushed { accepted, .. } = &resp else { return Ok(resp) };
-        if self.options.archive != Some(ArchiveMode::Synchronous) {
+        if self.archive_mode()? != Some(ArchiveMode::Synchronous) {
             return Ok(resp);
         }
         for a in accepted {
@@ -310,6 +353,26 @@ mod tests {
         let Response::Pushed { accepted, .. } = push(&mut s, 1) else { panic!("acknowledged once shipped") };
         assert_eq!(accepted[0].seq, 1);
         assert_eq!(s.events().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_operator_sets_the_archive_mode_over_the_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.db");
+        let mut s = Server::open(path.to_str().unwrap()).unwrap();
+        push(&mut s, 1);
+        assert_eq!((s.archive_mode().unwrap(), s.unshipped_segments().unwrap().len()), (None, 0), "no archive by default");
+        let mode = Some(ArchiveMode::Asynchronous { window_events_max: 5 });
+        s.set_archive_mode(mode).unwrap();
+        push(&mut s, 2);
+        assert_eq!(s.unshipped_segments().unwrap().len(), 1, "sealed from the next push on");
+        drop(s);
+        let s = Server::open(path.to_str().unwrap()).unwrap();
+        assert_eq!(s.archive_mode().unwrap(), mode, "kept in the store");
+        s.set_archive_mode(Some(ArchiveMode::Synchronous)).unwrap();
+        assert_eq!(s.archive_mode().unwrap(), Some(ArchiveMode::Synchronous));
+        s.set_archive_mode(None).unwrap();
+        assert_eq!(s.archive_mode().unwrap(), None);
     }
 
     #[test]

@@ -297,7 +297,7 @@ impl Server {
             head = hash.to_vec();
             next_seq += 1;
         }
-        if self.options.archive.is_some() {
+        if archive::mode(&tx, self.options.archive)?.is_some() {
             archive::seal(&tx, &appended)?;
         }
         tx.commit()?;
