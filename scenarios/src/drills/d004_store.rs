@@ -3,11 +3,13 @@
 //!
 //! - `004-3.1-hash-chain-tamper`, on the server's event store. The world: the server archives
 //!   every committed push continuously to the backup node (its own node), and the operator took
-//!   the daily full backup there; the tenant moved on after it. The failure: one stored event's
+//!   the daily full backup there; the tenant moved on after it, and a newer backup was damaged on
+//!   the backup node's disk (a bit flipped in its object). The failure: one stored event's
 //!   payload on the server is changed behind the stack's back. The symptom: the server's chain
 //!   check (§3.1: read in order, recompute each hash, compare) flags exactly that event. The
 //!   recovery, triggered by that flag, is §6.1's through the server's operator API, never an edit
-//!   by hand: READ_ONLY, restore the newest backup that passes its verification checklist, replay
+//!   by hand: READ_ONLY, restore the newest backup that passes its verification checklist (the
+//!   damaged one is refused for the previous verified one), replay
 //!   the archive since it, rebuild the projections, verify every tenant's count and head against
 //!   what the chain promised, and NORMAL once they match. Checked: the exact tampered event is
 //!   flagged, the chain verifies end to end afterwards, the server's projections equal the
@@ -38,12 +40,12 @@ use drill_stack::fs::FileSystem;
 use drill_stack::projections::resilience::Mode;
 use drill_stack::projections::Scope;
 use drill_stack::server::restore::{choose_backup, ReplayPoint};
-use drill_stack::server::{ArchiveMode, Diagnostics, ModeScope, Transition};
+use drill_stack::server::{ArchiveMode, Diagnostics, FullBackup, ModeScope, Transition};
 use serde_json::json;
 
 use super::harness::Ctx;
 use super::Drill;
-use crate::backup_world::BackupWorld;
+use crate::backup_world::{BackupWorld, BACKUP_NODE};
 use crate::procs::{NodeClock, DEVICE_DB};
 
 pub const DRILLS: &[Drill] = &[
@@ -180,6 +182,11 @@ async fn tamper(cx: &mut Ctx) {
     }
     let drained = backups.drained().await;
     cx.check(drained, "the archive shipped every committed event", json!({}));
+    // A newer backup, damaged on the backup node's disk: the restore must refuse it for the
+    // previous verified one.
+    let newer = backups.take_backup(2, NodeClock(server_node).now_unix_ms()).await;
+    let flipped = DiskSim::current().flip_bit(backups.node, &FullBackup::object_name(2));
+    cx.inject("backup_object_corrupted", json!({"node": BACKUP_NODE, "backup": 2, "shipped": newer.is_ok(), "flipped": flipped.map(|f| f.1)}));
     let committed = cx.server_tenant(&tenant).await;
     let victim = committed[rand::Rng::gen_range(&mut cx.rng, 0..committed.len())].seq;
     let changed = cx
@@ -236,6 +243,8 @@ async fn restore_server(cx: &mut Ctx, backups: &BackupWorld, promised: &[Diagnos
         let restored = match fetched {
             Ok(all) => {
                 let (chosen, refused) = choose_backup(&all);
+                let refused_newer = chosen.is_some_and(|b| b.manifest.id == 1) && refused.iter().any(|v| v.id == 2 && !v.passed());
+                cx.check(refused_newer, "the damaged newer backup is refused for the previous verified one", json!({"chosen": chosen.map(|b| b.manifest.id)}));
                 let refused: Vec<_> = refused.iter().map(|v| json!({"id": v.id, "failed": v.failure().map(|i| i.name)})).collect();
                 match chosen.cloned() {
                     Some(b) => {
