@@ -32,6 +32,7 @@ pub const READ_ONLY: &str = "INV-READ-ONLY";
 pub const MIGRATION: &str = "INV-MIGRATION";
 pub const GROUP: &str = "INV-GROUP";
 pub const SERVER_PROJECTION: &str = "INV-SERVER-PROJECTION";
+pub const BACKUP: &str = "INV-BACKUP";
 
 /// Every invariant the model checks today.
 pub const REGISTRY: &[Invariant] = &[
@@ -160,6 +161,12 @@ pub const REGISTRY: &[Invariant] = &[
         runbook: "004 §1, §3.2, §6.1",
         statement: "the server's aggregate_state of every tenant equals the fold of the server's events (over their stored, sealed payloads)",
         checked: "after every restore of the server's event store (drills on the server)",
+    },
+    Invariant {
+        id: BACKUP,
+        runbook: "004 §5.1, §5.3",
+        statement: "a backup that passes verification restores to a chain-valid store equal to the server's events at the backup's point",
+        checked: "whenever a drill restores one of the server's backups into a clean database",
     },
 ];
 

@@ -11,8 +11,8 @@
 //! - [`check_server_projection`] (INV-SERVER-PROJECTION): the server's `aggregate_state` equals
 //!   the model's fold of the server's events (over the stored, sealed payloads).
 //!
-//! INV-SERVER-PROJECTION is in the registry (the 004 §3.1 drill on the server judges it); the
-//! others join it once the world's backup node checks them.
+//! INV-SERVER-PROJECTION and INV-BACKUP are in the registry (the 004 §3.1 and §5.3 drills on
+//! the server judge them); the others join it once the world checks them.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,9 +20,8 @@ use sha2::{Digest, Sha256};
 
 use crate::facts::EventFact;
 
-pub const BACKUP: &str = "INV-BACKUP";
 pub const PITR: &str = "INV-PITR";
-pub use crate::invariants::SERVER_PROJECTION;
+pub use crate::invariants::{BACKUP, SERVER_PROJECTION};
 
 /// The first event of each tenant whose `prev_hash` is not the hash of the tenant's event
 /// before it (from `starts`: each tenant's anchor hash, else 32 zero bytes).

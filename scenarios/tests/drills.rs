@@ -100,6 +100,8 @@ const BROKEN: &[(&str, char, &str)] = &[
     ("004-3.1-hash-chain-tamper", 'S', "rebuild-projections"),
     ("004-3.1-hash-chain-tamper", 'S', "verify-tenants"),
     ("004-3.1-hash-chain-tamper", 'S', "restore-normal"),
+    ("004-5.3-server-backup-checklist", 'S', "verify-each-backup"),
+    ("004-5.3-server-backup-checklist", 'S', "restore-to-clean-db"),
     ("004-6.3-partial-write-failure", 'S', "restart"),
     ("004-6.1-database-corruption", 'S', "restore-backup"),
     ("004-6.1-database-corruption", 'S', "replay-since-backup"),

@@ -24,6 +24,7 @@ pub mod d003_blobs;
 pub mod d003_sync;
 pub mod d004_ops;
 pub mod d004_replay;
+pub mod d004_server;
 pub mod d004_store;
 pub mod harness;
 pub mod swarm;
@@ -87,6 +88,7 @@ pub fn registry() -> Vec<&'static Drill> {
         d004_store::DRILLS,
         d004_replay::DRILLS,
         d004_ops::DRILLS,
+        d004_server::DRILLS,
     ]
     .into_iter()
     .flatten()
