@@ -79,11 +79,11 @@ pub struct RunArgs {
     #[command(flatten)]
     pub world: WorldArgs,
     /// Run this plan.json instead of building one from a seed.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["seed", "scenario", "profile"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["seed", "scenario", "profile"], value_parser = Utf8Path)]
     pub plan: Option<PathBuf>,
     /// Run folder [default: drill-out/run-SEED, or drill-out/plan-HASH for --plan].
     /// A previous run's folder is replaced; any other non-empty folder is refused.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = Utf8Path)]
     pub out: Option<PathBuf>,
     /// Print NDJSON (one JSON object a line: start, result) on stdout instead of text.
     #[arg(long)]
@@ -98,9 +98,13 @@ pub struct ManyArgs {
     pub seeds: SeedRange,
     #[command(flatten)]
     pub world: WorldArgs,
-    /// Worker processes [default: number of CPUs].
+    /// Worker processes [default: number of CPUs; never more].
     #[arg(long, value_name = "J", value_parser = parse_jobs)]
     pub jobs: Option<usize>,
+    /// Wall-clock time one seed may take before its worker is stopped and the seed reported
+    /// as hung (SIM-NO-HANG), for example 90s or 10m.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub seed_timeout: Duration,
 }
 
 /// `drill sweep`.
@@ -110,7 +114,7 @@ pub struct SweepArgs {
     pub many: ManyArgs,
     /// Sweep folder: summary.json plus seed-N/ for each failing seed. A previous sweep's folder
     /// is replaced; any other non-empty folder is refused.
-    #[arg(long, value_name = "DIR", default_value = "drill-out/sweep")]
+    #[arg(long, value_name = "DIR", default_value = "drill-out/sweep", value_parser = Utf8Path)]
     pub out: PathBuf,
     /// Run only shard I of N: the seeds s of the range with s mod N = I - 1. Merge the shards'
     /// folders with `drill merge`.
@@ -125,7 +129,7 @@ pub struct SweepArgs {
 #[derive(Debug, Args)]
 pub struct ShrinkArgs {
     /// A failing run folder (plan.json, summary.json). Its shrunk run goes to DIR/shrunk/.
-    #[arg(value_name = "DIR")]
+    #[arg(value_name = "DIR", value_parser = Utf8Path)]
     pub dir: PathBuf,
     /// Runs at most, the original's confirmation and the final run included.
     #[arg(long, value_name = "N", default_value_t = 500, value_parser = parse_positive)]
@@ -142,9 +146,12 @@ pub struct ShrinkArgs {
 #[derive(Debug, Args)]
 pub struct TimelineArgs {
     /// A run folder holding trace.jsonl (and summary.json); report.html is written there.
-    #[arg(value_name = "DIR")]
+    #[arg(value_name = "DIR", value_parser = Utf8Path)]
     pub dir: PathBuf,
 }
+
+/// Most seeds a gate runs twice for its determinism check.
+pub const DETERMINISM_SEEDS_MAX: u64 = 10_000;
 
 /// `drill gate`.
 #[derive(Debug, Args)]
@@ -158,19 +165,24 @@ pub struct GateArgs {
     /// Fault profile the drills run under (the drill injects its own failure).
     #[arg(long, value_name = "NAME", default_value = "none", value_parser = parse_profile)]
     pub drill_profile: Profile,
-    /// Seeds of the sweep run a second time to check determinism, spread over the range.
-    #[arg(long, value_name = "M", default_value_t = 20)]
+    /// Seeds of the sweep run a second time to check determinism, spread over the range
+    /// (0 to 10000).
+    #[arg(long, value_name = "M", default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=DETERMINISM_SEEDS_MAX))]
     pub determinism_seeds: u64,
     /// Stop starting runs after this much wall-clock time (for example 10m); seeds left unrun
     /// are a coverage shortfall (exit code 5).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub time_budget: Option<Duration>,
     /// Gate folder: summary.json, junit.xml, report.md, report.html, failing runs' folders.
-    #[arg(long, value_name = "DIR", default_value = "drill-out/gate")]
+    #[arg(long, value_name = "DIR", default_value = "drill-out/gate", value_parser = Utf8Path)]
     pub out: PathBuf,
-    /// Worker processes [default: number of CPUs].
+    /// Worker processes [default: number of CPUs; never more].
     #[arg(long, value_name = "J", value_parser = parse_jobs)]
     pub jobs: Option<usize>,
+    /// Wall-clock time one run may take before its worker is stopped and the run reported as
+    /// hung (SIM-NO-HANG), for example 90s or 10m.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub seed_timeout: Duration,
     /// Run only shard I of N (every seed s with s mod N = I - 1, drills and samples included);
     /// coverage is then judged by `drill merge` of all shards.
     #[arg(long, value_name = "I/N", value_parser = parse_shard)]
@@ -185,10 +197,10 @@ pub struct GateArgs {
 pub struct MergeArgs {
     /// Sweep or gate folders, each with its summary.json: all shards of one run, or sweeps of
     /// adjacent seed ranges.
-    #[arg(value_name = "DIR", required = true, num_args = 1..)]
+    #[arg(value_name = "DIR", required = true, num_args = 1.., value_parser = Utf8Path)]
     pub dirs: Vec<PathBuf>,
     /// Folder for the merged summary.json (and, for gates, junit.xml and reports).
-    #[arg(long, value_name = "DIR", default_value = "drill-out/merged")]
+    #[arg(long, value_name = "DIR", default_value = "drill-out/merged", value_parser = Utf8Path)]
     pub out: PathBuf,
 }
 
@@ -203,7 +215,7 @@ pub struct DeterminismArgs {
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
     /// A run folder holding plan.json, summary.json and trace.jsonl. Nothing in it is changed.
-    #[arg(value_name = "DIR")]
+    #[arg(value_name = "DIR", value_parser = Utf8Path)]
     pub dir: PathBuf,
 }
 
@@ -232,6 +244,21 @@ fn known(name: &str, entries: &[drill_scenarios::Entry], unknown: fn(String) -> 
         Ok(name.to_string())
     } else {
         Err(unknown(name.to_string()).to_string())
+    }
+}
+
+/// A path argument: UTF-8 and not empty ([`crate::input::parse_path`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Utf8Path;
+
+impl clap::builder::TypedValueParser for Utf8Path {
+    type Value = PathBuf;
+
+    fn parse_ref(&self, cmd: &clap::Command, arg: Option<&clap::Arg>, value: &std::ffi::OsStr) -> Result<PathBuf, clap::Error> {
+        crate::input::parse_path(value).map_err(|why| {
+            let name = arg.map(|a| a.to_string()).unwrap_or_else(|| "a path".to_string());
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("invalid value for '{name}': {why}\n")).with_cmd(cmd)
+        })
     }
 }
 
@@ -304,6 +331,15 @@ mod tests {
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
         assert!(parse_duration("0s").is_err() && parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn paths_must_be_utf8() {
+        use std::os::unix::ffi::OsStrExt;
+        let bad = std::ffi::OsStr::from_bytes(b"out\xff");
+        let args: Vec<&std::ffi::OsStr> = ["drill", "sweep", "--seeds", "0..2", "--out"].iter().map(std::ffi::OsStr::new).chain([bad]).collect();
+        assert!(Cli::try_parse_from(args).is_err());
+        assert!(Cli::try_parse_from(["drill", "timeline", ""]).is_err());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The files of a gate or sweep folder (summary.json, junit.xml, report.md, report.html) for
 //! `drill gate`, `drill sweep` and `drill merge`, the links from its reports to run folders, and
-//! preparing a gate's folder.
+//! claiming a gate's or merge's folder.
 
 use std::fs;
 use std::path::{Component, Path, PathBuf};
@@ -8,8 +8,8 @@ use std::path::{Component, Path, PathBuf};
 use drill_reports::{render_dashboard, render_junit, render_markdown, GateSummary, SweepSummary};
 
 use crate::error::CliError;
-use crate::outdir::{self, is_seed_folder_name, WORK_DIR};
-use crate::runfiles::{read_json, write_json, REPORT_FILE, SUMMARY_FILE};
+use crate::outdir::{self, is_seed_folder_name, Claim, WORK_DIR};
+use crate::runfiles::{read_json, write_atomic, write_json, REPORT_FILE, SUMMARY_FILE};
 
 pub const JUNIT_FILE: &str = "junit.xml";
 pub const MARKDOWN_FILE: &str = "report.md";
@@ -40,7 +40,7 @@ fn write_reports(out: &Path, g: &GateSummary) -> Result<(), CliError> {
 }
 
 fn write_text(path: &Path, text: &str) -> Result<(), CliError> {
-    fs::write(path, text).map_err(|e| CliError::io("cannot write", path, e))
+    write_atomic(path, text.as_bytes())
 }
 
 /// The href from a report in `from` to the timeline of the run folder `folder`.
@@ -68,33 +68,46 @@ fn relative(from: &Path, to: &Path) -> PathBuf {
     out
 }
 
-/// Makes `dir` ready for a gate or a merge: missing, empty, or holding exactly what an earlier
-/// gate or merge wrote (then emptied). Anything else is refused before any work starts.
-pub fn prepare_gate_dir(dir: &Path) -> Result<(), CliError> {
-    let names = match fs::read_dir(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return outdir::create(dir),
-        Err(e) => return Err(CliError::io("cannot read folder", dir, e)),
-        Ok(entries) => entries.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>(),
-    };
-    if names.is_empty() {
-        return Ok(());
-    }
-    let summary = dir.join(SUMMARY_FILE);
-    let marked = read_json::<GateSummary>(&summary).is_ok()
-        || read_json::<SweepSummary>(&summary).is_ok()
-        || (names.iter().any(|n| n == WORK_DIR) && !names.iter().any(|n| n == SUMMARY_FILE));
-    if !marked || !names.iter().all(|n| is_gate_entry(dir, n)) {
-        return Err(CliError::new(format!(
-            "{} is not empty and does not hold a previous drill gate or merge; choose another --out or empty it",
-            dir.display()
-        )));
-    }
-    for n in &names {
-        let path = dir.join(n);
-        let removed = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
-        removed.map_err(|e| CliError::io("cannot remove", &path, e))?;
-    }
-    Ok(())
+/// What may already be in a folder that a gate or a merge writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replaces {
+    /// A gate's own folder: an earlier gate (or gate shard), or one it left unfinished.
+    Gate,
+    /// A merge's own folder: an earlier merge. A sweep's or gate's folder is never replaced, so
+    /// that `--out` cannot destroy a shard's results.
+    Merge,
+}
+
+/// Claims `dir` for a gate or a merge: missing, empty, or holding exactly what an earlier
+/// command of the same kind wrote (then emptied). Anything else is refused before any work
+/// starts, with the folder left as it was.
+pub fn claim_gate_dir(dir: &Path, holder: &str, replaces: Replaces) -> Result<Claim, CliError> {
+    outdir::claim(dir, holder, |dir, names| {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let summary = dir.join(SUMMARY_FILE);
+        let merged_from = |s: &SweepSummary| !s.merged_from.is_empty();
+        let marked = match replaces {
+            Replaces::Gate => {
+                read_json::<GateSummary>(&summary).is_ok_and(|g| !merged_from(&g.sweep))
+                    || (names.iter().any(|n| n == WORK_DIR) && !names.iter().any(|n| n == SUMMARY_FILE))
+            }
+            Replaces::Merge => {
+                read_json::<GateSummary>(&summary).is_ok_and(|g| merged_from(&g.sweep)) || read_json::<SweepSummary>(&summary).is_ok_and(|s| merged_from(&s))
+            }
+        };
+        if !marked || !names.iter().all(|n| is_gate_entry(dir, n)) {
+            let kind = if replaces == Replaces::Gate { "gate" } else { "merge" };
+            return Err(CliError::new(format!("{} is not empty and does not hold a previous drill {kind}; choose another --out or empty it", dir.display())));
+        }
+        for n in names {
+            let path = dir.join(n);
+            let removed = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+            removed.map_err(|e| CliError::io("cannot remove", &path, e))?;
+        }
+        Ok(())
+    })
 }
 
 fn is_gate_entry(dir: &Path, name: &str) -> bool {
@@ -156,7 +169,9 @@ mod tests {
     fn refuses_a_folder_of_other_files() {
         let tmp = tempfile::tempdir().unwrap();
         fs::write(tmp.path().join("notes.txt"), "mine").unwrap();
-        assert!(prepare_gate_dir(tmp.path()).is_err());
-        assert!(tmp.path().join("notes.txt").exists());
+        for replaces in [Replaces::Gate, Replaces::Merge] {
+            assert!(claim_gate_dir(tmp.path(), "drill gate", replaces).is_err());
+        }
+        assert!(tmp.path().join("notes.txt").exists() && !tmp.path().join(crate::lock::LOCK_FILE).exists());
     }
 }

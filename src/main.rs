@@ -9,6 +9,9 @@ mod cmd;
 mod diff;
 mod error;
 mod gatefiles;
+mod input;
+mod interrupt;
+mod lock;
 mod ndjson;
 mod outdir;
 mod pool;
@@ -44,6 +47,9 @@ fn main() -> ExitCode {
 }
 
 fn dispatch(command: Command) -> Result<i32, CliError> {
+    if matches!(command, Command::Sweep(_) | Command::Gate(_) | Command::Shrink(_) | Command::CheckDeterminism(_)) {
+        interrupt::install();
+    }
     match command {
         Command::Run(args) => cmd::run::run(args),
         Command::Sweep(args) => cmd::sweep::sweep(args),

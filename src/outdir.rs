@@ -2,7 +2,8 @@
 //!
 //! An output folder may be missing (it is created), empty, or hold exactly what an earlier drill
 //! command of the same kind left there (it is emptied first, so no stale file survives next to
-//! new ones). Anything else is refused before any work starts.
+//! new ones). Anything else is refused before any work starts. A folder is locked
+//! ([`FolderLock`]) before it is looked at, and stays locked while the command writes it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,35 +12,94 @@ use drill_reports::{Summary, SweepSummary};
 
 use crate::error::CliError;
 use crate::gatefiles::{JUNIT_FILE, MARKDOWN_FILE};
+use crate::lock::{FolderLock, LOCK_FILE};
 use crate::runfiles::{read_json, PLAN_FILE, REPORT_FILE, RUN_FILES, SUMMARY_FILE, TRACE_FILE};
 
 /// The scratch folder inside a sweep folder where workers write runs in progress. It sits inside
 /// the sweep folder so that keeping a failing run is a rename on the same file system.
 pub const WORK_DIR: &str = ".drill-work";
 
-/// Makes `dir` ready for one run's files. Returns the folders this call created, deepest first,
-/// so that a run refused as bad input can leave no trace with [`remove_created`].
-pub fn prepare_run_dir(dir: &Path) -> Result<Vec<PathBuf>, CliError> {
-    match list(dir)? {
-        None => {
-            let missing: Vec<PathBuf> = dir.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).map(Path::to_path_buf).collect();
-            create(dir).map(|()| missing)
-        }
-        Some(names) if names.is_empty() => Ok(Vec::new()),
-        Some(_) if is_previous_run(dir) => remove_run_files(dir).map(|()| Vec::new()),
-        Some(_) => Err(refuse(dir, "run")),
+/// An output folder this command holds: locked, and ready for its files.
+#[derive(Debug)]
+pub struct Claim {
+    /// Released (and its file removed) when the claim is dropped.
+    pub lock: FolderLock,
+    /// The folders the claim created, deepest first, for [`Claim::abandon`].
+    created: Vec<PathBuf>,
+}
+
+impl Claim {
+    /// Gives the folder up after a refusal of bad input: the lock is released and the folders
+    /// the claim created are removed again, so that nothing is left behind.
+    pub fn abandon(self) {
+        let Claim { lock, created } = self;
+        drop(lock);
+        remove_created(&created);
     }
 }
 
-/// Makes `dir` ready for a sweep: summary.json, its reports (junit.xml, report.md,
-/// report.html), seed-N/ folders and the scratch folder.
-pub fn prepare_sweep_dir(dir: &Path) -> Result<(), CliError> {
-    match list(dir)? {
-        None => create(dir),
-        Some(names) if names.is_empty() => Ok(()),
-        Some(names) if is_previous_sweep(dir, &names) => remove_sweep(dir, &names),
-        Some(_) => Err(refuse(dir, "sweep")),
+/// Creates `dir` if missing, locks it for `holder`, and runs `prepare` on its entries (the lock
+/// file left out). On any error the folder is left as it was found.
+pub fn claim(dir: &Path, holder: &str, prepare: impl FnOnce(&Path, &[String]) -> Result<(), CliError>) -> Result<Claim, CliError> {
+    let created = match fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let missing: Vec<PathBuf> = dir.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).map(Path::to_path_buf).collect();
+            create(dir)?;
+            missing
+        }
+        Err(e) => return Err(CliError::io("cannot read folder", dir, e)),
+        Ok(meta) if !meta.is_dir() => return Err(CliError::new(format!("{} exists and is not a folder", dir.display()))),
+        Ok(_) => Vec::new(),
+    };
+    let lock = match FolderLock::take(dir, holder) {
+        Ok(lock) => lock,
+        Err(e) => {
+            remove_created(&created);
+            return Err(e);
+        }
+    };
+    let claim = Claim { lock, created };
+    let names = match list(dir) {
+        Ok(names) => names.unwrap_or_default(),
+        Err(e) => {
+            claim.abandon();
+            return Err(e);
+        }
+    };
+    match prepare(dir, &names) {
+        Ok(()) => Ok(claim),
+        Err(e) => {
+            claim.abandon();
+            Err(e)
+        }
     }
+}
+
+/// Claims `dir` for one run's files: it may hold a previous run, which is removed.
+pub fn claim_run_dir(dir: &Path, holder: &str) -> Result<Claim, CliError> {
+    claim(dir, holder, |dir, names| {
+        if names.is_empty() {
+            Ok(())
+        } else if is_previous_run(dir) {
+            remove_run_files(dir)
+        } else {
+            Err(refuse(dir, "run"))
+        }
+    })
+}
+
+/// Claims `dir` for a sweep: summary.json, its reports (junit.xml, report.md, report.html),
+/// seed-N/ folders and the scratch folder. It may hold a previous sweep, which is removed.
+pub fn claim_sweep_dir(dir: &Path, holder: &str) -> Result<Claim, CliError> {
+    claim(dir, holder, |dir, names| {
+        if names.is_empty() {
+            Ok(())
+        } else if is_previous_sweep(dir, names) {
+            remove_sweep(dir, names)
+        } else {
+            Err(refuse(dir, "sweep"))
+        }
+    })
 }
 
 /// Creates `dir` and its parents.
@@ -57,7 +117,7 @@ pub fn remove_created(created: &[PathBuf]) {
     }
 }
 
-/// The names in `dir`, or `None` when it does not exist.
+/// The names in `dir` but its lock file, or `None` when it does not exist.
 fn list(dir: &Path) -> Result<Option<Vec<String>>, CliError> {
     match fs::metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -69,7 +129,10 @@ fn list(dir: &Path) -> Result<Option<Vec<String>>, CliError> {
     let mut names = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| CliError::io("cannot read folder", dir, e))?;
-        names.push(entry.file_name().to_string_lossy().into_owned());
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != LOCK_FILE {
+            names.push(name);
+        }
     }
     Ok(Some(names))
 }
@@ -98,8 +161,8 @@ pub fn clear_previous(dir: &Path, names: &[String], files: &[&str], dirs: &[&str
     Ok(())
 }
 
-/// True when every entry of `dir` is a regular file named like a run file (vacuously for an
-/// empty folder: a worker's scratch folder may not have been written yet).
+/// True when every entry of `dir` is a regular file named like a run file or the lock file
+/// (vacuously for an empty folder: a worker's scratch folder may not have been written yet).
 fn holds_only_run_files(dir: &Path) -> bool {
     let Ok(entries) = fs::read_dir(dir) else {
         return false;
@@ -107,7 +170,8 @@ fn holds_only_run_files(dir: &Path) -> bool {
     entries.into_iter().all(|entry| {
         entry.is_ok_and(|e| {
             let is_file = e.file_type().is_ok_and(|t| t.is_file());
-            is_file && RUN_FILES.contains(&e.file_name().to_string_lossy().as_ref())
+            let name = e.file_name().to_string_lossy().into_owned();
+            is_file && (RUN_FILES.contains(&name.as_str()) || name == LOCK_FILE)
         })
     })
 }
@@ -148,7 +212,8 @@ fn is_previous_sweep(dir: &Path, names: &[String]) -> bool {
 
 fn is_sweep_entry(path: &Path, name: &str) -> bool {
     if name == SUMMARY_FILE {
-        return path.is_file() && read_json::<SweepSummary>(path).is_ok();
+        // A merge's summary is someone's combined results, not a sweep to run again.
+        return path.is_file() && read_json::<SweepSummary>(path).is_ok_and(|s| s.merged_from.is_empty());
     }
     if SWEEP_REPORTS.contains(&name) {
         return path.is_file();
@@ -229,11 +294,13 @@ mod tests {
     fn creates_missing_and_accepts_empty_folders() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("a/b");
-        let created = prepare_run_dir(&dir).unwrap();
-        assert_eq!(created, [dir.clone(), tmp.path().join("a")]);
-        assert_eq!(prepare_run_dir(&dir), Ok(vec![]));
-        remove_created(&created);
+        let claim = claim_run_dir(&dir, "drill run").unwrap();
+        assert!(dir.join(LOCK_FILE).is_file());
+        claim.abandon();
         assert!(!tmp.path().join("a").exists());
+        create(&dir).unwrap();
+        drop(claim_run_dir(&dir, "drill run").unwrap());
+        assert!(dir.is_dir() && !dir.join(LOCK_FILE).exists());
     }
 
     #[test]
@@ -241,20 +308,21 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let run = tmp.path().join("run");
         write_run(&run);
-        assert_eq!(prepare_run_dir(&run), Ok(vec![]));
-        assert!(fs::read_dir(&run).unwrap().next().is_none());
+        let claim = claim_run_dir(&run, "drill run").unwrap();
+        assert_eq!(list(&run).unwrap(), Some(vec![]));
+        drop(claim);
 
         write_run(&run);
         fs::write(run.join("notes.txt"), "mine").unwrap();
-        assert!(prepare_run_dir(&run).is_err());
-        assert!(run.join("notes.txt").exists() && run.join(TRACE_FILE).exists());
+        assert!(claim_run_dir(&run, "drill run").is_err());
+        assert!(run.join("notes.txt").exists() && run.join(TRACE_FILE).exists() && !run.join(LOCK_FILE).exists());
     }
 
     #[test]
     fn a_lone_plan_file_is_not_a_run() {
         let tmp = tempfile::tempdir().unwrap();
         fs::write(tmp.path().join(PLAN_FILE), "{}").unwrap();
-        assert!(prepare_run_dir(tmp.path()).is_err());
+        assert!(claim_run_dir(tmp.path(), "drill run").is_err());
         assert!(tmp.path().join(PLAN_FILE).exists());
     }
 
@@ -263,8 +331,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("f");
         fs::write(&file, "x").unwrap();
-        assert!(prepare_run_dir(&file).is_err());
-        assert!(prepare_sweep_dir(&file).is_err());
+        assert!(claim_run_dir(&file, "drill run").is_err());
+        assert!(claim_sweep_dir(&file, "drill sweep").is_err());
     }
 
     #[test]
@@ -273,12 +341,13 @@ mod tests {
         let sweep = tmp.path().join("sweep");
         write_run(&sweep.join("seed-3"));
         fs::create_dir_all(sweep.join(WORK_DIR).join("seed-4")).unwrap();
-        assert_eq!(prepare_sweep_dir(&sweep), Ok(()));
+        fs::write(sweep.join(LOCK_FILE), "drill sweep (pid 1)\n").unwrap();
+        drop(claim_sweep_dir(&sweep, "drill sweep").unwrap());
         assert!(fs::read_dir(&sweep).unwrap().next().is_none());
 
         let run = tmp.path().join("run");
         write_run(&run);
-        assert!(prepare_sweep_dir(&run).is_err());
+        assert!(claim_sweep_dir(&run, "drill sweep").is_err());
         assert!(run.join(SUMMARY_FILE).exists());
     }
 

@@ -6,19 +6,29 @@
 //!
 //! One reader thread per worker turns its stdout into events on one channel, so the parent can
 //! wait for whichever worker answers first. A worker that dies is reported as a panic of the job
-//! it held and replaced while jobs remain.
+//! it held and replaced while jobs remain. A worker that does not answer within the dispatcher's
+//! [`Dispatch::seed_timeout`] (a run whose future never completes, or that loops without ever
+//! letting simulated time pass) is killed and its job reported as [`Answer::Hang`]. On SIGINT or
+//! SIGTERM ([`crate::interrupt`]) the pool stops at once, ends its workers and returns; the jobs
+//! in flight are dropped unanswered.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::cli::WorldArgs;
 use crate::error::CliError;
+use crate::interrupt;
+use crate::progress::wall_clock_now;
 use crate::worker::{parse_answer, Answer, Job};
 
 /// How often [`Dispatch::tick`] runs while every worker is busy.
 const TICK_INTERVAL: Duration = Duration::from_millis(200);
+/// Wall-clock time a run may take before its worker is taken to hang, unless the command sets
+/// another (`--seed-timeout`).
+pub const SEED_TIMEOUT_DEFAULT: Duration = Duration::from_secs(600);
 
 /// What the pool runs jobs for: it decides the jobs and takes the answers.
 pub trait Dispatch {
@@ -28,6 +38,10 @@ pub trait Dispatch {
     fn finished(&mut self, slot: usize, job: Job, answer: Answer) -> Result<(), CliError>;
     /// Called between events, at least every [`TICK_INTERVAL`], for progress output.
     fn tick(&mut self) {}
+    /// How long one job may run before its worker is killed and the job reported as a hang.
+    fn seed_timeout(&self) -> Duration {
+        SEED_TIMEOUT_DEFAULT
+    }
 }
 
 /// Runs all of `dispatch`'s jobs on `workers` worker processes building `world`.
@@ -47,6 +61,10 @@ struct Worker {
     /// Closed (None) once the worker has no more jobs coming, which ends it.
     stdin: Option<ChildStdin>,
     job: Option<Job>,
+    /// When the job in hand was sent.
+    since: Instant,
+    /// Set once the worker was killed for taking too long.
+    hung: Option<Duration>,
 }
 
 enum Event {
@@ -63,6 +81,11 @@ struct Pool {
 impl Pool {
     fn drive(&mut self, events: &Receiver<Event>, dispatch: &mut dyn Dispatch) -> Result<(), CliError> {
         while self.slots.iter().any(Option::is_some) {
+            if interrupt::requested() {
+                // Drop ends the workers; the caller reports what finished.
+                return Ok(());
+            }
+            self.stop_hung(dispatch.seed_timeout());
             match events.recv_timeout(TICK_INTERVAL) {
                 Ok(Event::Line(slot, line)) => self.on_line(slot, &line, dispatch)?,
                 Ok(Event::Closed(slot)) => self.on_closed(slot, dispatch)?,
@@ -100,10 +123,24 @@ impl Pool {
         };
         let status = worker.child.wait().map_err(|e| CliError::new(format!("cannot wait for a worker: {e}")))?;
         if let Some(job) = worker.job.take() {
-            let message = died_message(job.seed, status);
-            dispatch.finished(slot, job, Answer::Panic { message })?;
+            let answer = match worker.hung {
+                Some(after) => Answer::Hang { message: hung_message(job.seed, after) },
+                None => Answer::Panic { message: died_message(job.seed, status) },
+            };
+            dispatch.finished(slot, job, answer)?;
         }
         self.start_next(slot, dispatch)
+    }
+
+    /// Kills every worker whose job has run longer than `timeout`; its closed stdout then
+    /// reports the job as a hang.
+    fn stop_hung(&mut self, timeout: Duration) {
+        for worker in self.slots.iter_mut().flatten() {
+            if worker.job.is_some() && worker.hung.is_none() && worker.since.elapsed() >= timeout {
+                worker.hung = Some(timeout);
+                let _ = worker.child.kill();
+            }
+        }
     }
 
     /// Starts a worker in `slot` if a job is left for it.
@@ -136,6 +173,7 @@ impl Pool {
             let _ = writeln!(stdin, "{line}").and_then(|()| stdin.flush());
         }
         worker.job = Some(job);
+        worker.since = wall_clock_now();
         Ok(())
     }
 
@@ -143,7 +181,7 @@ impl Pool {
         let mut child = worker_command(&self.world)?;
         let stdout = child.stdout.take().ok_or_else(|| unexpected(slot))?;
         read_answers(slot, stdout, self.events_tx.clone());
-        Ok(Worker { stdin: child.stdin.take(), child, job: None })
+        Ok(Worker { stdin: child.stdin.take(), child, job: None, since: wall_clock_now(), hung: None })
     }
 }
 
@@ -177,6 +215,13 @@ fn read_answers(slot: usize, stdout: ChildStdout, events: Sender<Event>) {
 
 fn died_message(seed: u64, status: ExitStatus) -> String {
     format!("the worker running seed {seed} exited ({status}) without answering")
+}
+
+fn hung_message(seed: u64, after: Duration) -> String {
+    format!(
+        "seed {seed} did not finish within {} of wall-clock time (a future that never completes, or a loop that never lets simulated time pass); its worker was stopped",
+        humantime::format_duration(after)
+    )
 }
 
 fn unexpected(slot: usize) -> CliError {
@@ -287,6 +332,8 @@ fn worker_command(world: &WorldArgs) -> Result<Child, CliError> {
     let exe = std::env::current_exe().map_err(|e| CliError::new(format!("cannot find drill's own executable: {e}")))?;
     Command::new(&exe)
         .args(["__worker", "--scenario", &world.scenario, "--profile", world.profile.as_str()])
+        // A group of its own: a Ctrl-C at the terminal reaches the parent, which ends it.
+        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::CliError;
+use crate::input::{read_json_limited, read_limited, SUMMARY_BYTES_MAX, TRACE_BYTES_MAX};
 
 /// The files a run folder holds; `trace.jsonl` and `plan.json` are written by the run itself.
 pub const RUN_FILES: [&str; 4] = [TRACE_FILE, PLAN_FILE, SUMMARY_FILE, REPORT_FILE];
@@ -70,34 +71,45 @@ fn shell_words(words: &[&str]) -> String {
 
 /// Writes the run folder's report.html from its trace lines and summary.
 pub fn write_timeline(dir: &Path, summary: &Summary, trace: &[String]) -> Result<(), CliError> {
-    let path = dir.join(REPORT_FILE);
     let html = drill_reports::render_timeline(Some(summary), trace);
-    std::fs::write(&path, html).map_err(|e| CliError::io("cannot write", &path, e))
+    write_atomic(&dir.join(REPORT_FILE), html.as_bytes())
 }
 
-/// Writes the run folder's report.html from the trace.jsonl (and summary.json, if any) in it.
+/// Writes the report.html of a run folder a sweep or gate kept, from the trace.jsonl (and
+/// summary.json, if any) in it. The trace may be cut short: the run may have died writing it.
 pub fn write_timeline_from(dir: &Path) -> Result<(), CliError> {
     let trace_path = dir.join(TRACE_FILE);
-    let text = std::fs::read_to_string(&trace_path).map_err(|e| CliError::io("cannot read", &trace_path, e))?;
+    let text = read_limited(&trace_path, TRACE_BYTES_MAX, "trace")?;
     let trace: Vec<String> = text.lines().map(str::to_string).collect();
     let summary_path = dir.join(SUMMARY_FILE);
     let summary: Option<Summary> = if summary_path.exists() { Some(read_json(&summary_path)?) } else { None };
-    let path = dir.join(REPORT_FILE);
     let html = drill_reports::render_timeline(summary.as_ref(), &trace);
-    std::fs::write(&path, html).map_err(|e| CliError::io("cannot write", &path, e))
+    write_atomic(&dir.join(REPORT_FILE), html.as_bytes())
 }
 
-/// Writes `value` as pretty JSON to `path`.
+/// Writes `value` as pretty JSON to `path`, atomically ([`write_atomic`]).
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), CliError> {
     let mut text = serde_json::to_string_pretty(value).map_err(|e| CliError::new(format!("cannot encode {}: {e}", path.display())))?;
     text.push('\n');
-    std::fs::write(path, text).map_err(|e| CliError::io("cannot write", path, e))
+    write_atomic(path, text.as_bytes())
 }
 
-/// Reads `path` as JSON of type `T`.
+/// Replaces `path` with `bytes` atomically: they are written beside it (`.NAME.drill-new`) and
+/// renamed over it, so a reader, or a command interrupted here, sees the old file or the new,
+/// never part of one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let beside = path.with_file_name(format!(".{name}.drill-new"));
+    let written = std::fs::write(&beside, bytes).and_then(|()| std::fs::rename(&beside, path));
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&beside);
+        CliError::io("cannot write", path, e)
+    })
+}
+
+/// Reads `path` as JSON of type `T` (at most [`SUMMARY_BYTES_MAX`] bytes of it).
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, CliError> {
-    let text = std::fs::read_to_string(path).map_err(|e| CliError::io("cannot read", path, e))?;
-    serde_json::from_str(&text).map_err(|e| CliError::new(format!("malformed {}: {e}", path.display())))
+    read_json_limited(path, SUMMARY_BYTES_MAX, "file")
 }
 
 #[cfg(test)]

@@ -104,6 +104,8 @@ pub enum Stop {
     Fixpoint,
     /// The run or time budget ran out first.
     Budget,
+    /// SIGINT or SIGTERM stopped it; the plan is the smallest found so far, not run again.
+    Interrupted,
 }
 
 /// The result of [`shrink`].

@@ -92,6 +92,8 @@ pub enum Answer {
     Done { summary: Box<Summary> },
     /// The run panicked, or its worker died (the parent then writes this answer itself).
     Panic { message: String },
+    /// The run did not answer in time and its worker was killed (written by the parent).
+    Hang { message: String },
     /// The run refused its input (the same errors `drill run` reports with exit code 2).
     Error { message: String },
 }

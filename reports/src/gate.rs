@@ -15,6 +15,9 @@ pub const SWEEP_KIND: &str = "sweep";
 /// Slowest runs a gate summary lists.
 pub const SLOWEST_MAX: usize = 10;
 
+/// Exit code of a gate, sweep or merge stopped by SIGINT or SIGTERM.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
 /// A gate's verdict. The worst run decides first; only when every run passed can coverage fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -215,7 +218,8 @@ impl GateSummary {
         if self.verdict == Verdict::Pass && !self.shortfalls.is_empty() {
             self.verdict = Verdict::Shortfall;
         }
-        self.exit_code = self.verdict.exit_code();
+        // An interrupted gate judged only what finished; it exits as interrupted (130).
+        self.exit_code = if self.sweep.interrupted { EXIT_INTERRUPTED } else { self.verdict.exit_code() };
     }
 
     fn coverage_problems(&self) -> Vec<String> {
@@ -227,7 +231,8 @@ impl GateSummary {
             out.push(format!("invariant {} was never checked non-vacuously", i.id));
         }
         if self.unrun > 0 {
-            out.push(format!("{} runs were not started: the time budget ran out", self.unrun));
+            let why = if self.sweep.interrupted { "the gate was interrupted" } else { "the time budget ran out" };
+            out.push(format!("{} runs were not started: {why}", self.unrun));
         }
         out
     }
@@ -355,11 +360,18 @@ pub fn merge_sweeps(parts: &[SweepSummary]) -> Result<SweepSummary, MergeError> 
 /// Merges the drills of gate shards, drill by drill.
 pub fn merge_drills(parts: &[&[DrillResult]]) -> Result<Vec<DrillResult>, MergeError> {
     let mut by_name: BTreeMap<String, Vec<&DrillResult>> = BTreeMap::new();
+    // The drills keep the order they first appear in (the registry's, as one gate lists them),
+    // so that a merge of shards lists them as the unsharded gate does.
+    let mut order: Vec<String> = Vec::new();
     for d in parts.iter().flat_map(|p| p.iter()) {
+        if !by_name.contains_key(&d.name) {
+            order.push(d.name.clone());
+        }
         by_name.entry(d.name.clone()).or_default().push(d);
     }
     let mut out = Vec::new();
-    for (name, runs) in by_name {
+    for name in order {
+        let runs = by_name.remove(&name).expect("every name in order was collected");
         let seeds: Vec<(SeedRange, Option<Shard>)> = runs.iter().map(|d| (d.seeds, d.shard)).collect();
         let (range, shard) = union_of(&seeds).map_err(|e| MergeError(format!("drill {name}: {e}")))?;
         let mut merged = DrillResult {
@@ -417,6 +429,8 @@ mod tests {
             wall_seconds: 1.0,
             seeds_per_second: 5.0,
             drills: BTreeMap::new(),
+            merged_from: vec![],
+            interrupted: false,
         }
     }
 
@@ -430,6 +444,27 @@ mod tests {
         let m = merge_sweeps(&parts).unwrap();
         assert_eq!((m.seeds, m.shard, m.counts.total()), (SeedRange { first: 1, last: 9 }, None, 9));
         assert_eq!((m.faults["crash"], m.checks["INV-A"], m.jobs), (3, 6, 6));
+    }
+
+    #[test]
+    fn merged_drills_keep_the_order_of_the_registry() {
+        let drill = |name: &str, index: u64| DrillResult {
+            name: name.to_string(),
+            profile: "none".to_string(),
+            seeds: SeedRange { first: 1, last: 2 },
+            shard: shard(index, 2),
+            counts: OutcomeCounts::default(),
+            failing: Vec::new(),
+            faults: BTreeMap::new(),
+            checks: BTreeMap::new(),
+            exercised_runs: 1,
+        };
+        let one = [drill("zeta", 1), drill("alpha", 1)];
+        let two = [drill("zeta", 2), drill("alpha", 2)];
+        let merged = merge_drills(&[&one[..], &two[..]]).unwrap();
+        let names: Vec<&str> = merged.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["zeta", "alpha"]);
+        assert_eq!((merged[0].shard, merged[0].exercised_runs), (None, 2));
     }
 
     #[test]

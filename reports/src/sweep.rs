@@ -124,6 +124,14 @@ pub struct SweepSummary {
     /// The drill coverage table over all seeds: runs, exercised and passed per drill.
     #[serde(default)]
     pub drills: BTreeMap<String, crate::DrillCoverage>,
+    /// The folders `drill merge` joined into this summary; empty for a sweep's own summary. A
+    /// sweep or gate never replaces a folder that holds a merge.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged_from: Vec<String>,
+    /// True when a signal (SIGINT, SIGTERM) stopped the sweep before every seed ran: the counts
+    /// are of the seeds that finished, and the exit code is 130.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
 }
 
 /// Adds every count of `from` into `into` (faults by kind, checks by invariant).
@@ -163,6 +171,8 @@ mod tests {
             wall_seconds: 0.5,
             seeds_per_second: 4.0,
             drills: BTreeMap::new(),
+            merged_from: vec![],
+            interrupted: false,
         }
     }
 

@@ -6,6 +6,7 @@
 
 pub mod blobs;
 pub mod drill;
+pub mod fields;
 pub mod jobs;
 pub mod store;
 pub mod store_ops;
@@ -203,9 +204,12 @@ impl Plan {
         std::iter::once("server".to_string()).chain(self.clients.iter().map(|c| c.name.clone())).collect()
     }
 
-    /// Parses and checks a plan file's text.
+    /// Parses and checks a plan file's text. A field the plan does not know, at any level, is
+    /// refused by name.
     pub fn parse(text: &str) -> Result<Plan, String> {
-        let plan: Plan = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let input: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let plan: Plan = serde_json::from_value(input.clone()).map_err(|e| e.to_string())?;
+        fields::refuse_unknown(&input, &plan)?;
         plan.validate()?;
         Ok(plan)
     }
@@ -216,6 +220,7 @@ impl Plan {
         if self.format_version != PLAN_FORMAT_VERSION {
             return Err(format!("format_version {} is not {PLAN_FORMAT_VERSION}", self.format_version));
         }
+        fields::check_numbers(self)?;
         if self.clients.is_empty() || self.clients.len() > CLIENTS_MAX {
             return Err(format!("a plan needs 1 to {CLIENTS_MAX} clients, not {}", self.clients.len()));
         }

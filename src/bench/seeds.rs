@@ -105,6 +105,7 @@ impl Dispatch for SeedTimer {
                 summary.outcome.to_string()
             }
             Answer::Panic { .. } => "panic".to_string(),
+            Answer::Hang { .. } => "hang".to_string(),
             Answer::Error { message } => return Err(CliError::new(format!("seed {}: {message}", job.seed))),
         };
         *self.outcomes.entry(outcome).or_default() += 1;

@@ -28,7 +28,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub quick: bool,
     /// Folder for bench.json (a previous bench.json there is replaced).
-    #[arg(long, value_name = "DIR", default_value = ".")]
+    #[arg(long, value_name = "DIR", default_value = ".", value_parser = crate::cli::Utf8Path)]
     pub out: PathBuf,
     /// Internal: a tiny budget of N standard seeds, for tests.
     #[arg(long, hide = true, value_name = "N")]

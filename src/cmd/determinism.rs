@@ -16,6 +16,7 @@ use crate::cli::{DeterminismArgs, WorldArgs};
 use crate::cmd::{count, worker_count};
 use crate::diff::{first_difference, trace_lines};
 use crate::error::CliError;
+use crate::interrupt::{self, EXIT_INTERRUPTED};
 use crate::outdir;
 use crate::pool::{self, Dispatch};
 use crate::progress::Progress;
@@ -38,6 +39,7 @@ pub fn check(args: DeterminismArgs) -> Result<i32, CliError> {
     let root = scratch_root()?;
     println!("drill {DRILL_VERSION} check-determinism seeds {range} ({total} seeds) profile {} scenario {} jobs {workers}", world.profile, world.scenario);
     let mut check = Check::new(root, range, &world, total, workers);
+    check.seed_timeout = args.many.seed_timeout;
     let result = pool::run(workers, &world, &mut check);
     check.progress.finish();
     if result.is_err() && check.kept.is_empty() {
@@ -45,6 +47,13 @@ pub fn check(args: DeterminismArgs) -> Result<i32, CliError> {
         let _ = fs::remove_dir_all(&check.root);
     }
     result?;
+    if interrupt::requested() {
+        check.drop_unfinished()?;
+        let done = check.done;
+        check.report(total)?;
+        println!("outcome: interrupted | {done} of {total} seeds checked; run it again for the rest");
+        return Ok(EXIT_INTERRUPTED);
+    }
     check.report(total)
 }
 
@@ -70,7 +79,10 @@ struct Check {
     panics: BTreeMap<u64, String>,
     /// Seeds whose folders are kept under `root`.
     kept: Vec<u64>,
+    /// Seeds whose two runs were compared.
+    done: u64,
     progress: Progress,
+    seed_timeout: std::time::Duration,
 }
 
 impl Check {
@@ -86,7 +98,9 @@ impl Check {
             mismatches: BTreeMap::new(),
             panics: BTreeMap::new(),
             kept: Vec::new(),
+            done: 0,
             progress: Progress::new("check-determinism", total),
+            seed_timeout: crate::pool::SEED_TIMEOUT_DEFAULT,
         }
     }
 
@@ -126,10 +140,15 @@ impl Check {
                 self.panics.insert(seed, format!("seed {seed}: a run panicked: {message}"));
                 true
             }
+            (Answer::Hang { message }, _) | (_, Answer::Hang { message }) => {
+                self.panics.insert(seed, format!("seed {seed}: a run hung: {message}"));
+                true
+            }
             // `finished` stops at an error before any comparison.
             (Answer::Error { message }, _) | (_, Answer::Error { message }) => return Err(CliError::new(message)),
         };
         self.progress.finish_one(keep);
+        self.done += 1;
         if keep {
             self.kept.push(seed);
             return Ok(());
@@ -152,6 +171,21 @@ impl Check {
         Ok(())
     }
 
+    /// Removes the folders of seeds whose runs were cut short by an interruption; the folders
+    /// of seeds found to differ or to panic stay.
+    fn drop_unfinished(&self) -> Result<(), CliError> {
+        let entries = fs::read_dir(&self.root).map_err(|e| CliError::io("cannot read folder", &self.root, e))?;
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let seed = name.strip_prefix("seed-").and_then(|n| n.parse::<u64>().ok());
+            if seed.is_none_or(|s| !self.kept.contains(&s)) {
+                let path = entry.path();
+                fs::remove_dir_all(&path).map_err(|e| CliError::io("cannot remove", &path, e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Prints what was found; the last line counts seeds and mismatches.
     fn report(self, total: u64) -> Result<i32, CliError> {
         for text in self.mismatches.values().chain(self.panics.values()) {
@@ -168,7 +202,7 @@ impl Check {
             0 => String::new(),
             p => format!(", {p} panicked"),
         };
-        let (seeds, mismatches) = (count(total, "seed", "seeds"), count(n as u64, "mismatch", "mismatches"));
+        let (seeds, mismatches) = (count(self.done.min(total), "seed", "seeds"), count(n as u64, "mismatch", "mismatches"));
         println!("{seeds}, {mismatches}{panics}");
         Ok(match (n, self.panics.len()) {
             (0, 0) => 0,
@@ -207,6 +241,10 @@ impl Dispatch for Check {
 
     fn tick(&mut self) {
         self.progress.tick();
+    }
+
+    fn seed_timeout(&self) -> std::time::Duration {
+        self.seed_timeout
     }
 }
 

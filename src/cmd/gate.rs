@@ -7,7 +7,7 @@
 //! Failing runs keep their folders: `OUT/seed-N/` for the sweep, `OUT/drills/NAME/seed-N/`
 //! for drills, and `OUT/nondeterministic/NAME-seed-N/run-{1,2}/` for seeds whose runs differ.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -18,11 +18,12 @@ use drill_scenarios::Profile;
 use serde_json::json;
 
 use crate::cli::{GateArgs, WorldArgs};
-use crate::cmd::sweep::{first_in_shard, next_in_shard, panic_violation, seed_event};
+use crate::cmd::sweep::{first_in_shard, hang_violation, next_in_shard, panic_violation, seed_event};
 use crate::cmd::{counts_line, worker_count};
 use crate::diff::{first_difference, trace_lines};
 use crate::error::CliError;
-use crate::gatefiles::{prepare_gate_dir, write_gate_files, DRILLS_DIR, NONDETERMINISTIC_DIR};
+use crate::gatefiles::{claim_gate_dir, write_gate_files, Replaces, DRILLS_DIR, NONDETERMINISTIC_DIR};
+use crate::interrupt;
 use crate::ndjson::Events;
 use crate::outdir::{self, WORK_DIR};
 use crate::pool::{self, Dispatch};
@@ -38,22 +39,24 @@ pub const MAIN_PROFILE: Profile = Profile::Swarm;
 /// Runs the gate; the exit code is the verdict's (0, 1, 3, 4 or 5).
 pub fn gate(args: GateArgs) -> Result<i32, CliError> {
     let plan = GatePlan::new(&args)?;
-    prepare_gate_dir(&args.out)?;
+    let claim = claim_gate_dir(&args.out, "drill gate", Replaces::Gate)?;
     let work = args.out.join(WORK_DIR);
     outdir::create(&work)?;
-    let workers = worker_count(args.jobs, plan.queue.len() as u64);
+    let workers = worker_count(args.jobs, plan.queue.runs());
     let events = Events::new(args.json);
     announce(&plan, &args, workers, events);
     let world = WorldArgs { scenario: MAIN_SCENARIO.to_string(), profile: MAIN_PROFILE };
     let mut run = GateRun::new(plan, args.out.clone(), work.clone(), args.time_budget, events);
+    run.seed_timeout = args.seed_timeout;
     pool::run(workers, &world, &mut run)?;
     fs::remove_dir_all(&work).map_err(|e| CliError::io("cannot remove", &work, e))?;
-    let summary = run.into_summary(workers, args.shard);
+    let summary = run.into_summary(workers, args.shard, interrupt::requested());
     write_gate_files(&args.out, &summary)?;
-    events.emit("result", &json!({ "summary": summary }));
+    events.emit("result", &json!({ "summary": summary, "interrupted": summary.sweep.interrupted }));
     if events.text() {
         print_gate(&summary, &args.out);
     }
+    drop(claim);
     Ok(summary.exit_code)
 }
 
@@ -75,8 +78,7 @@ struct Planned {
 /// What the gate runs: its groups (the sweep, then each drill) and the queue of runs.
 struct GatePlan {
     groups: Vec<Group>,
-    queue: VecDeque<Planned>,
-    sampled: u64,
+    queue: Queue,
 }
 
 impl GatePlan {
@@ -88,20 +90,79 @@ impl GatePlan {
             let folder = args.out.join(DRILLS_DIR).join(d.id);
             groups.push(Group::new(d.id, args.drill_profile, drill_range, &folder));
         }
-        let sample = sample_seeds(range, args.determinism_seeds);
-        let mut queue = VecDeque::new();
-        for (i, g) in groups.iter().enumerate().skip(1).chain(groups.iter().enumerate().take(1)) {
-            let mut seed = first_in_shard(g.seeds, args.shard);
-            while let Some(s) = seed {
-                queue.push_back(Planned { group: i, seed: s, rerun: false });
-                if i == 0 && sample.contains(&s) {
-                    queue.push_back(Planned { group: i, seed: s, rerun: true });
-                }
-                seed = next_in_shard(s, g.seeds, args.shard);
-            }
+        let queue = Queue::new(&groups, sample_seeds(range, args.determinism_seeds), args.shard);
+        Ok(GatePlan { groups, queue })
+    }
+}
+
+/// The runs still to start, made one at a time as workers ask (a gate of 10^19 seeds holds no
+/// list of them): every drill's seeds in turn, then the sweep's, each sampled seed of the sweep
+/// followed by its second run.
+struct Queue {
+    /// Group indices in the order they run: the drills, then the sweep (group 0).
+    order: Vec<usize>,
+    /// Seed ranges by group.
+    ranges: Vec<SeedRange>,
+    shard: Option<Shard>,
+    /// Sweep seeds run twice (those of the shard).
+    sample: BTreeSet<u64>,
+    /// Position in `order`.
+    at: usize,
+    next_seed: Option<u64>,
+    /// The second run due right after the first run just handed out.
+    rerun: Option<Planned>,
+    /// First runs in the whole queue, and how many have been handed out.
+    first_runs: u64,
+    first_started: u64,
+}
+
+impl Queue {
+    fn new(groups: &[Group], sample: BTreeSet<u64>, shard: Option<Shard>) -> Queue {
+        let ranges: Vec<SeedRange> = groups.iter().map(|g| g.seeds).collect();
+        let order: Vec<usize> = (1..groups.len()).chain([0]).collect();
+        let in_shard = |r: SeedRange| match shard {
+            Some(s) => s.len_in(r),
+            None => r.len().unwrap_or(u64::MAX),
+        };
+        let first_runs = ranges.iter().fold(0u64, |n, r| n.saturating_add(in_shard(*r)));
+        let sample: BTreeSet<u64> = sample.into_iter().filter(|s| shard.is_none_or(|sh| s % sh.count == sh.index - 1)).collect();
+        let next_seed = order.first().and_then(|g| first_in_shard(ranges[*g], shard));
+        Queue { order, ranges, shard, sample, at: 0, next_seed, rerun: None, first_runs, first_started: 0 }
+    }
+
+    /// Runs made twice.
+    fn sampled(&self) -> u64 {
+        self.sample.len() as u64
+    }
+
+    /// Every run, second runs included.
+    fn runs(&self) -> u64 {
+        self.first_runs.saturating_add(self.sampled())
+    }
+
+    /// First runs not handed out yet.
+    fn unrun(&self) -> u64 {
+        self.first_runs - self.first_started
+    }
+
+    fn pop(&mut self) -> Option<Planned> {
+        if let Some(p) = self.rerun.take() {
+            return Some(p);
         }
-        let sampled = queue.iter().filter(|p| p.rerun).count() as u64;
-        Ok(GatePlan { groups, queue, sampled })
+        loop {
+            let group = *self.order.get(self.at)?;
+            let Some(seed) = self.next_seed else {
+                self.at += 1;
+                self.next_seed = self.order.get(self.at).and_then(|g| first_in_shard(self.ranges[*g], self.shard));
+                continue;
+            };
+            self.next_seed = next_in_shard(seed, self.ranges[group], self.shard);
+            self.first_started += 1;
+            if group == 0 && self.sample.contains(&seed) {
+                self.rerun = Some(Planned { group, seed, rerun: true });
+            }
+            return Some(Planned { group, seed, rerun: false });
+        }
     }
 }
 
@@ -125,15 +186,15 @@ fn announce(plan: &GatePlan, args: &GateArgs, workers: usize, events: Events) {
             drills.len(),
             args.drill_seeds,
             if drills.is_empty() { "none registered".to_string() } else { drills.join(", ") },
-            plan.sampled,
-            plan.queue.len()
+            plan.queue.sampled(),
+            plan.queue.runs()
         );
     }
     events.start(
         "gate",
         json!({"seeds": args.seeds, "shard": args.shard, "drills": drills, "drill_seeds": args.drill_seeds,
-               "drill_profile": args.drill_profile, "determinism_seeds": plan.sampled,
-               "runs": plan.queue.len(), "jobs": workers}),
+               "drill_profile": args.drill_profile, "determinism_seeds": plan.queue.sampled(),
+               "runs": plan.queue.runs(), "jobs": workers}),
     );
 }
 
@@ -190,6 +251,10 @@ impl Group {
                 self.counts.add(Outcome::Violation);
                 (Outcome::Violation, Some(panic_violation(message.clone())))
             }
+            Answer::Hang { message } => {
+                self.counts.add(Outcome::Violation);
+                (Outcome::Violation, Some(hang_violation(message.clone())))
+            }
             // The dispatcher stops at an error before recording anything.
             Answer::Error { .. } => (Outcome::Violation, None),
         }
@@ -212,10 +277,10 @@ struct Arrived {
 /// The gate in progress.
 struct GateRun {
     groups: Vec<Group>,
-    queue: VecDeque<Planned>,
+    queue: Queue,
     sampled: u64,
-    /// (group, seed) of every run that has a second run.
-    sample: BTreeSet<(usize, u64)>,
+    /// Seeds of the sweep (group 0) that have a second run.
+    sample: BTreeSet<u64>,
     out: PathBuf,
     work: PathBuf,
     in_flight: BTreeMap<PathBuf, (Planned, Instant)>,
@@ -226,17 +291,19 @@ struct GateRun {
     started: Instant,
     progress: Progress,
     events: Events,
+    seed_timeout: Duration,
 }
 
 impl GateRun {
     fn new(plan: GatePlan, out: PathBuf, work: PathBuf, budget: Option<Duration>, events: Events) -> GateRun {
-        let total = plan.queue.len() as u64;
-        let sample = plan.queue.iter().filter(|p| p.rerun).map(|p| (p.group, p.seed)).collect();
+        let total = plan.queue.runs();
+        let sample = plan.queue.sample.clone();
+        let sampled = plan.queue.sampled();
         GateRun {
             sample,
             groups: plan.groups,
             queue: plan.queue,
-            sampled: plan.sampled,
+            sampled,
             out,
             work,
             in_flight: BTreeMap::new(),
@@ -247,6 +314,7 @@ impl GateRun {
             started: wall_clock_now(),
             progress: Progress::new("gate", total),
             events,
+            seed_timeout: crate::pool::SEED_TIMEOUT_DEFAULT,
         }
     }
 
@@ -327,10 +395,10 @@ impl GateRun {
         Ok(())
     }
 
-    fn into_summary(mut self, workers: usize, shard: Option<Shard>) -> GateSummary {
+    fn into_summary(mut self, workers: usize, shard: Option<Shard>, interrupted: bool) -> GateSummary {
         let wall = self.progress.finish();
         // Reruns still queued are not counted: the budget covers first runs.
-        let unrun = self.queue.iter().filter(|p| !p.rerun).count() as u64;
+        let unrun = self.queue.unrun();
         self.determinism.sampled = self.sampled;
         self.determinism.mismatches.sort_by_key(|m| m.seed);
         let mut groups = self.groups.into_iter();
@@ -352,6 +420,8 @@ impl GateRun {
             wall_seconds: wall.as_secs_f64(),
             seeds_per_second: rate(total, wall),
             drills: sweep.drills,
+            merged_from: Vec::new(),
+            interrupted,
         };
         let drills = groups.map(|g| drill_result(g, shard)).collect();
         let mut summary = GateSummary {
@@ -380,7 +450,7 @@ impl Dispatch for GateRun {
         if self.out_of_time() {
             return Ok(None);
         }
-        let Some(p) = self.queue.pop_front() else {
+        let Some(p) = self.queue.pop() else {
             return Ok(None);
         };
         let dir = self.job_dir(p);
@@ -404,7 +474,7 @@ impl Dispatch for GateRun {
             self.note_cost(p, started, &answer);
             self.first_run(p, &job, &answer)?
         };
-        if self.sample.contains(&(p.group, p.seed)) {
+        if p.group == 0 && self.sample.contains(&p.seed) {
             return self.pair(arrived);
         }
         remove_scratch(&[arrived])
@@ -412,6 +482,10 @@ impl Dispatch for GateRun {
 
     fn tick(&mut self) {
         self.progress.tick();
+    }
+
+    fn seed_timeout(&self) -> Duration {
+        self.seed_timeout
     }
 }
 
@@ -512,6 +586,10 @@ fn print_gate(g: &GateSummary, out: &Path) {
         println!("nondeterministic {} seed {}: {}\n{}", m.scenario, m.seed, m.folder, m.first_difference);
     }
     println!("files: {} (summary.json, junit.xml, report.md, report.html)", out.display());
+    if s.interrupted {
+        println!("outcome: interrupted | {} runs not started; exit code {}", g.unrun, g.exit_code);
+        return;
+    }
     println!("outcome: {} | exit code {}", g.verdict, g.exit_code);
 }
 

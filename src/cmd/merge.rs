@@ -2,6 +2,9 @@
 //! (`--shard I/N`, all N of them) or over adjacent seed ranges. Overlapping, missing or
 //! mismatched parts are refused as bad input (exit code 2) before anything is written.
 //!
+//! `--out` must be a folder of its own: never one of the merged folders (or inside or around
+//! one), never a sweep's or gate's folder; an earlier merge's folder is replaced.
+//!
 //! A merge of gates judges coverage over all shards and exits like a gate (0, 1, 3, 4 or 5); a
 //! merge of sweeps exits with the worst outcome's code. Either writes summary.json, junit.xml,
 //! report.md and report.html. Failing runs stay in their shard's folder; the merged summary and
@@ -16,11 +19,20 @@ use serde_json::Value;
 use crate::cli::MergeArgs;
 use crate::cmd::gate::registry_ids;
 use crate::error::CliError;
-use crate::gatefiles::{prepare_gate_dir, relocate, relocate_sweep, write_gate_files, write_sweep_files};
+use crate::gatefiles::{claim_gate_dir, relocate, relocate_sweep, write_gate_files, write_sweep_files, Replaces};
+use crate::input::{absolute, overlaps};
 use crate::runfiles::{read_json, DRILL_VERSION, SUMMARY_FILE};
 
 /// Merges the folders' summaries into `--out`.
 pub fn merge(args: MergeArgs) -> Result<i32, CliError> {
+    if let Some(d) = args.dirs.iter().find(|d| overlaps(&args.out, d)) {
+        return Err(CliError::new(format!(
+            "--out {} is {} the merged folder {}; merge into a folder of its own",
+            args.out.display(),
+            if absolute(&args.out) == absolute(d) { "the same folder as" } else { "inside or around" },
+            d.display()
+        )));
+    }
     let parts = read_parts(&args.dirs)?;
     let gates = parts.iter().filter(|(_, v)| is_gate(v)).count();
     if gates != 0 && gates != parts.len() {
@@ -38,13 +50,36 @@ fn is_gate(v: &Value) -> bool {
     v.get("kind").and_then(Value::as_str) == Some(GATE_KIND)
 }
 
+/// Each folder's summary; a folder that is not a sweep's or gate's is refused, as is one that
+/// was interrupted (its counts cover only part of its seeds) or given twice.
 fn read_parts(dirs: &[PathBuf]) -> Result<Vec<(PathBuf, Value)>, CliError> {
-    dirs.iter()
-        .map(|d| {
-            let v: Value = read_json(&d.join(SUMMARY_FILE))?;
-            Ok((d.clone(), v))
-        })
-        .collect()
+    let mut parts: Vec<(PathBuf, Value)> = Vec::new();
+    for d in dirs {
+        if let Some((twice, _)) = parts.iter().find(|(p, _)| absolute(p) == absolute(d)) {
+            return Err(CliError::new(format!("{} and {} are the same folder", twice.display(), d.display())));
+        }
+        if !d.is_dir() {
+            return Err(CliError::new(format!("{} is not a sweep or gate folder", d.display())));
+        }
+        let v: Value = read_json(&d.join(SUMMARY_FILE))?;
+        let sweep = if is_gate(&v) { v.get("sweep") } else { Some(&v) };
+        if v.get("fingerprint").is_some() && v.get("counts").is_none() {
+            return Err(CliError::new(format!("{} is a run folder; merge joins the folders of sweeps or gates", d.display())));
+        }
+        if sweep.and_then(|s| s.get("interrupted")).and_then(Value::as_bool) == Some(true) {
+            return Err(CliError::new(format!(
+                "{} holds an interrupted run (its summary covers only the seeds that finished); run it again first",
+                d.display()
+            )));
+        }
+        parts.push((d.clone(), v));
+    }
+    Ok(parts)
+}
+
+/// The merged folders, as the merged summary records them.
+fn sources(parts: &[(PathBuf, Value)]) -> Vec<String> {
+    parts.iter().map(|(d, _)| d.to_string_lossy().into_owned()).collect()
 }
 
 fn parse<T: serde::de::DeserializeOwned>(dir: &Path, v: &Value) -> Result<T, CliError> {
@@ -53,9 +88,11 @@ fn parse<T: serde::de::DeserializeOwned>(dir: &Path, v: &Value) -> Result<T, Cli
 
 fn merge_sweep_parts(parts: &[(PathBuf, Value)], out: &Path) -> Result<i32, CliError> {
     let sweeps = parts.iter().map(|(d, v)| parse::<SweepSummary>(d, v).map(|s| relocate_sweep(s, d))).collect::<Result<Vec<_>, _>>()?;
-    let merged = merge_sweeps(&sweeps).map_err(|e| CliError::new(e.to_string()))?;
-    prepare_gate_dir(out)?;
+    let mut merged = merge_sweeps(&sweeps).map_err(|e| CliError::new(e.to_string()))?;
+    merged.merged_from = sources(parts);
+    let claim = claim_gate_dir(out, "drill merge", Replaces::Merge)?;
     write_sweep_files(out, &merged)?;
+    drop(claim);
     println!(
         "seeds {}: {} seeds, {} failing; files: {} (summary.json, junit.xml, report.md, report.html)",
         merged.seeds,
@@ -73,7 +110,8 @@ fn merge_sweep_parts(parts: &[(PathBuf, Value)], out: &Path) -> Result<i32, CliE
 fn merge_gates(parts: &[(PathBuf, Value)], out: &Path) -> Result<i32, CliError> {
     let gates = parts.iter().map(|(d, v)| parse::<GateSummary>(d, v).map(|g| relocate_gate(g, d))).collect::<Result<Vec<_>, _>>()?;
     let sweeps: Vec<SweepSummary> = gates.iter().map(|g| g.sweep.clone()).collect();
-    let sweep = merge_sweeps(&sweeps).map_err(|e| CliError::new(e.to_string()))?;
+    let mut sweep = merge_sweeps(&sweeps).map_err(|e| CliError::new(e.to_string()))?;
+    sweep.merged_from = sources(parts);
     let drill_parts: Vec<&[drill_reports::gate::DrillResult]> = gates.iter().map(|g| g.drills.as_slice()).collect();
     let drills = merge_drills(&drill_parts).map_err(|e| CliError::new(e.to_string()))?;
     let mut determinism = Determinism::default();
@@ -93,8 +131,9 @@ fn merge_gates(parts: &[(PathBuf, Value)], out: &Path) -> Result<i32, CliError> 
         ..gates[0].clone()
     };
     merged.judge(&registry_ids(), true);
-    prepare_gate_dir(out)?;
+    let claim = claim_gate_dir(out, "drill merge", Replaces::Merge)?;
     write_gate_files(out, &merged)?;
+    drop(claim);
     print_merged_gate(&merged, out);
     Ok(merged.exit_code)
 }

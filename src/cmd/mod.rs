@@ -13,11 +13,23 @@ pub mod timeline;
 
 use std::collections::BTreeMap;
 
-/// Worker processes for `total` jobs: as asked, else one per CPU, and never more than jobs.
+/// Worker processes for `total` jobs: as asked but never more than the machine's cores (a note
+/// says so when `--jobs` asked for more), else one per core, and never more than jobs.
 pub fn worker_count(requested: Option<usize>, total: u64) -> usize {
-    let wanted = requested.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (workers, note) = capped(requested, cores, total);
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
+    workers
+}
+
+/// [`worker_count`] for a machine of `cores` cores, with the note to print.
+fn capped(requested: Option<usize>, cores: usize, total: u64) -> (usize, Option<String>) {
+    let wanted = requested.unwrap_or(cores);
+    let note = (wanted > cores).then(|| format!("note: --jobs {wanted} is more than this machine's {cores} cores; using {cores} workers"));
     let total = usize::try_from(total).unwrap_or(usize::MAX);
-    wanted.min(total).max(1)
+    (wanted.min(cores).min(total).max(1), note)
 }
 
 /// `crash 2, partition 1`, or `none`.
@@ -38,10 +50,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn never_more_workers_than_jobs() {
-        assert_eq!(worker_count(Some(8), 3), 3);
-        assert_eq!(worker_count(Some(2), 100), 2);
-        assert!(worker_count(None, 100) >= 1);
+    fn never_more_workers_than_jobs_or_cores() {
+        assert_eq!(capped(Some(8), 16, 3), (3, None));
+        assert_eq!(capped(Some(2), 16, 100), (2, None));
+        assert_eq!(capped(None, 4, 100), (4, None));
+        let (n, note) = capped(Some(10_000), 2, 100);
+        assert_eq!(n, 2);
+        assert!(note.unwrap().contains("--jobs 10000 is more than this machine's 2 cores"));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! The replay runs in memory (no `out_dir`), so nothing in the folder is written; it is compared
 //! with the folder's summary.json (plan hash, fingerprint, outcome) and, line by line, with its
-//! trace.jsonl.
+//! trace.jsonl. A folder whose trace is missing, empty, cut or not JSON lines is refused (exit
+//! code 2) before the replay runs.
 
 use std::path::Path;
 
@@ -12,6 +13,7 @@ use drill_scenarios::{RunReport, RunRequest, RunSource};
 use crate::cli::ReplayArgs;
 use crate::diff::{file_fingerprint, first_difference, trace_lines, LineDiff};
 use crate::error::CliError;
+use crate::input::{read_limited, read_trace, PLAN_BYTES_MAX};
 use crate::runfiles::{folder_replay, read_json, DRILL_VERSION, PLAN_FILE, SUMMARY_FILE, TRACE_FILE};
 
 /// Exit code when the replay differs from the folder.
@@ -46,15 +48,20 @@ pub fn replay(args: ReplayArgs) -> Result<i32, CliError> {
     Ok(EXIT_NONDETERMINISM)
 }
 
-/// The folder's summary and the text of its plan.
+/// The folder's summary and the text of its plan, once its trace is checked whole: a folder
+/// whose trace is missing, empty, cut or malformed has nothing to compare a replay with.
 fn read_folder(dir: &Path) -> Result<(Summary, String), CliError> {
     let meta = std::fs::metadata(dir).map_err(|e| CliError::io("cannot read replay folder", dir, e))?;
     if !meta.is_dir() {
         return Err(CliError::new(format!("{} is not a run folder", dir.display())));
     }
     let summary: Summary = read_json(&dir.join(SUMMARY_FILE))?;
-    let plan_path = dir.join(PLAN_FILE);
-    let plan = std::fs::read_to_string(&plan_path).map_err(|e| CliError::io("cannot read", &plan_path, e))?;
+    let plan = read_limited(&dir.join(PLAN_FILE), PLAN_BYTES_MAX, "plan file")?;
+    let trace = dir.join(TRACE_FILE);
+    if !trace.exists() {
+        return Err(CliError::new(format!("{} has no {TRACE_FILE} to compare the replay with", dir.display())));
+    }
+    read_trace(&trace, Some(summary.trace_lines).filter(|n| *n > 0))?;
     Ok((summary, plan))
 }
 
@@ -65,8 +72,6 @@ struct Comparison {
     problems: Vec<String>,
     /// Where trace.jsonl first departs from the replay's trace.
     first_diff: Option<LineDiff>,
-    /// Set when the folder has no trace.jsonl, so only fingerprints could be compared.
-    no_trace_file: bool,
     /// Set when the traces differ only in the build named on the first line.
     other_build: Option<String>,
 }
@@ -83,7 +88,6 @@ impl Comparison {
         }
         match &self.first_diff {
             Some(diff) => println!("{}", diff.describe("replay", TRACE_FILE)),
-            None if self.no_trace_file => println!("no {TRACE_FILE} to compare line by line"),
             None => println!("{TRACE_FILE} matches the replay line for line"),
         }
         if summary.drill_version != DRILL_VERSION {
@@ -123,10 +127,6 @@ fn compare(dir: &Path, summary: &Summary, report: &RunReport) -> Result<Comparis
     differs("fingerprint", &summary.fingerprint, &report.fingerprint);
     differs("outcome", summary.outcome.as_str(), report.outcome.as_str());
     let trace = dir.join(TRACE_FILE);
-    if !trace.exists() {
-        c.no_trace_file = true;
-        return Ok(c);
-    }
     let recorded: Vec<String> = trace_lines(&trace)?.collect();
     if let Some(build) = only_the_build_differs(&report.trace, &recorded) {
         // Another build of drill ran the same world: everything that happened is identical.

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::cli::RunArgs;
 use crate::cmd::counts_line;
 use crate::error::CliError;
+use crate::input::{read_limited, PLAN_BYTES_MAX};
 use crate::ndjson::Events;
 use crate::outdir;
 use crate::runfiles::{folder_replay, plan_replay, seed_replay, summary_of, write_json, write_timeline, DRILL_VERSION, PLAN_FILE, SUMMARY_FILE};
@@ -27,11 +28,19 @@ enum Input {
 pub fn run(args: RunArgs) -> Result<i32, CliError> {
     let input = Input::from_args(&args)?;
     let out = args.out.clone().unwrap_or_else(|| input.default_out());
-    let created = outdir::prepare_run_dir(&out)?;
+    // The plan is checked before the folder is touched, so a refused plan leaves nothing.
+    drill_scenarios::prepare(&input.source())?;
+    let claim = outdir::claim_run_dir(&out, "drill run")?;
     let replay = input.replay(&out);
     note_replay_on_panic(replay.clone());
     let request = RunRequest { source: input.source(), out_dir: Some(out.clone()) };
-    let report = drill_scenarios::run(&request).inspect_err(|_| outdir::remove_created(&created))?;
+    let report = match drill_scenarios::run(&request) {
+        Ok(report) => report,
+        Err(e) => {
+            claim.abandon();
+            return Err(e.into());
+        }
+    };
     let summary = summary_of(&report, replay);
     write_json(&out.join(SUMMARY_FILE), &summary)?;
     write_timeline(&out, &summary, &report.trace)?;
@@ -45,6 +54,7 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
                "plan_hash": summary.plan_hash, "out": out}),
     );
     events.emit("result", &json!({ "summary": summary }));
+    drop(claim);
     Ok(summary.outcome.exit_code())
 }
 
@@ -58,7 +68,7 @@ impl Input {
             let (scenario, profile) = (args.world.scenario.clone(), args.world.profile);
             return Ok(Input::Seed { seed, scenario, profile });
         };
-        let text = std::fs::read_to_string(path).map_err(|e| CliError::io("cannot read plan file", path, e))?;
+        let text = read_limited(path, PLAN_BYTES_MAX, "plan file")?;
         if let Err(e) = serde_json::from_str::<serde_json::Value>(&text) {
             return Err(CliError::new(format!("malformed plan file {}: {e}", path.display())));
         }

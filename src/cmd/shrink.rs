@@ -15,10 +15,12 @@ use serde::{Deserialize, Serialize};
 use crate::cli::{ShrinkArgs, WorldArgs};
 use crate::cmd::worker_count;
 use crate::error::CliError;
+use crate::input::{read_limited, read_trace, PLAN_BYTES_MAX};
+use crate::interrupt::{self, EXIT_INTERRUPTED};
 use crate::outdir::{self, WORK_DIR};
 use crate::pool::Session;
 use crate::progress::wall_clock_now;
-use crate::runfiles::{plan_replay, read_json, write_json, write_timeline_from, DRILL_VERSION, PLAN_FILE, SUMMARY_FILE};
+use crate::runfiles::{plan_replay, read_json, write_json, write_timeline_from, DRILL_VERSION, PLAN_FILE, SUMMARY_FILE, TRACE_FILE};
 use crate::shrink::{self, is_failing, Oracle, Signature, Size, Stop};
 use crate::worker::{Answer, Job};
 
@@ -57,7 +59,7 @@ pub fn shrink(args: ShrinkArgs) -> Result<i32, CliError> {
     let (summary, plan) = read_failing_run(&args.dir)?;
     let target = is_failing(&summary).ok_or_else(|| CliError::new(format!("{} passed; only a failing run can be shrunk", args.dir.display())))?;
     let out = args.dir.join(SHRUNK_DIR);
-    prepare_shrunk_dir(&out)?;
+    let claim = outdir::claim(&out, "drill shrink", prepare_shrunk_dir)?;
     let work = out.join(WORK_DIR);
     outdir::create(&work)?;
     println!(
@@ -81,6 +83,10 @@ pub fn shrink(args: ShrinkArgs) -> Result<i32, CliError> {
         return Ok(not_reproduced(&args.dir, &target, &original));
     }
     let shrunk = shrink::shrink(plan, &mut oracle)?;
+    if interrupt::requested() {
+        fs::remove_dir_all(&work).map_err(|e| CliError::io("cannot remove", &work, e))?;
+        return interrupted(&args, &out, &oracle, target, before, &shrunk);
+    }
     let last = oracle.run_one(&shrunk.plan, &out)?;
     fs::remove_dir_all(&work).map_err(|e| CliError::io("cannot remove", &work, e))?;
     write_timeline_from(&out)?;
@@ -99,7 +105,33 @@ pub fn shrink(args: ShrinkArgs) -> Result<i32, CliError> {
         replay: plan_replay(&out.join(PLAN_FILE)),
     };
     write_json(&out.join(SHRINK_FILE), &record)?;
+    drop(claim);
     Ok(report(&record, &out, &target, &last))
+}
+
+/// Writes what an interrupted shrink found: the smallest plan so far (not run again) and
+/// shrink.json with `stopped: interrupted`; exit code 130.
+fn interrupted(args: &ShrinkArgs, out: &Path, oracle: &RunOracle, target: Signature, before: Size, shrunk: &shrink::Shrunk) -> Result<i32, CliError> {
+    let plan_path = out.join(PLAN_FILE);
+    write_json(&plan_path, &shrunk.plan)?;
+    let record = ShrinkRecord {
+        format_version: FORMAT_VERSION,
+        drill_version: DRILL_VERSION.to_string(),
+        source: args.dir.display().to_string(),
+        signature: target,
+        before,
+        after: Size::of(&shrunk.plan),
+        runs: oracle.runs,
+        invalid_candidates: shrunk.invalid,
+        stopped: Stop::Interrupted,
+        wall_seconds: oracle.started.elapsed().as_secs_f64(),
+        fingerprint: String::new(),
+        replay: plan_replay(&plan_path),
+    };
+    write_json(&out.join(SHRINK_FILE), &record)?;
+    println!("after:  {}", record.after);
+    println!("outcome: interrupted | the smallest plan found so far, not run again: {}", record.replay);
+    Ok(EXIT_INTERRUPTED)
 }
 
 /// The run folder's summary and plan; refuses anything that is not a run folder.
@@ -109,26 +141,27 @@ fn read_failing_run(dir: &Path) -> Result<(Summary, Plan), CliError> {
     }
     let summary: Summary = read_json(&dir.join(SUMMARY_FILE))?;
     let path = dir.join(PLAN_FILE);
-    let text = fs::read_to_string(&path).map_err(|e| CliError::io("cannot read", &path, e))?;
+    let text = read_limited(&path, PLAN_BYTES_MAX, "plan file")?;
     let plan = Plan::parse(&text).map_err(|e| CliError::new(format!("malformed {}: {e}", path.display())))?;
+    // The trace is what a reader compares the shrunk run with; a folder without a whole one is
+    // not the run its summary describes.
+    let trace = dir.join(TRACE_FILE);
+    if !trace.exists() {
+        return Err(CliError::new(format!("{} has no {TRACE_FILE}; it is not a whole run folder", dir.display())));
+    }
+    read_trace(&trace, Some(summary.trace_lines).filter(|n| *n > 0))?;
     Ok((summary, plan))
 }
 
-/// Makes `DIR/shrunk` ready: missing, empty, or a previous shrink's output (replaced).
-fn prepare_shrunk_dir(out: &Path) -> Result<(), CliError> {
-    let entries = match fs::read_dir(out) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return outdir::create(out),
-        Err(e) => return Err(CliError::io("cannot read folder", out, e)),
-        Ok(entries) => entries,
-    };
-    let names: Vec<String> = entries.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+/// Makes `DIR/shrunk` ready: empty, or a previous shrink's output (replaced).
+fn prepare_shrunk_dir(out: &Path, names: &[String]) -> Result<(), CliError> {
     if names.is_empty() {
         return Ok(());
     }
     if !names.iter().any(|n| n == SHRINK_FILE || n == WORK_DIR) {
         return Err(CliError::new(format!("{} is not empty and does not hold a previous drill shrink; move it away first", out.display())));
     }
-    outdir::clear_previous(out, &names, &[SHRINK_FILE], &[WORK_DIR])
+    outdir::clear_previous(out, names, &[SHRINK_FILE], &[WORK_DIR])
 }
 
 fn not_reproduced(dir: &Path, target: &Signature, got: &Summary) -> i32 {
@@ -157,6 +190,7 @@ fn report(record: &ShrinkRecord, out: &Path, target: &Signature, last: &Summary)
     match record.stopped {
         Stop::Fixpoint => println!("stopped: no smaller plan fails the same way"),
         Stop::Budget => println!("stopped early: the run or time budget ran out (--max-runs, --time-budget); the plan may shrink further"),
+        Stop::Interrupted => println!("stopped: interrupted"),
     }
     println!("shrunk run: {} (shrink.json has the counts)", out.display());
     let kept = is_failing(last);
@@ -205,14 +239,16 @@ impl RunOracle {
         let answer = self.session.run_batch(&[job])?.remove(0);
         match answer {
             Answer::Done { summary } => Ok(*summary),
-            Answer::Panic { message } | Answer::Error { message } => Err(CliError::new(format!("the run in {} failed: {message}", dir.display()))),
+            Answer::Panic { message } | Answer::Hang { message } | Answer::Error { message } => {
+                Err(CliError::new(format!("the run in {} failed: {message}", dir.display())))
+            }
         }
     }
 
     /// Candidates the budget still allows now.
     fn allowance(&self, wanted: usize) -> usize {
         let out_of_time = self.time_budget.is_some_and(|b| self.started.elapsed() >= b);
-        if out_of_time {
+        if out_of_time || interrupt::requested() {
             return 0;
         }
         let left = self.runs_max.saturating_sub(self.runs);
@@ -231,7 +267,7 @@ impl RunOracle {
         match answer {
             Answer::Done { summary } => is_failing(summary).as_ref() == Some(&self.target),
             Answer::Panic { .. } => self.target.invariant.as_deref() == Some(crate::cmd::sweep::PANIC_INVARIANT),
-            Answer::Error { .. } => false,
+            Answer::Hang { .. } | Answer::Error { .. } => false,
         }
     }
 }

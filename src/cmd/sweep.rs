@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use drill_reports::{add_counts, add_drills, DrillCoverage, FailingSeed, Outcome, OutcomeCounts, SeedRange, Shard, SweepSummary, Violation, FORMAT_VERSION};
 use serde_json::json;
@@ -16,6 +17,7 @@ use crate::cli::{SweepArgs, WorldArgs};
 use crate::cmd::{counts_line, worker_count};
 use crate::error::CliError;
 use crate::gatefiles::write_sweep_files;
+use crate::interrupt::{self, EXIT_INTERRUPTED};
 use crate::ndjson::Events;
 use crate::outdir::{self, WORK_DIR};
 use crate::pool::{self, Dispatch};
@@ -26,12 +28,15 @@ use crate::worker::{Answer, Job};
 /// The invariant id a sweep records for a run that panicked outside the world (which reports its
 /// own panics under the same id) or whose worker died.
 pub const PANIC_INVARIANT: &str = "SIM-NO-PANIC";
+/// The invariant id a sweep records for a run that hung: its worker gave no answer within the
+/// seed timeout and was stopped.
+pub const HANG_INVARIANT: &str = "SIM-NO-HANG";
 
 /// Runs the sweep; the exit code is the worst outcome's.
 pub fn sweep(args: SweepArgs) -> Result<i32, CliError> {
     let range = args.many.seeds;
     let total = seed_count(range, args.shard)?;
-    outdir::prepare_sweep_dir(&args.out)?;
+    let claim = outdir::claim_sweep_dir(&args.out, "drill sweep")?;
     let work = args.out.join(WORK_DIR);
     outdir::create(&work)?;
     let workers = worker_count(args.many.jobs, total);
@@ -50,13 +55,19 @@ pub fn sweep(args: SweepArgs) -> Result<i32, CliError> {
     sweep.shard = args.shard;
     sweep.next_seed = first_in_shard(range, args.shard);
     sweep.events = events;
+    sweep.seed_timeout = args.many.seed_timeout;
     pool::run(workers, &world, &mut sweep)?;
     fs::remove_dir_all(&work).map_err(|e| CliError::io("cannot remove", &work, e))?;
-    let summary = sweep.into_summary(workers);
+    let mut summary = sweep.into_summary(workers);
+    summary.interrupted = interrupt::requested();
     write_sweep_files(&args.out, &summary)?;
-    events.emit("result", &json!({ "summary": summary }));
+    events.emit("result", &json!({ "summary": summary, "interrupted": summary.interrupted }));
     if events.text() {
-        print_table(&summary, &args.out);
+        print_table(&summary, &args.out, total);
+    }
+    drop(claim);
+    if summary.interrupted {
+        return Ok(EXIT_INTERRUPTED);
     }
     Ok(summary.outcome.exit_code())
 }
@@ -104,6 +115,7 @@ struct Sweep {
     progress: Progress,
     shard: Option<Shard>,
     events: Events,
+    seed_timeout: Duration,
 }
 
 impl Sweep {
@@ -122,6 +134,7 @@ impl Sweep {
             progress: Progress::new("sweep", total),
             shard: None,
             events: Events::new(false),
+            seed_timeout: crate::pool::SEED_TIMEOUT_DEFAULT,
         }
     }
 
@@ -157,6 +170,8 @@ impl Sweep {
             wall_seconds: wall.as_secs_f64(),
             seeds_per_second: rate(self.counts.total(), wall),
             drills: self.drills,
+            merged_from: Vec::new(),
+            interrupted: false,
         }
     }
 }
@@ -182,6 +197,7 @@ impl Dispatch for Sweep {
                 (summary.outcome, summary.violations.first().cloned())
             }
             Answer::Panic { message } => (Outcome::Violation, Some(panic_violation(message.clone()))),
+            Answer::Hang { message } => (Outcome::Violation, Some(hang_violation(message.clone()))),
         };
         self.counts.add(outcome);
         self.progress.finish_one(outcome != Outcome::Pass);
@@ -194,6 +210,10 @@ impl Dispatch for Sweep {
 
     fn tick(&mut self) {
         self.progress.tick();
+    }
+
+    fn seed_timeout(&self) -> Duration {
+        self.seed_timeout
     }
 }
 
@@ -212,7 +232,12 @@ pub fn panic_violation(message: String) -> Violation {
     Violation { invariant: PANIC_INVARIANT.to_string(), node: "world".to_string(), trace_line: 0, message }
 }
 
-fn print_table(s: &SweepSummary, out: &Path) {
+/// A hang counts as a violation too: every loop and queue of the world has a limit.
+pub fn hang_violation(message: String) -> Violation {
+    Violation { invariant: HANG_INVARIANT.to_string(), node: "world".to_string(), trace_line: 0, message }
+}
+
+fn print_table(s: &SweepSummary, out: &Path, total: u64) {
     println!("seeds           {}", s.counts.total());
     for outcome in Outcome::ALL {
         println!("{:<15} {}", outcome.as_str(), s.counts.get(outcome));
@@ -230,6 +255,10 @@ fn print_table(s: &SweepSummary, out: &Path) {
         println!("  folder: {}", f.folder);
     }
     println!("files: {} (summary.json, junit.xml, report.md, report.html)", out.display());
+    if s.interrupted {
+        println!("outcome: interrupted | {} of {total} seeds finished, {} failing; run the sweep again for the rest", s.counts.total(), s.failing.len());
+        return;
+    }
     match s.failing.first() {
         None => println!("outcome: pass | all {} seeds passed", s.counts.total()),
         Some(f) => println!("outcome: {} | {} failing; replay the first: {}", s.outcome, s.failing.len(), f.replay),
