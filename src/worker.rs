@@ -130,6 +130,10 @@ fn run_job(world: &WorldArgs, job: &Job) -> Answer {
     let run = || match injected_fault(job.seed).as_deref() {
         Some("panic") => panic!("injected panic for seed {} ({FAULT_ENV})", job.seed),
         Some("exit") => std::process::exit(EXIT_INJECTED),
+        // A run that never answers, as a future that never completes would leave it.
+        Some("hang") => loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        },
         _ => drill_scenarios::run(&request),
     };
     match catch_unwind(AssertUnwindSafe(run)) {
@@ -142,14 +146,15 @@ fn run_job(world: &WorldArgs, job: &Job) -> Answer {
     }
 }
 
-/// Test hook: `DRILL_TEST_WORKER_FAULT=panic:3,exit:5` makes workers panic on seed 3 and exit
-/// abruptly on seed 5, so that tests can check that sweeps survive both. The world never panics
+/// Test hook: `DRILL_TEST_WORKER_FAULT=panic:3,exit:5,hang:7` makes workers panic on seed 3,
+/// exit abruptly on seed 5 and never answer on seed 7, so that tests can check that sweeps
+/// survive all three. The world never panics
 /// on purpose, so without this hook those paths could not be tested end to end.
 const FAULT_ENV: &str = "DRILL_TEST_WORKER_FAULT";
 /// Exit code of a worker that exits abruptly by the test hook.
 const EXIT_INJECTED: i32 = 9;
 
-/// The fault the test hook asks for at `seed`: `panic` or `exit`.
+/// The fault the test hook asks for at `seed`: `panic`, `exit` or `hang`.
 fn injected_fault(seed: u64) -> Option<String> {
     let spec = std::env::var(FAULT_ENV).ok()?;
     spec.split(',').find_map(|item| {

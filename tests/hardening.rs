@@ -347,3 +347,83 @@ fn jobs_beyond_the_cores_are_capped_with_a_note() {
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("note: --jobs 10000 is more than this machine's {cores} cores")), "{}", text(&out));
     assert!(read_json(&tmp.path().join("sw/summary.json"))["jobs"].as_u64().unwrap() <= cores);
 }
+
+/// Runs `drill run --plan` on the plan of `dir` changed by `edit`, in `cwd`.
+fn run_edited_plan(cwd: &Path, dir: &Path, name: &str, edit: impl FnOnce(&mut Value)) -> Output {
+    let mut plan = read_json(&dir.join("plan.json"));
+    edit(&mut plan);
+    let file = cwd.join(format!("{name}.json"));
+    fs::write(&file, serde_json::to_string_pretty(&plan).unwrap()).unwrap();
+    drill(cwd, &["run", "--plan", file.to_str().unwrap(), "--out", &format!("out-{name}")])
+}
+
+/// Reproduction 4: `server_retention`, a fault's `ms` or a group rekey's `withhold_ms` near
+/// u64::MAX panicked the world (SIM-NO-PANIC, exit 1). Now a bad plan: exit 2 naming the field,
+/// no folder written.
+#[test]
+fn plan_numbers_near_u64_max_are_bad_input_not_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let lite = t.join("lite");
+    let out = drill(t, &["run", "--seed", "1", "--profile", "lite", "--out", lite.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(read_json(&lite.join("plan.json"))["faults"][0]["ms"].is_u64(), "seed 1 lite has a fault with a duration");
+    // Seed 3 under swarm rekeys a group (its plan's store section has group_rekeys).
+    let swarm = t.join("swarm");
+    let out = drill(t, &["run", "--seed", "3", "--profile", "swarm", "--out", swarm.to_str().unwrap()]);
+    assert!([0, 1, 3].contains(&code(&out)), "{}", text(&out));
+    assert!(read_json(&swarm.join("plan.json"))["store"]["group_rekeys"][0]["withhold_ms"].is_u64(), "seed 3 swarm rekeys a group");
+    let near = u64::MAX - 1;
+    let cases = [
+        ("retention", &lite, "/server_retention", "field `server_retention` is 18446744073709551614"),
+        ("fault-ms", &lite, "/faults/0/ms", "field `faults[0].ms` is 18446744073709551614"),
+        ("withhold", &swarm, "/store/group_rekeys/0/withhold_ms", "field `store.group_rekeys[0].withhold_ms`"),
+    ];
+    for (name, dir, field, want) in cases {
+        let edit = |p: &mut Value| *p.pointer_mut(field).expect("the plan has the field") = near.into();
+        assert_refused(&run_edited_plan(t, dir, name, edit), want);
+        assert!(!t.join(format!("out-{name}")).exists(), "{name}");
+    }
+}
+
+/// Reproduction 7: a plan whose profile is `heavy`, `""` or `server` ran (exit 0), and an
+/// unknown nested field (`knobs.net.bogus`) was accepted. Now both are bad input.
+#[test]
+fn a_plan_with_an_unknown_profile_or_field_is_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let dir = passing_run(t, "run", "6");
+    for (i, profile) in ["heavy", "", "server"].into_iter().enumerate() {
+        let out = run_edited_plan(t, &dir, &format!("profile-{i}"), |p| p["profile"] = profile.into());
+        assert_refused(&out, "unknown variant");
+    }
+    assert_refused(&run_edited_plan(t, &dir, "bogus", |p| p["knobs"]["net"]["bogus"] = 1.into()), "unknown field `knobs.net.bogus`");
+    assert_refused(&run_edited_plan(t, &dir, "bogus-false", |p| p["knobs"]["net"]["bogus"] = false.into()), "unknown field `knobs.net.bogus`");
+    let names: Vec<String> =
+        fs::read_dir(t).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("out-")).collect();
+    assert!(names.is_empty(), "refused plans wrote {names:?}");
+}
+
+/// The system under test cannot take the tool down: a run that never answers (planted through
+/// the worker's test hook) is stopped after `--seed-timeout`, reported as SIM-NO-HANG with its
+/// replay command, and the sweep goes on with the other seeds.
+#[test]
+fn a_hung_seed_is_contained_to_its_seed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = Command::new(DRILL)
+        .current_dir(tmp.path())
+        .args(["sweep", "--seeds", "0..4", "--profile", "none", "--jobs", "2", "--seed-timeout", "2s", "--out", "sw"])
+        .env("DRILL_TEST_WORKER_FAULT", "hang:1")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(started.elapsed() < Duration::from_secs(60), "the sweep took {:?}", started.elapsed());
+    let s = read_json(&tmp.path().join("sw/summary.json"));
+    assert_eq!((s["counts"]["pass"].as_u64(), s["counts"]["violation"].as_u64()), (Some(3), Some(1)), "{s}");
+    let failing = &s["failing"][0];
+    assert_eq!((failing["seed"].as_u64(), failing["first_violation"]["invariant"].as_str()), (Some(1), Some("SIM-NO-HANG")));
+    assert!(failing["first_violation"]["message"].as_str().unwrap().contains("did not finish within 2s"), "{failing}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("drill run --seed 1 --scenario sync-basic --profile none"), "{}", text(&out));
+    assert!(!tmp.path().join("sw/.drill-work").exists());
+}
