@@ -25,7 +25,7 @@ use madsim::task::NodeId;
 use serde_json::json;
 
 use crate::drills::harness::Ctx;
-use crate::procs::lock;
+use crate::node::lock;
 use crate::sim_fs::SimFs;
 
 /// The backup node.

@@ -39,9 +39,9 @@ use madsim::task::NodeId;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::node::{lock, payload_for, record, ClientCtx, Command, Mailbox, NodeClock, SharedRef, SERVER_IP};
 use crate::plan::blobs::BlobFaultKind;
 use crate::plan::{Action, Plan};
-use crate::procs::{lock, payload_for, record, ClientCtx, Command, Mailbox, NodeClock, SharedRef, SERVER_IP};
 
 /// The object store's node.
 pub const BLOBSTORE_NODE: &str = "blobstore";
@@ -261,9 +261,9 @@ impl BlobDevice {
         let reference = reference(name, id);
         let detail = json!({"op": id, "action": "stage_blob", "blob": blob_id, "bytes": data.len()});
         record(&ctx.shared, name, "op.start", detail, Some(Fact::AppendStarted { node: name.into(), payload: reference.clone() }));
-        match client.append(crate::procs::BLOBS_AGGREGATE, "blob.staged", &reference) {
+        match client.append(crate::node::BLOBS_AGGREGATE, "blob.staged", &reference) {
             Ok((w, op_id)) => {
-                let fact = crate::procs::append_acked(name, client, w, &op_id);
+                let fact = crate::node::append_acked(name, client, w, &op_id);
                 record(&ctx.shared, name, "op.progress", json!({"op": id, "write_id": w, "op_id": op_id}), Some(fact));
             }
             Err(e) => {
@@ -579,7 +579,7 @@ impl BlobWorld {
 /// Hands the model a world-level blob fact, traced on its own line.
 fn procs_observe(shared: &SharedRef, fact: BlobFact) {
     let line = trace::emit("world", "blob.final_round", json!({}));
-    crate::procs::observe(shared, Fact::Blob(fact), line);
+    crate::node::observe(shared, Fact::Blob(fact), line);
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 //! epoch it holds delivered, unchanged, and every epoch's key held.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 
 use drill_model::group::{GroupFacts, SentPacket};
 use drill_model::store::StoreFact;
@@ -28,7 +29,18 @@ use drill_stack::keys::group::{GroupPacket, GroupSession, Received};
 use drill_stack::keys::KeyError;
 use serde_json::json;
 
-use crate::procs::{lock, observe, record, record_at, ClientCtx};
+use crate::node::{lock, observe, record, record_at, ClientCtx};
+
+/// The room of the device's tenant, one of its parts.
+pub fn room(ctx: &ClientCtx) -> &VaultRoom {
+    ctx.parts.get::<VaultRoom>()
+}
+
+/// The device's session with its room (group keys with epochs), in its process's memory, one
+/// of its parts.
+pub fn member(ctx: &ClientCtx) -> &Mutex<Member> {
+    ctx.parts.get::<Mutex<Member>>()
+}
 
 /// How many packets under unknown epochs a member holds before it drops them.
 pub const GROUP_BUFFER_MAX: usize = 3;
@@ -165,11 +177,11 @@ fn sha256_hex(b: &[u8]) -> String {
 /// waited for it), read the room's new packets, and, with `post`, send one.
 pub fn step(ctx: &ClientCtx, client: &mut Client, start: u64, post: bool) {
     let name = ctx.name.as_str();
-    let room = &ctx.room;
+    let room = room(ctx);
     let (keys, _) = client.keys_and_db();
     let Ring::Store(ks) = &mut keys.ring else { return };
     let mut rng = ctx.seeds.child(&format!("device/{name}/start-{start}/group-{}", trace::line_count())).stream("keys");
-    let mut m = lock(&ctx.group);
+    let mut m = lock(member(ctx));
     if m.session.is_none() {
         match GroupSession::load(ks, &room.group, GROUP_BUFFER_MAX) {
             Ok(s) => {
@@ -249,9 +261,9 @@ pub fn step(ctx: &ClientCtx, client: &mut Client, start: u64, post: bool) {
 /// converged, the model judges the member (INV-GROUP).
 pub fn audit(ctx: &ClientCtx, client: &mut Client, start: u64, converged: bool, skip_reconnect: bool) {
     step(ctx, client, start, false);
-    let dropped = lock(&ctx.group).inbox.dropped.len();
+    let dropped = lock(member(ctx)).inbox.dropped.len();
     if dropped > 0 && !skip_reconnect {
-        lock(&ctx.group).reset();
+        lock(member(ctx)).reset();
         record(&ctx.shared, &ctx.name, "store.group_reconnect", json!({"dropped": dropped}), None);
         step(ctx, client, start, false);
     }
@@ -259,16 +271,16 @@ pub fn audit(ctx: &ClientCtx, client: &mut Client, start: u64, converged: bool, 
         return;
     }
     let (sent, epochs) = {
-        let e = lock(&ctx.room.epochs);
+        let e = lock(&room(ctx).epochs);
         let sent = e.packets.iter().map(|p| SentPacket { id: p.id, epoch: p.packet.epoch, sha256: p.sha256.clone() }).collect();
         (sent, e.handed_out.iter().copied().collect())
     };
-    let m = lock(&ctx.group);
+    let m = lock(member(ctx));
     let Some(session) = m.session.as_ref() else { return };
     let held = (1..=session.current_epoch().unwrap_or(0)).filter(|e| session.key(*e).is_some()).collect();
     let facts = GroupFacts {
         node: ctx.name.clone(),
-        group: ctx.room.group.clone(),
+        group: room(ctx).group.clone(),
         sent,
         epochs,
         held,
@@ -280,4 +292,46 @@ pub fn audit(ctx: &ClientCtx, client: &mut Client, start: u64, converged: bool, 
     if let Some(line) = record_at(&ctx.shared, &ctx.name, "check.group", detail, None) {
         observe(&ctx.shared, Fact::Store(StoreFact::Group(facts)), line);
     }
+}
+
+/// A tenant's room (runbook 002): its authority creates the vault key once; every other member,
+/// and any member whose key store was lost, asks for a share, which a member holding the key
+/// seals for the asker's identity under the room's group key. The board carries those messages
+/// between the devices' processes.
+pub struct VaultRoom {
+    pub authority: String,
+    pub group: String,
+    pub epoch: u64,
+    /// The room's group key for `epoch`, handed to members when they pair.
+    pub group_key: Key,
+    pub board: Mutex<VaultBoard>,
+    /// The room's epochs (the first is `group_key`'s) and the packets it carried.
+    pub epochs: Mutex<RoomEpochs>,
+}
+
+/// Requests for the vault key (by identity) and the shares answering them.
+#[derive(Default)]
+pub struct VaultBoard {
+    pub requests: std::collections::BTreeSet<String>,
+    pub shares: BTreeMap<String, Vec<u8>>,
+}
+
+/// Every tenant's room: the first device of the tenant is its authority; the group key comes
+/// from the seed.
+pub fn rooms(plan: &crate::plan::Plan) -> BTreeMap<String, Arc<VaultRoom>> {
+    let seeds = SeedTree::new(plan.seed).child("rooms");
+    let mut out = BTreeMap::new();
+    for c in &plan.clients {
+        out.entry(c.tenant.clone()).or_insert_with(|| {
+            Arc::new(VaultRoom {
+                authority: c.name.clone(),
+                group: format!("room-{}", c.tenant),
+                epoch: 1,
+                group_key: Key::generate(&mut seeds.stream(&c.tenant)),
+                board: Mutex::new(VaultBoard::default()),
+                epochs: Mutex::new(RoomEpochs::new(Key::generate(&mut seeds.stream(&c.tenant)), seeds.child(&c.tenant))),
+            })
+        });
+    }
+    out
 }

@@ -43,9 +43,9 @@ use drill_stack::jobs::JobError;
 use madsim::task::NodeId;
 use serde_json::json;
 
+use crate::node::{lock, record, SharedRef};
 use crate::plan::jobs::{BackendOutcome, BackendPlan, JobOp, Source, BACKENDS};
 use crate::plan::Plan;
-use crate::procs::{lock, record, SharedRef};
 use crate::sim_fs::SimFs;
 
 /// The jobs node.

@@ -4,83 +4,37 @@
 //! recovers from whatever its disk kept. Devices take commands (the user's operations) from a
 //! mailbox the world fills; what they do is recorded as trace lines and as facts for the model.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Poll, Waker};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use drill_model::facts::digest;
-use drill_model::store::{PlainEvent, ProjectionFacts, ProjectionRead, ReadOnlyFacts, SnapshotFacts, SnapshotPair, StoreFact, TenantFacts, WriteAttempt};
-use drill_model::{Checker, ClientSnapshot, EventFact, Fact, OutboxFact, ServerSnapshot};
-use drill_sim::disk::DiskSim;
+use drill_model::store::{ReadOnlyFacts, SnapshotFacts, SnapshotPair, StoreFact, WriteAttempt};
+use drill_model::{EventFact, Fact, ServerSnapshot};
 use drill_sim::rng::SeedTree;
 use drill_sim::trace;
 use drill_stack::client::{Client, DeviceKeys, ExportedState, Ring};
-use drill_stack::clock::Clock;
 use drill_stack::crypto::Key;
-use drill_stack::envelope;
 use drill_stack::keys::{KdfParams, KeyError, KeyStore};
 use drill_stack::projections::resilience::Mode;
 use drill_stack::proto::SERVER_PORT;
 use drill_stack::rpc::RpcClient;
 use drill_stack::server::Server;
-use drill_stack::store::EventRow;
 use serde_json::{json, Value};
 
+use crate::facts::{client_snapshot, client_snapshot_after, observe_store, store_facts};
+use crate::group_world::{member, room};
+use crate::node::{
+    append_acked, event_fact, lock, next_command, observe, payload_for, record, record_at, ClientCtx, Command, NodeClock, SharedRef, TenantKeys,
+    BLOBS_AGGREGATE, DEVICE_DB, KEYS_DB, RPC_TIMEOUT_MS, SERVER_DB, SERVER_IP,
+};
 use crate::plan::Action;
-use crate::transport::{FaultyTransport, TransportState};
+use crate::store_ops::DeviceOps;
+use crate::transport::FaultyTransport;
 
-/// The device database's file name.
-pub const DEVICE_DB: &str = "device.db";
-/// The device key store's file name, beside the database.
-pub const KEYS_DB: &str = "keys.db";
-/// The server database's file name.
-pub const SERVER_DB: &str = "server.db";
-/// How long a device waits for an answer from the server.
-pub const RPC_TIMEOUT_MS: u64 = 1_000;
 /// How often a process retries opening its database, at most, before its node is healed.
 const OPEN_ATTEMPTS_MAX: u32 = 1_000;
-
-pub const SERVER_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
-
-/// The simulated address of device `i` (0-based).
-pub fn client_ip(i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 0, 1, (i + 1) as u8))
-}
-
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// What the whole world shares: the model.
-#[derive(Default)]
-pub struct Shared {
-    pub checker: Checker,
-    /// What happened to the run that the world did not inject itself but counts with its
-    /// faults (the server's refusals of tokens its clock or its restart made stale).
-    pub counts: BTreeMap<String, u64>,
-}
-
-pub type SharedRef = Arc<Mutex<Shared>>;
-
-/// Records one trace line and, when given, hands a fact to the model. A node whose power is cut
-/// says nothing more: lines and facts from its dying task are dropped.
-pub fn record(shared: &SharedRef, node: &str, kind: &str, detail: Value, fact: Option<Fact>) {
-    record_at(shared, node, kind, detail, fact);
-}
-
-/// [`record`], returning the trace line (none when the node's power is cut).
-pub fn record_at(shared: &SharedRef, node: &str, kind: &str, detail: Value, fact: Option<Fact>) -> Option<u64> {
-    if madsim::runtime::Handle::try_current().is_ok() && DiskSim::current().is_known_and_down(madsim::plugin::node()) {
-        return None;
-    }
-    let line = trace::emit(node, kind, detail);
-    if let Some(f) = fact {
-        observe(shared, f, line);
-    }
-    Some(line)
-}
 
 /// Checks a device's stored state against the model right after a sync attempt (recorded at
 /// `line`) that started from cursor `since`: invariants are checked continuously, not only at
@@ -101,187 +55,6 @@ fn check_now(ctx: &ClientCtx, client: &Client, line: Option<u64>, since: u64) {
         observe(&ctx.shared, fact, line);
     }
 }
-
-/// Hands a fact recorded at `line` to the model and traces any violation it finds.
-pub fn observe(shared: &SharedRef, fact: Fact, line: u64) {
-    let new = {
-        let mut s = lock(shared);
-        let before = s.checker.violations().len();
-        s.checker.observe(fact, line);
-        s.checker.violations()[before..].to_vec()
-    };
-    for v in new {
-        trace::emit(&v.node, "check.violation", json!({"invariant": v.invariant, "line": v.trace_line, "message": v.message}));
-    }
-}
-
-/// The node clock, read through the simulator.
-#[derive(Clone, Copy)]
-pub struct NodeClock(pub madsim::task::NodeId);
-
-impl Clock for NodeClock {
-    fn now_unix_ms(&self) -> i64 {
-        drill_sim::clock::node_unix_ms(self.0)
-    }
-}
-
-/// A user command for a device.
-#[derive(Debug, Clone)]
-pub enum Command {
-    Op {
-        id: u64,
-        action: Action,
-    },
-    Snapshot,
-    /// Switch the device to READ_ONLY, or back to NORMAL (an operator's action).
-    SetReadOnly(bool),
-    /// The operator restores the device's key backup and replays its projections (runbook 000).
-    RestoreKeys,
-    /// The operator answers the key error the device reported when it opened (a lost key store,
-    /// a forgotten passphrase); a device working normally has nothing to repair.
-    RepairKeys,
-    /// A store-work step of the plan (a buggy projection write, a schema upgrade).
-    Store(crate::store_ops::Cmd),
-    /// The end-of-run audit of the device's store: projections, tenants, a snapshot restore
-    /// against a full replay; the answer is the key material the device holds, for the scan.
-    Audit {
-        converged: bool,
-    },
-}
-
-/// A device's inbox, filled by the world and drained by the device's process.
-#[derive(Default)]
-pub struct Mailbox {
-    pub queue: VecDeque<Command>,
-    waker: Option<Waker>,
-    pub busy: bool,
-    pub snapshot: Option<Result<ClientSnapshot, String>>,
-    pub audit: Option<Vec<drill_model::secrets::Secret>>,
-}
-
-impl Mailbox {
-    pub fn push(&mut self, c: Command) {
-        self.queue.push_back(c);
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
-    }
-
-    pub fn idle(&self) -> bool {
-        self.queue.is_empty() && !self.busy
-    }
-
-    /// Forgets queued commands (the device died) and returns how many there were.
-    pub fn clear(&mut self) -> usize {
-        let n = self.queue.len();
-        self.queue.clear();
-        self.busy = false;
-        n
-    }
-}
-
-async fn next_command(mb: &Mutex<Mailbox>) -> Command {
-    std::future::poll_fn(|cx| {
-        let mut m = lock(mb);
-        match m.queue.pop_front() {
-            Some(c) => {
-                m.busy = true;
-                Poll::Ready(c)
-            }
-            None => {
-                m.busy = false;
-                m.waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    })
-    .await
-}
-
-/// What a device's process needs.
-pub struct ClientCtx {
-    pub name: String,
-    pub tenant: String,
-    /// The tenant's aggregate keys, as pairing hands them to every device of the tenant; the
-    /// world keeps them too, to open what devices store for the model.
-    pub tenant_keys: Arc<TenantKeys>,
-    /// The passphrase of the device's key store.
-    pub passphrase: String,
-    /// Where the device's key and nonce streams come from.
-    pub seeds: SeedTree,
-    /// How many times the device's process started: every start draws fresh streams, so a
-    /// nonce is never drawn twice.
-    pub starts: Mutex<u64>,
-    /// Aggregate keys the device does not get when it pairs (a fresh device whose keys were
-    /// not all restored), until the operator restores its key backup.
-    pub withheld: Mutex<std::collections::BTreeSet<String>>,
-    /// The device's key backup, kept off the device by its operator: taken when its key store
-    /// was first created.
-    pub backup: Mutex<Option<Vec<u8>>>,
-    /// The tenant's room: who may create the vault key, and where members ask peers for it.
-    pub room: Arc<VaultRoom>,
-    /// The id of the key store the device last ran with: another one at boot means the key
-    /// store was lost and the device paired again.
-    pub key_store_id: Mutex<Option<String>>,
-    /// The events the device held when it found its key store lost, until its recovery
-    /// (pairing again, or the operator's key backup restore and replay) is checked.
-    pub recovery_base: Mutex<Option<Vec<EventFact>>>,
-    /// Whether the operator restored the device's key backup.
-    pub backup_restored: std::sync::atomic::AtomicBool,
-    /// The device's key faults and the operator's answers, across its processes.
-    pub key_faults: Mutex<KeyFaults>,
-    pub protocol_version: u32,
-    pub transport: Arc<Mutex<TransportState>>,
-    pub mailbox: Arc<Mutex<Mailbox>>,
-    /// The device's share of the store work (sagas, artifacts, migration, bundle).
-    pub ops: Arc<crate::store_ops::DeviceOps>,
-    /// The key pairing gave the device, to prove itself when it asks for a token.
-    pub pairing: Key,
-    /// The device's session with its room (group keys with epochs), in its process's memory.
-    pub group: Mutex<crate::group_world::Member>,
-    /// A planted operator mistake (tests): a member that dropped packets is never reconnected.
-    pub skip_group_reconnect: bool,
-    pub shared: SharedRef,
-}
-
-/// What the world and the operator know of a device's key faults (see
-/// [`crate::store_world`]), across the device's processes.
-#[derive(Debug, Default)]
-pub struct KeyFaults {
-    /// The operator has the key backup at hand for a lost key store and restores it; otherwise
-    /// the store is declared lost and replaced.
-    pub restore_now: bool,
-    /// The user forgot the passphrase: the device's unlock is given something else.
-    pub passphrase_forgotten: bool,
-    /// How many times the passphrase was declared lost (each time with a new one).
-    pub passphrase_changes: u32,
-    /// Aggregates whose keys the world took from the device for good: no backup holds them and
-    /// pairing does not give them back.
-    pub unrecoverable: std::collections::BTreeSet<String>,
-    /// What the operator did, in order, for the recovery check's name.
-    pub repairs: Vec<&'static str>,
-    /// The operator's backup of the key store the database is bound to now, by store id: what
-    /// restores a lost store so that it binds again. (`ClientCtx::backup`, the first one, is
-    /// the one whose aggregate keys are imported at the heal.)
-    pub store_backup: Option<(String, Vec<u8>)>,
-}
-
-/// The bytes a device's user writes for operation `op`: unique per operation, so the model can
-/// tell every write apart.
-pub fn payload_for(node: &str, op: u64, bytes: u32) -> Vec<u8> {
-    let mut p = format!("{node}/op-{op}/").into_bytes();
-    let mut x = op.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    while p.len() < bytes as usize {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        p.push(b'a' + (x % 26) as u8);
-    }
-    p
-}
-
-/// Aggregate keys by aggregate, of one tenant.
-pub type TenantKeys = BTreeMap<String, Key>;
 
 /// What no disk image may hold: every plaintext the plan's workload writes (payloads and blob
 /// references) and every tenant's aggregate keys.
@@ -306,9 +79,6 @@ pub fn workload_secrets(plan: &crate::plan::Plan, keys: &BTreeMap<String, Arc<Te
     out
 }
 
-/// The aggregate the devices' blob references are written to.
-pub const BLOBS_AGGREGATE: &str = "blobs";
-
 /// Every tenant's aggregate keys, drawn from the seed: one key per aggregate the plan writes to
 /// (and the blob references' aggregate), handed to each device of the tenant when it pairs.
 pub fn provision(plan: &crate::plan::Plan) -> BTreeMap<String, Arc<TenantKeys>> {
@@ -328,122 +98,6 @@ pub fn provision(plan: &crate::plan::Plan) -> BTreeMap<String, Arc<TenantKeys>> 
             (t.to_string(), Arc::new(keys))
         })
         .collect()
-}
-
-/// The plaintext of a stored payload, opened with the keys the world handed out; a payload that
-/// does not open (tampered, corrupt) is given to the model as stored, so it matches no write.
-fn opened(keys: &TenantKeys, tenant: &str, aggregate: &str, kind: &str, stored: &[u8]) -> Vec<u8> {
-    envelope::open(keys, tenant, aggregate, kind, stored).unwrap_or_else(|_| stored.to_vec())
-}
-
-/// A stored event as the model sees it: its payload opened with `keys` (as stored when it does
-/// not open: tampered or corrupt, it then matches no write).
-pub(crate) fn event_fact(e: &EventRow, keys: &TenantKeys) -> EventFact {
-    EventFact {
-        seq: e.seq,
-        op_id: e.op_id.clone(),
-        tenant: e.tenant.clone(),
-        kind: e.kind.clone(),
-        replica: e.replica.clone(),
-        write_id: e.write_id,
-        payload: opened(keys, &e.tenant, &e.aggregate, &e.kind, &e.payload),
-        stored: e.payload.clone(),
-        prev_hash: e.prev_hash.clone(),
-        hash: e.hash.clone(),
-    }
-}
-
-fn client_snapshot(ctx: &ClientCtx, c: &Client) -> Result<ClientSnapshot, String> {
-    client_snapshot_after(ctx, c, None)
-}
-
-/// [`client_snapshot`] holding only the events after `after` (every event with none).
-fn client_snapshot_after(ctx: &ClientCtx, c: &Client, after: Option<u64>) -> Result<ClientSnapshot, String> {
-    let outbox = c.outbox().map_err(|e| e.to_string())?;
-    let events = match after {
-        None => c.events(),
-        Some(seq) => drill_stack::store::events_since(c.db(), seq),
-    }
-    .map_err(|e| e.to_string())?;
-    let keys = &*ctx.tenant_keys;
-    Ok(ClientSnapshot {
-        node: ctx.name.clone(),
-        replica: c.replica().into(),
-        tenant: c.tenant().into(),
-        outbox: outbox
-            .into_iter()
-            .map(|w| OutboxFact {
-                write_id: w.write_id,
-                op_id: w.op_id.unwrap_or_default(),
-                payload: opened(keys, c.tenant(), &w.aggregate, &w.kind, &w.payload),
-                stored_sha256: drill_model::facts::sha256_hex(&w.payload),
-            })
-            .collect(),
-        events: events.iter().map(|e| event_fact(e, keys)).collect(),
-        anchor: c.anchor().map_err(|e| e.to_string())?,
-    })
-}
-
-/// What a device's projections and tenants are, read back for the model: its events opened
-/// with the keys it holds, its projections' rows, cursors and skipped aggregates, and the
-/// tenants its events and projection tables name.
-pub(crate) fn store_facts(ctx: &ClientCtx, c: &Client) -> Result<Vec<StoreFact>, String> {
-    let s = |e: drill_stack::StoreError| e.to_string();
-    let events = c.events().map_err(s)?;
-    let plain = opened_events(c, &events);
-    let keys_present = c.keys().ring.aggregates().map_err(|e| e.to_string())?.into_iter().collect();
-    let incomplete = c.incomplete().map_err(s)?;
-    let mut projections = Vec::new();
-    for name in c.engine().names() {
-        projections.push(ProjectionRead {
-            name: name.to_string(),
-            rows: c.projection_rows(name).map_err(s)?,
-            incomplete: incomplete.iter().filter(|i| i.projection == name).map(|i| i.aggregate.clone()).collect(),
-            cursor: Some(c.projection_cursor(name).map_err(s)?),
-        });
-    }
-    let mut projection_tenants = Vec::new();
-    for table in ["proj_aggregate_state", "proj_tenant_counters", "proj_cursor"] {
-        let mut st = c.db().prepare(&format!("SELECT DISTINCT tenant FROM {table} ORDER BY tenant")).map_err(|e| e.to_string())?;
-        let tenants = st.query_map([], |r| r.get::<_, String>(0)).map_err(|e| e.to_string())?;
-        for t in tenants {
-            projection_tenants.push((table.to_string(), t.map_err(|e| e.to_string())?));
-        }
-    }
-    let tenant = TenantFacts {
-        node: ctx.name.clone(),
-        tenant: ctx.tenant.clone(),
-        events: events.iter().map(|e| (e.seq, e.tenant.clone())).collect(),
-        projection_tenants,
-        seen: Vec::new(),
-    };
-    let projection =
-        ProjectionFacts { node: ctx.name.clone(), tenant: ctx.tenant.clone(), events: plain, keys_present, rebuilt: false, until_ts_ms: None, projections };
-    Ok(vec![StoreFact::Projection(projection), StoreFact::Tenant(tenant)])
-}
-
-/// A device's events as the model takes them: each opened with the keys the device holds (no
-/// payload when it does not open).
-pub(crate) fn opened_events(c: &Client, events: &[EventRow]) -> Vec<PlainEvent> {
-    events
-        .iter()
-        .map(|e| PlainEvent {
-            seq: e.seq,
-            tenant: e.tenant.clone(),
-            aggregate: e.aggregate.clone(),
-            kind: e.kind.clone(),
-            ts_ms: envelope::parse(&e.payload).map(|(ts, _, _)| ts).unwrap_or(i64::MIN),
-            payload: c.open_payload(e).ok(),
-        })
-        .collect()
-}
-
-/// Hands store facts to the model at a `check.store` line.
-pub(crate) fn observe_store(ctx: &ClientCtx, what: &str, facts: Vec<StoreFact>) {
-    let Some(line) = record_at(&ctx.shared, &ctx.name, "check.store", json!({"what": what}), None) else { return };
-    for f in facts {
-        observe(&ctx.shared, Fact::Store(f), line);
-    }
 }
 
 /// The end-of-run audit: projections and tenants; when the device converged (it holds the
@@ -476,9 +130,9 @@ fn audit(ctx: &ClientCtx, c: &mut Client, converged: bool) -> Vec<drill_model::s
             secrets.extend(drill_model::secrets::Secret::key(format!("vault key of {}", ctx.name), k.as_bytes()));
         }
     }
-    secrets.extend(drill_model::secrets::Secret::key(format!("group key of {}", ctx.room.group), ctx.room.group_key.as_bytes()));
-    for (epoch, k) in lock(&ctx.room.epochs).keys() {
-        secrets.extend(drill_model::secrets::Secret::key(format!("group key of {} epoch {epoch}", ctx.room.group), k.as_bytes()));
+    secrets.extend(drill_model::secrets::Secret::key(format!("group key of {}", room(ctx).group), room(ctx).group_key.as_bytes()));
+    for (epoch, k) in lock(&room(ctx).epochs).keys() {
+        secrets.extend(drill_model::secrets::Secret::key(format!("group key of {} epoch {epoch}", room(ctx).group), k.as_bytes()));
     }
     secrets
 }
@@ -512,54 +166,6 @@ fn snapshot_pairs(c: &mut Client) -> Result<Vec<SnapshotPair>, drill_stack::Stor
     Ok(pairs)
 }
 
-/// The fact that an append committed as `write_id` with `op_id`, with its stored form's hash.
-pub fn append_acked(node: &str, client: &Client, write_id: u64, op_id: &str) -> Fact {
-    let stored = client.pending_write(op_id).ok().flatten().map(|w| drill_model::facts::sha256_hex(&w.payload)).unwrap_or_default();
-    Fact::AppendAcked { node: node.into(), write_id, op_id: op_id.into(), stored_sha256: stored }
-}
-
-/// A tenant's room (runbook 002): its authority creates the vault key once; every other member,
-/// and any member whose key store was lost, asks for a share, which a member holding the key
-/// seals for the asker's identity under the room's group key. The board carries those messages
-/// between the devices' processes.
-pub struct VaultRoom {
-    pub authority: String,
-    pub group: String,
-    pub epoch: u64,
-    /// The room's group key for `epoch`, handed to members when they pair.
-    pub group_key: Key,
-    pub board: Mutex<VaultBoard>,
-    /// The room's epochs (the first is `group_key`'s) and the packets it carried.
-    pub epochs: Mutex<crate::group_world::RoomEpochs>,
-}
-
-/// Requests for the vault key (by identity) and the shares answering them.
-#[derive(Default)]
-pub struct VaultBoard {
-    pub requests: std::collections::BTreeSet<String>,
-    pub shares: BTreeMap<String, Vec<u8>>,
-}
-
-/// Every tenant's room: the first device of the tenant is its authority; the group key comes
-/// from the seed.
-pub fn rooms(plan: &crate::plan::Plan) -> BTreeMap<String, Arc<VaultRoom>> {
-    let seeds = SeedTree::new(plan.seed).child("rooms");
-    let mut out = BTreeMap::new();
-    for c in &plan.clients {
-        out.entry(c.tenant.clone()).or_insert_with(|| {
-            Arc::new(VaultRoom {
-                authority: c.name.clone(),
-                group: format!("room-{}", c.tenant),
-                epoch: 1,
-                group_key: Key::generate(&mut seeds.stream(&c.tenant)),
-                board: Mutex::new(VaultBoard::default()),
-                epochs: Mutex::new(crate::group_world::RoomEpochs::new(Key::generate(&mut seeds.stream(&c.tenant)), seeds.child(&c.tenant))),
-            })
-        });
-    }
-    out
-}
-
 /// Hands the model what `node`'s vault holds (the fingerprint of its key, or none): a read, or
 /// with `recovered` an explicit recovery of that key (INV-NO-REGEN).
 pub fn observe_vault(shared: &SharedRef, node: &str, fingerprint: Option<String>, recovered: bool) {
@@ -580,7 +186,7 @@ pub fn observe_vault(shared: &SharedRef, node: &str, fingerprint: Option<String>
 fn vault_step(ctx: &ClientCtx, client: &mut Client, start: u64, observe_read: bool) {
     use drill_stack::keys::vault::{Role, VaultShare};
     let name = ctx.name.as_str();
-    let room = &ctx.room;
+    let room = room(ctx);
     let mut rng = ctx.seeds.child(&format!("device/{name}/start-{start}/vault-{}", trace::line_count())).stream("keys");
     let (keys, db) = client.keys_and_db();
     let Ring::Store(ks) = &mut keys.ring else { return };
@@ -807,7 +413,7 @@ async fn refuse_until_repaired(ctx: &ClientCtx, start: u64, e: KeyError) {
     let name = ctx.name.as_str();
     let code = e.code();
     if matches!(e, KeyError::HalfRestore(_)) {
-        ctx.ops.count("keys.half_restore");
+        ctx.parts.get::<DeviceOps>().count("keys.half_restore");
     }
     record(&ctx.shared, name, "node.keys_refused", json!({"code": code, "message": e.to_string()}), None);
     recovery_base_from_disk(ctx);
@@ -930,7 +536,7 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
         *s += 1;
         *s
     };
-    lock(&ctx.group).reset();
+    lock(member(&ctx)).reset();
     let attempt = std::cell::Cell::new(0u32);
     let mut client = loop {
         let opened = open_with_retry(&ctx.shared, name, || {

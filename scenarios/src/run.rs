@@ -21,9 +21,10 @@ use madsim::time::Instant;
 use serde_json::json;
 
 use crate::api::{Outcome, RunError, RunReport, Violation};
+use crate::node::{client_ip, lock, record, ClientCtx, Command, Mailbox, Shared, SharedRef, SERVER_IP};
 use crate::plan::transport::TransportFaultKind;
 use crate::plan::{Action, Plan};
-use crate::procs::{self, client_ip, lock, record, ClientCtx, Command, Mailbox, ServerCtx, Shared, SharedRef, SERVER_IP};
+use crate::procs::{self, ServerCtx};
 use crate::transport::TransportState;
 
 /// The trace format version, named in every trace's first line.
@@ -154,7 +155,7 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
     let slot = Arc::new(Mutex::new(None));
     let options = drill_stack::server::ServerOptions { retention_events: plan.server_retention, ..Default::default() };
     let tenant_keys = Arc::new(procs::provision(&plan));
-    let rooms = procs::rooms(&plan);
+    let rooms = crate::group_world::rooms(&plan);
     let tokens = Arc::new(crate::tokens::Tokens::new(plan.seed));
     let sctx = Arc::new(ServerCtx { options, tenant_keys: tenant_keys.clone(), slot: slot.clone(), tokens: tokens.clone(), shared: shared.clone() });
     let server = handle.create_node().name("server").ip(SERVER_IP).init(move || procs::server_main(sctx.clone())).build();
@@ -186,18 +187,19 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
             starts: Mutex::new(0),
             withheld: Mutex::new(std::collections::BTreeSet::new()),
             backup: Mutex::new(None),
-            room: rooms[&spec.tenant].clone(),
             key_store_id: Mutex::new(None),
             recovery_base: Mutex::new(None),
             backup_restored: std::sync::atomic::AtomicBool::new(false),
-            key_faults: Mutex::new(procs::KeyFaults::default()),
+            key_faults: Mutex::new(crate::node::KeyFaults::default()),
             protocol_version: spec.protocol_version,
             transport: transport.clone(),
             mailbox: mailbox.clone(),
-            ops: ops.device(&spec.name),
             pairing: tokens.pairing(&spec.tenant, &spec.name),
-            group: Mutex::new(crate::group_world::Member::default()),
             skip_group_reconnect: plan.store.as_ref().is_some_and(|s| s.skip_group_reconnect),
+            parts: crate::node::Parts::default()
+                .with(ops.device(&spec.name))
+                .with(rooms[&spec.tenant].clone())
+                .with(Arc::new(Mutex::new(crate::group_world::Member::default()))),
             shared: shared.clone(),
         });
         transports.insert(spec.name.clone(), transport);
@@ -253,7 +255,7 @@ struct World<'a> {
     plan: &'a Plan,
     shared: SharedRef,
     tokens: Arc<crate::tokens::Tokens>,
-    tenant_keys: Arc<BTreeMap<String, Arc<procs::TenantKeys>>>,
+    tenant_keys: Arc<BTreeMap<String, Arc<crate::node::TenantKeys>>>,
     devices: BTreeMap<String, Arc<ClientCtx>>,
     nodes: Nodes,
     mailboxes: BTreeMap<String, Arc<Mutex<Mailbox>>>,
@@ -358,7 +360,7 @@ impl World<'_> {
 
     fn crashed(&mut self, name: &str) {
         let line = trace::line_count();
-        procs::observe(&self.shared, Fact::Crashed { node: name.into() }, line);
+        crate::node::observe(&self.shared, Fact::Crashed { node: name.into() }, line);
         if let Some(mb) = self.mailboxes.get(name) {
             let dropped = lock(mb).clear();
             if dropped > 0 {
@@ -433,7 +435,7 @@ impl World<'_> {
                     return;
                 }
                 self.crashed(&node);
-                let lost = drill_sim::disk::DiskSim::current().lose_files(self.nodes.id(&node), procs::KEYS_DB);
+                let lost = drill_sim::disk::DiskSim::current().lose_files(self.nodes.id(&node), crate::node::KEYS_DB);
                 let kind = if withheld.is_empty() { "keys.store_lost" } else { "keys.aggregate_keys_lost" };
                 *self.nodes.counts.entry(kind.into()).or_default() += 1;
                 trace::emit(&node, "fault.key_store_lost", json!({"files": lost, "down_ms": down_ms, "withheld": withheld}));
@@ -460,7 +462,7 @@ impl World<'_> {
                 self.back_for_repair(node, down_ms);
             }
             StoreStep::GroupRekey { tenant, withhold_ms } => {
-                let Some(room) = self.devices.values().find(|d| d.tenant == tenant).map(|d| d.room.clone()) else { return };
+                let Some(room) = self.devices.values().find(|d| d.tenant == tenant).map(|d| d.parts.arc::<crate::group_world::VaultRoom>()) else { return };
                 let epoch = lock(&room.epochs).rekey();
                 *self.nodes.counts.entry("keys.group_rekey".into()).or_default() += 1;
                 trace::emit("world", "fault.group_rekey", json!({"group": room.group, "epoch": epoch, "withhold_ms": withhold_ms}));
@@ -468,7 +470,7 @@ impl World<'_> {
                 self.at(t, Step::Store(crate::store_world::StoreStep::HandOutGroupKey { tenant, epoch }));
             }
             StoreStep::HandOutGroupKey { tenant, epoch } => {
-                let Some(room) = self.devices.values().find(|d| d.tenant == tenant).map(|d| d.room.clone()) else { return };
+                let Some(room) = self.devices.values().find(|d| d.tenant == tenant).map(|d| d.parts.arc::<crate::group_world::VaultRoom>()) else { return };
                 lock(&room.epochs).hand_out(epoch);
                 trace::emit("world", "store.group_key_handed_out", json!({"group": room.group, "epoch": epoch}));
             }
@@ -534,7 +536,7 @@ impl World<'_> {
         self.timeline.clear();
         self.ops.heal();
         for d in self.devices.values() {
-            lock(&d.room.epochs).hand_out_all();
+            lock(&crate::group_world::room(d).epochs).hand_out_all();
         }
         self.nodes.heal_all();
         if let Some(b) = self.blobs.as_mut() {
@@ -632,7 +634,7 @@ impl World<'_> {
 
     async fn snapshots(&mut self, deadline: Instant) -> Result<(ServerSnapshot, Vec<ClientSnapshot>), String> {
         // A device busy with its last sync attempt still gets to answer.
-        let deadline = deadline.max(clock::now() + Duration::from_millis(3 * procs::RPC_TIMEOUT_MS));
+        let deadline = deadline.max(clock::now() + Duration::from_millis(3 * crate::node::RPC_TIMEOUT_MS));
         // Devices first, the server last: every push a device saw acknowledged before its
         // snapshot was committed on the server before the server's snapshot.
         let mut clients = Vec::new();
@@ -699,7 +701,7 @@ impl World<'_> {
         for n in nodes {
             let images = disks.images(self.nodes.id(&n));
             let fact = drill_model::store::StoreFact::Scan { node: n.clone(), images, secrets: secrets.clone() };
-            procs::observe(&self.shared, Fact::Store(fact), line);
+            crate::node::observe(&self.shared, Fact::Store(fact), line);
         }
         self.ops.judge(converged, &secrets, line).await;
     }

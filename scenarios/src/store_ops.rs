@@ -65,9 +65,10 @@ use madsim::task::NodeId;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::facts::{observe_store, opened_events, store_facts};
+use crate::node::{lock, observe, record, ClientCtx, Command, Mailbox, NodeClock, SharedRef, StoreCmd as Cmd, DEVICE_DB};
 use crate::plan::store_ops::{Bug, OpsPlan, SagaPoint};
 use crate::plan::Plan;
-use crate::procs::{self, lock, record, ClientCtx, Mailbox, NodeClock, SharedRef, DEVICE_DB};
 use crate::sim_fs::SimFs;
 
 /// The effects node: the external service the sagas' effects go to.
@@ -141,13 +142,6 @@ pub fn steps(ops: &OpsPlan) -> Vec<(u64, Step)> {
         out.push((p.at_ms, Step::PartitionEffects { ms: p.ms }));
     }
     out
-}
-
-/// A command the world hands a device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cmd {
-    CorruptProjection { projection: String, nth: u32 },
-    Upgrade { cut_after_ops: Option<u32> },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -248,7 +242,7 @@ impl OpsWorld {
             trace::emit(&node, "op.skipped", json!({"reason": "device is down", "store_step": format!("{step:?}")}));
             return;
         }
-        let push = |c: Cmd| lock(&mailboxes[&node]).push(procs::Command::Store(c));
+        let push = |c: Cmd| lock(&mailboxes[&node]).push(Command::Store(c));
         match step {
             Step::ArmSagaCrash { point, .. } => {
                 lock(&self.devices[&node].state).saga_crash = Some(point);
@@ -304,7 +298,7 @@ impl OpsWorld {
             if let Some(bundle) = lock(&d.state).bundle.take() {
                 let images = vec![(format!("{name}:diagnostics.json"), bundle)];
                 let fact = StoreFact::Scan { node: name.clone(), images, secrets: secrets.to_vec() };
-                procs::observe(&self.shared, Fact::Store(fact), line);
+                observe(&self.shared, Fact::Store(fact), line);
             }
         }
         let (applied, log) = match self.receiver_record().await {
@@ -326,7 +320,7 @@ impl OpsWorld {
             }
         }
         let line = trace::emit(EFFECTS_NODE, "check.effects", json!({"applied": facts.applied.len(), "deliveries": facts.log.len(), "settled": facts.settled}));
-        procs::observe(&self.shared, Fact::Store(StoreFact::Effects(facts)), line);
+        observe(&self.shared, Fact::Store(StoreFact::Effects(facts)), line);
     }
 
     async fn receiver_record(&self) -> Result<(Vec<String>, Vec<DeliveryFact>), String> {
@@ -486,7 +480,7 @@ impl Device {
         let node = madsim::plugin::node();
         let nonces = ctx.seeds.child(&format!("device/{}/start-{start}/store-ops", ctx.name)).stream("artifact-nonces");
         let mut d = Device {
-            ops: ctx.ops.clone(),
+            ops: ctx.parts.arc::<DeviceOps>(),
             node,
             fs: SimFs::current(),
             effects: None,
@@ -814,7 +808,7 @@ impl Device {
         let version = migrate::version(client.db()).ok();
         let in_progress = migrate::pending(client.db()).map(|p| p.is_some()).unwrap_or(true);
         facts.push(StoreFact::Migration(MigrationFacts { node: name.into(), upgraded, target: migrate::CURRENT, version, in_progress }));
-        procs::observe_store(ctx, "store_ops", facts);
+        observe_store(ctx, "store_ops", facts);
         let bundle = self.bundle(ctx, client);
         lock(&self.ops.state).bundle = bundle;
     }
@@ -822,7 +816,7 @@ impl Device {
     fn artifact_facts(&self, ctx: &ClientCtx, client: &Client) -> Option<ArtifactFacts> {
         let key = artifact_key(client)?;
         let events = client.events().ok()?;
-        let plain = crate::procs::opened_events(client, &events);
+        let plain = opened_events(client, &events);
         let keys_present: BTreeSet<String> = client.keys().ring.aggregates().ok()?.into_iter().collect();
         let incomplete = client.incomplete().ok()?.into_iter().filter(|i| i.projection == artifacts::SOURCE).map(|i| i.aggregate).collect();
         let loaded = artifacts::load(&self.fs, &key, &ctx.tenant)
@@ -877,14 +871,14 @@ impl Device {
 
 /// Hands the model the device's projections right after a full rebuild of its tenant.
 fn check_rebuilt(ctx: &ClientCtx, client: &Client) {
-    match procs::store_facts(ctx, client) {
+    match store_facts(ctx, client) {
         Ok(mut facts) => {
             for f in &mut facts {
                 if let StoreFact::Projection(p) = f {
                     p.rebuilt = true;
                 }
             }
-            procs::observe_store(ctx, "projection_repaired", facts);
+            observe_store(ctx, "projection_repaired", facts);
         }
         Err(e) => record(&ctx.shared, &ctx.name, "check.store_unreadable", json!({"message": e}), None),
     }

@@ -14,7 +14,7 @@ use drill_sim::rng::SeedTree;
 use drill_stack::crypto::Key;
 use drill_stack::keys::token::{self, TokenAuth, TokenIssuer};
 
-use crate::procs::{lock, NodeClock};
+use crate::node::{lock, NodeClock};
 
 /// How long a token lives, in milliseconds of the issuing server's clock: longer than a run
 /// without faults, shorter than the largest clock jumps of the swarm profile.

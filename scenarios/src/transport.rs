@@ -10,14 +10,13 @@
 //! attempt must have raised. A fault is only injected where it is a real regression against
 //! that baseline, so the expectation is exact.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use drill_stack::client::ExportedState;
 use drill_stack::proto::{Request, Response};
 use drill_stack::rpc::TransportFilter;
 
 use crate::plan::transport::TransportFaultKind;
-use crate::procs::lock;
 
 /// A device's transport: the armed fault, the attempt's baseline, and what was injected.
 #[derive(Default)]
@@ -60,9 +59,16 @@ pub struct FaultyTransport(pub Arc<Mutex<TransportState>>);
 /// Requests kept for replays.
 const SENT_KEPT_MAX: usize = 8;
 
+impl FaultyTransport {
+    /// The device's transport state (a panicked holder does not poison it: the world reads on).
+    fn state(&self) -> MutexGuard<'_, TransportState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 impl TransportFilter for FaultyTransport {
     fn extra_sends(&mut self, id: u64, req: &Request) -> Vec<(u64, Request)> {
-        let mut s = lock(&self.0);
+        let mut s = self.state();
         let extra = match s.mode {
             Some(TransportFaultKind::DuplicateRequests) => vec![(id, req.clone())],
             Some(TransportFaultKind::ReplayRequests) => s.sent.first().cloned().into_iter().collect(),
@@ -76,7 +82,7 @@ impl TransportFilter for FaultyTransport {
     }
 
     fn token(&mut self, req: &Request, token: Option<String>) -> Option<String> {
-        let mut s = lock(&self.0);
+        let mut s = self.state();
         if s.mode != Some(TransportFaultKind::TokenStripped) || !matches!(req, Request::Push { .. } | Request::Pull { .. }) || token.is_none() {
             return token;
         }
@@ -86,7 +92,7 @@ impl TransportFilter for FaultyTransport {
     }
 
     fn response(&mut self, req: &Request, resp: Response) -> Response {
-        let mut s = lock(&self.0);
+        let mut s = self.state();
         let Some(kind) = s.mode else { return resp };
         let repeatable = matches!(kind, TransportFaultKind::StaleWriteIds | TransportFaultKind::TokenEndpointMalformed);
         if s.injected.is_some() && !repeatable {

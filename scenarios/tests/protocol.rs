@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use drill_scenarios::procs::{client_ip, SERVER_IP};
+use drill_scenarios::node::{client_ip, SERVER_IP};
 use drill_sim::disk::{DiskConfig, DiskFaults, DiskSim};
 use drill_sim::rng::SeedTree;
 use drill_sim::world::{NetConfig, Runtime};

@@ -44,7 +44,7 @@ use serde_json::{json, Value};
 
 use super::harness::{fact_of, tenant_ring, Ctx, AGGREGATES};
 use super::Drill;
-use crate::procs::{self, NodeClock, DEVICE_DB, KEYS_DB};
+use crate::node::{NodeClock, DEVICE_DB, KEYS_DB};
 
 /// The passphrase of a drill device's key store.
 pub(super) const PASSPHRASE: &str = "correct horse battery staple";
@@ -180,7 +180,7 @@ pub(super) fn own_facts(cx: &mut Ctx, i: usize) -> Vec<EventFact> {
     let rows = c.events().expect("the device's events read back");
     rows.iter()
         .map(|e| {
-            let mut f = procs::event_fact(e, &BTreeMap::new());
+            let mut f = crate::node::event_fact(e, &BTreeMap::new());
             f.payload = c.open_payload(e).unwrap_or_else(|_| e.payload.clone());
             f
         })
@@ -325,7 +325,7 @@ async fn no_backup(cx: &mut Ctx) {
                 }
             };
             new_keys.insert(aggregate.clone(), key);
-            let payload = procs::payload_for(&name, 100_000 + k as u64, 48);
+            let payload = crate::node::payload_for(&name, 100_000 + k as u64, 48);
             match cx.devs[0].client().append(&aggregate, "created", &payload) {
                 Ok((_, op)) => new_ops.push((op, payload)),
                 Err(e) => cx.check(false, "the device appends under a new key", json!({"aggregate": aggregate, "code": e.code()})),
@@ -365,7 +365,7 @@ async fn no_backup(cx: &mut Ctx) {
     // aggregates' events are the runbook's unrecoverable set.
     let mut ring = tenant_ring(&tenant);
     ring.extend(new_keys);
-    let committed: Vec<EventFact> = server.iter().map(|e| procs::event_fact(e, &ring)).collect();
+    let committed: Vec<EventFact> = server.iter().map(|e| crate::node::event_fact(e, &ring)).collect();
     let unrecoverable: BTreeSet<String> = rows.iter().filter(|e| lost.contains(&e.aggregate)).map(|e| e.op_id.clone()).collect();
     let after = own_facts(cx, 0);
     cx.recovery("device", &committed, &after, &unrecoverable);
@@ -536,7 +536,7 @@ async fn diagnostics_export(cx: &mut Ctx) {
         if let Some(b) = &bundle {
             let images = vec![(format!("{name}:diagnostics.json"), b.clone())];
             let line = trace::emit("drill", "drill.scan", json!({"drill": cx.drill.id, "image": format!("{name}:diagnostics.json"), "secrets": secrets.len()}));
-            procs::observe(&cx.shared, Fact::Store(StoreFact::Scan { node: name.clone(), images, secrets: secrets.clone() }), line);
+            crate::node::observe(&cx.shared, Fact::Store(StoreFact::Scan { node: name.clone(), images, secrets: secrets.clone() }), line);
             scanned = true;
         }
     }

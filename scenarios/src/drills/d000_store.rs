@@ -42,7 +42,7 @@ use serde_json::json;
 use super::d000_keys::{all_aggregates, close, open_keyed, server_rows};
 use super::harness::{fact_of, tenant_ring, Ctx};
 use super::Drill;
-use crate::procs::{lock, NodeClock};
+use crate::node::{lock, NodeClock};
 use crate::store_ops::{effects_main, EffectsClient, EffectsCtx, EFFECTS_IP, EFFECTS_NODE};
 
 /// Rounds of the reconcile (each delivers every step not `done`) before the drill gives up: a
@@ -380,7 +380,7 @@ async fn saga_stuck(cx: &mut Ctx) {
     };
     debug_assert_eq!(achievement_id(&tenant, threshold), effect_id);
     let line = trace::emit(EFFECTS_NODE, "check.effects", json!({"drill": cx.drill.id, "applied": facts.applied.len(), "deliveries": facts.log.len()}));
-    crate::procs::observe(&cx.shared, Fact::Store(StoreFact::Effects(facts)), line);
+    crate::node::observe(&cx.shared, Fact::Store(StoreFact::Effects(facts)), line);
     let rows = cx.devs[0].client().events().expect("events");
     let after: Vec<EventFact> = rows.iter().map(fact_of).collect();
     cx.recovery("device", &committed, &after, &BTreeSet::new());

@@ -52,8 +52,9 @@ use super::d000_keys::{all_aggregates, close, key_store, open_keyed, own_facts, 
 use super::harness::Ctx;
 use super::Drill;
 use crate::group_world::Inbox;
+use crate::node::{DEVICE_DB, KEYS_DB};
 use crate::plan::transport::TransportFaultKind;
-use crate::procs::{self, DEVICE_DB, KEYS_DB};
+use crate::procs;
 
 pub const DRILLS: &[Drill] = &[
     Drill {
@@ -358,7 +359,7 @@ async fn group_drill(cx: &mut Ctx) {
         buffered: reader.inbox.waiting.iter().map(|(id, _)| *id).collect(),
     };
     let line = drill_sim::trace::emit("drill", "check.group", json!({"drill": cx.drill.id, "delivered": facts.delivered.len(), "sent": facts.sent.len()}));
-    procs::observe(&cx.shared, Fact::Store(StoreFact::Group(facts)), line);
+    crate::node::observe(&cx.shared, Fact::Store(StoreFact::Group(facts)), line);
     let after = own_facts(cx, PEER);
     cx.recovery("device", &committed, &after, &BTreeSet::new());
 }

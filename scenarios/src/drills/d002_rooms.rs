@@ -37,7 +37,7 @@ use serde_json::json;
 
 use super::harness::Ctx;
 use super::Drill;
-use crate::procs::{DEVICE_DB, SERVER_IP};
+use crate::node::{DEVICE_DB, SERVER_IP};
 
 pub const DRILLS: &[Drill] = &[
     Drill {

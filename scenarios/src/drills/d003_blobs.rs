@@ -35,8 +35,8 @@ use sha2::{Digest, Sha256};
 use super::harness::Ctx;
 use super::Drill;
 use crate::blobs_world::{checkpoint_of, config, BlobStep};
+use crate::node::{payload_for, BLOBS_AGGREGATE};
 use crate::plan::blobs::BlobFaultKind;
-use crate::procs::{payload_for, BLOBS_AGGREGATE};
 
 const fn blob(id: &'static str, section: &'static str, title: &'static str, steps: &'static [&'static str], param: u8, body: super::Body) -> Drill {
     Drill { id, section, title, steps, devices: 2, server_retention: None, param, body }

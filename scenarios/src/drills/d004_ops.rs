@@ -53,7 +53,7 @@ use super::d004_replay::{
 };
 use super::harness::{fact_of, tenant_ring, Ctx};
 use super::Drill;
-use crate::procs::{NodeClock, DEVICE_DB};
+use crate::node::{NodeClock, DEVICE_DB};
 
 pub const DRILLS: &[Drill] = &[
     Drill {

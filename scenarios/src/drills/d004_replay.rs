@@ -40,7 +40,6 @@ use serde_json::{json, Value};
 
 use super::harness::{Ctx, AGGREGATES};
 use super::Drill;
-use crate::procs;
 
 pub const DRILLS: &[Drill] = &[
     Drill {
@@ -153,7 +152,7 @@ pub fn client_projection_facts(c: &Client, node: &str, rebuilt: bool, until_ts_m
     Ok(ProjectionFacts {
         node,
         tenant,
-        events: procs::opened_events(c, &events),
+        events: crate::facts::opened_events(c, &events),
         keys_present: c.keys().ring.aggregates().unwrap_or_default().into_iter().collect(),
         rebuilt,
         until_ts_ms,
@@ -184,7 +183,7 @@ pub fn client_tenant_facts(c: &Client, node: &str) -> Result<TenantFacts, String
 pub fn judge(cx: &mut Ctx, i: usize, what: &str, facts: Vec<StoreFact>) {
     let line = trace::emit(&cx.devs[i].name, "check.store", json!({"what": what, "drill": cx.drill.id}));
     for f in facts {
-        procs::observe(&cx.shared, Fact::Store(f), line);
+        crate::node::observe(&cx.shared, Fact::Store(f), line);
     }
 }
 
@@ -255,7 +254,7 @@ pub fn truncate(cx: &mut Ctx, i: usize, projection: Option<&str>) -> Result<u64,
 pub fn try_append(cx: &mut Ctx, i: usize, n: u64) -> Result<String, String> {
     let aggregate = AGGREGATES[n as usize % AGGREGATES.len()];
     let d = &mut cx.devs[i];
-    let payload = procs::payload_for(&d.name, 1_000_000 + n, 48);
+    let payload = crate::node::payload_for(&d.name, 1_000_000 + n, 48);
     let name = d.name.clone();
     let r = d.client().append(aggregate, "created", &payload).map(|(_, op)| op).map_err(|e| e.code().to_string());
     trace::emit(&name, "drill.append", json!({"ok": r.is_ok(), "code": r.as_ref().err()}));

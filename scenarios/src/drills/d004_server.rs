@@ -29,7 +29,7 @@ use serde_json::json;
 use super::harness::{fact_of, Ctx};
 use super::Drill;
 use crate::backup_world::{BackupWorld, BACKUP_NODE};
-use crate::procs::NodeClock;
+use crate::node::NodeClock;
 
 pub const DRILLS: &[Drill] = &[Drill {
     id: "004-5.3-server-backup-checklist",

@@ -46,7 +46,7 @@ use serde_json::json;
 use super::harness::Ctx;
 use super::Drill;
 use crate::backup_world::{BackupWorld, BACKUP_NODE};
-use crate::procs::{NodeClock, DEVICE_DB};
+use crate::node::{NodeClock, DEVICE_DB};
 
 pub const DRILLS: &[Drill] = &[
     Drill {

@@ -34,9 +34,10 @@ use serde_json::{json, Value};
 
 use super::Drill;
 use crate::api::Violation;
+use crate::node::{client_ip, lock, NodeClock, SharedRef, DEVICE_DB, SERVER_IP};
 use crate::plan::transport::TransportFaultKind;
 use crate::plan::Plan;
-use crate::procs::{self, client_ip, lock, NodeClock, ServerCtx, SharedRef, DEVICE_DB, SERVER_IP};
+use crate::procs::{self, ServerCtx};
 use crate::sim_fs::SimFs;
 use crate::transport::{FaultyTransport, TransportState};
 
@@ -117,13 +118,18 @@ pub struct Ctx {
 /// included).
 pub fn tenant_ring(tenant: &str) -> BTreeMap<String, Key> {
     let byte = tenant.bytes().fold(7u8, |a, b| a.wrapping_mul(31).wrapping_add(b));
-    AGGREGATES.iter().chain([&procs::BLOBS_AGGREGATE]).enumerate().map(|(i, a)| (a.to_string(), Key::from_bytes([byte.wrapping_add(i as u8); 32]))).collect()
+    AGGREGATES
+        .iter()
+        .chain([&crate::node::BLOBS_AGGREGATE])
+        .enumerate()
+        .map(|(i, a)| (a.to_string(), Key::from_bytes([byte.wrapping_add(i as u8); 32])))
+        .collect()
 }
 
 /// A stored event as the model sees it: its payload opened with the tenant's keys (as stored
 /// when it does not open: tampered or corrupt, it then matches no write).
 pub fn fact_of(e: &EventRow) -> EventFact {
-    procs::event_fact(e, &tenant_ring(&e.tenant))
+    crate::node::event_fact(e, &tenant_ring(&e.tenant))
 }
 
 impl Ctx {
@@ -145,7 +151,7 @@ impl Ctx {
             let node = handle.create_node().name(spec.name.as_str()).ip(client_ip(i)).build();
             nodes.add(&spec.name, node.id(), DiskFaults::none(), &seeds);
             let fact = Fact::Client { node: spec.name.clone(), replica: spec.name.clone(), tenant: spec.tenant.clone() };
-            procs::record(&shared, &spec.name, "node.start", json!({"tenant": spec.tenant, "protocol": spec.protocol_version}), Some(fact));
+            crate::node::record(&shared, &spec.name, "node.start", json!({"tenant": spec.tenant, "protocol": spec.protocol_version}), Some(fact));
             devs.push(Device {
                 name: spec.name.clone(),
                 tenant: spec.tenant.clone(),
@@ -313,7 +319,7 @@ impl Ctx {
             d.rpc = None;
         }
         self.nodes.crash(name);
-        procs::observe(&self.shared, Fact::Crashed { node: name.into() }, trace::line_count());
+        crate::node::observe(&self.shared, Fact::Crashed { node: name.into() }, trace::line_count());
         self.nodes.boot(name);
     }
 
@@ -343,7 +349,7 @@ impl Ctx {
             let id = self.op_id();
             let aggregate = AGGREGATES[id as usize % AGGREGATES.len()];
             let d = &mut self.devs[i];
-            let payload = procs::payload_for(&d.name, id, 48);
+            let payload = crate::node::payload_for(&d.name, id, 48);
             match d.client().append(aggregate, "created", &payload) {
                 Ok((w, op_id)) => {
                     trace::emit(&d.name, "op.ok", json!({"op": id, "action": "append", "write_id": w, "op_id": op_id}));
@@ -388,7 +394,7 @@ impl Ctx {
         match &result {
             Ok(r) => {
                 let detail = json!({"op": id, "pulled": r.pulled, "pushed": r.pushed.len(), "settled": r.settled});
-                procs::record(&shared, &name, "op.ok", detail, Some(Fact::SyncSucceeded { node: name.clone(), expected }));
+                crate::node::record(&shared, &name, "op.ok", detail, Some(Fact::SyncSucceeded { node: name.clone(), expected }));
                 d.last_good = d.client().export_state().ok();
             }
             Err(e) => {
@@ -402,7 +408,7 @@ impl Ctx {
                     state_before: before.to_json(),
                     state_after: after.to_json(),
                 };
-                procs::record(&shared, &name, "op.err", detail, Some(fact));
+                crate::node::record(&shared, &name, "op.err", detail, Some(fact));
             }
         }
         result

@@ -46,10 +46,10 @@ use drill_stack::proto::PROTOCOL_VERSION;
 use serde_json::json;
 
 use crate::api::{DrillCoverage, Outcome, RunError, RunReport, Violation};
+use crate::node::{lock, Shared, SharedRef};
 use crate::plan::drill::DrillPlan;
 use crate::plan::transport::TransportKnobs;
 use crate::plan::{client_name, ClientSpec, Plan, Profile, PLAN_FORMAT_VERSION, TENANTS};
-use crate::procs::{lock, Shared, SharedRef};
 use crate::run::{COMMIT, TRACE_FORMAT_VERSION, VERSION};
 use harness::{Ctx, Verdict};
 
