@@ -42,6 +42,7 @@ use sha2::{Digest, Sha256};
 use crate::node::{lock, payload_for, record, ClientCtx, Command, Mailbox, NodeClock, SharedRef, SERVER_IP};
 use crate::plan::blobs::BlobFaultKind;
 use crate::plan::{Action, Plan};
+use crate::seam::{step_of, Build, Core, Hook, StepBox, Subsystem};
 
 /// The object store's node.
 pub const BLOBSTORE_NODE: &str = "blobstore";
@@ -443,7 +444,7 @@ impl BlobWorld {
     }
 
     /// Plays one step; counts what was injected.
-    pub fn apply(&mut self, step: BlobStep, counts: &mut BTreeMap<String, u64>) {
+    pub fn play(&mut self, step: BlobStep, counts: &mut BTreeMap<String, u64>) {
         match step {
             BlobStep::Arm(kind) => {
                 *counts.entry(kind.counted_as()).or_default() += 1;
@@ -580,6 +581,38 @@ impl BlobWorld {
 fn procs_observe(shared: &SharedRef, fact: BlobFact) {
     let line = trace::emit("world", "blob.final_round", json!({}));
     crate::node::observe(shared, Fact::Blob(fact), line);
+}
+
+impl BlobWorld {
+    /// The object store of a plan with blobs, behind the server's blob layer.
+    pub fn build(b: &mut Build<'_>) -> BlobWorld {
+        let devices = b.plan.clients.iter().map(|c| c.name.clone()).collect();
+        let world = BlobWorld::create(b.handle, b.shared, b.server, b.server_slot, devices);
+        b.nodes.add(BLOBSTORE_NODE, world.node, drill_sim::disk::DiskFaults::none(), b.seeds);
+        world
+    }
+}
+
+impl Subsystem for BlobWorld {
+    fn steps(&self, plan: &Plan) -> Vec<(u64, StepBox)> {
+        steps(plan).into_iter().map(|(t, s)| (t, Box::new(s) as StepBox)).collect()
+    }
+
+    fn apply(&mut self, step: StepBox, core: &mut Core<'_>) {
+        self.play(step_of(step), &mut core.nodes.counts);
+    }
+
+    fn heal(&mut self, _core: &mut Core<'_>) {
+        BlobWorld::heal(self);
+    }
+
+    fn final_round<'a>(&'a self, core: &'a Core<'a>, converged: bool) -> Hook<'a> {
+        Box::pin(async move {
+            if converged {
+                BlobWorld::final_round(self, core.mailboxes, core.server, core.server_slot).await;
+            }
+        })
+    }
 }
 
 #[cfg(test)]

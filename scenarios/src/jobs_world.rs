@@ -46,6 +46,7 @@ use serde_json::json;
 use crate::node::{lock, record, SharedRef};
 use crate::plan::jobs::{BackendOutcome, BackendPlan, JobOp, Source, BACKENDS};
 use crate::plan::Plan;
+use crate::seam::{step_of, Build, Core, Hook, StepBox, Subsystem};
 use crate::sim_fs::SimFs;
 
 /// The jobs node.
@@ -565,7 +566,7 @@ impl JobsWorld {
     }
 
     /// Hands one operation to the jobs process, unless its node is down.
-    pub fn apply(&mut self, step: JobsStep, down: bool) {
+    pub fn play(&mut self, step: JobsStep, down: bool) {
         if down {
             trace_skip(step.id);
             return;
@@ -584,9 +585,33 @@ impl JobsWorld {
             drill_sim::trace::emit(JOBS_NODE, "jobs.final_round_stuck", json!({"waited_ms": FINAL_ROUND_MS_MAX}));
         }
     }
+}
+
+impl JobsWorld {
+    /// The jobs node of a plan with jobs.
+    pub fn build(b: &mut Build<'_>) -> JobsWorld {
+        let world = JobsWorld::create(b.handle, b.shared);
+        b.nodes.add(JOBS_NODE, world.node, b.plan.knobs.disk.crash, b.seeds);
+        world
+    }
+}
+
+impl Subsystem for JobsWorld {
+    fn steps(&self, plan: &Plan) -> Vec<(u64, StepBox)> {
+        steps(plan).into_iter().map(|(t, s)| (t, Box::new(s) as StepBox)).collect()
+    }
+
+    fn apply(&mut self, step: StepBox, core: &mut Core<'_>) {
+        let down = core.nodes.is_down(JOBS_NODE);
+        self.play(step_of(step), down);
+    }
+
+    fn final_round<'a>(&'a self, _core: &'a Core<'a>, _converged: bool) -> Hook<'a> {
+        Box::pin(JobsWorld::final_round(self))
+    }
 
     /// Adds the jobs faults that happened to the run's counts.
-    pub fn add_counts(&self, counts: &mut BTreeMap<String, u64>) {
+    fn add_counts(&self, counts: &mut BTreeMap<String, u64>) {
         for (k, n) in lock(&self.ctx.counts).iter() {
             *counts.entry(k.clone()).or_default() += n;
         }

@@ -21,10 +21,11 @@ use madsim::time::Instant;
 use serde_json::json;
 
 use crate::api::{Outcome, RunError, RunReport, Violation};
-use crate::node::{client_ip, lock, record, ClientCtx, Command, Mailbox, Shared, SharedRef, SERVER_IP};
+use crate::node::{client_ip, lock, record, ClientCtx, Command, Mailbox, Parts, Shared, SharedRef, SERVER_IP};
 use crate::plan::transport::TransportFaultKind;
 use crate::plan::{Action, Plan};
 use crate::procs::{self, ServerCtx};
+use crate::seam::{Build, Core, Later, StepBox, Subsystem};
 use crate::transport::TransportState;
 
 /// The trace format version, named in every trace's first line.
@@ -49,9 +50,11 @@ enum Step {
     },
     Fault(FaultStep),
     Boot(String),
-    Blob(crate::blobs_world::BlobStep),
-    Jobs(crate::jobs_world::JobsStep),
-    Store(crate::store_world::StoreStep),
+    /// A step of subsystem `index` (of [`crate::subsystems::all`]).
+    Sub {
+        index: usize,
+        step: StepBox,
+    },
     /// A recovery step of a drill injected into the world (a `drill.step` line).
     DrillMark(crate::drills::swarm::Mark),
 }
@@ -155,21 +158,19 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
     let slot = Arc::new(Mutex::new(None));
     let options = drill_stack::server::ServerOptions { retention_events: plan.server_retention, ..Default::default() };
     let tenant_keys = Arc::new(procs::provision(&plan));
-    let rooms = crate::group_world::rooms(&plan);
     let tokens = Arc::new(crate::tokens::Tokens::new(plan.seed));
     let sctx = Arc::new(ServerCtx { options, tenant_keys: tenant_keys.clone(), slot: slot.clone(), tokens: tokens.clone(), shared: shared.clone() });
     let server = handle.create_node().name("server").ip(SERVER_IP).init(move || procs::server_main(sctx.clone())).build();
     nodes.add("server", server.id(), plan.knobs.disk.crash, &seeds);
-    let devices: Vec<String> = plan.clients.iter().map(|c| c.name.clone()).collect();
-    let blobs = plan.blobs.as_ref().map(|_| crate::blobs_world::BlobWorld::create(&handle, &shared, server.id(), &slot, devices));
-    if let Some(b) = &blobs {
-        nodes.add(crate::blobs_world::BLOBSTORE_NODE, b.node, drill_sim::disk::DiskFaults::none(), &seeds);
-    }
-    let jobs = plan.jobs.as_ref().map(|_| crate::jobs_world::JobsWorld::create(&handle, &shared));
-    if let Some(j) = &jobs {
-        nodes.add(crate::jobs_world::JOBS_NODE, j.node, plan.knobs.disk.crash, &seeds);
-    }
-    let ops = crate::store_ops::OpsWorld::create(&handle, &plan, &shared, &seeds, &mut nodes);
+    let subsystems = crate::subsystems::all(&mut Build {
+        handle: &handle,
+        plan: &plan,
+        shared: &shared,
+        seeds: &seeds,
+        nodes: &mut nodes,
+        server: server.id(),
+        server_slot: &slot,
+    });
     let mut mailboxes: BTreeMap<String, Arc<Mutex<Mailbox>>> = BTreeMap::new();
     let mut transports: BTreeMap<String, Arc<Mutex<TransportState>>> = BTreeMap::new();
     let mut devices: BTreeMap<String, Arc<ClientCtx>> = BTreeMap::new();
@@ -196,10 +197,7 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
             mailbox: mailbox.clone(),
             pairing: tokens.pairing(&spec.tenant, &spec.name),
             skip_group_reconnect: plan.store.as_ref().is_some_and(|s| s.skip_group_reconnect),
-            parts: crate::node::Parts::default()
-                .with(ops.device(&spec.name))
-                .with(rooms[&spec.tenant].clone())
-                .with(Arc::new(Mutex::new(crate::group_world::Member::default()))),
+            parts: subsystems.iter().fold(Parts::default(), |parts, s| s.parts(spec, parts)),
             shared: shared.clone(),
         });
         transports.insert(spec.name.clone(), transport);
@@ -222,9 +220,7 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
         steps: 0,
         timeline: BTreeMap::new(),
         next_key: 0,
-        blobs,
-        jobs,
-        ops,
+        subsystems,
         tokens,
     };
     if let Some(keep) = plan.server_retention {
@@ -234,15 +230,11 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
     w.load_timeline();
     w.play().await;
     let liveness = w.heal_and_converge().await;
-    if let (None, Some(b)) = (&liveness, &w.blobs) {
-        b.final_round(&w.mailboxes, w.server.id(), &w.slot).await;
-    }
-    if let Some(j) = &w.jobs {
-        j.final_round().await;
-        j.add_counts(&mut w.nodes.counts);
-    }
+    w.final_rounds(liveness.is_none()).await;
     w.judge(liveness.is_none()).await;
-    w.ops.add_counts(&mut w.nodes.counts);
+    for sub in &w.subsystems {
+        sub.add_counts(&mut w.nodes.counts);
+    }
     for (k, n) in &lock(&w.shared).counts {
         *w.nodes.counts.entry(k.clone()).or_default() += n;
     }
@@ -267,12 +259,8 @@ struct World<'a> {
     /// Steps by (time in ms, order of insertion).
     timeline: BTreeMap<(u64, u64), Step>,
     next_key: u64,
-    /// The object store, when the plan has blobs.
-    blobs: Option<crate::blobs_world::BlobWorld>,
-    /// The jobs node, when the plan has jobs.
-    jobs: Option<crate::jobs_world::JobsWorld>,
-    /// The store's work on the devices, and the effects node.
-    ops: crate::store_ops::OpsWorld,
+    /// The world's subsystems, plugged in through the seam.
+    subsystems: Vec<Box<dyn Subsystem>>,
 }
 
 impl World<'_> {
@@ -296,14 +284,10 @@ impl World<'_> {
             self.at(f.at_ms, Step::Transport { node: f.node.clone(), kind: Some(f.kind) });
             self.at(f.at_ms + f.ms, Step::Transport { node: f.node.clone(), kind: None });
         }
-        for (t, s) in crate::blobs_world::steps(self.plan) {
-            self.at(t, Step::Blob(s));
-        }
-        for (t, s) in crate::jobs_world::steps(self.plan) {
-            self.at(t, Step::Jobs(s));
-        }
-        for (t, s) in crate::store_world::steps(self.plan) {
-            self.at(t, Step::Store(s));
+        let steps: Vec<(usize, u64, StepBox)> =
+            self.subsystems.iter().enumerate().flat_map(|(index, sub)| sub.steps(self.plan).into_iter().map(move |(t, step)| (index, t, step))).collect();
+        for (index, t, step) in steps {
+            self.at(t, Step::Sub { index, step });
         }
         for (t, m) in crate::drills::swarm::marks(self.plan) {
             self.at(t, Step::DrillMark(m));
@@ -359,14 +343,7 @@ impl World<'_> {
     }
 
     fn crashed(&mut self, name: &str) {
-        let line = trace::line_count();
-        crate::node::observe(&self.shared, Fact::Crashed { node: name.into() }, line);
-        if let Some(mb) = self.mailboxes.get(name) {
-            let dropped = lock(mb).clear();
-            if dropped > 0 {
-                trace::emit(name, "op.dropped", json!({"queued": dropped}));
-            }
-        }
+        crate::seam::crashed(&self.shared, &self.mailboxes, name);
     }
 
     async fn play(&mut self) {
@@ -400,118 +377,36 @@ impl World<'_> {
             Step::Fault(s) => self.nodes.apply(&s),
             Step::Transport { node, kind } => self.set_transport(&node, kind),
             Step::Boot(name) => self.nodes.boot(&name),
-            Step::Blob(s) => {
-                if let Some(b) = self.blobs.as_mut() {
-                    b.apply(s, &mut self.nodes.counts);
-                }
-            }
             Step::DrillMark(m) => crate::drills::swarm::mark(&m),
-            Step::Store(s) => self.store_step(s),
-            Step::Jobs(s) => {
-                let down = self.nodes.is_down(crate::jobs_world::JOBS_NODE);
-                if let Some(j) = self.jobs.as_mut() {
-                    j.apply(s, down);
+            Step::Sub { index, step } => {
+                let later = self.with_core(|subs, core| subs[index].apply(step, core));
+                for l in later {
+                    match l {
+                        Later::Step { at_ms, step } => self.at(at_ms, Step::Sub { index, step }),
+                        Later::Boot { at_ms, node } => self.at(at_ms, Step::Boot(node)),
+                        Later::Fault { at_ms, step } => self.at(at_ms, Step::Fault(step)),
+                    }
                 }
             }
         }
     }
 
-    fn store_step(&mut self, step: crate::store_world::StoreStep) {
-        use crate::store_world::StoreStep;
-        match step {
-            StoreStep::ReadOnly { node, on } => {
-                if on {
-                    *self.nodes.counts.entry("store.read_only".into()).or_default() += 1;
-                }
-                trace::emit(&node, if on { "fault.read_only" } else { "fault.heal" }, json!({"read_only": on}));
-                if self.nodes.is_down(&node) {
-                    trace::emit(&node, "op.skipped", json!({"reason": "device is down", "read_only": on}));
-                    return;
-                }
-                lock(&self.mailboxes[&node]).push(Command::SetReadOnly(on));
-            }
-            StoreStep::LoseKeyStore { node, down_ms, withheld } => {
-                if self.nodes.is_down(&node) || !self.nodes.crash(&node) {
-                    return;
-                }
-                self.crashed(&node);
-                let lost = drill_sim::disk::DiskSim::current().lose_files(self.nodes.id(&node), crate::node::KEYS_DB);
-                let kind = if withheld.is_empty() { "keys.store_lost" } else { "keys.aggregate_keys_lost" };
-                *self.nodes.counts.entry(kind.into()).or_default() += 1;
-                trace::emit(&node, "fault.key_store_lost", json!({"files": lost, "down_ms": down_ms, "withheld": withheld}));
-                // With every key back from pairing, the operator has the backup at hand and
-                // restores it; otherwise the store is declared lost and replaced.
-                lock(&self.devices[&node].key_faults).restore_now = withheld.is_empty();
-                lock(&self.devices[&node].withheld).extend(withheld);
-                self.back_for_repair(node, down_ms);
-            }
-            StoreStep::LosePassphrase { node, down_ms, aggregates } => {
-                if self.nodes.is_down(&node) || !self.nodes.crash(&node) {
-                    return;
-                }
-                self.crashed(&node);
-                *self.nodes.counts.entry("keys.passphrase_lost".into()).or_default() += 1;
-                trace::emit(&node, "fault.passphrase_lost", json!({"down_ms": down_ms, "unrecoverable": aggregates}));
-                let ctx = &self.devices[&node];
-                {
-                    let mut k = lock(&ctx.key_faults);
-                    k.passphrase_forgotten = true;
-                    k.unrecoverable.extend(aggregates.iter().cloned());
-                }
-                lock(&ctx.withheld).extend(aggregates);
-                self.back_for_repair(node, down_ms);
-            }
-            StoreStep::GroupRekey { tenant, withhold_ms } => {
-                let Some(room) = self.devices.values().find(|d| d.tenant == tenant).map(|d| d.parts.arc::<crate::group_world::VaultRoom>()) else { return };
-                let epoch = lock(&room.epochs).rekey();
-                *self.nodes.counts.entry("keys.group_rekey".into()).or_default() += 1;
-                trace::emit("world", "fault.group_rekey", json!({"group": room.group, "epoch": epoch, "withhold_ms": withhold_ms}));
-                let t = self.now_ms() + withhold_ms;
-                self.at(t, Step::Store(crate::store_world::StoreStep::HandOutGroupKey { tenant, epoch }));
-            }
-            StoreStep::HandOutGroupKey { tenant, epoch } => {
-                let Some(room) = self.devices.values().find(|d| d.tenant == tenant).map(|d| d.parts.arc::<crate::group_world::VaultRoom>()) else { return };
-                lock(&room.epochs).hand_out(epoch);
-                trace::emit("world", "store.group_key_handed_out", json!({"group": room.group, "epoch": epoch}));
-            }
-            StoreStep::RepairKeys { node } => {
-                if self.nodes.is_down(&node) {
-                    trace::emit(&node, "op.skipped", json!({"reason": "device is down", "repair_keys": true}));
-                    return;
-                }
-                lock(&self.mailboxes[&node]).push(Command::RepairKeys);
-            }
-            StoreStep::Ops(crate::store_ops::Step::CrashEffects { down_ms }) => {
-                let node = crate::store_ops::EFFECTS_NODE;
-                if self.ops.has_effects_node() && self.nodes.crash(node) {
-                    self.ops.count("effects.crash");
-                    let t = self.now_ms() + down_ms;
-                    self.at(t, Step::Boot(node.into()));
-                }
-            }
-            StoreStep::Ops(crate::store_ops::Step::PartitionEffects { ms }) => {
-                if !self.ops.has_effects_node() {
-                    return;
-                }
-                let devices: Vec<String> = self.plan.clients.iter().map(|c| c.name.clone()).collect();
-                let fault = Fault::Partition { a: vec![crate::store_ops::EFFECTS_NODE.into()], b: devices, one_way: false, ms };
-                self.nodes.apply(&FaultStep::Inject(fault.clone()));
-                self.ops.count("effects.partition");
-                let t = self.now_ms() + ms;
-                self.at(t, Step::Fault(FaultStep::Undo(fault)));
-            }
-            StoreStep::Ops(s) => self.ops.apply(s, &self.nodes, &self.mailboxes),
-        }
+    /// Lends the subsystems the world's core; hands back what the subsystem asked for later.
+    fn with_core(&mut self, f: impl FnOnce(&mut [Box<dyn Subsystem>], &mut Core<'_>)) -> Vec<Later> {
+        let now_ms = self.now_ms();
+        let World { plan, shared, nodes, mailboxes, devices, server, slot, subsystems, .. } = self;
+        let mut core = Core { plan, shared, nodes, mailboxes, devices, server: server.id(), server_slot: slot, now_ms, later: Vec::new() };
+        f(subsystems, &mut core);
+        core.later
     }
 
-    /// Boots a device whose keys were faulted after `down_ms`, and has the operator answer the
-    /// key error it reports a while later (unless the plan says the operator never does).
-    fn back_for_repair(&mut self, node: String, down_ms: u64) {
-        let t = self.now_ms() + down_ms;
-        self.at(t, Step::Boot(node.clone()));
-        if !self.plan.store.as_ref().is_some_and(|s| s.skip_key_repair) {
-            let t = t + crate::store_world::OPERATOR_MS;
-            self.at(t, Step::Store(crate::store_world::StoreStep::RepairKeys { node }));
+    /// After the liveness phase: every subsystem's final round, in the registry's order.
+    async fn final_rounds(&mut self, converged: bool) {
+        let now_ms = self.now_ms();
+        let World { plan, shared, nodes, mailboxes, devices, server, slot, subsystems, .. } = self;
+        let core = Core { plan, shared, nodes, mailboxes, devices, server: server.id(), server_slot: slot, now_ms, later: Vec::new() };
+        for sub in subsystems.iter() {
+            sub.final_round(&core, converged).await;
         }
     }
 
@@ -534,39 +429,23 @@ impl World<'_> {
     async fn heal_and_converge(&mut self) -> Option<String> {
         self.take_power_cuts();
         self.timeline.clear();
-        self.ops.heal();
-        for d in self.devices.values() {
-            lock(&crate::group_world::room(d).epochs).hand_out_all();
-        }
+        let later = self.with_core(|subs, core| subs.iter_mut().for_each(|sub| sub.heal(core)));
+        debug_assert!(later.is_empty(), "nothing is scheduled after the heal");
         self.nodes.heal_all();
-        if let Some(b) = self.blobs.as_mut() {
-            b.heal();
-        }
         let names: Vec<String> = self.transports.keys().cloned().collect();
         for n in names {
             self.set_transport(&n, None);
         }
         let deadline = clock::now() + Duration::from_millis(self.plan.liveness_ms_max);
-        let restore = crate::plan::store::restore_at_heal(self.plan);
-        let repair = crate::plan::store::repair_at_heal(self.plan);
-        let read_only: std::collections::BTreeSet<String> = self.plan.store.iter().flat_map(|s| s.read_only.iter().map(|w| w.node.clone())).collect();
         let mut round = 0u64;
         loop {
             round += 1;
             let names: Vec<String> = self.mailboxes.keys().cloned().collect();
             for n in &names {
-                // The operator ends every READ_ONLY period (a device may have missed the end of
-                // its window while down).
-                if read_only.contains(n) {
-                    lock(&self.mailboxes[n]).push(Command::SetReadOnly(false));
-                }
-                // The operator answers a device still refusing to work over a key error.
-                if repair.contains(n) {
-                    lock(&self.mailboxes[n]).push(Command::RepairKeys);
-                }
-                // The operator restores the key backup of a device that lost keys, and replays.
-                if restore.contains(n) {
-                    lock(&self.mailboxes[n]).push(Command::RestoreKeys);
+                // The subsystems' standing operator answers first (a READ_ONLY period ended, a
+                // key error repaired, a key backup restored), then a sync.
+                for sub in &self.subsystems {
+                    sub.converge_round(n, &self.mailboxes[n]);
                 }
                 lock(&self.mailboxes[n]).push(Command::Op { id: 0, action: Action::Sync });
             }
@@ -703,6 +582,8 @@ impl World<'_> {
             let fact = drill_model::store::StoreFact::Scan { node: n.clone(), images, secrets: secrets.clone() };
             crate::node::observe(&self.shared, Fact::Store(fact), line);
         }
-        self.ops.judge(converged, &secrets, line).await;
+        for sub in &self.subsystems {
+            sub.judge(converged, &secrets, line).await;
+        }
     }
 }

@@ -36,7 +36,20 @@
 //! world ends it when the window closes and again at the heal, so that a device that was down
 //! when its window closed still converges.
 
-use crate::plan::Plan;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use drill_model::secrets::Secret;
+use drill_sim::faults::Fault;
+use drill_sim::trace;
+use drill_sim::world::FaultStep;
+use serde_json::json;
+
+use crate::group_world::{room, Member, VaultRoom};
+use crate::node::{lock, Command, Mailbox, Parts};
+use crate::plan::{ClientSpec, Plan};
+use crate::seam::{step_of, Build, Core, Hook, Later, StepBox, Subsystem};
+use crate::store_ops::OpsWorld;
 
 /// How long the operator takes to answer a key error a device reports when it comes back.
 pub const OPERATOR_MS: u64 = 300;
@@ -87,4 +100,165 @@ pub fn steps(plan: &Plan) -> Vec<(u64, StoreStep)> {
         out.extend(crate::store_ops::steps(o).into_iter().map(|(t, step)| (t, StoreStep::Ops(step))));
     }
     out
+}
+
+/// The store and key work of the world as a subsystem: the plan's READ_ONLY windows, key store
+/// and passphrase losses, group rekeys and the store's work ([`crate::store_ops`]: sagas,
+/// artifacts, migrations, the effects node), and the tenants' rooms.
+pub struct StoreWorld {
+    ops: OpsWorld,
+    rooms: BTreeMap<String, Arc<VaultRoom>>,
+    /// Devices the operator answers in every convergence round: READ_ONLY periods ended, key
+    /// errors repaired, key backups restored.
+    read_only: BTreeSet<String>,
+    repair: BTreeSet<String>,
+    restore: BTreeSet<String>,
+}
+
+impl StoreWorld {
+    /// Sets up the store work of the plan (with any, the effects node) and the tenants' rooms.
+    pub fn build(b: &mut Build<'_>) -> StoreWorld {
+        let plan = b.plan;
+        StoreWorld {
+            ops: OpsWorld::create(b.handle, plan, b.shared, b.seeds, b.nodes),
+            rooms: crate::group_world::rooms(plan),
+            read_only: plan.store.iter().flat_map(|s| s.read_only.iter().map(|w| w.node.clone())).collect(),
+            repair: crate::plan::store::repair_at_heal(plan),
+            restore: crate::plan::store::restore_at_heal(plan),
+        }
+    }
+}
+
+impl Subsystem for StoreWorld {
+    fn steps(&self, plan: &Plan) -> Vec<(u64, StepBox)> {
+        steps(plan).into_iter().map(|(t, s)| (t, Box::new(s) as StepBox)).collect()
+    }
+
+    fn apply(&mut self, step: StepBox, core: &mut Core<'_>) {
+        match step_of::<StoreStep>(step) {
+            StoreStep::ReadOnly { node, on } => {
+                if on {
+                    core.count("store.read_only");
+                }
+                trace::emit(&node, if on { "fault.read_only" } else { "fault.heal" }, json!({"read_only": on}));
+                if core.nodes.is_down(&node) {
+                    trace::emit(&node, "op.skipped", json!({"reason": "device is down", "read_only": on}));
+                    return;
+                }
+                lock(&core.mailboxes[&node]).push(Command::SetReadOnly(on));
+            }
+            StoreStep::LoseKeyStore { node, down_ms, withheld } => {
+                if core.nodes.is_down(&node) || !core.nodes.crash(&node) {
+                    return;
+                }
+                core.crashed(&node);
+                let lost = drill_sim::disk::DiskSim::current().lose_files(core.nodes.id(&node), crate::node::KEYS_DB);
+                let kind = if withheld.is_empty() { "keys.store_lost" } else { "keys.aggregate_keys_lost" };
+                core.count(kind);
+                trace::emit(&node, "fault.key_store_lost", json!({"files": lost, "down_ms": down_ms, "withheld": withheld}));
+                // With every key back from pairing, the operator has the backup at hand and
+                // restores it; otherwise the store is declared lost and replaced.
+                lock(&core.devices[&node].key_faults).restore_now = withheld.is_empty();
+                lock(&core.devices[&node].withheld).extend(withheld);
+                back_for_repair(core, node, down_ms);
+            }
+            StoreStep::LosePassphrase { node, down_ms, aggregates } => {
+                if core.nodes.is_down(&node) || !core.nodes.crash(&node) {
+                    return;
+                }
+                core.crashed(&node);
+                core.count("keys.passphrase_lost");
+                trace::emit(&node, "fault.passphrase_lost", json!({"down_ms": down_ms, "unrecoverable": aggregates}));
+                let ctx = &core.devices[&node];
+                {
+                    let mut k = lock(&ctx.key_faults);
+                    k.passphrase_forgotten = true;
+                    k.unrecoverable.extend(aggregates.iter().cloned());
+                }
+                lock(&ctx.withheld).extend(aggregates);
+                back_for_repair(core, node, down_ms);
+            }
+            StoreStep::GroupRekey { tenant, withhold_ms } => {
+                let Some(room) = core.devices.values().find(|d| d.tenant == tenant).map(|d| d.parts.arc::<crate::group_world::VaultRoom>()) else { return };
+                let epoch = lock(&room.epochs).rekey();
+                core.count("keys.group_rekey");
+                trace::emit("world", "fault.group_rekey", json!({"group": room.group, "epoch": epoch, "withhold_ms": withhold_ms}));
+                core.after(withhold_ms, StoreStep::HandOutGroupKey { tenant, epoch });
+            }
+            StoreStep::HandOutGroupKey { tenant, epoch } => {
+                let Some(room) = core.devices.values().find(|d| d.tenant == tenant).map(|d| d.parts.arc::<crate::group_world::VaultRoom>()) else { return };
+                lock(&room.epochs).hand_out(epoch);
+                trace::emit("world", "store.group_key_handed_out", json!({"group": room.group, "epoch": epoch}));
+            }
+            StoreStep::RepairKeys { node } => {
+                if core.nodes.is_down(&node) {
+                    trace::emit(&node, "op.skipped", json!({"reason": "device is down", "repair_keys": true}));
+                    return;
+                }
+                lock(&core.mailboxes[&node]).push(Command::RepairKeys);
+            }
+            StoreStep::Ops(crate::store_ops::Step::CrashEffects { down_ms }) => {
+                let node = crate::store_ops::EFFECTS_NODE;
+                if self.ops.has_effects_node() && core.nodes.crash(node) {
+                    self.ops.count("effects.crash");
+                    core.boot_after(down_ms, node.into());
+                }
+            }
+            StoreStep::Ops(crate::store_ops::Step::PartitionEffects { ms }) => {
+                if !self.ops.has_effects_node() {
+                    return;
+                }
+                let devices: Vec<String> = core.plan.clients.iter().map(|c| c.name.clone()).collect();
+                let fault = Fault::Partition { a: vec![crate::store_ops::EFFECTS_NODE.into()], b: devices, one_way: false, ms };
+                core.nodes.apply(&FaultStep::Inject(fault.clone()));
+                self.ops.count("effects.partition");
+                core.later.push(Later::Fault { at_ms: core.now_ms + ms, step: FaultStep::Undo(fault) });
+            }
+            StoreStep::Ops(s) => self.ops.apply(s, core.nodes, core.mailboxes),
+        }
+    }
+
+    fn parts(&self, spec: &ClientSpec, parts: Parts) -> Parts {
+        parts.with(self.ops.device(&spec.name)).with(self.rooms[&spec.tenant].clone()).with(Arc::new(Mutex::new(Member::default())))
+    }
+
+    fn heal(&mut self, core: &mut Core<'_>) {
+        self.ops.heal();
+        for d in core.devices.values() {
+            lock(&room(d).epochs).hand_out_all();
+        }
+    }
+
+    fn converge_round(&self, device: &str, mailbox: &Mutex<Mailbox>) {
+        // The operator ends every READ_ONLY period (a device may have missed the end of its
+        // window while down).
+        if self.read_only.contains(device) {
+            lock(mailbox).push(Command::SetReadOnly(false));
+        }
+        // The operator answers a device still refusing to work over a key error.
+        if self.repair.contains(device) {
+            lock(mailbox).push(Command::RepairKeys);
+        }
+        // The operator restores the key backup of a device that lost keys, and replays.
+        if self.restore.contains(device) {
+            lock(mailbox).push(Command::RestoreKeys);
+        }
+    }
+
+    fn judge<'a>(&'a self, converged: bool, secrets: &'a [Secret], line: u64) -> Hook<'a> {
+        Box::pin(self.ops.judge(converged, secrets, line))
+    }
+
+    fn add_counts(&self, counts: &mut BTreeMap<String, u64>) {
+        self.ops.add_counts(counts);
+    }
+}
+
+/// Boots a device whose keys were faulted after `down_ms`, and has the operator answer the key
+/// error it reports a while later (unless the plan says the operator never does).
+fn back_for_repair(core: &mut Core<'_>, node: String, down_ms: u64) {
+    core.boot_after(down_ms, node.clone());
+    if !core.plan.store.as_ref().is_some_and(|s| s.skip_key_repair) {
+        core.after(down_ms + OPERATOR_MS, StoreStep::RepairKeys { node });
+    }
 }

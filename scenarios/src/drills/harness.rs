@@ -477,7 +477,7 @@ impl Ctx {
     /// malformed reconcile state), given time to land.
     pub async fn blob_fault(&mut self, step: crate::blobs_world::BlobStep) {
         let b = self.blobs.as_mut().expect("the drill started the object store");
-        b.apply(step, &mut self.verdict.faults);
+        b.play(step, &mut self.verdict.faults);
         madsim::time::sleep(Duration::from_millis(20)).await;
     }
 
