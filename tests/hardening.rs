@@ -427,3 +427,26 @@ fn a_hung_seed_is_contained_to_its_seed() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("drill run --seed 1 --scenario sync-basic --profile none"), "{}", text(&out));
     assert!(!tmp.path().join("sw/.drill-work").exists());
 }
+
+/// SIGINT during a gate: its workers stop, its summary says `interrupted`, its scratch folder is
+/// gone and it exits 130.
+#[test]
+fn an_interrupted_gate_says_so_and_cleans_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let child = Command::new(DRILL)
+        .current_dir(tmp.path())
+        .args(["gate", "--seeds", "100000", "--drill-seeds", "1", "--jobs", "1", "--out", "g"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(3000));
+    signal(&child, "INT");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 130, "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).lines().last().unwrap().starts_with("outcome: interrupted | "), "{}", text(&out));
+    let s = read_json(&tmp.path().join("g/summary.json"));
+    assert_eq!(s["sweep"]["interrupted"], true, "{s}");
+    let left: Vec<String> = fs::read_dir(tmp.path().join("g")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(!left.iter().any(|n| n.starts_with(".drill-")), "left behind: {left:?}");
+}
