@@ -160,6 +160,18 @@ fn signal(child: &Child, signal: &str) {
     assert!(status.success());
 }
 
+/// Runs `cmd`, sends it SIGINT after `after_ms` and checks it stopped honestly: exit 130 and a
+/// last line `outcome: interrupted | ...`.
+fn interrupted(cmd: &mut Command, after_ms: u64) -> Output {
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(after_ms));
+    signal(&child, "INT");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 130, "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).lines().last().unwrap().starts_with("outcome: interrupted | "), "{}", text(&out));
+    out
+}
+
 /// Reproduction 3: two writers of one folder interleaved their files. Now the second gets exit
 /// 2 naming the first. And (doubtful case) SIGINT or SIGTERM stops a sweep honestly: workers
 /// ended, summary marked interrupted (text and NDJSON), no scratch folder, exit 130, and a rerun
@@ -225,19 +237,8 @@ fn a_second_writer_is_refused_and_an_interrupted_sweep_says_so() {
 #[test]
 fn an_interrupted_determinism_check_cleans_up() {
     let tmp = tempfile::tempdir().unwrap();
-    let child = Command::new(DRILL)
-        .current_dir(tmp.path())
-        .env("TMPDIR", tmp.path())
-        .args(["check-determinism", "--seeds", "0..=100000", "--profile", "none", "--jobs", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(2500));
-    signal(&child, "INT");
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(code(&out), 130, "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).lines().last().unwrap().starts_with("outcome: interrupted | "), "{}", text(&out));
+    let args = ["check-determinism", "--seeds", "0..=100000", "--profile", "none", "--jobs", "1"];
+    interrupted(Command::new(DRILL).current_dir(tmp.path()).env("TMPDIR", tmp.path()).args(args), 2500);
     let left: Vec<_> = fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
@@ -433,18 +434,8 @@ fn a_hung_seed_is_contained_to_its_seed() {
 #[test]
 fn an_interrupted_gate_says_so_and_cleans_up() {
     let tmp = tempfile::tempdir().unwrap();
-    let child = Command::new(DRILL)
-        .current_dir(tmp.path())
-        .args(["gate", "--seeds", "100000", "--drill-seeds", "1", "--jobs", "1", "--out", "g"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(3000));
-    signal(&child, "INT");
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(code(&out), 130, "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).lines().last().unwrap().starts_with("outcome: interrupted | "), "{}", text(&out));
+    let args = ["gate", "--seeds", "100000", "--drill-seeds", "1", "--jobs", "1", "--out", "g"];
+    interrupted(Command::new(DRILL).current_dir(tmp.path()).args(args), 3000);
     let s = read_json(&tmp.path().join("g/summary.json"));
     assert_eq!(s["sweep"]["interrupted"], true, "{s}");
     let left: Vec<String> = fs::read_dir(tmp.path().join("g")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
