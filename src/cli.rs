@@ -159,12 +159,14 @@ pub struct GateArgs {
     /// Swarm seeds 1..=N of the main scenario.
     #[arg(long, value_name = "N", default_value_t = 500, value_parser = parse_positive)]
     pub seeds: u64,
-    /// Seeds 1..=K of every drill of the registry (`drill list --drills`).
+    /// Seeds 1..=K of every drill of the registry (`drill list --drills`), each run under the
+    /// `none` profile and under `swarm` (a busy world with background faults).
     #[arg(long, value_name = "K", default_value_t = 5, value_parser = parse_positive)]
     pub drill_seeds: u64,
-    /// Fault profile the drills run under (the drill injects its own failure).
-    #[arg(long, value_name = "NAME", default_value = "none", value_parser = parse_profile)]
-    pub drill_profile: Profile,
+    /// Seeds on which each drill must be exercised and passed under each profile (at most K)
+    /// [default: 3, or K when K is smaller].
+    #[arg(long, value_name = "M", value_parser = parse_positive)]
+    pub drill_min: Option<u64>,
     /// Seeds of the sweep run a second time to check determinism, spread over the range
     /// (0 to 10000).
     #[arg(long, value_name = "M", default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=DETERMINISM_SEEDS_MAX))]

@@ -121,11 +121,14 @@ fn is_gate_entry(dir: &Path, name: &str) -> bool {
 }
 
 /// Where a run folder recorded in a summary is, given the folder the summary now sits in:
-/// `seed-N`, `drills/NAME/seed-N` or `nondeterministic/NAME` inside `dir`.
+/// `seed-N`, `drills/NAME/PROFILE/seed-N` (`drills/NAME/seed-N` in older gates) or
+/// `nondeterministic/NAME` inside `dir`.
 pub fn relocate(folder: &str, dir: &Path) -> String {
     let parts: Vec<&str> = Path::new(folder).iter().filter_map(|c| c.to_str()).collect();
     let n = parts.len();
-    let keep = if n >= 3 && parts[n - 3] == DRILLS_DIR {
+    let keep = if n >= 4 && parts[n - 4] == DRILLS_DIR {
+        4
+    } else if n >= 3 && parts[n - 3] == DRILLS_DIR {
         3
     } else if n >= 2 && parts[n - 2] == NONDETERMINISTIC_DIR {
         2
@@ -162,6 +165,7 @@ mod tests {
         let d = Path::new("shard-2");
         assert_eq!(relocate("out/gate/seed-4", d), "shard-2/seed-4");
         assert_eq!(relocate("out/drills/x/seed-4", d), "shard-2/drills/x/seed-4");
+        assert_eq!(relocate("out/gate/drills/x/swarm/seed-4", d), "shard-2/drills/x/swarm/seed-4");
         assert_eq!(relocate("g/nondeterministic/sync-basic-seed-4", d), "shard-2/nondeterministic/sync-basic-seed-4");
     }
 

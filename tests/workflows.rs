@@ -191,11 +191,12 @@ fn a_gate_writes_its_reports_and_streams_ndjson() {
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"))).collect();
     assert_eq!(lines[0]["event"], "start", "{}", text(&out));
     assert_eq!(lines[0]["ndjson_version"], 1);
-    // One line per run: the sweep's seeds, and every drill of the registry over its seeds.
-    let seeds = |scenario: &str| lines.iter().filter(|l| l["event"] == "seed" && l["scenario"] == scenario).count();
-    assert_eq!(seeds("sync-basic"), 10);
+    // One line per run: the sweep's seeds, and every drill of the registry over its seeds under
+    // each profile.
+    let seeds = |scenario: &str, profile: &str| lines.iter().filter(|l| l["event"] == "seed" && l["scenario"] == scenario && l["profile"] == profile).count();
+    assert_eq!(seeds("sync-basic", "swarm"), 10);
     for d in drill_scenarios::drills::registry() {
-        assert_eq!(seeds(d.id), 5, "{}", d.id);
+        assert_eq!((seeds(d.id, "none"), seeds(d.id, "swarm")), (5, 5), "{}", d.id);
     }
     let result = lines.last().unwrap();
     assert_eq!(result["event"], "result");
@@ -204,14 +205,37 @@ fn a_gate_writes_its_reports_and_streams_ndjson() {
     assert_eq!(Some(code(&out) as i64), summary["exit_code"].as_i64());
     assert_eq!(summary["kind"], "gate");
     assert_eq!(summary["determinism"]["checked"], 3);
+    // Every drill under both profiles, each exercised and passed on at least the 3 seeds needed.
+    assert_eq!(summary["drill_seeds_min"], 3);
+    let rows = summary["drills"].as_array().unwrap();
+    assert_eq!(rows.len(), 2 * drill_scenarios::drills::registry().len());
+    for d in drill_scenarios::drills::registry() {
+        for profile in ["none", "swarm"] {
+            let row = rows.iter().find(|r| r["name"] == d.id && r["profile"] == profile).unwrap_or_else(|| panic!("{} under {profile}", d.id));
+            assert!(row["passed_runs"].as_u64().unwrap() >= 3, "{row}");
+        }
+    }
     let ids: Vec<&str> = summary["invariants"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
     assert!(ids.contains(&"INV-DURABLE") && ids.contains(&"LIVE-DRAIN"), "{ids:?}");
     let junit = fs::read_to_string(t.join("gate/junit.xml")).unwrap();
     assert!(junit.starts_with("<?xml") && junit.contains("<testsuites"), "{junit}");
+    assert!(junit.contains("004-6.1-database-corruption (swarm)"), "{junit}");
     let md = fs::read_to_string(t.join("gate/report.md")).unwrap();
     assert!(md.starts_with("# drill gate: "), "{md}");
+    assert!(md.contains("| 004-6.1-database-corruption | swarm | 1..6 | 5 | 5 | 5 | 0 | exercised and passed |"), "{md}");
     let html = fs::read_to_string(t.join("gate/report.html")).unwrap();
     assert!(html.contains("Drill coverage") && html.contains("Invariant checks"));
+}
+
+#[test]
+fn a_gate_that_needs_more_drill_seeds_than_it_runs_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = drill(tmp.path(), &["gate", "--seeds", "2", "--drill-seeds", "2", "--drill-min", "3", "--out", "gate"]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--drill-min 3 is more than the 2 seeds of --drill-seeds"), "{err}");
+    assert!(!tmp.path().join("gate").exists(), "nothing is written for a refused gate");
 }
 
 #[test]

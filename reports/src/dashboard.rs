@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::gate::GateSummary;
+use crate::gate::{DrillVerdict, GateSummary};
 use crate::html::{attr, badge, facts, page, text};
 use crate::{Outcome, OutcomeCounts};
 
@@ -113,24 +113,26 @@ fn drills(g: &GateSummary) -> String {
         out.push_str("<p>No drills are registered yet; every scenario other than the sweep's becomes one.</p>");
         return out;
     }
-    out.push_str("<table><tr><th>drill</th><th>profile</th><th>seeds</th><th>runs</th><th>exercised</th><th>failing</th><th>verdict</th></tr>");
+    let _ = write!(out, "<p>Each drill must be exercised and passed on at least {} seeds under each profile.</p>", g.drill_seeds_min);
+    out.push_str("<table><tr><th>drill</th><th>profile</th><th>seeds</th><th>runs</th><th>exercised</th><th>passed</th><th>failing</th><th>verdict</th></tr>");
     for d in &g.drills {
-        let (class, verdict) = if d.exercised_and_passed() {
-            ("cell-ok", "exercised and passed")
-        } else if d.counts.failing() > 0 {
-            ("cell-bad", "failed")
-        } else {
-            ("cell-none", "not exercised")
+        let verdict = d.verdict(g.drill_seeds_min);
+        let class = match verdict {
+            DrillVerdict::Passed => "cell-ok",
+            DrillVerdict::Failed => "cell-bad",
+            DrillVerdict::Short => "cell-none",
         };
         let _ = write!(
             out,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"{class}\">{verdict}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"{class}\">{}</td></tr>",
             text(&d.name),
             text(&d.profile),
             text(&d.seeds.to_string()),
             d.counts.total(),
             d.exercised_runs,
-            d.counts.failing()
+            d.passed_runs,
+            d.counts.failing(),
+            verdict.label()
         );
     }
     out.push_str("</table>");

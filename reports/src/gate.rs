@@ -85,16 +85,50 @@ pub struct DrillResult {
     pub failing: Vec<FailingSeed>,
     pub faults: BTreeMap<String, u64>,
     pub checks: BTreeMap<String, u64>,
-    /// Runs in which the drill was exercised (its failure happened and its recovery ran). Until
-    /// runs report that themselves, a finished run with at least one non-vacuous check counts.
+    /// Runs in which the drill was exercised (its failure happened and its recovery ran).
     pub exercised_runs: u64,
+    /// Runs in which it was exercised and the run passed.
+    #[serde(default)]
+    pub passed_runs: u64,
+}
+
+/// What one drill's runs under one profile came to, against the seeds the gate needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrillVerdict {
+    /// Exercised and passed on at least the seeds needed, and no run failed.
+    Passed,
+    /// A run failed.
+    Failed,
+    /// No run failed, but fewer than the seeds needed exercised the drill and passed.
+    Short,
+}
+
+impl DrillVerdict {
+    /// How the reports say it.
+    pub fn label(self) -> &'static str {
+        match self {
+            DrillVerdict::Passed => "exercised and passed",
+            DrillVerdict::Failed => "failed",
+            DrillVerdict::Short => "not exercised enough",
+        }
+    }
 }
 
 impl DrillResult {
-    /// Exercised at least once, and every run passed.
-    pub fn exercised_and_passed(&self) -> bool {
-        self.exercised_runs > 0 && self.counts.failing() == 0
+    /// Its verdict when each drill must be exercised and passed on at least `needed` seeds.
+    pub fn verdict(&self, needed: u64) -> DrillVerdict {
+        if self.counts.failing() > 0 {
+            DrillVerdict::Failed
+        } else if self.exercised_runs >= needed.max(1) && self.passed_runs >= needed.max(1) {
+            DrillVerdict::Passed
+        } else {
+            DrillVerdict::Short
+        }
     }
+}
+
+fn one() -> u64 {
+    1
 }
 
 /// One seed whose two runs differed.
@@ -147,7 +181,11 @@ pub struct GateSummary {
     pub kind: String,
     /// The swarm sweep of the main scenario.
     pub sweep: SweepSummary,
+    /// Every drill under each profile (`none`, then `swarm`), in the registry's order.
     pub drills: Vec<DrillResult>,
+    /// Seeds on which each drill must be exercised and passed under each profile.
+    #[serde(default = "one")]
+    pub drill_seeds_min: u64,
     pub determinism: Determinism,
     /// Every invariant of the registry with its checks over all runs.
     pub invariants: Vec<InvariantCoverage>,
@@ -177,6 +215,7 @@ impl GateSummary {
             kind: SWEEP_KIND.to_string(),
             sweep: s.clone(),
             drills: Vec::new(),
+            drill_seeds_min: 1,
             determinism: Determinism::default(),
             invariants: s.checks.iter().map(|(id, n)| InvariantCoverage { id: id.clone(), checks: *n }).collect(),
             unrun: 0,
@@ -224,8 +263,16 @@ impl GateSummary {
 
     fn coverage_problems(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for d in self.drills.iter().filter(|d| d.exercised_runs == 0) {
-            out.push(format!("drill {} was never exercised", d.name));
+        let needed = self.drill_seeds_min;
+        for d in self.drills.iter().filter(|d| d.verdict(needed) == DrillVerdict::Short) {
+            out.push(format!(
+                "drill {} under {} was exercised on {} and passed on {} of {} runs; the gate needs {needed}",
+                d.name,
+                d.profile,
+                d.exercised_runs,
+                d.passed_runs,
+                d.counts.total()
+            ));
         }
         for i in self.invariants.iter().filter(|i| i.checks == 0) {
             out.push(format!("invariant {} was never checked non-vacuously", i.id));
@@ -357,23 +404,25 @@ pub fn merge_sweeps(parts: &[SweepSummary]) -> Result<SweepSummary, MergeError> 
     Ok(merged)
 }
 
-/// Merges the drills of gate shards, drill by drill.
+/// Merges the drills of gate shards, drill by drill and profile by profile.
 pub fn merge_drills(parts: &[&[DrillResult]]) -> Result<Vec<DrillResult>, MergeError> {
-    let mut by_name: BTreeMap<String, Vec<&DrillResult>> = BTreeMap::new();
+    let mut by_name: BTreeMap<(String, String), Vec<&DrillResult>> = BTreeMap::new();
     // The drills keep the order they first appear in (the registry's, as one gate lists them),
     // so that a merge of shards lists them as the unsharded gate does.
-    let mut order: Vec<String> = Vec::new();
+    let mut order: Vec<(String, String)> = Vec::new();
     for d in parts.iter().flat_map(|p| p.iter()) {
-        if !by_name.contains_key(&d.name) {
-            order.push(d.name.clone());
+        let key = (d.name.clone(), d.profile.clone());
+        if !by_name.contains_key(&key) {
+            order.push(key.clone());
         }
-        by_name.entry(d.name.clone()).or_default().push(d);
+        by_name.entry(key).or_default().push(d);
     }
     let mut out = Vec::new();
-    for name in order {
-        let runs = by_name.remove(&name).expect("every name in order was collected");
+    for key in order {
+        let runs = by_name.remove(&key).expect("every name in order was collected");
         let seeds: Vec<(SeedRange, Option<Shard>)> = runs.iter().map(|d| (d.seeds, d.shard)).collect();
-        let (range, shard) = union_of(&seeds).map_err(|e| MergeError(format!("drill {name}: {e}")))?;
+        let (name, profile) = &key;
+        let (range, shard) = union_of(&seeds).map_err(|e| MergeError(format!("drill {name} under {profile}: {e}")))?;
         let mut merged = DrillResult {
             seeds: range,
             shard,
@@ -382,6 +431,7 @@ pub fn merge_drills(parts: &[&[DrillResult]]) -> Result<Vec<DrillResult>, MergeE
             faults: BTreeMap::new(),
             checks: BTreeMap::new(),
             exercised_runs: 0,
+            passed_runs: 0,
             ..runs[0].clone()
         };
         for d in runs {
@@ -392,6 +442,7 @@ pub fn merge_drills(parts: &[&[DrillResult]]) -> Result<Vec<DrillResult>, MergeE
             add_counts(&mut merged.faults, &d.faults);
             add_counts(&mut merged.checks, &d.checks);
             merged.exercised_runs += d.exercised_runs;
+            merged.passed_runs += d.passed_runs;
         }
         merged.failing.sort_by_key(|f| f.seed);
         out.push(merged);
@@ -458,13 +509,17 @@ mod tests {
             faults: BTreeMap::new(),
             checks: BTreeMap::new(),
             exercised_runs: 1,
+            passed_runs: 1,
         };
-        let one = [drill("zeta", 1), drill("alpha", 1)];
-        let two = [drill("zeta", 2), drill("alpha", 2)];
+        let swarm = |d: DrillResult| DrillResult { profile: "swarm".into(), ..d };
+        let one = [drill("zeta", 1), swarm(drill("zeta", 1)), drill("alpha", 1)];
+        let two = [drill("zeta", 2), swarm(drill("zeta", 2)), drill("alpha", 2)];
         let merged = merge_drills(&[&one[..], &two[..]]).unwrap();
-        let names: Vec<&str> = merged.iter().map(|d| d.name.as_str()).collect();
-        assert_eq!(names, ["zeta", "alpha"]);
-        assert_eq!((merged[0].shard, merged[0].exercised_runs), (None, 2));
+        let names: Vec<(&str, &str)> = merged.iter().map(|d| (d.name.as_str(), d.profile.as_str())).collect();
+        assert_eq!(names, [("zeta", "none"), ("zeta", "swarm"), ("alpha", "none")]);
+        assert_eq!((merged[0].shard, merged[0].exercised_runs, merged[0].passed_runs), (None, 2, 2));
+        assert_eq!(merged[0].verdict(2), DrillVerdict::Passed);
+        assert_eq!(merged[0].verdict(3), DrillVerdict::Short, "passed on 2 seeds, 3 needed");
     }
 
     #[test]
@@ -495,6 +550,7 @@ mod tests {
             kind: GATE_KIND.into(),
             sweep: sweep(1, 3, None, 3),
             drills: vec![],
+            drill_seeds_min: 1,
             determinism: Determinism::default(),
             invariants: vec![],
             unrun: 0,

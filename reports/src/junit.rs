@@ -4,7 +4,7 @@
 
 use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 
-use crate::gate::GateSummary;
+use crate::gate::{DrillVerdict, GateSummary};
 
 /// Renders the gate's (or sweep's) JUnit XML (quick-junit escapes every name and message).
 pub fn render_junit(g: &GateSummary) -> String {
@@ -46,16 +46,19 @@ fn seeds_suite(g: &GateSummary) -> TestSuite {
 fn drills_suite(g: &GateSummary) -> TestSuite {
     let mut suite = TestSuite::new("drills");
     for d in &g.drills {
-        let status = if d.exercised_and_passed() {
-            TestCaseStatus::success()
-        } else if d.counts.failing() > 0 {
-            let msg = format!("{} of {} runs failed", d.counts.failing(), d.counts.total());
-            let replays: Vec<&str> = d.failing.iter().map(|f| f.replay.as_str()).collect();
-            failure(&msg, &replays.join("\n"))
-        } else {
-            failure("never exercised", "no run of this drill exercised its failure and recovery")
+        let status = match d.verdict(g.drill_seeds_min) {
+            DrillVerdict::Passed => TestCaseStatus::success(),
+            DrillVerdict::Failed => {
+                let msg = format!("{} of {} runs failed", d.counts.failing(), d.counts.total());
+                let replays: Vec<&str> = d.failing.iter().map(|f| f.replay.as_str()).collect();
+                failure(&msg, &replays.join("\n"))
+            }
+            DrillVerdict::Short => {
+                let why = format!("exercised and passed on {} of {} runs; the gate needs {}", d.passed_runs, d.counts.total(), g.drill_seeds_min);
+                failure("not exercised enough", &why)
+            }
         };
-        let mut case = TestCase::new(d.name.clone(), status);
+        let mut case = TestCase::new(format!("{} ({})", d.name, d.profile), status);
         case.set_classname("drill.drill");
         suite.add_test_case(case);
     }

@@ -84,16 +84,21 @@ fn drills(out: &mut String, g: &GateSummary) {
         let _ = writeln!(out, "No drills are registered yet.\n");
         return;
     }
-    let _ = writeln!(out, "| drill | seeds | exercised runs | failing | verdict |\n|---|---|---:|---:|---|");
+    let _ = writeln!(out, "Each drill must be exercised and passed on at least {} seeds under each profile.\n", g.drill_seeds_min);
+    let _ = writeln!(out, "| drill | profile | seeds | runs | exercised | passed | failing | verdict |\n|---|---|---|---:|---:|---:|---:|---|");
     for d in &g.drills {
-        let verdict = if d.exercised_and_passed() {
-            "pass"
-        } else if d.counts.failing() > 0 {
-            "fail"
-        } else {
-            "not exercised"
-        };
-        let _ = writeln!(out, "| {} | {} | {} | {} | {verdict} |", cell(&d.name), d.seeds, d.exercised_runs, d.counts.failing());
+        let verdict = d.verdict(g.drill_seeds_min).label();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {verdict} |",
+            cell(&d.name),
+            cell(&d.profile),
+            d.seeds,
+            d.counts.total(),
+            d.exercised_runs,
+            d.passed_runs,
+            d.counts.failing()
+        );
     }
     out.push('\n');
 }

@@ -109,7 +109,7 @@ impl BackupWorld {
     pub fn start(cx: &mut Ctx) -> BackupWorld {
         let handle = madsim::runtime::Handle::current();
         let node = handle.create_node().name(BACKUP_NODE).ip(BACKUP_IP).init(backup_main).build();
-        cx.nodes.add(BACKUP_NODE, node.id(), DiskFaults::none(), &cx.seeds);
+        crate::node::lock(&cx.nodes).add(BACKUP_NODE, node.id(), DiskFaults::none(), &cx.seeds);
         trace::emit(BACKUP_NODE, "node.start", json!({"port": BACKUP_PORT}));
         let server = handle.get_node(cx.server).expect("the server node exists");
         server.spawn(archiver(cx.server_slot.clone()));

@@ -4,15 +4,19 @@
 //! drill put it in their coverage table.
 
 use drill_scenarios::drills;
-use drill_scenarios::plan::drill::DrillPlan;
 use drill_scenarios::Profile;
 use drill_scenarios::{plan_for, run, Outcome, RunReport, RunRequest, RunSource};
 use serde_json::Value;
 
-fn run_drill(id: &str, seed: u64, skip: Option<&str>, wrong: Option<&str>) -> RunReport {
-    let mut plan = plan_for(seed, id, Profile::None).unwrap();
-    plan.drill = Some(DrillPlan { id: id.into(), skip: skip.map(String::from), wrong: wrong.map(String::from), swarm: None });
+fn run_drill(id: &str, seed: u64, profile: Profile, skip: Option<&str>, wrong: Option<&str>) -> RunReport {
+    let mut plan = plan_for(seed, id, profile).unwrap();
+    let d = plan.drill.as_mut().unwrap();
+    (d.skip, d.wrong) = (skip.map(String::from), wrong.map(String::from));
     drills::execute(&plan, None).unwrap()
+}
+
+fn kinds(r: &RunReport) -> Vec<String> {
+    r.trace.iter().map(|l| serde_json::from_str::<Value>(l).unwrap()["kind"].as_str().unwrap().to_string()).collect()
 }
 
 fn steps_traced(r: &RunReport, id: &str) -> Vec<String> {
@@ -28,7 +32,7 @@ fn steps_traced(r: &RunReport, id: &str) -> Vec<String> {
 fn every_drill_passes_exercised_with_its_steps_in_order() {
     for d in drills::registry() {
         for seed in 1..=3 {
-            let r = run_drill(d.id, seed, None, None);
+            let r = run_drill(d.id, seed, Profile::None, None, None);
             assert_eq!(r.outcome, Outcome::Pass, "{} seed {seed}: {:?}", d.id, r.violations);
             let c = r.drills[d.id];
             assert_eq!((c.runs, c.exercised, c.passed), (1, 1, 1), "{} seed {seed}", d.id);
@@ -36,6 +40,56 @@ fn every_drill_passes_exercised_with_its_steps_in_order() {
             assert!(r.checks.get("INV-RECOVERY").copied().unwrap_or(0) > 0, "{}: INV-RECOVERY not checked", d.id);
         }
     }
+}
+
+/// Under swarm every drill recovers in a busy world: it begins at a random moment, a bystander
+/// of another tenant writes through the same server (none of its acknowledged writes may be
+/// lost), and background partitions and clock faults go on while the stack recovers.
+#[test]
+fn every_drill_passes_exercised_in_a_busy_world() {
+    let mut background = std::collections::BTreeMap::<String, u64>::new();
+    for d in drills::registry() {
+        for seed in 1..=3 {
+            let r = run_drill(d.id, seed, Profile::Swarm, None, None);
+            assert_eq!(r.outcome, Outcome::Pass, "{} seed {seed}: {:?}", d.id, r.violations);
+            let c = r.drills[d.id];
+            assert_eq!((c.runs, c.exercised, c.passed), (1, 1, 1), "{} seed {seed}", d.id);
+            assert_eq!(steps_traced(&r, d.id), d.steps, "{} seed {seed}", d.id);
+            let kinds = kinds(&r);
+            assert!(kinds.iter().any(|k| k == "drill.begin") && kinds.iter().any(|k| k == "drill.bystander"), "{} seed {seed}", d.id);
+            for k in ["partition", "partition.one_way"] {
+                *background.entry(k.to_string()).or_default() += r.faults.get(k).copied().unwrap_or(0);
+            }
+        }
+    }
+    // Seeds 1 to 3 switch the clock faults off (the plans' test sees them on other seeds).
+    assert!(background.values().all(|n| *n > 10), "partitions happen while drills recover: {background:?}");
+}
+
+#[test]
+fn drill_plans_are_calm_under_none_and_busy_under_swarm() {
+    use drill_scenarios::plan::drill::BUSY_MS;
+    use drill_sim::faults::Fault;
+    let id = "004-6.1-database-corruption";
+    let calm = plan_for(7, id, Profile::None).unwrap();
+    assert!(calm.faults.is_empty() && calm.drill.as_ref().unwrap().busy.is_none());
+    let busy = plan_for(7, id, Profile::Swarm).unwrap();
+    assert_eq!(busy.heal_at_ms, BUSY_MS);
+    let b = busy.drill.as_ref().unwrap().busy.clone().unwrap();
+    assert!(b.start_ms <= BUSY_MS && !b.bystander_ms.is_empty());
+    assert!(busy.faults.iter().all(|s| matches!(s.fault, Fault::Partition { .. } | Fault::ClockJump { .. } | Fault::ClockDrift { .. })));
+    // Over 20 seeds the swarm knobs switch every background family on somewhere.
+    let mut kinds = std::collections::BTreeSet::new();
+    for seed in 1..=20 {
+        kinds.extend(plan_for(seed, id, Profile::Swarm).unwrap().faults.iter().map(|s| s.fault.kind()));
+    }
+    assert_eq!(kinds.into_iter().collect::<Vec<_>>(), ["clock.drift", "clock.jump", "partition", "partition.one_way"]);
+    let mut late = busy.clone();
+    late.drill.as_mut().unwrap().busy.as_mut().unwrap().start_ms = BUSY_MS + 1;
+    assert!(late.validate().unwrap_err().contains("after heal_at_ms"));
+    let mut late = busy.clone();
+    late.drill.as_mut().unwrap().busy.as_mut().unwrap().bystander_ms.push(BUSY_MS + 1);
+    assert!(late.validate().unwrap_err().contains("bystander write"));
 }
 
 /// For each drill, recovery steps that, skipped (`S`) or done wrong (`W`), must make it fail.
@@ -160,11 +214,12 @@ fn every_drill_fails_when_its_recovery_is_skipped_or_done_wrong() {
     for d in drills::registry() {
         assert!(cases.iter().any(|(id, _, _)| id == d.id), "{} has no skipped-recovery test", d.id);
     }
+    // Seeds 1 and 2 calm, seed 3 in a busy world: the recovery is load-bearing in both.
     for (id, kind, step) in cases {
-        for seed in 1..=2 {
+        for (seed, profile) in [(1, Profile::None), (2, Profile::None), (3, Profile::Swarm)] {
             let (skip, wrong) = if kind == 'S' { (Some(step.as_str()), None) } else { (None, Some(step.as_str())) };
-            let r = run_drill(&id, seed, skip, wrong);
-            assert_eq!(r.outcome, Outcome::Violation, "{id} with {kind} {step} (seed {seed}) passed: the drill checks nothing there");
+            let r = run_drill(&id, seed, profile, skip, wrong);
+            assert_eq!(r.outcome, Outcome::Violation, "{id} with {kind} {step} (seed {seed}, {profile}) passed: the drill checks nothing there");
             assert!(r.violations.iter().all(|v| v.invariant != "SIM-NO-PANIC"), "{id} with {kind} {step}: {:?}", r.violations);
             assert_eq!(r.drills[id.as_str()].passed, 0, "{id} with {kind} {step}");
         }

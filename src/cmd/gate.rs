@@ -35,6 +35,11 @@ use crate::worker::{Answer, Job};
 pub const MAIN_SCENARIO: &str = "sync-basic";
 /// The fault profile of the gate's sweep.
 pub const MAIN_PROFILE: Profile = Profile::Swarm;
+/// The profiles every drill runs under: a calm world, and a busy one with background faults.
+pub const DRILL_PROFILES: [Profile; 2] = [Profile::None, Profile::Swarm];
+/// Seeds on which each drill must be exercised and passed under each profile, unless the gate
+/// runs fewer drill seeds or says otherwise (`--drill-min`).
+pub const DRILL_MIN_DEFAULT: u64 = 3;
 
 /// Runs the gate; the exit code is the verdict's (0, 1, 3, 4 or 5).
 pub fn gate(args: GateArgs) -> Result<i32, CliError> {
@@ -46,11 +51,12 @@ pub fn gate(args: GateArgs) -> Result<i32, CliError> {
     let events = Events::new(args.json);
     announce(&plan, &args, workers, events);
     let world = WorldArgs { scenario: MAIN_SCENARIO.to_string(), profile: MAIN_PROFILE };
+    let drill_min = plan.drill_min;
     let mut run = GateRun::new(plan, args.out.clone(), work.clone(), args.time_budget, events);
     run.seed_timeout = args.seed_timeout;
     pool::run(workers, &world, &mut run)?;
     fs::remove_dir_all(&work).map_err(|e| CliError::io("cannot remove", &work, e))?;
-    let summary = run.into_summary(workers, args.shard, interrupt::requested());
+    let summary = run.into_summary(workers, args.shard, drill_min, interrupt::requested());
     write_gate_files(&args.out, &summary)?;
     events.emit("result", &json!({ "summary": summary, "interrupted": summary.sweep.interrupted }));
     if events.text() {
@@ -75,23 +81,35 @@ struct Planned {
     rerun: bool,
 }
 
-/// What the gate runs: its groups (the sweep, then each drill) and the queue of runs.
+/// What the gate runs: its groups (the sweep, then each drill under each profile) and the queue
+/// of runs.
 struct GatePlan {
     groups: Vec<Group>,
     queue: Queue,
+    /// Seeds on which each drill must be exercised and passed under each profile.
+    drill_min: u64,
 }
 
 impl GatePlan {
     fn new(args: &GateArgs) -> Result<GatePlan, CliError> {
+        let drill_min = match args.drill_min {
+            Some(m) if m > args.drill_seeds => {
+                return Err(CliError::new(format!("--drill-min {m} is more than the {} seeds of --drill-seeds", args.drill_seeds)));
+            }
+            Some(m) => m,
+            None => DRILL_MIN_DEFAULT.min(args.drill_seeds),
+        };
         let range = SeedRange { first: 1, last: args.seeds };
         let drill_range = SeedRange { first: 1, last: args.drill_seeds };
         let mut groups = vec![Group::new(MAIN_SCENARIO, MAIN_PROFILE, range, &args.out)];
         for d in drill_scenarios::drills::registry() {
-            let folder = args.out.join(DRILLS_DIR).join(d.id);
-            groups.push(Group::new(d.id, args.drill_profile, drill_range, &folder));
+            for profile in DRILL_PROFILES {
+                let folder = args.out.join(DRILLS_DIR).join(d.id).join(profile.as_str());
+                groups.push(Group::new(d.id, profile, drill_range, &folder));
+            }
         }
         let queue = Queue::new(&groups, sample_seeds(range, args.determinism_seeds), args.shard);
-        Ok(GatePlan { groups, queue })
+        Ok(GatePlan { groups, queue, drill_min })
     }
 }
 
@@ -177,14 +195,17 @@ fn sample_seeds(range: SeedRange, m: u64) -> BTreeSet<u64> {
 }
 
 fn announce(plan: &GatePlan, args: &GateArgs, workers: usize, events: Events) {
-    let drills: Vec<&str> = plan.groups[1..].iter().map(|g| g.scenario.as_str()).collect();
+    let mut drills: Vec<&str> = plan.groups[1..].iter().map(|g| g.scenario.as_str()).collect();
+    drills.dedup();
     let shard = args.shard.map(|s| format!(" shard {s}")).unwrap_or_default();
     if events.text() {
         println!(
-            "drill {DRILL_VERSION} gate: {MAIN_SCENARIO} {MAIN_PROFILE} seeds 1..={}{shard}, {} drills x {} seeds ({}), {} determinism seeds, {} runs, jobs {workers}",
+            "drill {DRILL_VERSION} gate: {MAIN_SCENARIO} {MAIN_PROFILE} seeds 1..={}{shard}, {} drills x {} profiles x {} seeds, each exercised and passed on {} ({}), {} determinism seeds, {} runs, jobs {workers}",
             args.seeds,
             drills.len(),
+            DRILL_PROFILES.len(),
             args.drill_seeds,
+            plan.drill_min,
             if drills.is_empty() { "none registered".to_string() } else { drills.join(", ") },
             plan.queue.sampled(),
             plan.queue.runs()
@@ -193,7 +214,7 @@ fn announce(plan: &GatePlan, args: &GateArgs, workers: usize, events: Events) {
     events.start(
         "gate",
         json!({"seeds": args.seeds, "shard": args.shard, "drills": drills, "drill_seeds": args.drill_seeds,
-               "drill_profile": args.drill_profile, "determinism_seeds": plan.queue.sampled(),
+               "drill_profiles": DRILL_PROFILES, "drill_min": plan.drill_min, "determinism_seeds": plan.queue.sampled(),
                "runs": plan.queue.runs(), "jobs": workers}),
     );
 }
@@ -210,6 +231,7 @@ struct Group {
     faults: BTreeMap<String, u64>,
     checks: BTreeMap<String, u64>,
     exercised_runs: u64,
+    passed_runs: u64,
     /// The runs' drill coverage tables, summed.
     drills: BTreeMap<String, drill_reports::DrillCoverage>,
 }
@@ -226,6 +248,7 @@ impl Group {
             faults: BTreeMap::new(),
             checks: BTreeMap::new(),
             exercised_runs: 0,
+            passed_runs: 0,
             drills: BTreeMap::new(),
         }
     }
@@ -243,7 +266,9 @@ impl Group {
                 }
                 drill_reports::add_drills(&mut self.drills, &summary.drills);
                 // A drill run reports whether its failure happened and its recovery ran.
-                self.exercised_runs += summary.drills.get(&self.scenario).map(|c| c.exercised).unwrap_or(0);
+                let own = summary.drills.get(&self.scenario);
+                self.exercised_runs += own.map(|c| c.exercised).unwrap_or(0);
+                self.passed_runs += own.map(|c| c.passed).unwrap_or(0);
                 self.counts.add(summary.outcome);
                 (summary.outcome, summary.violations.first().cloned())
             }
@@ -333,6 +358,7 @@ impl GateRun {
         let (outcome, first_violation) = group.record(answer);
         let mut event = seed_event(p.seed, answer, outcome, &first_violation);
         event["scenario"] = json!(group.scenario);
+        event["profile"] = json!(group.profile);
         self.events.emit("seed", &event);
         self.progress.finish_one(outcome != Outcome::Pass);
         let mut arrived = arrived(p, job, answer);
@@ -395,7 +421,7 @@ impl GateRun {
         Ok(())
     }
 
-    fn into_summary(mut self, workers: usize, shard: Option<Shard>, interrupted: bool) -> GateSummary {
+    fn into_summary(mut self, workers: usize, shard: Option<Shard>, drill_min: u64, interrupted: bool) -> GateSummary {
         let wall = self.progress.finish();
         // Reruns still queued are not counted: the budget covers first runs.
         let unrun = self.queue.unrun();
@@ -430,6 +456,7 @@ impl GateRun {
             kind: GATE_KIND.to_string(),
             sweep,
             drills,
+            drill_seeds_min: drill_min,
             determinism: self.determinism,
             invariants: Vec::new(),
             unrun,
@@ -544,6 +571,7 @@ fn drill_result(g: Group, shard: Option<Shard>) -> DrillResult {
         faults: g.faults,
         checks: g.checks,
         exercised_runs: g.exercised_runs,
+        passed_runs: g.passed_runs,
     }
 }
 
@@ -555,14 +583,16 @@ fn print_gate(g: &GateSummary, out: &Path) {
         println!("drills          none registered");
     }
     for d in &g.drills {
-        let verdict = if d.exercised_and_passed() {
-            "exercised and passed"
-        } else if d.counts.failing() > 0 {
-            "FAILED"
-        } else {
-            "not exercised"
-        };
-        println!("drill {:<9} {} runs: {} ({verdict})", d.name, d.counts.total(), counts(&d.counts));
+        let verdict = d.verdict(g.drill_seeds_min).label();
+        println!(
+            "drill {:<9} {:<5} {} runs: {}, exercised {}, passed {} ({verdict})",
+            d.name,
+            d.profile,
+            d.counts.total(),
+            counts(&d.counts),
+            d.exercised_runs,
+            d.passed_runs
+        );
     }
     for (id, c) in &s.drills {
         println!("in swarm        {id}: picked {}, exercised {}, passed {}", c.runs, c.exercised, c.passed);

@@ -112,6 +112,12 @@ fn merge_gates(parts: &[(PathBuf, Value)], out: &Path) -> Result<i32, CliError> 
     let sweeps: Vec<SweepSummary> = gates.iter().map(|g| g.sweep.clone()).collect();
     let mut sweep = merge_sweeps(&sweeps).map_err(|e| CliError::new(e.to_string()))?;
     sweep.merged_from = sources(parts);
+    if let Some(g) = gates.iter().find(|g| g.drill_seeds_min != gates[0].drill_seeds_min) {
+        return Err(CliError::new(format!(
+            "the gates need drills exercised on different numbers of seeds ({} and {}); merge shards of one gate",
+            gates[0].drill_seeds_min, g.drill_seeds_min
+        )));
+    }
     let drill_parts: Vec<&[drill_reports::gate::DrillResult]> = gates.iter().map(|g| g.drills.as_slice()).collect();
     let drills = merge_drills(&drill_parts).map_err(|e| CliError::new(e.to_string()))?;
     let mut determinism = Determinism::default();

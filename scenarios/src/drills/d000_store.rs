@@ -249,7 +249,7 @@ async fn start_effects(cx: &mut Ctx) -> (madsim::task::NodeId, Arc<Mutex<Option<
     let ctx = Arc::new(EffectsCtx { slot: slot.clone(), shared: cx.shared.clone() });
     let handle = madsim::runtime::Handle::current();
     let node = handle.create_node().name(EFFECTS_NODE).ip(EFFECTS_IP).init(move || effects_main(ctx.clone())).build();
-    cx.nodes.add(EFFECTS_NODE, node.id(), DiskFaults::none(), &cx.seeds);
+    lock(&cx.nodes).add(EFFECTS_NODE, node.id(), DiskFaults::none(), &cx.seeds);
     for _ in 0..EFFECTS_POLLS_MAX {
         if lock(&slot).is_some() {
             return (node.id(), slot);

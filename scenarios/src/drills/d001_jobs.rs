@@ -45,6 +45,7 @@ use serde_json::json;
 use super::harness::Ctx;
 use super::Drill;
 use crate::jobs_world::{JOBS_IP, JOBS_NODE};
+use crate::node::lock;
 use crate::sim_fs::SimFs;
 
 const fn jobs(id: &'static str, section: &'static str, title: &'static str, steps: &'static [&'static str], body: super::Body) -> Drill {
@@ -147,7 +148,7 @@ fn input(run: &str) -> JobInput {
 async fn setup(cx: &mut Ctx) -> Jobs {
     let handle = madsim::runtime::Handle::current();
     let node = handle.create_node().name(JOBS_NODE).ip(JOBS_IP).build();
-    cx.nodes.add(JOBS_NODE, node.id(), DiskFaults::none(), &cx.seeds);
+    lock(&cx.nodes).add(JOBS_NODE, node.id(), DiskFaults::none(), &cx.seeds);
     Jobs { node: node.id(), fs: cx.files(node.id()), robot: RobotLog::new() }
 }
 

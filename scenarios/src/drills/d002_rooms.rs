@@ -37,7 +37,7 @@ use serde_json::json;
 
 use super::harness::Ctx;
 use super::Drill;
-use crate::node::{DEVICE_DB, SERVER_IP};
+use crate::node::{lock, DEVICE_DB, SERVER_IP};
 
 pub const DRILLS: &[Drill] = &[
     Drill {
@@ -94,7 +94,7 @@ async fn corruption(cx: &mut Ctx) {
     let name = cx.devs[0].name.clone();
     cx.devs[0].client = None;
     cx.devs[0].rpc = None;
-    cx.nodes.crash(&name);
+    lock(&cx.nodes).crash(&name);
     // One page of bytes that are not a database, with a page checksum that holds: what SQLite
     // then reads is a header it does not recognise, not a damaged page.
     let mut garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
@@ -105,7 +105,7 @@ async fn corruption(cx: &mut Ctx) {
     DiskSim::current().put_file(node, DEVICE_DB, &garbage);
     DiskSim::current().put_file(node, "device.db-wal", &[]);
     cx.inject("database_not_a_database", json!({"device": name, "file": DEVICE_DB}));
-    cx.nodes.boot(&name);
+    lock(&cx.nodes).boot(&name);
     let opened = cx.open(0).await;
     let seen = matches!(&opened, Err(StoreError::Corrupt { detail }) if detail.contains("not a database"));
     cx.symptom(seen, "sqlite open fails: file is not a database", json!({"error": opened.as_ref().err().map(|e| e.to_string())}));

@@ -32,6 +32,7 @@ use drill_stack::{StoreError, SyncError};
 use madsim::task::NodeId;
 use serde_json::{json, Value};
 
+use super::busy::{self, Bystander, BYSTANDER, BYSTANDER_IP, BYSTANDER_TENANT};
 use super::Drill;
 use crate::api::Violation;
 use crate::node::{client_ip, lock, NodeClock, SharedRef, DEVICE_DB, SERVER_IP};
@@ -102,7 +103,8 @@ pub struct Ctx {
     /// The drill's own random choices.
     pub rng: Stream,
     pub shared: SharedRef,
-    pub nodes: Nodes,
+    /// The world's nodes, shared with the background faults of a busy world.
+    pub nodes: Arc<Mutex<Nodes>>,
     pub server: NodeId,
     pub server_slot: Arc<Mutex<Option<Server>>>,
     pub devs: Vec<Device>,
@@ -111,6 +113,10 @@ pub struct Ctx {
     pub blobs: Option<crate::blobs_world::BlobWorld>,
     /// The token service the server requires tokens of (pairing keys come from it).
     pub tokens: Arc<crate::tokens::Tokens>,
+    /// In a busy world (under swarm): what the bystander saw acknowledged.
+    pub bystander: Option<Arc<Mutex<Bystander>>>,
+    /// The background faults that happened, by kind.
+    pub background: Arc<Mutex<BTreeMap<String, u64>>>,
     next_op: u64,
 }
 
@@ -136,12 +142,15 @@ impl Ctx {
     /// Builds the world every drill starts from: the server and the plan's devices, each device
     /// open and bound to the server.
     pub async fn new(plan: Plan, drill: &'static Drill, shared: SharedRef) -> Ctx {
+        let start = drill_sim::clock::now();
         let seeds = SeedTree::new(plan.seed);
         let handle = madsim::runtime::Handle::current();
         let mut nodes = Nodes::new();
         let server_slot = Arc::new(Mutex::new(None));
         let options = ServerOptions { retention_events: plan.server_retention, ..ServerOptions::default() };
-        let tenant_keys = Arc::new(plan.clients.iter().map(|c| (c.tenant.clone(), Arc::new(tenant_ring(&c.tenant)))).collect());
+        let busy = plan.drill.as_ref().and_then(|d| d.busy.clone());
+        let tenants = plan.clients.iter().map(|c| c.tenant.as_str()).chain(busy.iter().map(|_| BYSTANDER_TENANT));
+        let tenant_keys = Arc::new(tenants.map(|t| (t.to_string(), Arc::new(tenant_ring(t)))).collect());
         let tokens = Arc::new(crate::tokens::Tokens::new(plan.seed));
         let sctx = Arc::new(ServerCtx { options, tenant_keys, slot: server_slot.clone(), tokens: tokens.clone(), shared: shared.clone() });
         let server = handle.create_node().name("server").ip(SERVER_IP).init(move || procs::server_main(sctx.clone())).build();
@@ -165,6 +174,21 @@ impl Ctx {
                 opens: 0,
             });
         }
+        let nodes = Arc::new(Mutex::new(nodes));
+        let background = Arc::new(Mutex::new(BTreeMap::new()));
+        let bystander = busy.as_ref().map(|b| {
+            let seen = Arc::new(Mutex::new(Bystander::default()));
+            let (times, pairing, streams, s) = (b.bystander_ms.clone(), tokens.pairing(BYSTANDER_TENANT, BYSTANDER), seeds.child("bystander"), seen.clone());
+            let node = handle
+                .create_node()
+                .name(BYSTANDER)
+                .ip(BYSTANDER_IP)
+                .init(move || busy::bystander_main(start, times.clone(), pairing.clone(), streams, s.clone()))
+                .build();
+            lock(&nodes).add(BYSTANDER, node.id(), DiskFaults::none(), &seeds);
+            madsim::task::spawn(busy::background(start, plan.faults.clone(), nodes.clone(), background.clone()));
+            seen
+        });
         let rng = seeds.stream("drill");
         let mut cx = Ctx {
             plan,
@@ -179,6 +203,8 @@ impl Ctx {
             verdict: Verdict::default(),
             blobs: None,
             tokens,
+            bystander,
+            background,
             next_op: 0,
         };
         cx.wait_server().await;
@@ -186,6 +212,11 @@ impl Ctx {
             if let Err(e) = cx.open(i).await {
                 panic!("{} cannot open its fresh database: {e}", cx.devs[i].name);
             }
+        }
+        if let Some(b) = busy {
+            // The drill begins at its moment of the busy world.
+            madsim::time::sleep_until(start + Duration::from_millis(b.start_ms)).await;
+            trace::emit("drill", "drill.begin", json!({"drill": cx.drill.id, "busy": true}));
         }
         cx
     }
@@ -318,9 +349,9 @@ impl Ctx {
             d.client = None;
             d.rpc = None;
         }
-        self.nodes.crash(name);
+        lock(&self.nodes).crash(name);
         crate::node::observe(&self.shared, Fact::Crashed { node: name.into() }, trace::line_count());
-        self.nodes.boot(name);
+        lock(&self.nodes).boot(name);
     }
 
     /// The files of a node's current boot, as the operator sees them.
@@ -468,7 +499,7 @@ impl Ctx {
         let handle = madsim::runtime::Handle::current();
         let names = self.devs.iter().map(|d| d.name.clone()).collect();
         let b = crate::blobs_world::BlobWorld::create(&handle, &self.shared, self.server, &self.server_slot, names);
-        self.nodes.add(crate::blobs_world::BLOBSTORE_NODE, b.node, DiskFaults::none(), &self.seeds);
+        lock(&self.nodes).add(crate::blobs_world::BLOBSTORE_NODE, b.node, DiskFaults::none(), &self.seeds);
         self.blobs = Some(b);
         madsim::time::sleep(Duration::from_millis(200)).await;
     }

@@ -14,6 +14,7 @@
 //! <id>` runs one; a plan's `drill.skip` / `drill.wrong` make one recovery step be skipped or
 //! done wrong, which the tests use to show that every drill fails without its recovery.
 
+pub mod busy;
 pub mod d000_keys;
 pub mod d000_retention;
 pub mod d000_store;
@@ -47,7 +48,7 @@ use serde_json::json;
 
 use crate::api::{DrillCoverage, Outcome, RunError, RunReport, Violation};
 use crate::node::{lock, Shared, SharedRef};
-use crate::plan::drill::DrillPlan;
+use crate::plan::drill::{self as drill_plan, DrillPlan};
 use crate::plan::transport::TransportKnobs;
 use crate::plan::{client_name, ClientSpec, Plan, Profile, PLAN_FORMAT_VERSION, TENANTS};
 use crate::run::{COMMIT, TRACE_FORMAT_VERSION, VERSION};
@@ -113,7 +114,7 @@ pub fn plan(seed: u64, id: &str, profile: Profile) -> Result<Plan, RunError> {
     let clients = (0..drill.devices)
         .map(|i| ClientSpec { name: client_name(i), tenant: TENANTS[i % TENANTS.len()].to_string(), protocol_version: PROTOCOL_VERSION })
         .collect();
-    Ok(Plan {
+    let mut plan = Plan {
         format_version: PLAN_FORMAT_VERSION,
         seed,
         scenario: id.to_string(),
@@ -128,10 +129,22 @@ pub fn plan(seed: u64, id: &str, profile: Profile) -> Result<Plan, RunError> {
         store: None,
         blobs: None,
         jobs: None,
-        drill: Some(DrillPlan { id: id.to_string(), skip: None, wrong: None, swarm: None }),
+        drill: Some(DrillPlan { id: id.to_string(), skip: None, wrong: None, swarm: None, busy: None }),
         heal_at_ms: DRILL_HEAL_AT_MS,
         liveness_ms_max: DRILL_LIVENESS_MS_MAX,
-    })
+    };
+    if profile == Profile::Swarm {
+        // A busy world: the drill begins at a random moment while a bystander writes and the
+        // background faults go on.
+        let seeds = SeedTree::new(seed);
+        let background = drill_sim::faults::schedule(&plan.knobs, &plan.node_names(), drill_plan::BUSY_MS, &mut seeds.stream("drill-faults"));
+        plan.faults = drill_plan::background(background);
+        plan.heal_at_ms = drill_plan::BUSY_MS;
+        if let Some(d) = plan.drill.as_mut() {
+            d.busy = Some(drill_plan::busy(&seeds));
+        }
+    }
+    Ok(plan)
 }
 
 /// Checks a plan's drill against the registry: the drill exists and has the steps the plan
@@ -228,9 +241,38 @@ fn exercised(drill: &Drill, v: &Verdict) -> bool {
 async fn main(plan: Plan, drill: &'static Drill, shared: SharedRef) -> (Verdict, u64) {
     let mut cx = Ctx::new(plan, drill, shared).await;
     (drill.body)(&mut cx).await;
+    if cx.bystander.is_some() {
+        busy_judgement(&mut cx).await;
+    }
     let steps = cx.verdict.steps_run.len() as u64;
     trace::emit("world", "run.end", json!({"drill": drill.id, "failure_seen": cx.verdict.failure_seen, "steps": cx.verdict.steps_run}));
     (std::mem::take(&mut cx.verdict), steps)
+}
+
+/// After the body in a busy world: every write the server acknowledged to the bystander is still
+/// on the server (INV-DURABLE; under a retention, all but the oldest the server compacted), and
+/// the background faults are counted into the run's faults.
+async fn busy_judgement(cx: &mut Ctx) {
+    let counts = lock(&cx.background).clone();
+    for (k, n) in counts {
+        *cx.verdict.faults.entry(k).or_default() += n;
+    }
+    let seen = cx.bystander.clone().expect("a busy world");
+    let (acknowledged, ok, failed) = {
+        let s = lock(&seen);
+        (s.acknowledged.clone(), s.syncs_ok, s.syncs_failed)
+    };
+    let stored: std::collections::BTreeSet<String> = cx.server_tenant(busy::BYSTANDER_TENANT).await.into_iter().map(|e| e.op_id).collect();
+    // Under a retention the server compacts a tenant's oldest events: those acknowledged first
+    // may be gone, but none acknowledged after one that is still stored.
+    let (compacted, lost) = busy::lost_writes(&acknowledged, &stored, cx.plan.server_retention.is_some());
+    let detail = json!({"acknowledged": acknowledged.len(), "syncs_ok": ok, "syncs_failed": failed, "compacted": compacted, "lost": lost.len()});
+    trace::emit("drill", "drill.bystander", detail);
+    let result = match lost.first() {
+        None => Ok(()),
+        Some(op) => Err(format!("{} of the bystander's {} acknowledged writes are not on the server (first: {op})", lost.len(), acknowledged.len())),
+    };
+    cx.judge(drill_model::invariants::DURABLE, "the bystander's acknowledged writes", result);
 }
 
 #[cfg(test)]

@@ -22,6 +22,49 @@ pub struct DrillPlan {
     /// In a swarm plan: when the failure is injected, and on which device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swarm: Option<SwarmDrill>,
+    /// In a drill's own plan under swarm: the busy world the drill runs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy: Option<Busy>,
+}
+
+/// The busy world around a drill under swarm: the drill's body begins at a random moment, while
+/// a bystander device of a tenant of its own keeps writing and syncing through the same server,
+/// and the plan's background faults (partitions, clock jumps and drifts) go on while the stack
+/// recovers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Busy {
+    /// When the drill's body begins.
+    pub start_ms: u64,
+    /// When the bystander appends an event and syncs.
+    pub bystander_ms: Vec<u64>,
+}
+
+/// How long the busy world's background lasts: its faults start within it.
+pub const BUSY_MS: u64 = 6_000;
+/// The latest moment a drill's body begins in a busy world.
+pub const BUSY_START_MS_MAX: u64 = 1_500;
+/// Most bystander writes a plan may hold.
+pub const BYSTANDER_OPS_MAX: usize = 200;
+
+/// The busy world of the drill plan of `seed` (from its own seed stream).
+pub fn busy(seeds: &SeedTree) -> Busy {
+    let mut rng = seeds.stream("drill-busy");
+    let start_ms = rng.gen_range(0..=BUSY_START_MS_MAX);
+    let mut bystander_ms = Vec::new();
+    let mut t = rng.gen_range(0..200);
+    while t < BUSY_MS {
+        bystander_ms.push(t);
+        t += rng.gen_range(50..=400);
+    }
+    Busy { start_ms, bystander_ms }
+}
+
+/// The background faults of a busy drill world, over [`BUSY_MS`]: of the swarm `schedule`
+/// drawn for the drill's nodes, the kinds a drill recovers through (partitions, one-way ones
+/// included, and clock jumps and drifts). Crashes and disk faults are the drills' own failures.
+pub fn background(schedule: Vec<drill_sim::faults::Scheduled>) -> Vec<drill_sim::faults::Scheduled> {
+    use drill_sim::faults::Fault;
+    schedule.into_iter().filter(|s| matches!(s.fault, Fault::Partition { .. } | Fault::ClockJump { .. } | Fault::ClockDrift { .. })).collect()
 }
 
 /// Where and when a swarm plan injects its drill's failure.
@@ -78,7 +121,7 @@ pub fn swarm(plan: &mut Plan, seeds: &SeedTree, duration_ms: u64) {
     }
     plan.ops.extend([op(end + 20, Action::Hydrate { malformed: false }), op(end + 40, Action::Sync)]);
     plan.ops.sort_by_key(|o| o.at_ms);
-    plan.drill = Some(DrillPlan { id: id.into(), skip: None, wrong: None, swarm: Some(SwarmDrill { at_ms, device }) });
+    plan.drill = Some(DrillPlan { id: id.into(), skip: None, wrong: None, swarm: Some(SwarmDrill { at_ms, device }), busy: None });
 }
 
 /// Checks a plan's drill part, as far as the plan alone tells (the registry checks the drill's
@@ -89,8 +132,22 @@ pub fn validate(plan: &Plan) -> Result<(), String> {
         if plan.scenario != d.id {
             return Err(format!("a drill plan's scenario must be its drill, not '{}'", plan.scenario));
         }
+        if let Some(b) = &d.busy {
+            if b.start_ms > plan.heal_at_ms {
+                return Err(format!("a busy drill world starts its drill at {} ms, after heal_at_ms {}", b.start_ms, plan.heal_at_ms));
+            }
+            if b.bystander_ms.len() > BYSTANDER_OPS_MAX {
+                return Err(format!("{} bystander writes exceed the limit of {BYSTANDER_OPS_MAX}", b.bystander_ms.len()));
+            }
+            if let Some(t) = b.bystander_ms.iter().find(|t| **t > plan.heal_at_ms) {
+                return Err(format!("bystander write at {t} ms is after heal_at_ms {}", plan.heal_at_ms));
+            }
+        }
         return Ok(());
     };
+    if d.busy.is_some() {
+        return Err(format!("drill {} injected into a swarm world cannot have a busy world of its own", d.id));
+    }
     if fault_of(&d.id).is_none() {
         return Err(format!("drill {} cannot run inside a swarm world", d.id));
     }
