@@ -89,7 +89,5 @@ pub fn run(req: &RunRequest) -> Result<RunReport, RunError> {
     if plan.scenario != sync_basic::NAME && plan.drill.is_some() {
         return drills::execute(&plan, req.out_dir.as_deref());
     }
-    let mut report = run::execute(&plan, req.out_dir.as_deref())?;
-    drills::swarm::judge(&plan, &mut report);
-    Ok(report)
+    run::execute(&plan, req.out_dir.as_deref())
 }

@@ -82,9 +82,41 @@ pub struct Shared {
     /// What happened to the run that the world did not inject itself but counts with its
     /// faults (the server's refusals of tokens its clock or its restart made stale).
     pub counts: BTreeMap<String, u64>,
+    /// Every sync and hydrate attempt of the world's devices, in order: the typed history a
+    /// drill injected into a swarm world is judged from.
+    pub attempts: Vec<Attempted>,
 }
 
 pub type SharedRef = Arc<Mutex<Shared>>;
+
+/// What one sync or hydrate attempt of a device came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// A sync that succeeded.
+    Synced,
+    /// A hydrate the client accepted.
+    Hydrated { malformed: bool },
+    /// A sync or hydrate that failed, with its `stage:code` signature when it has one.
+    Failed { signature: Option<String> },
+}
+
+/// One attempt, with when and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempted {
+    /// Simulated microseconds since the world started.
+    pub t_us: u64,
+    pub node: String,
+    pub attempt: Attempt,
+}
+
+/// Books an attempt whose trace line was written (`line`; none when the node's power was cut
+/// and it said nothing).
+pub fn book_attempt(shared: &SharedRef, node: &str, attempt: Attempt, line: Option<u64>) {
+    if line.is_some() {
+        let t_us = drill_sim::clock::true_us();
+        lock(shared).attempts.push(Attempted { t_us, node: node.to_string(), attempt });
+    }
+}
 
 /// Records one trace line and, when given, hands a fact to the model. A node whose power is cut
 /// says nothing more: lines and facts from its dying task are dropped.

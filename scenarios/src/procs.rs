@@ -26,8 +26,8 @@ use serde_json::{json, Value};
 use crate::facts::{client_snapshot, client_snapshot_after, observe_store, store_facts};
 use crate::group_world::{member, room};
 use crate::node::{
-    append_acked, event_fact, lock, next_command, observe, payload_for, record, record_at, ClientCtx, Command, NodeClock, SharedRef, TenantKeys,
-    BLOBS_AGGREGATE, DEVICE_DB, KEYS_DB, RPC_TIMEOUT_MS, SERVER_DB, SERVER_IP,
+    append_acked, book_attempt, event_fact, lock, next_command, observe, payload_for, record, record_at, Attempt, ClientCtx, Command, NodeClock, SharedRef,
+    TenantKeys, BLOBS_AGGREGATE, DEVICE_DB, KEYS_DB, RPC_TIMEOUT_MS, SERVER_DB, SERVER_IP,
 };
 use crate::plan::Action;
 use crate::store_ops::DeviceOps;
@@ -698,6 +698,7 @@ async fn sync_op(ctx: &ClientCtx, client: &mut Client, rpc: &mut RpcClient, id: 
             }
             let detail = json!({"op": id, "pulled": r.pulled, "pages": r.pages, "settled": r.settled});
             let line = record_at(&ctx.shared, name, "op.ok", detail, Some(Fact::SyncSucceeded { node: name.into(), expected }));
+            book_attempt(&ctx.shared, name, Attempt::Synced, line);
             check_now(ctx, client, line, before.cursor);
             let mut snapshot_due = false;
             if let Ok(s) = client.export_state() {
@@ -801,10 +802,14 @@ fn failed_closed(ctx: &ClientCtx, client: &Client, id: u64, e: &drill_stack::Syn
                 state_after: after.to_json(),
             };
             let line = record_at(&ctx.shared, name, "op.err", detail, Some(fact));
+            book_attempt(&ctx.shared, name, Attempt::Failed { signature: e.signature() }, line);
             check_now(ctx, client, line, before.cursor);
         }
         // The disk refused the read: there is nothing to compare, and nothing is claimed.
-        Err(_) => record(&ctx.shared, name, "op.err", detail, None),
+        Err(_) => {
+            let line = record_at(&ctx.shared, name, "op.err", detail, None);
+            book_attempt(&ctx.shared, name, Attempt::Failed { signature: e.signature() }, line);
+        }
     }
 }
 
@@ -823,7 +828,8 @@ fn hydrate_op(ctx: &ClientCtx, client: &mut Client, last_good: Option<&ExportedS
     record(&ctx.shared, name, "op.start", json!({"op": id, "action": "hydrate", "malformed": malformed, "cursor": state.cursor}), None);
     match client.hydrate(&state) {
         Ok(()) => {
-            record(&ctx.shared, name, "op.ok", json!({"op": id}), Some(Fact::SyncSucceeded { node: name.into(), expected }));
+            let line = record_at(&ctx.shared, name, "op.ok", json!({"op": id}), Some(Fact::SyncSucceeded { node: name.into(), expected }));
+            book_attempt(&ctx.shared, name, Attempt::Hydrated { malformed }, line);
             Ok(())
         }
         Err(e) => {

@@ -122,7 +122,7 @@ pub fn execute(plan: &Plan, out_dir: Option<&Path>) -> Result<RunReport, RunErro
             message: why.clone(),
         });
     }
-    Ok(RunReport {
+    let mut report = RunReport {
         seed: plan.seed,
         scenario: plan.scenario.clone(),
         profile: plan.profile,
@@ -137,7 +137,9 @@ pub fn execute(plan: &Plan, out_dir: Option<&Path>) -> Result<RunReport, RunErro
         plan_json,
         trace,
         drills: BTreeMap::new(),
-    })
+    };
+    crate::drills::swarm::judge(plan, &s.attempts, &mut report);
+    Ok(report)
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {

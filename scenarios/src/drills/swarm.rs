@@ -5,19 +5,21 @@
 //! the world's devices can run as user operations: the eight guardrail drills (a transport fault
 //! window on one device, its syncs inside the window, then a hydrate from the last known-good
 //! state and a sync after it) and the malformed hydrate. Each recovery step is a `drill.step`
-//! trace line at the moment the world queues it. After the run the trace says whether the drill
-//! was exercised (its signature appeared on that device, and the hydrate and the sync after it
-//! succeeded); it passed when the run passed too. The world's own invariants judge the recovery:
+//! trace line at the moment the world queues it. After the run the world's typed history of
+//! attempts says whether the drill was exercised (its signature appeared on that device, and the
+//! hydrate and the sync after it succeeded); it passed when the run passed too. The world's own invariants judge the recovery:
 //! INV-FAIL-CLOSED and INV-GUARDRAIL on every attempt, INV-CONVERGE and LIVE-DRAIN at the end.
 
 use std::collections::BTreeMap;
 
 use drill_sim::trace;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::find;
 use crate::api::{DrillCoverage, Outcome, RunReport};
-use crate::plan::drill::{fault_of, WINDOW_MS};
+use crate::node::{Attempt, Attempted};
+use crate::plan::drill::{fault_of, SwarmDrill, WINDOW_MS};
+use crate::plan::transport::TransportFaultKind;
 use crate::plan::Plan;
 
 /// A recovery step's mark on the world's timeline.
@@ -46,39 +48,31 @@ pub fn mark(m: &Mark) {
 }
 
 /// After a swarm run: whether its drill was exercised and passed, into the report's coverage
-/// table.
-pub fn judge(plan: &Plan, report: &mut RunReport) {
+/// table, judged from the world's typed history of sync and hydrate attempts (`attempts`).
+pub fn judge(plan: &Plan, attempts: &[Attempted], report: &mut RunReport) {
     let Some(d) = &plan.drill else { return };
     let (Some(s), Some(kind)) = (&d.swarm, fault_of(&d.id)) else { return };
-    let want = match kind {
-        Some(k) => k.signature().unwrap_or_default(),
-        None => "hydrate:hydrateGuardrailViolation",
-    };
-    let lines: Vec<Value> = report.trace.iter().filter_map(|l| serde_json::from_str(l).ok()).filter(|v: &Value| v["node"] == s.device.as_str()).collect();
-    let from_us = s.at_ms * 1_000;
-    let end_us = (s.at_ms + WINDOW_MS) * 1_000;
-    let failed = lines.iter().any(|v| v["kind"] == "op.err" && v["detail"]["signature"] == want && v["t_us"].as_u64().unwrap_or(0) >= from_us);
-    // The recovery: a hydrate that succeeded after the window, then a sync that succeeded.
-    let mut hydrated_op = None;
-    let mut recovered = false;
-    for v in lines.iter().filter(|v| v["t_us"].as_u64().unwrap_or(0) >= end_us) {
-        if v["kind"] == "op.start" && v["detail"]["action"] == "hydrate" && v["detail"]["malformed"] == false {
-            hydrated_op = Some((v["detail"]["op"].clone(), false));
-        } else if let Some((op, false)) = &hydrated_op {
-            if v["kind"] == "op.ok" && &v["detail"]["op"] == op {
-                hydrated_op = Some((op.clone(), true));
-            }
-        } else if matches!(hydrated_op, Some((_, true))) && v["kind"] == "op.ok" && v["detail"].get("pulled").is_some() {
-            recovered = true;
-            break;
-        }
-    }
-    let exercised = failed && recovered;
+    let exercised = exercised(s, kind, attempts);
     let passed = exercised && report.outcome == Outcome::Pass;
     let entry = report.drills.entry(d.id.clone()).or_default();
     entry.runs += 1;
     entry.exercised += u64::from(exercised);
     entry.passed += u64::from(passed);
+}
+
+/// Exercised: the drill's signature appeared on its device after the failure was injected, and
+/// after the fault window a hydrate from a known-good state succeeded, then a sync after it.
+fn exercised(s: &SwarmDrill, kind: Option<TransportFaultKind>, attempts: &[Attempted]) -> bool {
+    let want = match kind {
+        Some(k) => k.signature().unwrap_or_default(),
+        None => "hydrate:hydrateGuardrailViolation",
+    };
+    let (from_us, end_us) = (s.at_ms * 1_000, (s.at_ms + WINDOW_MS) * 1_000);
+    let mine = attempts.iter().filter(|a| a.node == s.device);
+    let failed = mine.clone().any(|a| a.t_us >= from_us && matches!(&a.attempt, Attempt::Failed { signature: Some(sig) } if sig == want));
+    let mut after = mine.filter(|a| a.t_us >= end_us).map(|a| &a.attempt);
+    let hydrated = after.any(|a| *a == Attempt::Hydrated { malformed: false });
+    failed && hydrated && after.any(|a| *a == Attempt::Synced)
 }
 
 /// Drills a set of reports exercised, summed (for tests and summaries).
