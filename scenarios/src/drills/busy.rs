@@ -24,8 +24,7 @@ use drill_stack::rpc::RpcClient;
 use madsim::time::Instant;
 use serde_json::json;
 
-use super::harness::{tenant_ring, RPC_TIMEOUT_MS};
-use crate::node::{lock, payload_for, NodeClock, DEVICE_DB, SERVER_IP};
+use crate::node::{lock, payload_for, NodeClock, DEVICE_DB, RPC_TIMEOUT_MS, SERVER_IP};
 
 /// The bystander device's node.
 pub const BYSTANDER: &str = "bystander";
@@ -45,12 +44,12 @@ pub struct Bystander {
     pub syncs_failed: u64,
 }
 
-/// The bystander's process: opens its database, then at each of `times` (ms since the world
-/// started) appends one event and makes one sync attempt. Errors are traced and left: the
-/// bystander is load, and its next sync tries again.
-pub async fn bystander_main(start: Instant, times: Vec<u64>, pairing: Key, seeds: SeedTree, seen: Arc<Mutex<Bystander>>) {
+/// The bystander's process: opens its database (its tenant's keys in `ring`), then at each of
+/// `times` (ms since the world started) appends one event and makes one sync attempt. Errors
+/// are traced and left: the bystander is load, and its next sync tries again.
+pub async fn bystander_main(start: Instant, times: Vec<u64>, pairing: Key, ring: BTreeMap<String, Key>, seeds: SeedTree, seen: Arc<Mutex<Bystander>>) {
     let node = madsim::plugin::node();
-    let keys = DeviceKeys::new(Ring::Fixed(tenant_ring(BYSTANDER_TENANT)), Box::new(seeds.stream("nonces/bystander")));
+    let keys = DeviceKeys::new(Ring::Fixed(ring), Box::new(seeds.stream("nonces/bystander")));
     let mut client = match Client::open(DEVICE_DB, BYSTANDER, BYSTANDER_TENANT, Box::new(NodeClock(node)), keys) {
         Ok(c) => c,
         Err(e) => {

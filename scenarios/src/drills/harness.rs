@@ -179,11 +179,12 @@ impl Ctx {
         let bystander = busy.as_ref().map(|b| {
             let seen = Arc::new(Mutex::new(Bystander::default()));
             let (times, pairing, streams, s) = (b.bystander_ms.clone(), tokens.pairing(BYSTANDER_TENANT, BYSTANDER), seeds.child("bystander"), seen.clone());
+            let ring = tenant_ring(BYSTANDER_TENANT);
             let node = handle
                 .create_node()
                 .name(BYSTANDER)
                 .ip(BYSTANDER_IP)
-                .init(move || busy::bystander_main(start, times.clone(), pairing.clone(), streams, s.clone()))
+                .init(move || busy::bystander_main(start, times.clone(), pairing.clone(), ring.clone(), streams, s.clone()))
                 .build();
             lock(&nodes).add(BYSTANDER, node.id(), DiskFaults::none(), &seeds);
             madsim::task::spawn(busy::background(start, plan.faults.clone(), nodes.clone(), background.clone()));
