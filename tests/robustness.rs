@@ -262,6 +262,16 @@ fn every_single_field_mutation_ends_in_an_outcome_or_one_error_line() {
     let trace = fs::read_to_string(base_run.join("trace.jsonl")).unwrap();
 
     let mut cases = mutations(&plan, Target::Plan, "plan");
+    // A drill's plan under swarm: every field of its own parts (the drill, its busy world, the
+    // background faults) mutated as well.
+    let drill_run = tmp.path().join("drill");
+    let args = ["run", "--scenario", "003-4-pull-cursor-regression", "--seed", "3", "--profile", "swarm", "--out", drill_run.to_str().unwrap()];
+    let out = Command::new(DRILL).args(args).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let drill_plan: Value = serde_json::from_str(&fs::read_to_string(drill_run.join("plan.json")).unwrap()).unwrap();
+    assert!(drill_plan["drill"]["busy"].is_object() && !drill_plan["faults"].as_array().unwrap().is_empty(), "{drill_plan}");
+    let own = |c: &Case| ["drill plan.drill", "drill plan.faults"].iter().any(|p| c.name.starts_with(p));
+    cases.extend(mutations(&drill_plan, Target::Plan, "drill plan").into_iter().filter(own));
     cases.extend(mutations(&summary, Target::Summary, "summary"));
     cases.extend(trace_mutations(&trace));
     assert!(cases.len() >= 300, "only {} mutations", cases.len());

@@ -42,7 +42,7 @@ use sha2::{Digest, Sha256};
 use crate::node::{lock, payload_for, record, ClientCtx, Command, Mailbox, NodeClock, SharedRef, SERVER_IP};
 use crate::plan::blobs::BlobFaultKind;
 use crate::plan::{Action, Plan};
-use crate::seam::{step_of, Build, Core, Hook, StepBox, Subsystem};
+use crate::seam::{step_of, Build, Core, DevicePart, Hook, StepBox, Subsystem};
 
 /// The object store's node.
 pub const BLOBSTORE_NODE: &str = "blobstore";
@@ -612,6 +612,13 @@ impl Subsystem for BlobWorld {
                 BlobWorld::final_round(self, core.mailboxes, core.server, core.server_slot).await;
             }
         })
+    }
+}
+
+impl DevicePart for BlobDevice {
+    fn user_op<'a>(&'a mut self, ctx: &'a ClientCtx, client: &'a mut Client, id: u64, action: &'a Action) -> Option<Hook<'a>> {
+        matches!(action, Action::StageBlob { .. } | Action::AttachBlob | Action::ReadBlob { .. })
+            .then(|| Box::pin(BlobDevice::op(self, ctx, client, id, action)) as Hook<'a>)
     }
 }
 

@@ -29,7 +29,8 @@ use drill_stack::keys::group::{GroupPacket, GroupSession, Received};
 use drill_stack::keys::KeyError;
 use serde_json::json;
 
-use crate::node::{lock, observe, record, record_at, ClientCtx};
+use crate::node::{lock, observe, record, record_at, ClientCtx, SharedRef};
+use crate::seam::{DevicePart, Hook};
 
 /// The room of the device's tenant, one of its parts.
 pub fn room(ctx: &ClientCtx) -> &VaultRoom {
@@ -334,4 +335,99 @@ pub fn rooms(plan: &crate::plan::Plan) -> BTreeMap<String, Arc<VaultRoom>> {
         });
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The device's part: the vault and the room
+
+/// The keys' part of a device process: the vault step and the room step at boot, after every
+/// sync round and at the audit.
+pub struct KeysDevice {
+    /// The device's boot count.
+    pub start: u64,
+}
+
+impl DevicePart for KeysDevice {
+    fn bound(&mut self, ctx: &ClientCtx, client: &mut Client) {
+        vault_step(ctx, client, self.start, true);
+        step(ctx, client, self.start, false);
+    }
+
+    fn after_round(&mut self, ctx: &ClientCtx, client: &mut Client, synced: bool) {
+        vault_step(ctx, client, self.start, false);
+        step(ctx, client, self.start, synced);
+    }
+
+    fn audit<'a>(&'a mut self, ctx: &'a ClientCtx, client: &'a mut Client, converged: bool) -> Hook<'a> {
+        vault_step(ctx, client, self.start, true);
+        audit(ctx, client, self.start, converged, ctx.skip_group_reconnect);
+        Box::pin(async {})
+    }
+}
+
+/// Hands the model what `node`'s vault holds (the fingerprint of its key, or none): a read, or
+/// with `recovered` an explicit recovery of that key (INV-NO-REGEN).
+pub fn observe_vault(shared: &SharedRef, node: &str, fingerprint: Option<String>, recovered: bool) {
+    use drill_model::secrets::VaultObservation;
+    let Some(line) = record_at(shared, node, "store.vault", json!({"fingerprint": fingerprint, "recovered": recovered}), None) else { return };
+    let o = match (fingerprint, recovered) {
+        (Some(fingerprint), true) => VaultObservation::Recovered { node: node.into(), line, fingerprint },
+        (fingerprint, _) => VaultObservation::Read { node: node.into(), line, fingerprint },
+    };
+    observe(shared, Fact::Store(StoreFact::Vault(o)), line);
+}
+
+/// The vault step a device takes at start and after every sync: the authority creates the
+/// vault key if the room never had one; a device without it asks peers and recovers it from a
+/// share (never creates a new one: the stack refuses when its database says the vault was
+/// initialized); a device holding it answers peers' requests. `observe_read` also hands the
+/// model what the vault holds (INV-NO-REGEN).
+pub fn vault_step(ctx: &ClientCtx, client: &mut Client, start: u64, observe_read: bool) {
+    use drill_stack::keys::vault::{Role, VaultShare};
+    let name = ctx.name.as_str();
+    let room = room(ctx);
+    let mut rng = ctx.seeds.child(&format!("device/{name}/start-{start}/vault-{}", trace::line_count())).stream("keys");
+    let (keys, db) = client.keys_and_db();
+    let Ring::Store(ks) = &mut keys.ring else { return };
+    let vault = |fp: Option<String>, recovered: bool| observe_vault(&ctx.shared, name, fp, recovered);
+    match ks.vault_key() {
+        Ok(k) => {
+            if observe_read {
+                vault(Some(k.fingerprint()), false);
+            }
+            let requests: Vec<String> = std::mem::take(&mut lock(&room.board).requests).into_iter().collect();
+            for who in requests {
+                match ks.vault_share(&room.group, room.epoch, &room.group_key, &who, &mut rng) {
+                    Ok(share) => {
+                        lock(&room.board).shares.insert(who.clone(), share.to_bytes());
+                        record(&ctx.shared, name, "store.vault_share", json!({"for": who}), None);
+                    }
+                    Err(e) => record(&ctx.shared, name, "op.err", json!({"action": "vault_share", "code": e.code(), "message": e.to_string()}), None),
+                }
+            }
+            return;
+        }
+        Err(KeyError::VaultKeyUninitialized) if room.authority == name => match ks.generate_vault_key(db, Role::Authority, &mut rng) {
+            Ok(k) => return vault(Some(k.fingerprint()), false),
+            // The database says the vault was initialized: the key store was lost; recover.
+            Err(e) => record(&ctx.shared, name, "store.vault_refused", json!({"code": e.code()}), None),
+        },
+        Err(KeyError::VaultKeyUninitialized | KeyError::VaultKeyMissing) => {}
+        Err(e) => return record(&ctx.shared, name, "op.err", json!({"action": "vault", "code": e.code(), "message": e.to_string()}), None),
+    }
+    let me = ks.identity_id().to_string();
+    let share = lock(&room.board).shares.remove(&me);
+    match share.map(|b| VaultShare::from_bytes(&b)) {
+        Some(Ok(share)) => match ks.recover_vault_key(db, &share, &room.group_key, &mut rng) {
+            Ok(k) => vault(Some(k.fingerprint()), true),
+            Err(e) => record(&ctx.shared, name, "op.err", json!({"action": "vault_recover", "code": e.code(), "message": e.to_string()}), None),
+        },
+        Some(Err(e)) => record(&ctx.shared, name, "op.err", json!({"action": "vault_recover", "code": e.code(), "message": e.to_string()}), None),
+        None => {
+            if observe_read {
+                vault(None, false);
+            }
+            lock(&room.board).requests.insert(me);
+        }
+    }
 }

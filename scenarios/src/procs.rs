@@ -166,73 +166,6 @@ fn snapshot_pairs(c: &mut Client) -> Result<Vec<SnapshotPair>, drill_stack::Stor
     Ok(pairs)
 }
 
-/// Hands the model what `node`'s vault holds (the fingerprint of its key, or none): a read, or
-/// with `recovered` an explicit recovery of that key (INV-NO-REGEN).
-pub fn observe_vault(shared: &SharedRef, node: &str, fingerprint: Option<String>, recovered: bool) {
-    use drill_model::secrets::VaultObservation;
-    let Some(line) = record_at(shared, node, "store.vault", json!({"fingerprint": fingerprint, "recovered": recovered}), None) else { return };
-    let o = match (fingerprint, recovered) {
-        (Some(fingerprint), true) => VaultObservation::Recovered { node: node.into(), line, fingerprint },
-        (fingerprint, _) => VaultObservation::Read { node: node.into(), line, fingerprint },
-    };
-    observe(shared, Fact::Store(StoreFact::Vault(o)), line);
-}
-
-/// The vault step a device takes at start and after every sync: the authority creates the
-/// vault key if the room never had one; a device without it asks peers and recovers it from a
-/// share (never creates a new one: the stack refuses when its database says the vault was
-/// initialized); a device holding it answers peers' requests. `observe_read` also hands the
-/// model what the vault holds (INV-NO-REGEN).
-fn vault_step(ctx: &ClientCtx, client: &mut Client, start: u64, observe_read: bool) {
-    use drill_stack::keys::vault::{Role, VaultShare};
-    let name = ctx.name.as_str();
-    let room = room(ctx);
-    let mut rng = ctx.seeds.child(&format!("device/{name}/start-{start}/vault-{}", trace::line_count())).stream("keys");
-    let (keys, db) = client.keys_and_db();
-    let Ring::Store(ks) = &mut keys.ring else { return };
-    let vault = |fp: Option<String>, recovered: bool| observe_vault(&ctx.shared, name, fp, recovered);
-    match ks.vault_key() {
-        Ok(k) => {
-            if observe_read {
-                vault(Some(k.fingerprint()), false);
-            }
-            let requests: Vec<String> = std::mem::take(&mut lock(&room.board).requests).into_iter().collect();
-            for who in requests {
-                match ks.vault_share(&room.group, room.epoch, &room.group_key, &who, &mut rng) {
-                    Ok(share) => {
-                        lock(&room.board).shares.insert(who.clone(), share.to_bytes());
-                        record(&ctx.shared, name, "store.vault_share", json!({"for": who}), None);
-                    }
-                    Err(e) => record(&ctx.shared, name, "op.err", json!({"action": "vault_share", "code": e.code(), "message": e.to_string()}), None),
-                }
-            }
-            return;
-        }
-        Err(KeyError::VaultKeyUninitialized) if room.authority == name => match ks.generate_vault_key(db, Role::Authority, &mut rng) {
-            Ok(k) => return vault(Some(k.fingerprint()), false),
-            // The database says the vault was initialized: the key store was lost; recover.
-            Err(e) => record(&ctx.shared, name, "store.vault_refused", json!({"code": e.code()}), None),
-        },
-        Err(KeyError::VaultKeyUninitialized | KeyError::VaultKeyMissing) => {}
-        Err(e) => return record(&ctx.shared, name, "op.err", json!({"action": "vault", "code": e.code(), "message": e.to_string()}), None),
-    }
-    let me = ks.identity_id().to_string();
-    let share = lock(&room.board).shares.remove(&me);
-    match share.map(|b| VaultShare::from_bytes(&b)) {
-        Some(Ok(share)) => match ks.recover_vault_key(db, &share, &room.group_key, &mut rng) {
-            Ok(k) => vault(Some(k.fingerprint()), true),
-            Err(e) => record(&ctx.shared, name, "op.err", json!({"action": "vault_recover", "code": e.code(), "message": e.to_string()}), None),
-        },
-        Some(Err(e)) => record(&ctx.shared, name, "op.err", json!({"action": "vault_recover", "code": e.code(), "message": e.to_string()}), None),
-        None => {
-            if observe_read {
-                vault(None, false);
-            }
-            lock(&room.board).requests.insert(me);
-        }
-    }
-}
-
 /// At boot: a key store other than the one the device last ran with means it was lost and the
 /// device paired again; the events it holds are what the recovery must keep readable. With every
 /// key back from pairing the recovery is over at once; otherwise it ends with the operator's
@@ -558,7 +491,7 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
         record(&ctx.shared, name, "node.projection_behind", json!({"code": e.code(), "message": e.to_string()}), None);
     }
     // The store's own work resumes before the model reads the store (runbook 000: on start).
-    let mut ops = crate::store_ops::Device::boot(&ctx, &mut client).await;
+    let mut parts = crate::subsystems::device_parts(&ctx, &mut client, start).await;
     match client_snapshot(&ctx, &client) {
         Ok(s) => {
             let detail = json!({"boots": client.boots(), "pending": s.outbox.len(), "events": s.events.len()});
@@ -575,8 +508,9 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
         Ok(r) => r.with_version(ctx.protocol_version).with_filter(Box::new(FaultyTransport(ctx.transport.clone()))),
         Err(e) => return record(&ctx.shared, name, "node.bind_failed", json!({"message": e.to_string()}), None),
     };
-    vault_step(&ctx, &mut client, start, true);
-    crate::group_world::step(&ctx, &mut client, start, false);
+    for p in &mut parts {
+        p.bound(&ctx, &mut client);
+    }
     // A READ_ONLY period in progress (the mode persists across restarts: a device that boots
     // in READ_ONLY starts a period at boot).
     let mut read_only = match client.mode() {
@@ -585,7 +519,6 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
     };
     // The last state a sync attempt succeeded from: what a hydrate restarts from.
     let mut last_good: Option<ExportedState> = None;
-    let mut blobs = crate::blobs_world::BlobDevice::new(client.boots());
     loop {
         match next_command(&ctx.mailbox).await {
             Command::Op { id, action: Action::Append { aggregate, kind, bytes } } => {
@@ -616,17 +549,18 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
                 let snapshot_due = matches!(result, Ok(true));
                 let synced = result.is_ok();
                 attempted(&mut read_only, "sync", result.map(|_| ()));
-                ops.after_sync(&ctx, &mut client, synced).await;
+                for p in &mut parts {
+                    p.after_sync(&ctx, &mut client, synced).await;
+                }
                 if snapshot_due {
                     // No snapshot may hold a corrupt row: the projections are verified first.
-                    ops.before_snapshot(&ctx, &mut client);
+                    parts.iter_mut().for_each(|p| p.before_snapshot(&ctx, &mut client));
                     match client.snapshot_projections() {
-                        Ok(ids) => ops.after_snapshot(&client, &ids),
+                        Ok(ids) => parts.iter_mut().for_each(|p| p.after_snapshot(&client, &ids)),
                         Err(e) => record(&ctx.shared, name, "op.snapshot_refused", json!({"op": id, "code": e.code(), "message": e.to_string()}), None),
                     }
                 }
-                vault_step(&ctx, &mut client, start, false);
-                crate::group_world::step(&ctx, &mut client, start, synced);
+                parts.iter_mut().for_each(|p| p.after_round(&ctx, &mut client, synced));
             }
             Command::Op { id, action: Action::Hydrate { malformed } } => {
                 let result = hydrate_op(&ctx, &mut client, last_good.as_ref(), id, malformed);
@@ -651,17 +585,22 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
             Command::RestoreKeys => restore_keys(&ctx, &mut client, start),
             Command::RepairKeys => {}
             Command::Op { id, action: a @ (Action::StageBlob { .. } | Action::AttachBlob | Action::ReadBlob { .. }) } => {
-                blobs.op(&ctx, &mut client, id, &a).await
+                for p in &mut parts {
+                    if let Some(run) = p.user_op(&ctx, &mut client, id, &a) {
+                        run.await;
+                        break;
+                    }
+                }
             }
-            Command::Store(c) => ops.command(&ctx, &mut client, c),
+            Command::Store(c) => parts.iter_mut().for_each(|p| p.command(&ctx, &mut client, &c)),
             Command::Snapshot => {
                 let s = client_snapshot(&ctx, &client);
                 lock(&ctx.mailbox).snapshot = Some(s);
             }
             Command::Audit { converged } => {
-                ops.audit(&ctx, &mut client).await;
-                vault_step(&ctx, &mut client, start, true);
-                crate::group_world::audit(&ctx, &mut client, start, converged, ctx.skip_group_reconnect);
+                for p in &mut parts {
+                    p.audit(&ctx, &mut client, converged).await;
+                }
                 if converged {
                     check_key_recovery(&ctx, &client);
                 }
@@ -868,6 +807,13 @@ pub fn server_snapshot(s: &Server, keys: &BTreeMap<String, Arc<TenantKeys>>) -> 
 }
 
 /// The server's process: recover, report what survived, then answer requests.
+/// Creates a world's server node (every world has one, named `server`, at [`SERVER_IP`]): its
+/// process is [`server_main`], run anew at every boot.
+pub fn server_node(handle: &madsim::runtime::Handle, ctx: ServerCtx) -> madsim::runtime::NodeHandle {
+    let ctx = Arc::new(ctx);
+    handle.create_node().name("server").ip(SERVER_IP).init(move || server_main(ctx.clone())).build()
+}
+
 pub async fn server_main(ctx: Arc<ServerCtx>) {
     let Some(server) = open_with_retry(&ctx.shared, "server", || Server::open_with(SERVER_DB, ctx.options)).await else { return };
     let server = server.with_tokens(ctx.tokens.service(madsim::plugin::node()));

@@ -21,7 +21,7 @@ use madsim::time::Instant;
 use serde_json::json;
 
 use crate::api::{Outcome, RunError, RunReport, Violation};
-use crate::node::{client_ip, lock, record, ClientCtx, Command, Mailbox, Parts, Shared, SharedRef, SERVER_IP};
+use crate::node::{client_ip, lock, record, ClientCtx, Command, Mailbox, Parts, Shared, SharedRef};
 use crate::plan::transport::TransportFaultKind;
 use crate::plan::{Action, Plan};
 use crate::procs::{self, ServerCtx};
@@ -161,8 +161,8 @@ async fn world(plan: Plan, shared: SharedRef) -> Ending {
     let options = drill_stack::server::ServerOptions { retention_events: plan.server_retention, ..Default::default() };
     let tenant_keys = Arc::new(procs::provision(&plan));
     let tokens = Arc::new(crate::tokens::Tokens::new(plan.seed));
-    let sctx = Arc::new(ServerCtx { options, tenant_keys: tenant_keys.clone(), slot: slot.clone(), tokens: tokens.clone(), shared: shared.clone() });
-    let server = handle.create_node().name("server").ip(SERVER_IP).init(move || procs::server_main(sctx.clone())).build();
+    let sctx = ServerCtx { options, tenant_keys: tenant_keys.clone(), slot: slot.clone(), tokens: tokens.clone(), shared: shared.clone() };
+    let server = procs::server_node(&handle, sctx);
     nodes.add("server", server.id(), plan.knobs.disk.crash, &seeds);
     let subsystems = crate::subsystems::all(&mut Build {
         handle: &handle,

@@ -8,6 +8,12 @@
 //! A subsystem acts through the [`Core`] the world lends it: the plan, the nodes, the devices'
 //! mailboxes and contexts, the server; what it wants done later (its own steps, a node's boot,
 //! a fault undone) it asks for, and the core puts it on the timeline in the order asked.
+//!
+//! On a device's side a subsystem is a [`DevicePart`]: made when the device process boots
+//! ([`crate::subsystems::device_parts`] is that list), then called at the process's moments —
+//! bound to the server, after a sync, around a snapshot, at the end of a sync round, for its own
+//! user operations and world commands, and at the audit. The device process (`procs.rs`) names
+//! none of them.
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -20,12 +26,13 @@ use drill_model::Fact;
 use drill_sim::rng::SeedTree;
 use drill_sim::trace;
 use drill_sim::world::{FaultStep, Nodes};
+use drill_stack::client::Client;
 use drill_stack::server::Server;
 use madsim::task::NodeId;
 use serde_json::json;
 
-use crate::node::{lock, observe, ClientCtx, Mailbox, Parts, SharedRef};
-use crate::plan::{ClientSpec, Plan};
+use crate::node::{lock, observe, ClientCtx, Mailbox, Parts, SharedRef, StoreCmd};
+use crate::plan::{Action, ClientSpec, Plan};
 
 /// One of a subsystem's own steps, opaque to the core.
 pub type StepBox = Box<dyn Any>;
@@ -138,6 +145,43 @@ pub trait Subsystem {
 
     /// Adds the faults it counted itself to the run's faults.
     fn add_counts(&self, _counts: &mut BTreeMap<String, u64>) {}
+}
+
+/// A subsystem's part of one device process, made when the device boots (after its store opened
+/// and its projections caught up, before the model reads the store back). The process calls
+/// every part at each of its moments, in the order of [`crate::subsystems::device_parts`];
+/// each hook does nothing unless the part says otherwise.
+pub trait DevicePart {
+    /// The device is bound to the server, at boot.
+    fn bound(&mut self, _ctx: &ClientCtx, _client: &mut Client) {}
+
+    /// After a sync attempt (`synced`: it went through), before a snapshot that came due.
+    fn after_sync<'a>(&'a mut self, _ctx: &'a ClientCtx, _client: &'a mut Client, _synced: bool) -> Hook<'a> {
+        Box::pin(async {})
+    }
+
+    /// Right before the projections are snapshotted.
+    fn before_snapshot(&mut self, _ctx: &ClientCtx, _client: &mut Client) {}
+
+    /// Right after the snapshots `ids` were taken.
+    fn after_snapshot(&mut self, _client: &Client, _ids: &[u64]) {}
+
+    /// At the end of a sync round, after its snapshot.
+    fn after_round(&mut self, _ctx: &ClientCtx, _client: &mut Client, _synced: bool) {}
+
+    /// The hook that runs user operation `action` (`id` 0: the round after the heal), when the
+    /// operation is this part's.
+    fn user_op<'a>(&'a mut self, _ctx: &'a ClientCtx, _client: &'a mut Client, _id: u64, _action: &'a Action) -> Option<Hook<'a>> {
+        None
+    }
+
+    /// A command of the world's to the device's store work.
+    fn command(&mut self, _ctx: &ClientCtx, _client: &mut Client, _cmd: &StoreCmd) {}
+
+    /// The end-of-run audit (`converged` when every device converged).
+    fn audit<'a>(&'a mut self, _ctx: &'a ClientCtx, _client: &'a mut Client, _converged: bool) -> Hook<'a> {
+        Box::pin(async {})
+    }
 }
 
 /// Downcasts a step the core hands back to the subsystem that asked for it.

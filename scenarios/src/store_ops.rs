@@ -69,6 +69,7 @@ use crate::facts::{observe_store, opened_events, store_facts};
 use crate::node::{lock, observe, record, ClientCtx, Command, Mailbox, NodeClock, SharedRef, StoreCmd as Cmd, DEVICE_DB};
 use crate::plan::store_ops::{Bug, OpsPlan, SagaPoint};
 use crate::plan::Plan;
+use crate::seam::{DevicePart, Hook};
 use crate::sim_fs::SimFs;
 
 /// The effects node: the external service the sagas' effects go to.
@@ -903,4 +904,26 @@ pub(crate) fn inconsistent_projections(client: &Client) -> Result<Vec<(&'static 
 fn inconsistent_projections_since(client: &Client, since: Option<&VerifiedSnapshots>) -> Result<Vec<(&'static str, String)>, String> {
     let found = client.verify_projections(since).map_err(|e| e.to_string())?;
     Ok(found.into_iter().map(|i| (i.projection, i.detail)).collect())
+}
+
+impl DevicePart for Device {
+    fn after_sync<'a>(&'a mut self, ctx: &'a ClientCtx, client: &'a mut Client, synced: bool) -> Hook<'a> {
+        Box::pin(Device::after_sync(self, ctx, client, synced))
+    }
+
+    fn before_snapshot(&mut self, ctx: &ClientCtx, client: &mut Client) {
+        Device::before_snapshot(self, ctx, client);
+    }
+
+    fn after_snapshot(&mut self, client: &Client, ids: &[u64]) {
+        Device::after_snapshot(self, client, ids);
+    }
+
+    fn command(&mut self, ctx: &ClientCtx, client: &mut Client, cmd: &Cmd) {
+        Device::command(self, ctx, client, cmd.clone());
+    }
+
+    fn audit<'a>(&'a mut self, ctx: &'a ClientCtx, client: &'a mut Client, _converged: bool) -> Hook<'a> {
+        Box::pin(Device::audit(self, ctx, client))
+    }
 }

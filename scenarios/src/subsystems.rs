@@ -3,9 +3,14 @@
 //! file with its steps and its [`Subsystem`] impl, and one line here; the world's core names
 //! none of them.
 
-use crate::blobs_world::BlobWorld;
+use drill_stack::client::Client;
+
+use crate::blobs_world::{BlobDevice, BlobWorld};
+use crate::group_world::KeysDevice;
 use crate::jobs_world::JobsWorld;
-use crate::seam::{Build, Subsystem};
+use crate::node::ClientCtx;
+use crate::seam::{Build, DevicePart, Subsystem};
+use crate::store_ops::Device as StoreDevice;
 use crate::store_world::StoreWorld;
 
 /// The subsystems a plan's world has, built in this order (the order their nodes are created,
@@ -20,4 +25,12 @@ pub fn all(b: &mut Build<'_>) -> Vec<Box<dyn Subsystem>> {
     }
     out.push(Box::new(StoreWorld::build(b)));
     out
+}
+
+/// The parts of a device process, made at its boot `start` in this order (the order their hooks
+/// run): the store's own work (which resumes at once: a migration, the projections' check, the
+/// artifact, the sagas), the vault and group keys, the blob client.
+pub async fn device_parts(ctx: &ClientCtx, client: &mut Client, start: u64) -> Vec<Box<dyn DevicePart>> {
+    let store = StoreDevice::boot(ctx, client).await;
+    vec![Box::new(store), Box::new(KeysDevice { start }), Box::new(BlobDevice::new(client.boots()))]
 }

@@ -54,7 +54,6 @@ use super::Drill;
 use crate::group_world::Inbox;
 use crate::node::{DEVICE_DB, KEYS_DB};
 use crate::plan::transport::TransportFaultKind;
-use crate::procs;
 
 pub const DRILLS: &[Drill] = &[
     Drill {
@@ -370,7 +369,7 @@ async fn group_drill(cx: &mut Ctx) {
 fn vault_seen(cx: &mut Ctx, i: usize, recovered: bool) {
     let node = cx.devs[i].name.clone();
     let fingerprint = ks(cx, i).vault_key().ok().map(|k| k.fingerprint());
-    procs::observe_vault(&cx.shared, &node, fingerprint, recovered);
+    crate::group_world::observe_vault(&cx.shared, &node, fingerprint, recovered);
 }
 
 /// Device `i`'s key store file is lost with no backup at hand: the operator declares it lost,

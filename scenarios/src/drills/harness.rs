@@ -152,8 +152,8 @@ impl Ctx {
         let tenants = plan.clients.iter().map(|c| c.tenant.as_str()).chain(busy.iter().map(|_| BYSTANDER_TENANT));
         let tenant_keys = Arc::new(tenants.map(|t| (t.to_string(), Arc::new(tenant_ring(t)))).collect());
         let tokens = Arc::new(crate::tokens::Tokens::new(plan.seed));
-        let sctx = Arc::new(ServerCtx { options, tenant_keys, slot: server_slot.clone(), tokens: tokens.clone(), shared: shared.clone() });
-        let server = handle.create_node().name("server").ip(SERVER_IP).init(move || procs::server_main(sctx.clone())).build();
+        let sctx = ServerCtx { options, tenant_keys, slot: server_slot.clone(), tokens: tokens.clone(), shared: shared.clone() };
+        let server = procs::server_node(&handle, sctx);
         nodes.add("server", server.id(), DiskFaults::none(), &seeds);
         let mut devs = Vec::new();
         for (i, spec) in plan.clients.iter().enumerate() {
