@@ -139,7 +139,7 @@ pub fn plan(seed: u64, id: &str, profile: Profile) -> Result<Plan, RunError> {
         let seeds = SeedTree::new(seed);
         let background = drill_sim::faults::schedule(&plan.knobs, &plan.node_names(), drill_plan::BUSY_MS, &mut seeds.stream("drill-faults"));
         plan.faults = drill_plan::background(background);
-        plan.heal_at_ms = drill_plan::BUSY_MS;
+        plan.heal_at_ms = drill_plan::BUSY_HEAL_AT_MS;
         if let Some(d) = plan.drill.as_mut() {
             d.busy = Some(drill_plan::busy(&seeds));
         }

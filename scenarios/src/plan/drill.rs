@@ -41,6 +41,9 @@ pub struct Busy {
 
 /// How long the busy world's background lasts: its faults start within it.
 pub const BUSY_MS: u64 = 6_000;
+/// The heal of a busy drill world: every background fault has ended by then (the longest
+/// partition the swarm knobs draw is 3 s), well within the retries of a drill's sync.
+pub const BUSY_HEAL_AT_MS: u64 = BUSY_MS + 3_000;
 /// The latest moment a drill's body begins in a busy world.
 pub const BUSY_START_MS_MAX: u64 = 1_500;
 /// Most bystander writes a plan may hold.
@@ -124,6 +127,27 @@ pub fn swarm(plan: &mut Plan, seeds: &SeedTree, duration_ms: u64) {
     plan.drill = Some(DrillPlan { id: id.into(), skip: None, wrong: None, swarm: Some(SwarmDrill { at_ms, device }), busy: None });
 }
 
+/// A drill's own plan runs faults only in a busy world, only of the kinds [`background`] keeps,
+/// and each over by the heal (a fault that never ends would leave the drill's recovery nothing
+/// to recover through).
+fn background_bounded(plan: &Plan, busy: bool) -> Result<(), String> {
+    use drill_sim::faults::Fault;
+    for s in &plan.faults {
+        if !busy {
+            return Err(format!("fault at {} ms: a drill's plan runs faults only in a busy world (drill.busy)", s.at_ms));
+        }
+        let end = match &s.fault {
+            Fault::Partition { ms, .. } => s.at_ms.checked_add(*ms),
+            Fault::ClockJump { .. } | Fault::ClockDrift { .. } => Some(s.at_ms),
+            other => return Err(format!("fault at {} ms: a busy drill world has no background {} (partitions and clock faults only)", s.at_ms, other.kind())),
+        };
+        if end.is_none_or(|e| e > plan.heal_at_ms) {
+            return Err(format!("fault at {} ms lasts past heal_at_ms {}", s.at_ms, plan.heal_at_ms));
+        }
+    }
+    Ok(())
+}
+
 /// Checks a plan's drill part, as far as the plan alone tells (the registry checks the drill's
 /// id and step names).
 pub fn validate(plan: &Plan) -> Result<(), String> {
@@ -132,6 +156,7 @@ pub fn validate(plan: &Plan) -> Result<(), String> {
         if plan.scenario != d.id {
             return Err(format!("a drill plan's scenario must be its drill, not '{}'", plan.scenario));
         }
+        background_bounded(plan, d.busy.is_some())?;
         if let Some(b) = &d.busy {
             if b.start_ms > plan.heal_at_ms {
                 return Err(format!("a busy drill world starts its drill at {} ms, after heal_at_ms {}", b.start_ms, plan.heal_at_ms));
