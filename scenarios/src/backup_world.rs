@@ -30,7 +30,7 @@ use crate::sim_fs::SimFs;
 
 /// The backup node.
 pub const BACKUP_NODE: &str = "backup";
-pub const BACKUP_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 3, 1));
+pub use crate::node::BACKUP_IP;
 /// How long the server waits for one answer of the backup node.
 pub const BACKUP_TIMEOUT_MS: u64 = 400;
 /// How often the archiver ships what the store sealed.

@@ -46,7 +46,7 @@ use crate::seam::{step_of, Build, Core, DevicePart, Hook, StepBox, Subsystem};
 
 /// The object store's node.
 pub const BLOBSTORE_NODE: &str = "blobstore";
-pub const BLOBSTORE_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1));
+pub use crate::node::BLOBSTORE_IP;
 /// The object store's database file.
 pub const OBJECTS_DB: &str = "objects.db";
 /// How long a device waits for a blob answer: the server may retry the store several times.

@@ -23,7 +23,6 @@
 //! INV-IMPORT-REJECT after every import with `reject`, and after a recovery that cut one short.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -51,7 +50,7 @@ use crate::sim_fs::SimFs;
 
 /// The jobs node.
 pub const JOBS_NODE: &str = "jobs";
-pub const JOBS_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 3, 1));
+pub use crate::node::JOBS_IP;
 /// Where exports go, and where a peer's snapshot arrives.
 pub const EXPORT_DIR: &str = "export";
 pub const INBOX_DIR: &str = "inbox";

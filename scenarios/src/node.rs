@@ -65,6 +65,15 @@ pub const SERVER_DB: &str = "server.db";
 pub const RPC_TIMEOUT_MS: u64 = 1_000;
 
 pub const SERVER_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+/// The world's other fixed addresses, all here so that no two nodes share one (the devices are
+/// 10.0.1.x, [`client_ip`]).
+pub const BLOBSTORE_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1));
+pub const JOBS_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 3, 1));
+pub const EFFECTS_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 4, 1));
+pub const BYSTANDER_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 5, 1));
+pub const BACKUP_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 6, 1));
+/// Every fixed address, for the test that they differ.
+pub const FIXED_IPS: [IpAddr; 6] = [SERVER_IP, BLOBSTORE_IP, JOBS_IP, EFFECTS_IP, BYSTANDER_IP, BACKUP_IP];
 
 /// The simulated address of device `i` (0-based).
 pub fn client_ip(i: usize) -> IpAddr {
@@ -351,4 +360,19 @@ pub(crate) fn event_fact(e: &EventRow, keys: &TenantKeys) -> EventFact {
 pub fn append_acked(node: &str, client: &Client, write_id: u64, op_id: &str) -> Fact {
     let stored = client.pending_write(op_id).ok().flatten().map(|w| drill_model::facts::sha256_hex(&w.payload)).unwrap_or_default();
     Fact::AppendAcked { node: node.into(), write_id, op_id: op_id.into(), stored_sha256: stored }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_two_nodes_share_an_address() {
+        let mut all: Vec<IpAddr> = FIXED_IPS.to_vec();
+        all.extend((0..crate::plan::CLIENTS_MAX).map(client_ip));
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n, "an address is taken twice");
+    }
 }

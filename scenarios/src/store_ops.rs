@@ -74,7 +74,7 @@ use crate::sim_fs::SimFs;
 
 /// The effects node: the external service the sagas' effects go to.
 pub const EFFECTS_NODE: &str = "effects";
-pub const EFFECTS_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 4, 1));
+pub use crate::node::EFFECTS_IP;
 pub const EFFECTS_PORT: u16 = 7400;
 /// The receiver's database on the effects node.
 pub const EFFECTS_DB: &str = "effects.db";

@@ -31,7 +31,7 @@ pub const BYSTANDER: &str = "bystander";
 /// Its tenant: none of the drill's devices belongs to it.
 pub const BYSTANDER_TENANT: &str = "initech";
 /// Its address.
-pub const BYSTANDER_IP: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 5, 1));
+pub use crate::node::BYSTANDER_IP;
 /// The aggregate it writes to.
 const BYSTANDER_AGGREGATE: &str = "note-1";
 
