@@ -594,6 +594,16 @@ impl BlobWorld {
 }
 
 impl Subsystem for BlobWorld {
+    /// Every blob reference the plan's devices stage.
+    fn secrets(&self, plan: &Plan) -> Vec<drill_model::secrets::Secret> {
+        let staged = plan.ops.iter().enumerate().filter(|(_, op)| matches!(op.action, Action::StageBlob { .. }));
+        staged
+            .map(|(i, op)| {
+                drill_model::secrets::Secret::plaintext(format!("blob reference of {} op {}", op.client, i + 1), &reference(&op.client, i as u64 + 1))
+            })
+            .collect()
+    }
+
     fn steps(&self, plan: &Plan) -> Vec<(u64, StepBox)> {
         steps(plan).into_iter().map(|(t, s)| (t, Box::new(s) as StepBox)).collect()
     }

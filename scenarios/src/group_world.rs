@@ -363,6 +363,17 @@ impl DevicePart for KeysDevice {
         audit(ctx, client, self.start, converged, ctx.skip_group_reconnect);
         Box::pin(async {})
     }
+
+    /// The room's group key and every epoch key it handed out.
+    fn secrets(&self, ctx: &ClientCtx) -> Vec<drill_model::secrets::Secret> {
+        use drill_model::secrets::Secret;
+        let room = room(ctx);
+        let mut out = Secret::key(format!("group key of {}", room.group), room.group_key.as_bytes());
+        for (epoch, k) in lock(&room.epochs).keys() {
+            out.extend(Secret::key(format!("group key of {} epoch {epoch}", room.group), k.as_bytes()));
+        }
+        out
+    }
 }
 
 /// Hands the model what `node`'s vault holds (the fingerprint of its key, or none): a read, or

@@ -24,12 +24,13 @@ use drill_stack::server::Server;
 use serde_json::{json, Value};
 
 use crate::facts::{client_snapshot, client_snapshot_after, observe_store, store_facts};
-use crate::group_world::{member, room};
+use crate::group_world::member;
 use crate::node::{
     append_acked, book_attempt, event_fact, lock, next_command, observe, payload_for, record, record_at, Attempt, ClientCtx, Command, NodeClock, SharedRef,
     TenantKeys, BLOBS_AGGREGATE, DEVICE_DB, KEYS_DB, RPC_TIMEOUT_MS, SERVER_DB, SERVER_IP,
 };
 use crate::plan::Action;
+use crate::seam::DevicePart;
 use crate::store_ops::DeviceOps;
 use crate::transport::FaultyTransport;
 
@@ -56,19 +57,15 @@ fn check_now(ctx: &ClientCtx, client: &Client, line: Option<u64>, since: u64) {
     }
 }
 
-/// What no disk image may hold: every plaintext the plan's workload writes (payloads and blob
-/// references) and every tenant's aggregate keys.
+/// What no disk image may hold: every payload the plan's workload appends and every tenant's
+/// aggregate keys (the subsystems add their own workload's plaintexts).
 pub fn workload_secrets(plan: &crate::plan::Plan, keys: &BTreeMap<String, Arc<TenantKeys>>) -> Vec<drill_model::secrets::Secret> {
     use drill_model::secrets::Secret;
     let mut out = Vec::new();
     for (i, op) in plan.ops.iter().enumerate() {
         let id = i as u64 + 1;
-        match &op.action {
-            Action::Append { bytes, .. } => out.push(Secret::plaintext(format!("payload of {} op {id}", op.client), &payload_for(&op.client, id, *bytes))),
-            Action::StageBlob { .. } => {
-                out.push(Secret::plaintext(format!("blob reference of {} op {id}", op.client), &crate::blobs_world::reference(&op.client, id)))
-            }
-            _ => {}
+        if let Action::Append { bytes, .. } = &op.action {
+            out.push(Secret::plaintext(format!("payload of {} op {id}", op.client), &payload_for(&op.client, id, *bytes)));
         }
     }
     for (tenant, ks) in keys {
@@ -104,7 +101,7 @@ pub fn provision(plan: &crate::plan::Plan) -> BTreeMap<String, Arc<TenantKeys>> 
 /// whole history it will ever hold) and keeps its full history, a restore of every projection
 /// from its latest valid snapshot plus the tail, compared with a full replay. Returns the key
 /// material the device holds, which no disk image may contain.
-fn audit(ctx: &ClientCtx, c: &mut Client, converged: bool) -> Vec<drill_model::secrets::Secret> {
+fn audit(ctx: &ClientCtx, c: &mut Client, converged: bool, parts: &[Box<dyn DevicePart>]) -> Vec<drill_model::secrets::Secret> {
     match store_facts(ctx, c) {
         Ok(facts) => observe_store(ctx, "projections", facts),
         Err(e) => {
@@ -130,9 +127,8 @@ fn audit(ctx: &ClientCtx, c: &mut Client, converged: bool) -> Vec<drill_model::s
             secrets.extend(drill_model::secrets::Secret::key(format!("vault key of {}", ctx.name), k.as_bytes()));
         }
     }
-    secrets.extend(drill_model::secrets::Secret::key(format!("group key of {}", room(ctx).group), room(ctx).group_key.as_bytes()));
-    for (epoch, k) in lock(&room(ctx).epochs).keys() {
-        secrets.extend(drill_model::secrets::Secret::key(format!("group key of {} epoch {epoch}", room(ctx).group), k.as_bytes()));
+    for p in parts {
+        secrets.extend(p.secrets(ctx));
     }
     secrets
 }
@@ -604,7 +600,7 @@ pub async fn client_main(ctx: Arc<ClientCtx>) {
                 if converged {
                     check_key_recovery(&ctx, &client);
                 }
-                let secrets = audit(&ctx, &mut client, converged);
+                let secrets = audit(&ctx, &mut client, converged, &parts);
                 lock(&ctx.mailbox).audit = Some(secrets);
             }
         }

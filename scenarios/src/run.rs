@@ -551,6 +551,9 @@ impl World<'_> {
     /// images are scanned for the workload's plaintexts and for key material (INV-NO-PLAINTEXT).
     async fn audit(&mut self, converged: bool, deadline: Instant) {
         let mut secrets = procs::workload_secrets(self.plan, &self.tenant_keys);
+        for sub in &self.subsystems {
+            secrets.extend(sub.secrets(self.plan));
+        }
         secrets.extend(self.tokens.secrets(self.plan.clients.iter().map(|c| (c.tenant.as_str(), c.name.as_str()))));
         let names: Vec<String> = self.mailboxes.keys().cloned().collect();
         for n in &names {

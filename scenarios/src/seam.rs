@@ -145,6 +145,11 @@ pub trait Subsystem {
 
     /// Adds the faults it counted itself to the run's faults.
     fn add_counts(&self, _counts: &mut BTreeMap<String, u64>) {}
+
+    /// Plaintexts of its part of the plan's workload, which no disk image may hold.
+    fn secrets(&self, _plan: &Plan) -> Vec<Secret> {
+        Vec::new()
+    }
 }
 
 /// A subsystem's part of one device process, made when the device boots (after its store opened
@@ -181,6 +186,12 @@ pub trait DevicePart {
     /// The end-of-run audit (`converged` when every device converged).
     fn audit<'a>(&'a mut self, _ctx: &'a ClientCtx, _client: &'a mut Client, _converged: bool) -> Hook<'a> {
         Box::pin(async {})
+    }
+
+    /// At the audit: key material this part's work keeps for the device, which no disk image
+    /// may hold.
+    fn secrets(&self, _ctx: &ClientCtx) -> Vec<Secret> {
+        Vec::new()
     }
 }
 
