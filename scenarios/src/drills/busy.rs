@@ -5,8 +5,9 @@
 //! recovers. The body begins at the plan's `busy.start_ms`, a random moment of that world.
 //!
 //! The bystander's writes are judged too: when the body is done, every write the server
-//! acknowledged to the bystander is still on the server (INV-DURABLE), unless the drill itself
-//! rolled the server back to a backup (its own INV-RECOVERY then speaks for the drill's tenants).
+//! acknowledged to the bystander is still on the server (INV-DURABLE) — a drill that restores the
+//! server from its backup and archive must bring them back as well; under a retention only the
+//! oldest may have been compacted ([`lost_writes`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
