@@ -91,8 +91,10 @@ pub struct Shared {
     /// What happened to the run that the world did not inject itself but counts with its
     /// faults (the server's refusals of tokens its clock or its restart made stale).
     pub counts: BTreeMap<String, u64>,
-    /// Every sync and hydrate attempt of the world's devices, in order: the typed history a
-    /// drill injected into a swarm world is judged from.
+    /// The device a drill injected into a swarm world runs on, if any: its attempts are booked.
+    pub watched: Option<String>,
+    /// Every sync and hydrate attempt of the watched device, in order: the typed history the
+    /// injected drill is judged from.
     pub attempts: Vec<Attempted>,
 }
 
@@ -118,12 +120,13 @@ pub struct Attempted {
     pub attempt: Attempt,
 }
 
-/// Books an attempt whose trace line was written (`line`; none when the node's power was cut
-/// and it said nothing).
+/// Books an attempt of the watched device whose trace line was written (`line`; none when the
+/// node's power was cut and it said nothing). Other devices' attempts cost nothing.
 pub fn book_attempt(shared: &SharedRef, node: &str, attempt: Attempt, line: Option<u64>) {
-    if line.is_some() {
+    let mut s = lock(shared);
+    if line.is_some() && s.watched.as_deref() == Some(node) {
         let t_us = drill_sim::clock::true_us();
-        lock(shared).attempts.push(Attempted { t_us, node: node.to_string(), attempt });
+        s.attempts.push(Attempted { t_us, node: node.to_string(), attempt });
     }
 }
 

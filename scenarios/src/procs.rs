@@ -802,7 +802,6 @@ pub fn server_snapshot(s: &Server, keys: &BTreeMap<String, Arc<TenantKeys>>) -> 
     Ok(ServerSnapshot { node: "server".into(), events, pruned, anchors })
 }
 
-/// The server's process: recover, report what survived, then answer requests.
 /// Creates a world's server node (every world has one, named `server`, at [`SERVER_IP`]): its
 /// process is [`server_main`], run anew at every boot.
 pub fn server_node(handle: &madsim::runtime::Handle, ctx: ServerCtx) -> madsim::runtime::NodeHandle {
@@ -810,6 +809,7 @@ pub fn server_node(handle: &madsim::runtime::Handle, ctx: ServerCtx) -> madsim::
     handle.create_node().name("server").ip(SERVER_IP).init(move || server_main(ctx.clone())).build()
 }
 
+/// The server's process: recover, report what survived, then answer requests.
 pub async fn server_main(ctx: Arc<ServerCtx>) {
     let Some(server) = open_with_retry(&ctx.shared, "server", || Server::open_with(SERVER_DB, ctx.options)).await else { return };
     let server = server.with_tokens(ctx.tokens.service(madsim::plugin::node()));

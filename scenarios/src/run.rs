@@ -85,7 +85,8 @@ pub fn execute(plan: &Plan, out_dir: Option<&Path>) -> Result<RunReport, RunErro
     };
     let limit = Duration::from_millis(plan.heal_at_ms + plan.liveness_ms_max + 60_000);
     let rt = Runtime::new(seeds.child("world"), net, DiskConfig::default(), limit);
-    let shared: SharedRef = Arc::new(Mutex::new(Shared::default()));
+    let watched = plan.drill.as_ref().and_then(|d| d.swarm.as_ref()).map(|s| s.device.clone());
+    let shared: SharedRef = Arc::new(Mutex::new(Shared { watched, ..Shared::default() }));
     trace::install(rec, clock::true_us);
     let first = json!({
         "seed": plan.seed, "plan_hash": plan_hash, "version": VERSION, "commit": COMMIT,

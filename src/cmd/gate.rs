@@ -51,12 +51,11 @@ pub fn gate(args: GateArgs) -> Result<i32, CliError> {
     let events = Events::new(args.json);
     announce(&plan, &args, workers, events);
     let world = WorldArgs { scenario: MAIN_SCENARIO.to_string(), profile: MAIN_PROFILE };
-    let drill_min = plan.drill_min;
     let mut run = GateRun::new(plan, args.out.clone(), work.clone(), args.time_budget, events);
     run.seed_timeout = args.seed_timeout;
     pool::run(workers, &world, &mut run)?;
     fs::remove_dir_all(&work).map_err(|e| CliError::io("cannot remove", &work, e))?;
-    let summary = run.into_summary(workers, args.shard, drill_min, interrupt::requested());
+    let summary = run.into_summary(workers, args.shard, interrupt::requested());
     write_gate_files(&args.out, &summary)?;
     events.emit("result", &json!({ "summary": summary, "interrupted": summary.sweep.interrupted }));
     if events.text() {
@@ -317,6 +316,8 @@ struct GateRun {
     progress: Progress,
     events: Events,
     seed_timeout: Duration,
+    /// Seeds on which each drill must be exercised and passed under each profile.
+    drill_min: u64,
 }
 
 impl GateRun {
@@ -340,6 +341,7 @@ impl GateRun {
             progress: Progress::new("gate", total),
             events,
             seed_timeout: crate::pool::SEED_TIMEOUT_DEFAULT,
+            drill_min: plan.drill_min,
         }
     }
 
@@ -421,7 +423,7 @@ impl GateRun {
         Ok(())
     }
 
-    fn into_summary(mut self, workers: usize, shard: Option<Shard>, drill_min: u64, interrupted: bool) -> GateSummary {
+    fn into_summary(mut self, workers: usize, shard: Option<Shard>, interrupted: bool) -> GateSummary {
         let wall = self.progress.finish();
         // Reruns still queued are not counted: the budget covers first runs.
         let unrun = self.queue.unrun();
@@ -456,7 +458,7 @@ impl GateRun {
             kind: GATE_KIND.to_string(),
             sweep,
             drills,
-            drill_seeds_min: drill_min,
+            drill_seeds_min: self.drill_min,
             determinism: self.determinism,
             invariants: Vec::new(),
             unrun,

@@ -36,6 +36,13 @@ pub use crate::node::BYSTANDER_IP;
 /// The aggregate it writes to.
 const BYSTANDER_AGGREGATE: &str = "note-1";
 
+/// A drill's busy world while it runs: what the bystander saw, and the background faults that
+/// happened, by kind.
+pub struct BusyWorld {
+    pub bystander: Arc<Mutex<Bystander>>,
+    pub faults: Arc<Mutex<BTreeMap<String, u64>>>,
+}
+
 /// What the bystander saw acknowledged, for the judgement after the body.
 #[derive(Default)]
 pub struct Bystander {

@@ -32,7 +32,7 @@ use drill_stack::{StoreError, SyncError};
 use madsim::task::NodeId;
 use serde_json::{json, Value};
 
-use super::busy::{self, Bystander, BYSTANDER, BYSTANDER_IP, BYSTANDER_TENANT};
+use super::busy::{self, BusyWorld, Bystander, BYSTANDER, BYSTANDER_IP, BYSTANDER_TENANT};
 use super::Drill;
 use crate::api::Violation;
 use crate::node::{client_ip, lock, NodeClock, SharedRef, DEVICE_DB, SERVER_IP};
@@ -113,10 +113,8 @@ pub struct Ctx {
     pub blobs: Option<crate::blobs_world::BlobWorld>,
     /// The token service the server requires tokens of (pairing keys come from it).
     pub tokens: Arc<crate::tokens::Tokens>,
-    /// In a busy world (under swarm): what the bystander saw acknowledged.
-    pub bystander: Option<Arc<Mutex<Bystander>>>,
-    /// The background faults that happened, by kind.
-    pub background: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// Under swarm: the busy world around the drill.
+    pub busy_world: Option<BusyWorld>,
     next_op: u64,
 }
 
@@ -175,9 +173,9 @@ impl Ctx {
             });
         }
         let nodes = Arc::new(Mutex::new(nodes));
-        let background = Arc::new(Mutex::new(BTreeMap::new()));
-        let bystander = busy.as_ref().map(|b| {
+        let busy_world = busy.as_ref().map(|b| {
             let seen = Arc::new(Mutex::new(Bystander::default()));
+            let faults = Arc::new(Mutex::new(BTreeMap::new()));
             let (times, pairing, streams, s) = (b.bystander_ms.clone(), tokens.pairing(BYSTANDER_TENANT, BYSTANDER), seeds.child("bystander"), seen.clone());
             let ring = tenant_ring(BYSTANDER_TENANT);
             let node = handle
@@ -187,8 +185,8 @@ impl Ctx {
                 .init(move || busy::bystander_main(start, times.clone(), pairing.clone(), ring.clone(), streams, s.clone()))
                 .build();
             lock(&nodes).add(BYSTANDER, node.id(), DiskFaults::none(), &seeds);
-            madsim::task::spawn(busy::background(start, plan.faults.clone(), nodes.clone(), background.clone()));
-            seen
+            madsim::task::spawn(busy::background(start, plan.faults.clone(), nodes.clone(), faults.clone()));
+            BusyWorld { bystander: seen, faults }
         });
         let rng = seeds.stream("drill");
         let mut cx = Ctx {
@@ -204,8 +202,7 @@ impl Ctx {
             verdict: Verdict::default(),
             blobs: None,
             tokens,
-            bystander,
-            background,
+            busy_world,
             next_op: 0,
         };
         cx.wait_server().await;

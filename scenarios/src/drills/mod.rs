@@ -241,8 +241,8 @@ fn exercised(drill: &Drill, v: &Verdict) -> bool {
 async fn main(plan: Plan, drill: &'static Drill, shared: SharedRef) -> (Verdict, u64) {
     let mut cx = Ctx::new(plan, drill, shared).await;
     (drill.body)(&mut cx).await;
-    if cx.bystander.is_some() {
-        busy_judgement(&mut cx).await;
+    if let Some(world) = cx.busy_world.take() {
+        busy_judgement(&mut cx, &world).await;
     }
     let steps = cx.verdict.steps_run.len() as u64;
     trace::emit("world", "run.end", json!({"drill": drill.id, "failure_seen": cx.verdict.failure_seen, "steps": cx.verdict.steps_run}));
@@ -252,14 +252,12 @@ async fn main(plan: Plan, drill: &'static Drill, shared: SharedRef) -> (Verdict,
 /// After the body in a busy world: every write the server acknowledged to the bystander is still
 /// on the server (INV-DURABLE; under a retention, all but the oldest the server compacted), and
 /// the background faults are counted into the run's faults.
-async fn busy_judgement(cx: &mut Ctx) {
-    let counts = lock(&cx.background).clone();
-    for (k, n) in counts {
-        *cx.verdict.faults.entry(k).or_default() += n;
+async fn busy_judgement(cx: &mut Ctx, world: &busy::BusyWorld) {
+    for (k, n) in lock(&world.faults).iter() {
+        *cx.verdict.faults.entry(k.clone()).or_default() += n;
     }
-    let seen = cx.bystander.clone().expect("a busy world");
     let (acknowledged, ok, failed) = {
-        let s = lock(&seen);
+        let s = lock(&world.bystander);
         (s.acknowledged.clone(), s.syncs_ok, s.syncs_failed)
     };
     let stored: std::collections::BTreeSet<String> = cx.server_tenant(busy::BYSTANDER_TENANT).await.into_iter().map(|e| e.op_id).collect();

@@ -62,12 +62,18 @@ pub fn busy(seeds: &SeedTree) -> Busy {
     Busy { start_ms, bystander_ms }
 }
 
-/// The background faults of a busy drill world, over [`BUSY_MS`]: of the swarm `schedule`
-/// drawn for the drill's nodes, the kinds a drill recovers through (partitions, one-way ones
-/// included, and clock jumps and drifts). Crashes and disk faults are the drills' own failures.
-pub fn background(schedule: Vec<drill_sim::faults::Scheduled>) -> Vec<drill_sim::faults::Scheduled> {
+/// Whether a busy drill world has `fault` in its background: the kinds a drill recovers through
+/// (partitions, one-way ones included, and clock jumps and drifts). Crashes and disk faults are
+/// the drills' own failures.
+pub fn is_background(fault: &drill_sim::faults::Fault) -> bool {
     use drill_sim::faults::Fault;
-    schedule.into_iter().filter(|s| matches!(s.fault, Fault::Partition { .. } | Fault::ClockJump { .. } | Fault::ClockDrift { .. })).collect()
+    matches!(fault, Fault::Partition { .. } | Fault::ClockJump { .. } | Fault::ClockDrift { .. })
+}
+
+/// The background faults of a busy drill world, over [`BUSY_MS`]: of the swarm `schedule`
+/// drawn for the drill's nodes, those [`is_background`] keeps.
+pub fn background(schedule: Vec<drill_sim::faults::Scheduled>) -> Vec<drill_sim::faults::Scheduled> {
+    schedule.into_iter().filter(|s| is_background(&s.fault)).collect()
 }
 
 /// Where and when a swarm plan injects its drill's failure.
@@ -127,19 +133,21 @@ pub fn swarm(plan: &mut Plan, seeds: &SeedTree, duration_ms: u64) {
     plan.drill = Some(DrillPlan { id: id.into(), skip: None, wrong: None, swarm: Some(SwarmDrill { at_ms, device }), busy: None });
 }
 
-/// A drill's own plan runs faults only in a busy world, only of the kinds [`background`] keeps,
-/// and each over by the heal (a fault that never ends would leave the drill's recovery nothing
-/// to recover through).
+/// A drill's own plan runs faults only in a busy world, only those [`is_background`] keeps, and
+/// each over by the heal (a fault that never ends would leave the drill's recovery nothing to
+/// recover through).
 fn background_bounded(plan: &Plan, busy: bool) -> Result<(), String> {
     use drill_sim::faults::Fault;
     for s in &plan.faults {
         if !busy {
             return Err(format!("fault at {} ms: a drill's plan runs faults only in a busy world (drill.busy)", s.at_ms));
         }
+        if !is_background(&s.fault) {
+            return Err(format!("fault at {} ms: a busy drill world has no background {} (partitions and clock faults only)", s.at_ms, s.fault.kind()));
+        }
         let end = match &s.fault {
             Fault::Partition { ms, .. } => s.at_ms.checked_add(*ms),
-            Fault::ClockJump { .. } | Fault::ClockDrift { .. } => Some(s.at_ms),
-            other => return Err(format!("fault at {} ms: a busy drill world has no background {} (partitions and clock faults only)", s.at_ms, other.kind())),
+            _ => Some(s.at_ms),
         };
         if end.is_none_or(|e| e > plan.heal_at_ms) {
             return Err(format!("fault at {} ms lasts past heal_at_ms {}", s.at_ms, plan.heal_at_ms));
