@@ -856,6 +856,11 @@ impl Client {
         saga::reconcile_remote(&self.conn, sagas, &counts, sink, &*self.clock).await
     }
 
+    /// Arms this device's planted bugs of a test plan ([`crate::mutations`]).
+    pub fn plant(&mut self, mutations: crate::mutations::Mutations) {
+        self.engine.plant(mutations);
+    }
+
     /// The projections' engine, for operator tools (snapshots, health, rows).
     pub fn engine(&self) -> &Engine {
         &self.engine

@@ -31,6 +31,8 @@
 //!   detected, deleted and rebuilt (runbook 000).
 //! - [`migrate`]: schema versions and the crash-safe migration (snapshot, rebuild, swap), with
 //!   `migrate:legacyMigrationBlocked` when it cannot finish.
+//! - [`mutations`]: planted bugs a test plan switches on, consulted at the one place each would
+//!   live (the projection engine's incremental fold, the snapshot writer).
 //! - [`diagnostics`]: the export bundle (counts, hashes, modes, health, recent error codes),
 //!   free of keys and plaintext by construction, and the check that proves it (runbook 000).
 
@@ -48,6 +50,7 @@ pub mod fs;
 pub mod jobs;
 pub mod keys;
 pub mod migrate;
+pub mod mutations;
 pub mod projections;
 pub mod proto;
 pub mod rpc;

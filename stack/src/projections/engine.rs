@@ -7,6 +7,7 @@ use rusqlite::Connection;
 use crate::crypto;
 use crate::error::StoreError;
 use crate::keys::KeyError;
+use crate::mutations::{Bug, FoldEffect, Mutations};
 
 use super::builtin::{AggregateState, TenantCounters};
 use super::health::{self, EventStoreStatus, Health};
@@ -59,6 +60,8 @@ pub struct Scope {
 /// The projections of one database.
 pub struct Engine {
     projections: Vec<Box<dyn Projection>>,
+    /// The planted bugs of a test plan ([`crate::mutations`]); none in production.
+    pub(super) mutations: Mutations,
 }
 
 impl Engine {
@@ -68,7 +71,13 @@ impl Engine {
     }
 
     pub fn with(projections: Vec<Box<dyn Projection>>) -> Engine {
-        Engine { projections }
+        Engine { projections, mutations: Mutations::none() }
+    }
+
+    /// Arms the process's planted bugs of a test plan: the incremental fold and the snapshot
+    /// writer consult them.
+    pub fn plant(&mut self, mutations: Mutations) {
+        self.mutations = mutations;
     }
 
     /// Creates the engine's and every projection's tables.
@@ -114,7 +123,7 @@ impl Engine {
         resilience::check_write(c, Write::Command)?;
         let (on, disabled) = self.active(c, None)?;
         let tx = c.unchecked_transaction()?;
-        let mut report = feed(&tx, &on, events.iter(), keys)?;
+        let mut report = feed_tracking(&tx, &on, events.iter(), keys, Some(&self.mutations))?.0;
         tx.commit()?;
         report.disabled = disabled;
         Ok(report)
@@ -166,7 +175,7 @@ impl Engine {
                         .execute(rusqlite::params![p.name(), t, a, *reason, seq])?;
                 }
             }
-            let (mut report, partial) = feed_tracking(&tx, &on, chosen.iter().copied(), keys)?;
+            let (mut report, partial) = feed_tracking(&tx, &on, chosen.iter().copied(), keys, None)?;
             if partial.is_empty() {
                 report.incomplete.extend(skipped.into_keys());
                 break report;
@@ -267,19 +276,21 @@ pub(super) fn feed<'a>(
     events: impl Iterator<Item = &'a SealedEvent>,
     keys: &dyn KeyRing,
 ) -> Result<ApplyReport, StoreError> {
-    Ok(feed_tracking(c, on, events, keys)?.0)
+    Ok(feed_tracking(c, on, events, keys, None)?.0)
 }
 
 /// A partial fold: `(tenant, aggregate)` and the seq and reason of its first unreadable event.
 type Partial = BTreeMap<(String, String), (u64, &'static str)>;
 
 /// [`feed`], also returning the aggregates that became unreadable after this feed folded some
-/// of their events.
+/// of their events. With `planted` (the incremental fold, not a rebuild) a planted
+/// [`Bug::ProjectionFold`] may fold an event twice or not at all.
 fn feed_tracking<'a>(
     c: &Connection,
     on: &[&dyn Projection],
     events: impl Iterator<Item = &'a SealedEvent>,
     keys: &dyn KeyRing,
+    planted: Option<&Mutations>,
 ) -> Result<(ApplyReport, Partial), StoreError> {
     let mut report = ApplyReport::default();
     let mut partial = Partial::new();
@@ -303,7 +314,14 @@ fn feed_tracking<'a>(
             }
             match opened.get_or_insert_with(|| keys.open(e)) {
                 Ok(d) => {
-                    p.apply(c, d)?;
+                    match planted.and_then(|m| wrong_fold(m, p.name(), d)) {
+                        None => p.apply(c, d)?,
+                        Some(FoldEffect::Twice) => {
+                            p.apply(c, d)?;
+                            p.apply(c, d)?;
+                        }
+                        Some(FoldEffect::Skipped) => {}
+                    }
                     folded.insert((p.name(), e.tenant.clone(), e.aggregate.clone()));
                     report.applied += 1;
                 }
@@ -319,6 +337,19 @@ fn feed_tracking<'a>(
         }
     }
     Ok((report, partial))
+}
+
+/// How a planted bug of `projection`'s incremental fold mishandles `e`, if one fires.
+fn wrong_fold(planted: &Mutations, projection: &str, e: &DecryptedEvent) -> Option<FoldEffect> {
+    let bug = planted.fires(
+        "projections::apply",
+        |b| matches!(b, Bug::ProjectionFold { projection: p, event_kind, .. } if p == projection && *event_kind == e.kind),
+        || format!("{projection} seq {} ({}) of {}", e.seq, e.kind, e.aggregate),
+    )?;
+    match bug {
+        Bug::ProjectionFold { effect, .. } => Some(effect),
+        _ => None,
+    }
 }
 
 fn is_incomplete(c: &Connection, projection: &str, tenant: &str, aggregate: &str) -> Result<bool, StoreError> {

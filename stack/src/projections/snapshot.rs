@@ -10,6 +10,7 @@ use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 
 use crate::error::StoreError;
+use crate::mutations::Bug;
 
 use super::engine::{clear, feed, set_cursor, Engine};
 use super::resilience::{self, Write};
@@ -64,8 +65,17 @@ impl Engine {
                 return Err(ProjectionError::SnapshotIncomplete { projection: p.name().into(), tenant: tenant.into(), aggregates: missing });
             }
             let through = self.cursor(&tx, p.name(), tenant)?;
-            let state = serde_json::to_string(&p.rows(&tx, tenant)?).expect("rows serialize");
+            let mut state = serde_json::to_string(&p.rows(&tx, tenant)?).expect("rows serialize");
             let sum = checksum(tenant, p.name(), through, &state);
+            let name = p.name();
+            let planted = |b: &Bug| matches!(b, Bug::SnapshotState { projection } if projection == name);
+            if self.mutations.fires("projections::snapshot", planted, || format!("{name} of {tenant} through seq {through}")).is_some() {
+                // The first value of the first row marked, or a row where there was none.
+                state = match state.find('"') {
+                    Some(i) => format!("{}~{}", &state[..=i], &state[i + 1..]),
+                    None => r#"[["~"]]"#.to_string(),
+                };
+            }
             tx.prepare_cached("INSERT INTO proj_snapshots(tenant, projection, through_seq, created_ms, state, checksum) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
                 .execute(rusqlite::params![tenant, p.name(), through, created_ms, state, sum])?;
             ids.push(tx.last_insert_rowid() as u64);

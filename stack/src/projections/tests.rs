@@ -336,3 +336,50 @@ fn health_reports_mode_and_unhealthy_projections() {
     w.engine.rebuild(&w.c, &w.events, &w.keys, &Scope::default()).unwrap();
     assert!(w.engine.health(&w.c, EventStoreStatus::Writable).unwrap().unhealthy_projections.is_empty());
 }
+
+fn planted(bug: crate::mutations::Bug, after: u32, times: u32) -> crate::mutations::Mutations {
+    let m = crate::mutations::Mutation { node: "d0".into(), bug, after, times };
+    crate::mutations::Mutations::new(&[m], Box::new(|_| {})).on("d0")
+}
+
+/// A planted fold bug lives in the incremental apply only: the projection goes wrong, the
+/// verification finds it, and a rebuild from the events is right again.
+#[test]
+fn a_planted_fold_bug_breaks_the_incremental_apply_only_and_a_rebuild_repairs_it() {
+    use crate::mutations::{Bug, FoldEffect};
+    for (effect, projection) in [(FoldEffect::Twice, "tenant_counters"), (FoldEffect::Skipped, "aggregate_state")] {
+        let mut w = world();
+        w.workload(9);
+        let bug = Bug::ProjectionFold { projection: projection.into(), event_kind: "archived".into(), effect };
+        w.engine.plant(planted(bug, 0, 1));
+        w.engine.apply(&w.c, &w.events, &w.keys).unwrap();
+        assert_matches_reference(&w, &w.keys, &w.events);
+        w.event("acme", "acme-agg-1", "archived", 500, b"the one the bug mishandles");
+        w.engine.apply(&w.c, &w.events, &w.keys).unwrap();
+        let found = verify::verify(&w.c, &w.engine, &w.events, &w.keys, "acme").unwrap();
+        assert_eq!(found.iter().map(|i| i.projection.to_string()).collect::<Vec<_>>(), [projection], "{effect:?}");
+        w.engine.rebuild(&w.c, &w.events, &w.keys, &Scope::default()).unwrap();
+        assert_matches_reference(&w, &w.keys, &w.events);
+        w.event("acme", "acme-agg-2", "archived", 600, b"after its one firing");
+        w.engine.apply(&w.c, &w.events, &w.keys).unwrap();
+        assert_matches_reference(&w, &w.keys, &w.events);
+    }
+}
+
+/// A planted snapshot-writer bug fires on the chosen snapshot: it fails its checksum and the
+/// restore takes the one before it.
+#[test]
+fn a_planted_snapshot_bug_makes_that_snapshot_fail_its_check() {
+    let mut w = world();
+    w.engine.plant(planted(crate::mutations::Bug::SnapshotState { projection: "tenant_counters".into() }, 1, 1));
+    w.workload(6);
+    w.engine.apply(&w.c, &w.events, &w.keys).unwrap();
+    let first = w.engine.snapshot(&w.c, "acme", 1).unwrap();
+    w.workload(6);
+    w.engine.apply(&w.c, &w.events, &w.keys).unwrap();
+    let second = w.engine.snapshot(&w.c, "acme", 2).unwrap();
+    let (snap, skipped) = w.engine.latest_valid_snapshot(&w.c, "acme", "tenant_counters").unwrap();
+    assert_eq!((snap.map(|s| s.id), skipped), (Some(first[1]), vec![second[1]]));
+    let (other, none) = w.engine.latest_valid_snapshot(&w.c, "acme", "aggregate_state").unwrap();
+    assert_eq!((other.map(|s| s.id), none), (Some(second[0]), vec![]), "the other projection's writer is right");
+}
