@@ -279,6 +279,7 @@ mod tests {
             trace_lines: 0,
             replay: String::new(),
             drills: Default::default(),
+            mutations: Vec::new(),
         };
         serde_json::to_string(&s).unwrap()
     }

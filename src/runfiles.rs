@@ -41,6 +41,7 @@ pub fn summary_of(report: &RunReport, replay: String) -> Summary {
         trace_lines: report.trace.len() as u64,
         replay,
         drills: report.drills.clone(),
+        mutations: report.mutations.clone(),
     }
 }
 

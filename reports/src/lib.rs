@@ -26,7 +26,7 @@ pub use gate::{GateSummary, Verdict};
 pub use junit::render_junit;
 pub use markdown::render_markdown;
 pub use outcome::{Outcome, OutcomeCounts};
-pub use summary::{add_drills, DrillCoverage, Summary, Violation};
+pub use summary::{add_drills, DrillCoverage, PlantedBug, Summary, Violation};
 pub use sweep::{add_counts, FailingSeed, SeedRange, Shard, SweepSummary};
 pub use timeline::render_timeline;
 

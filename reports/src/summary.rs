@@ -54,6 +54,23 @@ pub struct Summary {
     /// The drill coverage table: per drill the run (or, inside a swarm run, picked) it.
     #[serde(default)]
     pub drills: BTreeMap<String, DrillCoverage>,
+    /// The plan's planted bugs, each with how often it fired; none when the plan has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mutations: Vec<PlantedBug>,
+}
+
+/// A planted bug of the run's plan and its firings: the failure it caused came from a bug put
+/// into the stack on purpose, not from a fault of the world.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlantedBug {
+    /// The node that ran the buggy code.
+    pub node: String,
+    /// The bug's name (`projection_fold`, `snapshot_state`).
+    pub bug: String,
+    /// The projection it lives in.
+    pub projection: String,
+    /// How often it fired.
+    pub fired: u32,
 }
 
 /// One drill's line of a coverage table.
@@ -117,6 +134,7 @@ mod tests {
             trace_lines: 900,
             replay: "drill run --seed 18446744073709551615 --scenario sync-basic --profile swarm".into(),
             drills: BTreeMap::from([("003-4-pull-cursor-regression".into(), DrillCoverage { runs: 1, exercised: 1, passed: 1 })]),
+            mutations: vec![PlantedBug { node: "client-0".into(), bug: "projection_fold".into(), projection: "tenant_counters".into(), fired: 1 }],
         }
     }
 

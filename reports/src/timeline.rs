@@ -112,11 +112,18 @@ fn header(summary: Option<&Summary>, events: &[Event]) -> String {
         ("scenario / profile", text(&format!("{} / {}", s.scenario, s.profile))),
         ("replay", format!("<code>{}</code>", text(&s.replay))),
         ("faults", counts(&s.faults)),
+        ("planted bugs", planted(&s.mutations)),
         ("checks", counts(&s.checks)),
         ("simulated", text(&format!("{} ms, {} steps, {} trace lines", s.sim_time_ms, s.steps, events.len()))),
         ("plan / fingerprint", format!("<code>{}</code> / <code>{}</code>", text(&s.plan_hash), text(&s.fingerprint))),
     ]));
     out
+}
+
+/// The plan's planted bugs and their firings, or `none`.
+fn planted(bugs: &[crate::PlantedBug]) -> String {
+    let parts: Vec<String> = bugs.iter().map(|b| format!("{} in {} on {}: fired {}", b.bug, b.projection, b.node, b.fired)).collect();
+    text(&if parts.is_empty() { "none".to_string() } else { parts.join("; ") })
 }
 
 fn legend() -> String {
@@ -130,6 +137,7 @@ fn legend() -> String {
         ("disk", "disk event"),
         ("node", "node start / recovery"),
         ("drill", "drill step"),
+        ("bug", "planted bug fired"),
         ("viol", "violation"),
     ];
     let mut out = String::from("<div class=\"legend\">");
@@ -301,11 +309,15 @@ impl Plot<'_> {
             "fault" | "heal" => format!("<path d=\"M{x:.1},{:.1} l6,11 l-12,0 z\"/>", y - 7.0),
             "disk" => format!("<rect x=\"{:.1}\" y=\"{:.1}\" width=\"7\" height=\"7\"/>", x - 3.5, y + 4.0),
             "drill" | "world" => format!("<rect x=\"{:.1}\" y=\"{:.1}\" width=\"9\" height=\"9\" transform=\"rotate(45 {x:.1} {y:.1})\"/>", x - 4.5, y - 4.5),
+            "bug" => format!("<path d=\"M{:.1},{:.1} l10,10 m0,-10 l-10,10\"/>", x - 5.0, y - 5.0),
             _ => format!("<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"4\"/>"),
         };
         let label = if class == "drill" {
             let step = e.detail.get("step").and_then(Value::as_str).unwrap_or("step");
             format!("<text class=\"drill-label\" x=\"{:.1}\" y=\"{:.1}\">{}</text>", x + 6.0, y - 8.0, text(step))
+        } else if k == "mutation.fired" {
+            let bug = e.detail.get("bug").and_then(Value::as_str).unwrap_or("bug");
+            format!("<text class=\"bug-label\" x=\"{:.1}\" y=\"{:.1}\">planted: {}</text>", x + 6.0, y - 8.0, text(bug))
         } else {
             String::new()
         };
@@ -333,6 +345,7 @@ fn class_of(kind: &str) -> &'static str {
         "op.err" | "op.skipped" | "op.dropped" => "err",
         "fault.heal" | "fault.heal_all" | "fault.restart" | "liveness.converged" => "heal",
         "drill.step" => "drill",
+        "mutation.fired" | "mutations.planted" => "bug",
         k if k.starts_with("op.") => "op",
         k if k.starts_with("fault.") || k == "liveness.stuck" => "fault",
         k if k.starts_with("disk.") => "disk",
@@ -382,6 +395,7 @@ const CSS: &str = r#"
 .net line { stroke: #7986cb; stroke-width: 1.2; }
 .viol circle { fill: #d50000; stroke: #fff; stroke-width: 2; } .viol .vline { stroke: #d50000; stroke-width: 2; stroke-dasharray: 5 3; }
 .drill-label { font-size: 10px; fill: #6a1b9a; }
+.bug path, .sw.bug { stroke: #c2185b; stroke-width: 3; background: #c2185b; } .bug-label { font-size: 10px; fill: #c2185b; }
 .span.down { fill: rgba(229, 57, 53, 0.18); } .span.cut { fill: rgba(251, 140, 0, 0.45); }
 .ev.sel, .ev.sel * { stroke: #000; stroke-width: 2; }
 #detail { white-space: pre-wrap; background: #f7f8fb; border: 1px solid #d6dae3; padding: 6px 10px; margin: 8px 0; min-height: 18px; }
@@ -445,6 +459,7 @@ mod tests {
             r#"{"t_us":2500,"node":"client-1","kind":"fault.crash","detail":{}}"#,
             r#"{"t_us":3000,"node":"client-1","kind":"fault.restart","detail":{}}"#,
             r#"{"t_us":3500,"node":"client-1","kind":"drill.step","detail":{"step":"restore <backup>"}}"#,
+            r#"{"t_us":3600,"node":"client-1","kind":"mutation.fired","detail":{"bug":"projection_fold","n":1}}"#,
             r#"{"t_us":4000,"node":"server","kind":"check.violation","detail":{"message":"<script>alert(1)</script>"}}"#,
         ]
         .iter()
@@ -459,8 +474,9 @@ mod tests {
         assert!(html.find(">server</text>") < html.find(">client-1</text>"));
         assert!(html.contains("class=\"ev net\"") && html.contains("marker-end"));
         assert!(html.contains("class=\"span down ev\""));
-        assert!(html.contains("class=\"ev viol\"") && html.contains("id=\"L8\" value=\"8\" class=\"bad\""));
+        assert!(html.contains("class=\"ev viol\"") && html.contains("id=\"L9\" value=\"9\" class=\"bad\""));
         assert!(html.contains(">restore &lt;backup&gt;</text>"));
+        assert!(html.contains("class=\"ev bug\"") && html.contains(">planted: projection_fold</text>"), "a planted bug's firing is marked as such");
     }
 
     #[test]

@@ -29,8 +29,9 @@ pub struct RunRequest {
 /// The verdict of one run: the file formats' type, so callers write it as it is.
 pub use drill_reports::Outcome;
 
-/// One drill's line of the coverage table (the file format's type).
-pub use drill_reports::DrillCoverage;
+/// One drill's line of the coverage table, and one planted bug with its firings (the file
+/// format's types).
+pub use drill_reports::{DrillCoverage, PlantedBug};
 
 /// One broken invariant (the model's type).
 pub use drill_model::Violation;
@@ -62,6 +63,8 @@ pub struct RunReport {
     /// The drill coverage table: the drill this run ran (or, in a swarm run, picked), whether
     /// it was exercised and whether it passed.
     pub drills: BTreeMap<String, DrillCoverage>,
+    /// The plan's planted bugs and how often each fired, in the plan's order.
+    pub mutations: Vec<PlantedBug>,
 }
 
 /// Bad input: the caller exits 2 with this message on one line.

@@ -96,6 +96,29 @@ pub struct Shared {
     /// Every sync and hydrate attempt of the watched device, in order: the typed history the
     /// injected drill is judged from.
     pub attempts: Vec<Attempted>,
+    /// The plan's planted bugs; each device's stack gets its node's view when it opens.
+    pub mutations: drill_stack::mutations::Mutations,
+}
+
+/// The plan's planted bugs, armed: a `mutations.planted` trace line lists them (none when the
+/// plan has none) and each firing is a `mutation.fired` line on the node it fired on.
+pub fn plant(plan: &crate::plan::Plan) -> drill_stack::mutations::Mutations {
+    use drill_stack::mutations::Mutations;
+    if plan.mutations.is_empty() {
+        return Mutations::none();
+    }
+    trace::emit("world", "mutations.planted", json!({"mutations": plan.mutations}));
+    Mutations::new(
+        &plan.mutations,
+        Box::new(|f| {
+            trace::emit(&f.node, "mutation.fired", json!({"bug": f.bug, "place": f.place, "detail": f.detail, "n": f.n}));
+        }),
+    )
+}
+
+/// What the run's planted bugs did, for its report.
+pub fn planted_report(m: &drill_stack::mutations::Mutations) -> Vec<crate::api::PlantedBug> {
+    m.fired().into_iter().map(|(node, bug, projection, fired)| crate::api::PlantedBug { node, bug: bug.to_string(), projection, fired }).collect()
 }
 
 pub type SharedRef = Arc<Mutex<Shared>>;

@@ -16,6 +16,7 @@ use std::collections::BTreeSet;
 
 use drill_sim::faults::{Knobs, Scheduled};
 use drill_sim::rng::SeedTree;
+pub use drill_stack::mutations::{Bug, FoldEffect, Mutation};
 use drill_stack::proto::{PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -31,6 +32,8 @@ pub const CLIENTS_MAX: usize = 16;
 pub const PAYLOAD_BYTES_MAX: u32 = 64 * 1024;
 pub const HEAL_AT_MS_MAX: u64 = 3_600_000;
 pub const LIVENESS_MS_MAX: u64 = 600_000;
+/// Most planted bugs a plan may hold.
+pub const MUTATIONS_MAX: usize = 64;
 
 /// A fault profile: which background faults a run's world has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -182,6 +185,10 @@ pub struct Plan {
     /// The runbook drill the plan runs (a drill's own plan), or injects into a swarm world.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drill: Option<drill::DrillPlan>,
+    /// Planted bugs: each a named bug of the stack on one node, consulted by the stack at the
+    /// one place it lives (the runbook sections whose cause is a bug); without it, none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mutations: Vec<Mutation>,
     /// When every fault ends and the liveness phase starts.
     pub heal_at_ms: u64,
     /// How long the devices have to converge after the heal.
@@ -271,6 +278,19 @@ impl Plan {
         if self.heal_at_ms > HEAL_AT_MS_MAX || self.liveness_ms_max > LIVENESS_MS_MAX || self.liveness_ms_max == 0 {
             return Err(format!("heal_at_ms must be at most {HEAL_AT_MS_MAX} and liveness_ms_max within 1..={LIVENESS_MS_MAX}"));
         }
+        if self.mutations.len() > MUTATIONS_MAX {
+            return Err(format!("{} mutations exceed the limit of {MUTATIONS_MAX}", self.mutations.len()));
+        }
+        let projections = drill_stack::projections::Engine::builtin().names();
+        for m in &self.mutations {
+            m.check()?;
+            if !names.contains(&m.node) || m.node == "server" {
+                return Err(format!("mutation {} names unknown device '{}'", m.bug.name(), m.node));
+            }
+            if !projections.contains(&m.bug.projection()) {
+                return Err(format!("mutation {} names unknown projection '{}' (known: {})", m.bug.name(), m.bug.projection(), projections.join(", ")));
+            }
+        }
         blobs::validate(self)?;
         jobs::validate(self)?;
         store::validate(self)?;
@@ -299,6 +319,24 @@ mod tests {
         }
     }
 
+    fn fold_bug(node: &str, projection: &str, times: u32) -> Mutation {
+        let bug = Bug::ProjectionFold { projection: projection.into(), event_kind: "archived".into(), effect: FoldEffect::Twice };
+        Mutation { node: node.into(), bug, after: 0, times }
+    }
+
+    #[test]
+    fn a_plan_with_planted_bugs_round_trips_and_an_unknown_bug_or_field_is_refused() {
+        let mut p = swarm(1);
+        p.mutations = vec![fold_bug("client-1", "tenant_counters", 2)];
+        let text = serde_json::to_string_pretty(&p).unwrap();
+        assert_eq!(Plan::parse(&text).unwrap(), p);
+        let unknown_bug = text.replace("\"projection_fold\"", "\"bogus_bug\"");
+        assert!(Plan::parse(&unknown_bug).unwrap_err().contains("bogus_bug"));
+        let unknown_field = text.replace("\"effect\": \"twice\"", "\"effect\": \"twice\", \"extra\": 1");
+        assert!(Plan::parse(&unknown_field).unwrap_err().contains("extra"), "{:?}", Plan::parse(&unknown_field));
+        assert!(!serde_json::to_string(&swarm(1)).unwrap().contains("mutations"), "a plan without bugs reads as before");
+    }
+
     #[test]
     fn malformed_plans_are_refused_with_a_reason() {
         let good = swarm(1);
@@ -311,6 +349,11 @@ mod tests {
             ("exceeds", Box::new(|p| p.ops[0].action = Action::Append { aggregate: "a".into(), kind: "k".into(), bytes: 1 << 30 })),
             ("heal_at_ms", Box::new(|p| p.liveness_ms_max = 0)),
             ("loss_probability", Box::new(|p| p.knobs.net.loss_probability = 2.0)),
+            ("unknown device 'server'", Box::new(|p| p.mutations = vec![fold_bug("server", "tenant_counters", 1)])),
+            ("unknown device 'client-99'", Box::new(|p| p.mutations = vec![fold_bug("client-99", "tenant_counters", 1)])),
+            ("unknown projection 'bogus'", Box::new(|p| p.mutations = vec![fold_bug("client-1", "bogus", 1)])),
+            ("times must be", Box::new(|p| p.mutations = vec![fold_bug("client-1", "tenant_counters", 0)])),
+            ("mutations exceed", Box::new(|p| p.mutations = vec![fold_bug("client-1", "tenant_counters", 1); MUTATIONS_MAX + 1])),
         ];
         for (want, break_it) in cases {
             let mut p = good.clone();

@@ -332,7 +332,9 @@ fn open_device(ctx: &ClientCtx, node: madsim::task::NodeId, start: u64, attempt:
         lock(&ctx.key_faults).store_backup = Some((ks.store_id().to_string(), b));
     }
     let keys = DeviceKeys::new(Ring::Store(Box::new(ks)), Box::new(streams.stream("nonces")));
-    Ok(Opened::Ready(Box::new(Client::open(DEVICE_DB, &ctx.name, &ctx.tenant, Box::new(NodeClock(node)), keys)?)))
+    let mut client = Client::open(DEVICE_DB, &ctx.name, &ctx.tenant, Box::new(NodeClock(node)), keys)?;
+    client.plant(lock(&ctx.shared).mutations.on(&ctx.name));
+    Ok(Opened::Ready(Box::new(client)))
 }
 
 /// A key error found when the device opened: it records the typed error, sets aside the events

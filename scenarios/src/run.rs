@@ -93,6 +93,7 @@ pub fn execute(plan: &Plan, out_dir: Option<&Path>) -> Result<RunReport, RunErro
         "profile": plan.profile, "scenario": plan.scenario, "trace_format": TRACE_FORMAT_VERSION,
     });
     trace::emit("world", "run.start", first);
+    lock(&shared).mutations = crate::node::plant(plan);
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| rt.block_on(world(plan.clone(), shared.clone()))));
     let rec = trace::uninstall().expect("the recorder is installed");
     let sim_time_ms = rt.elapsed_ms();
@@ -138,6 +139,7 @@ pub fn execute(plan: &Plan, out_dir: Option<&Path>) -> Result<RunReport, RunErro
         plan_json,
         trace,
         drills: BTreeMap::new(),
+        mutations: crate::node::planted_report(&s.mutations),
     };
     crate::drills::swarm::judge(plan, &s.attempts, &mut report);
     Ok(report)

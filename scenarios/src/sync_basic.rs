@@ -83,6 +83,7 @@ pub fn plan(seed: u64, profile: Profile, shape: Shape) -> Plan {
         jobs: None,
         store: None,
         drill: None,
+        mutations: Vec::new(),
         heal_at_ms: shape.duration_ms + 500,
         liveness_ms_max: 30_000,
     };

@@ -642,3 +642,31 @@ fn swarm_seeds_pick_drills_and_count_them() {
     }
     assert!(picked >= 3 && exercised >= 2, "picked {picked}, exercised {exercised}");
 }
+
+/// A drill whose failure comes from a planted bug is load-bearing on it: with the plan's bugs it
+/// fires them (each a `mutation.fired` line, counted in the report) and is exercised; the same
+/// plan without them sees no failure, so it is not exercised and its symptom check fails. The
+/// test walks the registry: every drill that plants a bug is covered.
+#[test]
+fn a_drill_with_a_planted_bug_needs_the_bug_for_its_failure() {
+    let mut planting = 0;
+    for d in drills::registry() {
+        let plan = plan_for(1, d.id, Profile::None).unwrap();
+        if plan.mutations.is_empty() {
+            continue;
+        }
+        planting += 1;
+        let r = drills::execute(&plan, None).unwrap();
+        let fired = kinds(&r).iter().filter(|k| *k == "mutation.fired").count() as u32;
+        assert_eq!(r.mutations.len(), plan.mutations.len(), "{}", d.id);
+        assert!(r.mutations.iter().all(|m| m.fired >= 1), "{}: a bug of its plan never fired: {:?}", d.id, r.mutations);
+        assert_eq!(fired, r.mutations.iter().map(|m| m.fired).sum::<u32>(), "{}: every firing is traced", d.id);
+        assert_eq!(r.drills[d.id].exercised, 1, "{}", d.id);
+        let mut clean = plan.clone();
+        clean.mutations.clear();
+        let r = drills::execute(&clean, None).unwrap();
+        assert_eq!(r.drills[d.id].exercised, 0, "{}: exercised without its planted bug", d.id);
+        assert!(r.violations.iter().any(|v| v.invariant == "DRILL-SYMPTOM"), "{}: {:?}", d.id, r.violations);
+    }
+    assert_eq!(planting, 10, "the drills that plant a bug (000 projection, 004 §2.1, §3.2, §3.3 x4, §4.2, §6.2, §7.2)");
+}

@@ -135,6 +135,7 @@ fn build(n: usize, ops: Vec<(u64, usize, Action)>, faults: Vec<(u64, FaultSpec)>
         ops: planned,
         faults: scheduled,
         transport_faults: transport,
+        mutations: Vec::new(),
         heal_at_ms: DURATION_MS + 500,
         liveness_ms_max: 30_000,
         server_retention: retention,

@@ -32,6 +32,7 @@ pub const DRILLS: &[Drill] = &[Drill {
     devices: 3,
     server_retention: Some(KEEP_EVENTS),
     param: 0,
+    bugs: super::no_bugs,
     body: retention_body,
 }];
 

@@ -2,8 +2,9 @@
 //! stuck state".
 //!
 //! - `000-projection-corruption-rebuild`. The failure: a device's derived state goes wrong
-//!   behind the engine's back — a projection row changed, or rows gone while the cursor says
-//!   they were folded (a stale index). The symptom: the projection differs from a replay of the
+//!   through a planted bug of the engine's incremental fold (the plan's `mutations`, drawn from
+//!   the seed) — an event folded twice (a corrupt row), or the cursor moved past an event never
+//!   folded (a stale index). The symptom: the projection differs from a replay of the
 //!   committed events (`projection:inconsistent`). The recovery: the rebuild trigger clears the
 //!   derived tables and replays the events in the effective total order (the server's sequence,
 //!   which the device's events keep). Checked: every projection equals a fold of the server's
@@ -43,6 +44,7 @@ use super::d000_keys::{all_aggregates, close, open_keyed, server_rows};
 use super::harness::{fact_of, tenant_ring, Ctx};
 use super::Drill;
 use crate::node::{lock, NodeClock};
+use crate::plan::{Bug, FoldEffect, Mutation};
 use crate::store_ops::{effects_main, EffectsClient, EffectsCtx, EFFECTS_IP, EFFECTS_NODE};
 
 /// Rounds of the reconcile (each delivers every step not `done`) before the drill gives up: a
@@ -62,6 +64,7 @@ pub const DRILLS: &[Drill] = &[
         devices: 3,
         server_retention: None,
         param: 0,
+        bugs: stale_or_corrupt,
         body: projection_body,
     },
     Drill {
@@ -72,6 +75,7 @@ pub const DRILLS: &[Drill] = &[
         devices: 3,
         server_retention: None,
         param: 0,
+        bugs: super::no_bugs,
         body: artifact_body,
     },
     Drill {
@@ -82,6 +86,7 @@ pub const DRILLS: &[Drill] = &[
         devices: 3,
         server_retention: None,
         param: 0,
+        bugs: super::no_bugs,
         body: saga_body,
     },
     Drill {
@@ -92,9 +97,18 @@ pub const DRILLS: &[Drill] = &[
         devices: 3,
         server_retention: None,
         param: 1,
+        bugs: super::no_bugs,
         body: saga_body,
     },
 ];
+
+/// A bug of one projection's incremental fold, both drawn from the seed: an event folded twice
+/// or skipped.
+fn stale_or_corrupt(rng: &mut drill_sim::rng::Stream) -> Vec<Mutation> {
+    let projection = PROJECTIONS[rand::Rng::gen_range(rng, 0..PROJECTIONS.len())];
+    let effect = if rand::Rng::gen_bool(rng, 0.5) { FoldEffect::Skipped } else { FoldEffect::Twice };
+    vec![super::d004_replay::fold_bug(projection, effect)]
+}
 
 fn projection_body(cx: &mut Ctx) -> Pin<Box<dyn Future<Output = ()> + '_>> {
     Box::pin(projection(cx))
@@ -132,23 +146,12 @@ async fn projection(cx: &mut Ctx) {
     cx.warm_up().await;
     let tenant = cx.devs[0].tenant.clone();
     let committed = cx.server_tenant(&tenant).await;
-    // The failure: a corrupt row, or rows gone while the cursor stays (a stale index).
-    let stale = rand::Rng::gen_bool(&mut cx.rng, 0.5);
-    let (table, key, column) =
-        if rand::Rng::gen_bool(&mut cx.rng, 0.5) { ("proj_aggregate_state", "aggregate", "events") } else { ("proj_tenant_counters", "kind", "count") };
-    let db = cx.devs[0].client().db();
-    let keys: Vec<String> = {
-        let mut st = db.prepare(&format!("SELECT {key} FROM {table} WHERE tenant = ?1 ORDER BY {key}")).expect("the projection's table");
-        st.query_map([&tenant], |r| r.get(0)).expect("rows").filter_map(Result::ok).collect()
-    };
-    let row = keys[rand::Rng::gen_range(&mut cx.rng, 0..keys.len())].clone();
-    let sql = if stale {
-        format!("DELETE FROM {table} WHERE tenant = ?1 AND {key} = ?2")
-    } else {
-        format!("UPDATE {table} SET {column} = {column} + 1 WHERE tenant = ?1 AND {key} = ?2")
-    };
-    let changed = cx.devs[0].client().db().execute(&sql, [&tenant, &row]).expect("the projection changes");
-    cx.inject(if stale { "projection_stale" } else { "projection_corrupt" }, json!({"table": table, "row": row, "rows": changed}));
+    // The failure: the projection's incremental fold mishandles an event (the plan's planted
+    // bug): it folds it twice (a corrupt row), or moves the cursor past it unfolded (a stale
+    // index).
+    let fired = cx.meet_planted_bugs(0).await;
+    let stale = cx.plan.mutations.iter().any(|m| matches!(m.bug, Bug::ProjectionFold { effect: FoldEffect::Skipped, .. }));
+    cx.inject(if stale { "projection_stale" } else { "projection_corrupt" }, json!({"fired": fired}));
     let found = crate::store_ops::inconsistent_projections(cx.devs[0].client()).unwrap_or_default();
     cx.symptom(!found.is_empty(), "the projection differs from a replay of the committed events (projection:inconsistent)", json!({"found": found}));
     for (p, _) in &found {

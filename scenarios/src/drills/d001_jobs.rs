@@ -49,7 +49,7 @@ use crate::node::lock;
 use crate::sim_fs::SimFs;
 
 const fn jobs(id: &'static str, section: &'static str, title: &'static str, steps: &'static [&'static str], body: super::Body) -> Drill {
-    Drill { id, section, title, steps, devices: 1, server_retention: None, param: 0, body }
+    Drill { id, section, title, steps, devices: 1, server_retention: None, param: 0, bugs: super::no_bugs, body }
 }
 
 pub const DRILLS: &[Drill] = &[

@@ -64,6 +64,7 @@ pub const DRILLS: &[Drill] = &[
         devices: 3,
         server_retention: None,
         param: 0,
+        bugs: super::no_bugs,
         body: token_body,
     },
     Drill {
@@ -74,6 +75,7 @@ pub const DRILLS: &[Drill] = &[
         devices: 3,
         server_retention: None,
         param: 0,
+        bugs: super::no_bugs,
         body: group_body,
     },
     Drill {
@@ -84,6 +86,7 @@ pub const DRILLS: &[Drill] = &[
         devices: 3,
         server_retention: None,
         param: 0,
+        bugs: super::no_bugs,
         body: vault_body,
     },
     Drill {
@@ -94,6 +97,7 @@ pub const DRILLS: &[Drill] = &[
         devices: 3,
         server_retention: None,
         param: 0,
+        bugs: super::no_bugs,
         body: backup_body,
     },
 ];

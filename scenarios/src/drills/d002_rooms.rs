@@ -48,6 +48,7 @@ pub const DRILLS: &[Drill] = &[
         devices: 3,
         server_retention: None,
         param: 0,
+        bugs: super::no_bugs,
         body: corruption_body,
     },
     Drill {
@@ -58,6 +59,7 @@ pub const DRILLS: &[Drill] = &[
         devices: 3,
         server_retention: None,
         param: 0,
+        bugs: super::no_bugs,
         body: divergence_body,
     },
     Drill {
@@ -68,6 +70,7 @@ pub const DRILLS: &[Drill] = &[
         devices: 3,
         server_retention: None,
         param: 0,
+        bugs: super::no_bugs,
         body: hydrate_body,
     },
 ];

@@ -39,7 +39,7 @@ use crate::node::{payload_for, BLOBS_AGGREGATE};
 use crate::plan::blobs::BlobFaultKind;
 
 const fn blob(id: &'static str, section: &'static str, title: &'static str, steps: &'static [&'static str], param: u8, body: super::Body) -> Drill {
-    Drill { id, section, title, steps, devices: 2, server_retention: None, param, body }
+    Drill { id, section, title, steps, devices: 2, server_retention: None, param, bugs: super::no_bugs, body }
 }
 
 const VISIBILITY: &[&str] =

@@ -36,7 +36,7 @@ const FAULTS: [K; 7] = [
 ];
 
 const fn guardrail(id: &'static str, title: &'static str, param: u8) -> Drill {
-    Drill { id, section: "003 §4, §1", title, steps: STEPS, devices: 3, server_retention: None, param, body: guardrail_body }
+    Drill { id, section: "003 §4, §1", title, steps: STEPS, devices: 3, server_retention: None, param, bugs: super::no_bugs, body: guardrail_body }
 }
 
 pub const DRILLS: &[Drill] = &[
@@ -59,6 +59,7 @@ pub const DRILLS: &[Drill] = &[
         devices: 3,
         server_retention: None,
         param: 0,
+        bugs: super::no_bugs,
         body: hydrate_body,
     },
 ];

@@ -2,7 +2,8 @@
 //! §5.3 (backup verification checklist), §6.2 (projection inconsistency), §6.4 (tenant data
 //! isolation breach) and §7.2 (health indicators), on a device's store.
 //!
-//! - `004-2.1-mode-transitions`. The failure: the non-essential projection folds wrong. The
+//! - `004-2.1-mode-transitions`. The failure: the non-essential projection folds wrong (a planted
+//!   bug of its incremental fold). The
 //!   operator goes NORMAL → DEGRADED (that projection switched off, writes still taken; the
 //!   essential one keeps folding) → READ_ONLY (every command refused with `store:readOnly`,
 //!   stored content unchanged, INV-READ-ONLY) → a rebuild → NORMAL, where the switched-off
@@ -12,7 +13,8 @@
 //!   rebuilt and compared with the model's fold, event count compared with the server's, no
 //!   other tenant's data. Five bad copies (truncated, a flipped byte, an event changed, a stale
 //!   copy, another tenant's event) must each be rejected by some item; the good one passes all.
-//! - `004-6.2-projection-inconsistency`. Rows changed behind the stack; the stack's verification
+//! - `004-6.2-projection-inconsistency`. A planted bug of one projection's incremental fold (drawn
+//!   from the seed) folds an event twice; the stack's verification
 //!   (a replay into a scratch database) flags exactly that projection, which is marked unhealthy,
 //!   truncated and replayed; the verification and the dashboard are clean again.
 //! - `004-6.4-tenant-isolation-breach`. The stack's own guard refuses a pull page carrying
@@ -23,7 +25,7 @@
 //!   projections, NORMAL. INV-TENANT judges the end. The READ_ONLY period handed to the model
 //!   (INV-READ-ONLY) is the audit's: the quarantine is the fix, which changes stored content.
 //! - `004-7.2-health-indicators`. Three indicators flipped one after another — projections
-//!   marked unhealthy, READ_ONLY, a disk that fails every write and read — each seen in the
+//!   folded wrong by planted bugs and marked unhealthy, READ_ONLY, a disk that fails every write and read — each seen in the
 //!   health status, then repaired one after another, each flip back seen. The event store's
 //!   `slow` is not injected: the simulated disk's locks never wait and no time passes inside a
 //!   call, so the local probe cannot be slow (the stack's unit test covers it on a real file).
@@ -48,8 +50,8 @@ use drill_stack::SyncError;
 use serde_json::json;
 
 use super::d004_replay::{
-    client_projection_facts, client_tenant_facts, corrupt, cursors, findings, inconsistencies, projections_wrong, rebuild, rows, tenant_facts, truncate,
-    validate, writes_refused, Period, PEER, PROJECTIONS,
+    client_projection_facts, client_tenant_facts, cursors, findings, fold_bug, fold_bugs, inconsistencies, projections_wrong, rebuild, rows, tenant_facts,
+    truncate, validate, writes_refused, Period, PEER, PROJECTIONS,
 };
 use super::harness::{fact_of, tenant_ring, Ctx};
 use super::Drill;
@@ -64,6 +66,7 @@ pub const DRILLS: &[Drill] = &[
         devices: 3,
         server_retention: None,
         param: 0,
+        bugs: counters_bug,
         body: modes_body,
     },
     Drill {
@@ -74,16 +77,18 @@ pub const DRILLS: &[Drill] = &[
         devices: 3,
         server_retention: None,
         param: 0,
+        bugs: super::no_bugs,
         body: backup_body,
     },
     Drill {
         id: "004-6.2-projection-inconsistency",
         section: "004 §6.2, §7.2",
-        title: "projection rows changed behind the stack: verification flags them, truncate, replay, verify",
+        title: "a projection bug folded rows wrong: verification flags them, truncate, replay, verify",
         steps: &["truncate-projection", "replay-projection", "verify-rebuilt"],
         devices: 3,
         server_retention: None,
         param: 0,
+        bugs: one_fold_bug,
         body: inconsistency_body,
     },
     Drill {
@@ -94,6 +99,7 @@ pub const DRILLS: &[Drill] = &[
         devices: 3,
         server_retention: None,
         param: 0,
+        bugs: super::no_bugs,
         body: tenant_body,
     },
     Drill {
@@ -104,9 +110,20 @@ pub const DRILLS: &[Drill] = &[
         devices: 3,
         server_retention: None,
         param: 0,
+        bugs: fold_bugs,
         body: health_body,
     },
 ];
+
+/// §2.1: the non-essential projection's fold folds an event twice.
+fn counters_bug(_: &mut drill_sim::rng::Stream) -> Vec<crate::plan::Mutation> {
+    vec![fold_bug("tenant_counters", crate::plan::FoldEffect::Twice)]
+}
+
+/// §6.2: one projection's fold, drawn from the seed, folds an event twice.
+fn one_fold_bug(rng: &mut drill_sim::rng::Stream) -> Vec<crate::plan::Mutation> {
+    vec![fold_bug(PROJECTIONS[rand::Rng::gen_range(rng, 0..PROJECTIONS.len())], crate::plan::FoldEffect::Twice)]
+}
 
 fn modes_body(cx: &mut Ctx) -> Pin<Box<dyn Future<Output = ()> + '_>> {
     Box::pin(modes(cx))
@@ -156,8 +173,8 @@ fn probe(cx: &mut Ctx, i: usize) -> Health {
 async fn modes(cx: &mut Ctx) {
     cx.warm_up().await;
     let tenant = cx.devs[0].tenant.clone();
-    let changed = corrupt(cx, 0, "tenant_counters");
-    cx.inject("non_essential_projection_corrupted", json!({"device": cx.devs[0].name, "rows": changed}));
+    let changed = cx.meet_planted_bugs(0).await;
+    cx.inject("non_essential_projection_corrupted", json!({"device": cx.devs[0].name, "fired": changed}));
     let flagged = mark_flagged(cx, 0);
     cx.symptom(flagged == ["tenant_counters"], "the non-essential projection is inconsistent", json!({"flagged": flagged}));
     if cx.step("set-degraded") {
@@ -387,10 +404,12 @@ async fn backup(cx: &mut Ctx) {
 async fn inconsistency(cx: &mut Ctx) {
     cx.warm_up().await;
     let tenant = cx.devs[0].tenant.clone();
-    let target = PROJECTIONS[rand::Rng::gen_range(&mut cx.rng, 0..PROJECTIONS.len())];
+    // The projection the plan's bug lives in.
+    let planted = cx.plan.mutations.first().map(|m| m.bug.projection().to_string()).unwrap_or_default();
+    let target = PROJECTIONS.iter().copied().find(|p| *p == planted).unwrap_or(PROJECTIONS[0]);
     let other = PROJECTIONS.iter().copied().find(|p| *p != target).expect("two projections");
-    let changed = corrupt(cx, 0, target);
-    cx.inject("projection_rows_updated", json!({"device": cx.devs[0].name, "projection": target, "rows": changed}));
+    let changed = cx.meet_planted_bugs(0).await;
+    cx.inject("projection_rows_updated", json!({"device": cx.devs[0].name, "projection": target, "fired": changed}));
     projections_wrong(cx, 0);
     let flagged = mark_flagged(cx, 0);
     cx.check(flagged == [target], "the stack's verification flags exactly the changed projection", json!({"flagged": flagged}));
@@ -585,9 +604,9 @@ async fn health_indicators(cx: &mut Ctx) {
     let h = probe(cx, 0);
     cx.check(h.is_healthy, "the dashboard starts healthy", json!({"health": h}));
     // Projections.
-    let changed: Vec<usize> = PROJECTIONS.iter().map(|p| corrupt(cx, 0, p)).collect();
+    let changed = cx.meet_planted_bugs(0).await;
     let flagged = mark_flagged(cx, 0);
-    cx.inject("projections_corrupted", json!({"rows": changed, "flagged": flagged}));
+    cx.inject("projections_corrupted", json!({"fired": changed, "flagged": flagged}));
     let h = probe(cx, 0);
     let seen = h.unhealthy_projections.len() == PROJECTIONS.len() && h.projections_level == Level::Warning;
     cx.symptom(seen, "the unhealthy projections indicator warns", json!({"health": h}));

@@ -1,11 +1,12 @@
 //! Runbook 004 (event store disaster recovery), §3.2 "Replay Procedure", §3.3 "Selective
 //! Replay" and §4.2 "Recovery from Snapshot": projections rebuilt from the events a device holds,
 //! through the stack's own engine; and what every drill of runbook 004 on a device's projections
-//! shares (its facts for the model, corruption, the READ_ONLY period, the ending).
+//! shares (its facts for the model, the planted fold bugs, the READ_ONLY period, the ending).
 //!
-//! Every drill here starts from projections changed behind the stack's back (SQL on the device's
-//! database), the symptom being that the model's reference fold of the device's events no
-//! longer matches them. The model judges the end state: INV-PROJECTION (each projection equals
+//! Every drill here starts from a planted bug of the projection engine's incremental fold
+//! (the plan's `mutations`: events of one kind folded twice) that fires when device 0 syncs such
+//! an event, the symptom being that the model's reference fold of the device's events no longer
+//! matches its projections; a rebuild from the events is right. The model judges the end state: INV-PROJECTION (each projection equals
 //! the reference fold of the events), INV-SNAPSHOT (a restore from the latest valid snapshot
 //! plus the tail equals a full replay), INV-READ-ONLY (no command succeeded while the mode was
 //! READ_ONLY, and stored content did not change), and INV-RECOVERY (no committed event lost).
@@ -21,7 +22,8 @@
 //!   creation times and the store's order disagree) equals the fold of the events up to then,
 //!   and the incremental fold from that point reaches a full rebuild. From a snapshot: the
 //!   latest snapshot plus the events after it equals a full replay.
-//! - `004-4.2-snapshot-recovery`. The newest snapshot of each projection is corrupt too: the
+//! - `004-4.2-snapshot-recovery`. The newest snapshot of each projection is corrupt too (the
+//!   snapshot writer's planted bug stores its state changed after the checksum was taken): the
 //!   restore skips it for the newest one that passes its checksum, and the restore plus the tail
 //!   equals a full rebuild. Done wrong, the newest snapshot is loaded without checking it.
 
@@ -40,6 +42,7 @@ use serde_json::{json, Value};
 
 use super::harness::{Ctx, AGGREGATES};
 use super::Drill;
+use crate::plan::{Bug, FoldEffect, Mutation};
 
 pub const DRILLS: &[Drill] = &[
     Drill {
@@ -50,6 +53,7 @@ pub const DRILLS: &[Drill] = &[
         devices: 3,
         server_retention: None,
         param: 0,
+        bugs: fold_bugs,
         body: full_replay_body,
     },
     Drill {
@@ -60,6 +64,7 @@ pub const DRILLS: &[Drill] = &[
         devices: 3,
         server_retention: None,
         param: SCOPE_TENANT,
+        bugs: fold_bugs,
         body: selective_body,
     },
     Drill {
@@ -70,6 +75,7 @@ pub const DRILLS: &[Drill] = &[
         devices: 3,
         server_retention: None,
         param: SCOPE_PROJECTION,
+        bugs: fold_bugs,
         body: selective_body,
     },
     Drill {
@@ -80,6 +86,7 @@ pub const DRILLS: &[Drill] = &[
         devices: 3,
         server_retention: None,
         param: SCOPE_TIME,
+        bugs: fold_bugs,
         body: selective_body,
     },
     Drill {
@@ -90,16 +97,18 @@ pub const DRILLS: &[Drill] = &[
         devices: 3,
         server_retention: None,
         param: SCOPE_SNAPSHOT,
+        bugs: fold_bugs,
         body: selective_body,
     },
     Drill {
         id: "004-4.2-snapshot-recovery",
         section: "004 §4.2",
-        title: "projections and the newest snapshot corrupt: restore the latest valid snapshot plus the tail, verify against a full rebuild",
+        title: "projections folded wrong and the newest snapshot written wrong: restore the latest valid snapshot plus the tail, verify against a full rebuild",
         steps: &["find-latest-valid-snapshot", "restore-snapshot-and-tail", "verify-final-state"],
         devices: 3,
         server_retention: None,
         param: 0,
+        bugs: snapshot_bugs,
         body: snapshot_body,
     },
 ];
@@ -207,23 +216,34 @@ pub fn inconsistencies(cx: &mut Ctx, i: usize) -> Vec<(String, String)> {
     found.into_iter().map(|x| (x.projection.to_string(), x.detail)).collect()
 }
 
-/// Changes `projection`'s rows of device `i`'s tenant behind the stack's back, as a buggy
-/// projection would; returns the rows changed.
-pub fn corrupt(cx: &mut Ctx, i: usize, projection: &str) -> usize {
-    let tenant = cx.devs[i].tenant.clone();
-    let sql = match projection {
-        "aggregate_state" => {
-            let n = cx.devs[i].client().projection_rows(projection).map(|r| r.len()).unwrap_or(0).max(1);
-            let k = rand::Rng::gen_range(&mut cx.rng, 0..n);
-            format!(
-                "UPDATE proj_aggregate_state SET events = events + 1, digest = substr('f00d' || digest, 1, 64) WHERE tenant = ?1 AND aggregate =
-                 (SELECT aggregate FROM proj_aggregate_state WHERE tenant = ?1 ORDER BY aggregate LIMIT 1 OFFSET {k})"
-            )
-        }
-        _ => "UPDATE proj_tenant_counters SET count = count + 3 WHERE tenant = ?1".to_string(),
-    };
-    cx.devs[i].client().db().execute(&sql, [&tenant]).expect("the projection table takes the change")
+/// The bugs of the drills here: device 0's incremental fold of each projection folds the events
+/// of [`BUGGY_KIND`](super::harness::BUGGY_KIND) twice, once (a buggy projection, runbook 004
+/// §3); a rebuild from the events is right.
+pub fn fold_bugs(_: &mut drill_sim::rng::Stream) -> Vec<Mutation> {
+    PROJECTIONS.iter().map(|p| fold_bug(p, FoldEffect::Twice)).collect()
 }
+
+/// Device 0's fold of `projection` mishandles the events of
+/// [`BUGGY_KIND`](super::harness::BUGGY_KIND) with `effect`, once.
+pub fn fold_bug(projection: &str, effect: FoldEffect) -> Mutation {
+    let bug = Bug::ProjectionFold { projection: projection.into(), event_kind: super::harness::BUGGY_KIND.into(), effect };
+    Mutation { node: crate::plan::client_name(0), bug, after: 0, times: 1 }
+}
+
+/// The fold bugs and, for §4.2, the snapshot writer's bug on the third snapshot of each
+/// projection.
+fn snapshot_bugs(rng: &mut drill_sim::rng::Stream) -> Vec<Mutation> {
+    let writer = PROJECTIONS.iter().map(|p| Mutation {
+        node: crate::plan::client_name(0),
+        bug: Bug::SnapshotState { projection: p.to_string() },
+        after: SNAPSHOTS - 1,
+        times: 1,
+    });
+    fold_bugs(rng).into_iter().chain(writer).collect()
+}
+
+/// Snapshots §4.2 takes; the writer's bug fires on the last.
+const SNAPSHOTS: u32 = 3;
 
 /// The rows of each projection of device `i`.
 pub fn rows(cx: &mut Ctx, i: usize) -> Vec<Vec<Vec<String>>> {
@@ -362,8 +382,8 @@ pub fn projections_wrong(cx: &mut Ctx, i: usize) {
 async fn full_replay(cx: &mut Ctx) {
     cx.warm_up().await;
     let tenant = cx.devs[0].tenant.clone();
-    let changed: Vec<usize> = PROJECTIONS.iter().map(|p| corrupt(cx, 0, p)).collect();
-    cx.inject("projections_corrupted", json!({"device": cx.devs[0].name, "rows": changed}));
+    let changed = cx.meet_planted_bugs(0).await;
+    cx.inject("projections_corrupted", json!({"device": cx.devs[0].name, "fired": changed}));
     projections_wrong(cx, 0);
     let mut period = None;
     if cx.step("set-read-only") {
@@ -439,8 +459,8 @@ async fn selective(cx: &mut Ctx) {
 
 async fn per_tenant(cx: &mut Ctx) {
     let (tenant, other) = (cx.devs[0].tenant.clone(), cx.devs[1].tenant.clone());
-    let changed: Vec<usize> = PROJECTIONS.iter().map(|p| corrupt(cx, 0, p)).collect();
-    cx.inject("tenant_projections_corrupted", json!({"device": cx.devs[0].name, "tenant": tenant, "rows": changed}));
+    let changed = cx.meet_planted_bugs(0).await;
+    cx.inject("tenant_projections_corrupted", json!({"device": cx.devs[0].name, "tenant": tenant, "fired": changed}));
     projections_wrong(cx, 0);
     let before = rows(cx, 0);
     if cx.step("rebuild-tenant") {
@@ -459,8 +479,8 @@ async fn per_tenant(cx: &mut Ctx) {
 }
 
 async fn per_projection(cx: &mut Ctx) {
-    let changed: Vec<usize> = PROJECTIONS.iter().map(|p| corrupt(cx, 0, p)).collect();
-    cx.inject("projections_corrupted", json!({"device": cx.devs[0].name, "rows": changed}));
+    let changed = cx.meet_planted_bugs(0).await;
+    cx.inject("projections_corrupted", json!({"device": cx.devs[0].name, "fired": changed}));
     projections_wrong(cx, 0);
     // Each projection's rebuild must leave the other exactly as it was.
     for (step, target, other) in [("rebuild-tenant-counters", 1, 0), ("rebuild-aggregate-state", 0, 1)] {
@@ -506,8 +526,8 @@ async fn time_range(cx: &mut Ctx) {
         cx.sync(0).await.expect("the device syncs");
     }
     cx.sync(0).await.expect("the device syncs");
-    let changed: Vec<usize> = PROJECTIONS.iter().map(|p| corrupt(cx, 0, p)).collect();
-    cx.inject("projections_corrupted_since_point", json!({"device": cx.devs[0].name, "point_ms": point, "rows": changed}));
+    let changed = cx.meet_planted_bugs(0).await;
+    cx.inject("projections_corrupted_since_point", json!({"device": cx.devs[0].name, "point_ms": point, "fired": changed}));
     projections_wrong(cx, 0);
     if cx.step("rebuild-as-of-point") {
         let r = rebuild(cx, 0, &Scope { tenant: Some(cx.devs[0].tenant.clone()), projection: None, until_ts_ms: Some(point) });
@@ -537,8 +557,8 @@ async fn from_snapshot(cx: &mut Ctx) {
         cx.sync(PEER).await.expect("the other device syncs");
         cx.sync(0).await.expect("the device syncs");
     }
-    let changed: Vec<usize> = PROJECTIONS.iter().map(|p| corrupt(cx, 0, p)).collect();
-    cx.inject("projections_corrupted_after_snapshot", json!({"device": cx.devs[0].name, "snapshots": ids, "rows": changed}));
+    let changed = cx.meet_planted_bugs(0).await;
+    cx.inject("projections_corrupted_after_snapshot", json!({"device": cx.devs[0].name, "snapshots": ids, "fired": changed}));
     projections_wrong(cx, 0);
     if cx.step("restore-from-snapshot") {
         restore_and_compare(cx, 0, &ids, &[]);
@@ -608,7 +628,7 @@ async fn snapshot_recovery(cx: &mut Ctx) {
     // Three snapshots, with events between them: the newest goes corrupt, the one before it is
     // the latest valid one.
     let mut taken = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..SNAPSHOTS {
         taken.push(cx.devs[0].client().snapshot_projections().expect("a snapshot in NORMAL"));
         let k = rand::Rng::gen_range(&mut cx.rng, 1..=3);
         cx.append(PEER, k);
@@ -616,18 +636,10 @@ async fn snapshot_recovery(cx: &mut Ctx) {
         cx.sync(0).await.expect("the device syncs");
     }
     let (good, newest) = (taken[1].clone(), taken[2].clone());
-    // The newest snapshots' state changed on disk (the append-only triggers are the stack's own
-    // guard; the corruption goes around them), and the projections changed too.
-    let c = cx.devs[0].client();
-    let sql = format!(
-        "DROP TRIGGER proj_snapshots_no_update;
-         UPDATE proj_snapshots SET state = replace(state, 'created', 'deleted') WHERE id IN ({});",
-        newest.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
-    );
-    c.db().execute_batch(&sql).expect("the snapshot rows change");
-    c.engine().install(c.db()).expect("the trigger is back");
-    let changed: Vec<usize> = PROJECTIONS.iter().map(|p| corrupt(cx, 0, p)).collect();
-    cx.inject("snapshot_and_projections_corrupted", json!({"device": cx.devs[0].name, "snapshots": newest, "rows": changed}));
+    // The newest snapshots were written wrong (the writer's planted bug), and the projections
+    // went wrong too (the fold's).
+    let changed = cx.meet_planted_bugs(0).await;
+    cx.inject("snapshot_and_projections_corrupted", json!({"device": cx.devs[0].name, "snapshots": newest, "fired": changed}));
     projections_wrong(cx, 0);
     let c = cx.devs[0].client();
     let skipped: Vec<Vec<u64>> = PROJECTIONS.iter().map(|p| c.engine().latest_valid_snapshot(c.db(), &tenant, p).expect("snapshots read").1).collect();

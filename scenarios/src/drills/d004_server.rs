@@ -39,6 +39,7 @@ pub const DRILLS: &[Drill] = &[Drill {
     devices: 3,
     server_retention: None,
     param: 0,
+    bugs: super::no_bugs,
     body: checklist_body,
 }];
 

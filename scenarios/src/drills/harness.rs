@@ -51,6 +51,10 @@ pub const AGGREGATES: [&str; 3] = ["note-1", "note-2", "note-3"];
 /// Polls of a node's state (10 ms each) before the drill reports it never came up.
 const WAIT_POLLS_MAX: u32 = 2_000;
 
+/// The event kind a drill's planted fold bugs mishandle ([`Ctx::meet_planted_bugs`]); no other
+/// step of a drill writes it.
+pub const BUGGY_KIND: &str = "archived";
+
 /// A drill's own checks fail under these ids (the model's checks under the registry's).
 pub const SYMPTOM: &str = "DRILL-SYMPTOM";
 pub const VALIDATION: &str = "DRILL-VALIDATION";
@@ -91,6 +95,9 @@ pub struct Verdict {
     pub checks: BTreeMap<String, u64>,
     /// The failure happened (its symptom was seen).
     pub failure_seen: bool,
+    /// A symptom the runbook lists did not appear: a drill of several failures is exercised only
+    /// when every one of them happened.
+    pub symptom_missed: bool,
     /// Recovery steps that ran, in order.
     pub steps_run: Vec<String>,
 }
@@ -244,6 +251,7 @@ impl Ctx {
         if seen {
             self.verdict.failure_seen = true;
         } else {
+            self.verdict.symptom_missed = true;
             self.violate(SYMPTOM, line, format!("the runbook's symptom did not appear: {what}"));
         }
     }
@@ -373,13 +381,18 @@ impl Ctx {
 
     /// Device `i` records `n` events locally; returns their op ids.
     pub fn append(&mut self, i: usize, n: usize) -> Vec<String> {
+        self.append_kind(i, n, "created")
+    }
+
+    /// Like [`Ctx::append`], with events of `kind`.
+    pub fn append_kind(&mut self, i: usize, n: usize, kind: &str) -> Vec<String> {
         let mut out = Vec::new();
         for _ in 0..n {
             let id = self.op_id();
             let aggregate = AGGREGATES[id as usize % AGGREGATES.len()];
             let d = &mut self.devs[i];
             let payload = crate::node::payload_for(&d.name, id, 48);
-            match d.client().append(aggregate, "created", &payload) {
+            match d.client().append(aggregate, kind, &payload) {
                 Ok((w, op_id)) => {
                     trace::emit(&d.name, "op.ok", json!({"op": id, "action": "append", "write_id": w, "op_id": op_id}));
                     out.push(op_id);
@@ -388,6 +401,23 @@ impl Ctx {
             }
         }
         out
+    }
+
+    /// Device `i` records one event of [`BUGGY_KIND`] and syncs it, so the stack's incremental
+    /// fold takes it in and the device's planted fold bugs fire there: the drill's failure comes
+    /// from the stack's own code. How often each of the device's bugs fired, as `(projection,
+    /// firings)` in the plan's order.
+    pub async fn meet_planted_bugs(&mut self, i: usize) -> Vec<(String, u32)> {
+        let before = self.planted_fired(i);
+        self.append_kind(i, 1, BUGGY_KIND);
+        self.sync(i).await.unwrap_or_else(|e| panic!("the event a planted bug mishandles did not sync: {e}"));
+        self.planted_fired(i).into_iter().zip(before).map(|((p, now), (_, was))| (p, now - was)).collect()
+    }
+
+    /// Device `i`'s planted bugs with their firings so far, as `(projection, firings)`.
+    pub fn planted_fired(&self, i: usize) -> Vec<(String, u32)> {
+        let name = &self.devs[i].name;
+        lock(&self.shared).mutations.fired().into_iter().filter(|f| &f.0 == name).map(|f| (f.2, f.3)).collect()
     }
 
     /// Arms (or with `None` heals) device `i`'s faulty transport.
@@ -568,6 +598,7 @@ impl Ctx {
         self.on(node, task).await;
         let mut client = HANDOFF.with(|h| h.borrow_mut().take()).expect("the open task handed its client over")?;
         client.set_pairing(pairing);
+        client.plant(lock(&self.shared).mutations.on(&self.devs[i].name));
         let boots = client.boots();
         let server = SocketAddr::new(SERVER_IP, SERVER_PORT);
         let rpc = self.on(node, async move { RpcClient::bind(server, boots, Duration::from_millis(RPC_TIMEOUT_MS)).await }).await;

@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use drill_sim::clock;
 use drill_sim::disk::DiskConfig;
-use drill_sim::rng::SeedTree;
+use drill_sim::rng::{SeedTree, Stream};
 use drill_sim::trace::{self, Recorder};
 use drill_sim::world::{NetConfig, Runtime};
 use drill_stack::proto::PROTOCOL_VERSION;
@@ -50,7 +50,7 @@ use crate::api::{DrillCoverage, Outcome, RunError, RunReport, Violation};
 use crate::node::{lock, Shared, SharedRef};
 use crate::plan::drill::{self as drill_plan, DrillPlan};
 use crate::plan::transport::TransportKnobs;
-use crate::plan::{client_name, ClientSpec, Plan, Profile, PLAN_FORMAT_VERSION, TENANTS};
+use crate::plan::{client_name, ClientSpec, Mutation, Plan, Profile, PLAN_FORMAT_VERSION, TENANTS};
 use crate::run::{COMMIT, TRACE_FORMAT_VERSION, VERSION};
 use harness::{Ctx, Verdict};
 
@@ -72,7 +72,18 @@ pub struct Drill {
     pub server_retention: Option<u64>,
     /// A value the body reads (which fault of a family of drills).
     pub param: u8,
+    /// The bugs its plan plants in the stack, where the runbook's cause is a bug (a wrong
+    /// projection, a snapshot written wrong); drawn from the plan's seed. Most drills plant none.
+    pub bugs: Bugs,
     pub body: Body,
+}
+
+/// What a drill plants, from its own stream of the plan's seed.
+pub type Bugs = fn(&mut Stream) -> Vec<Mutation>;
+
+/// A drill whose failure comes from the world's faults: it plants no bug.
+pub fn no_bugs(_: &mut Stream) -> Vec<Mutation> {
+    Vec::new()
 }
 
 /// Every drill, in runbook order.
@@ -130,6 +141,7 @@ pub fn plan(seed: u64, id: &str, profile: Profile) -> Result<Plan, RunError> {
         blobs: None,
         jobs: None,
         drill: Some(DrillPlan { id: id.to_string(), skip: None, wrong: None, swarm: None, busy: None }),
+        mutations: (drill.bugs)(&mut SeedTree::new(seed).stream("drill-bugs")),
         heal_at_ms: DRILL_HEAL_AT_MS,
         liveness_ms_max: DRILL_LIVENESS_MS_MAX,
     };
@@ -187,6 +199,7 @@ pub fn execute(plan: &Plan, out_dir: Option<&Path>) -> Result<RunReport, RunErro
         "drill": drill.id, "section": drill.section,
     });
     trace::emit("world", "run.start", first);
+    lock(&shared).mutations = crate::node::plant(plan);
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| rt.block_on(main(plan.clone(), drill, shared.clone()))));
     let sim_time_ms = rt.elapsed_ms();
     let rec = trace::uninstall().expect("the recorder is installed");
@@ -229,12 +242,14 @@ pub fn execute(plan: &Plan, out_dir: Option<&Path>) -> Result<RunReport, RunErro
         plan_json,
         trace,
         drills: BTreeMap::from([(drill.id.to_string(), coverage)]),
+        mutations: crate::node::planted_report(&s.mutations),
     })
 }
 
-/// Exercised: the failure happened and every recovery step ran, in the runbook's order.
+/// Exercised: the failure happened (every symptom the drill looks for appeared) and every
+/// recovery step ran, in the runbook's order.
 fn exercised(drill: &Drill, v: &Verdict) -> bool {
-    v.failure_seen && v.steps_run.iter().map(String::as_str).eq(drill.steps.iter().copied())
+    v.failure_seen && !v.symptom_missed && v.steps_run.iter().map(String::as_str).eq(drill.steps.iter().copied())
 }
 
 /// The drill's world: build it, run the body, hand back what it found.
