@@ -67,8 +67,8 @@ pub struct PlantedBug {
     pub node: String,
     /// The bug's name (`projection_fold`, `snapshot_state`).
     pub bug: String,
-    /// The projection it lives in.
-    pub projection: String,
+    /// What it lives in: a projection, or `events` (the server's event store).
+    pub target: String,
     /// How often it fired.
     pub fired: u32,
 }
@@ -134,7 +134,7 @@ mod tests {
             trace_lines: 900,
             replay: "drill run --seed 18446744073709551615 --scenario sync-basic --profile swarm".into(),
             drills: BTreeMap::from([("003-4-pull-cursor-regression".into(), DrillCoverage { runs: 1, exercised: 1, passed: 1 })]),
-            mutations: vec![PlantedBug { node: "client-0".into(), bug: "projection_fold".into(), projection: "tenant_counters".into(), fired: 1 }],
+            mutations: vec![PlantedBug { node: "client-0".into(), bug: "projection_fold".into(), target: "tenant_counters".into(), fired: 1 }],
         }
     }
 

@@ -122,7 +122,7 @@ fn header(summary: Option<&Summary>, events: &[Event]) -> String {
 
 /// The plan's planted bugs and their firings, or `none`.
 fn planted(bugs: &[crate::PlantedBug]) -> String {
-    let parts: Vec<String> = bugs.iter().map(|b| format!("{} in {} on {}: fired {}", b.bug, b.projection, b.node, b.fired)).collect();
+    let parts: Vec<String> = bugs.iter().map(|b| format!("{} in {} on {}: fired {}", b.bug, b.target, b.node, b.fired)).collect();
     text(&if parts.is_empty() { "none".to_string() } else { parts.join("; ") })
 }
 

@@ -118,7 +118,7 @@ pub fn plant(plan: &crate::plan::Plan) -> drill_stack::mutations::Mutations {
 
 /// What the run's planted bugs did, for its report.
 pub fn planted_report(m: &drill_stack::mutations::Mutations) -> Vec<crate::api::PlantedBug> {
-    m.fired().into_iter().map(|(node, bug, projection, fired)| crate::api::PlantedBug { node, bug: bug.to_string(), projection, fired }).collect()
+    m.fired().into_iter().map(|(node, bug, target, fired)| crate::api::PlantedBug { node, bug: bug.to_string(), target, fired }).collect()
 }
 
 pub type SharedRef = Arc<Mutex<Shared>>;

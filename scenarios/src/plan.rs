@@ -284,11 +284,14 @@ impl Plan {
         let projections = drill_stack::projections::Engine::builtin().names();
         for m in &self.mutations {
             m.check()?;
-            if !names.contains(&m.node) || m.node == "server" {
+            if m.bug.on_server() && m.node != "server" {
+                return Err(format!("mutation {} lives in the server, not on '{}'", m.bug.name(), m.node));
+            }
+            if !m.bug.on_server() && (!names.contains(&m.node) || m.node == "server") {
                 return Err(format!("mutation {} names unknown device '{}'", m.bug.name(), m.node));
             }
-            if !projections.contains(&m.bug.projection()) {
-                return Err(format!("mutation {} names unknown projection '{}' (known: {})", m.bug.name(), m.bug.projection(), projections.join(", ")));
+            if let Some(p) = m.bug.projection().filter(|p| !projections.contains(p)) {
+                return Err(format!("mutation {} names unknown projection '{p}' (known: {})", m.bug.name(), projections.join(", ")));
             }
         }
         blobs::validate(self)?;
@@ -350,6 +353,12 @@ mod tests {
             ("heal_at_ms", Box::new(|p| p.liveness_ms_max = 0)),
             ("loss_probability", Box::new(|p| p.knobs.net.loss_probability = 2.0)),
             ("unknown device 'server'", Box::new(|p| p.mutations = vec![fold_bug("server", "tenant_counters", 1)])),
+            (
+                "lives in the server",
+                Box::new(|p| {
+                    p.mutations = vec![Mutation { node: "client-1".into(), bug: Bug::StoredPayload { event_kind: "archived".into() }, after: 0, times: 1 }]
+                }),
+            ),
             ("unknown device 'client-99'", Box::new(|p| p.mutations = vec![fold_bug("client-99", "tenant_counters", 1)])),
             ("unknown projection 'bogus'", Box::new(|p| p.mutations = vec![fold_bug("client-1", "bogus", 1)])),
             ("times must be", Box::new(|p| p.mutations = vec![fold_bug("client-1", "tenant_counters", 0)])),

@@ -814,7 +814,8 @@ pub fn server_node(handle: &madsim::runtime::Handle, ctx: ServerCtx) -> madsim::
 /// The server's process: recover, report what survived, then answer requests.
 pub async fn server_main(ctx: Arc<ServerCtx>) {
     let Some(server) = open_with_retry(&ctx.shared, "server", || Server::open_with(SERVER_DB, ctx.options)).await else { return };
-    let server = server.with_tokens(ctx.tokens.service(madsim::plugin::node()));
+    let mut server = server.with_tokens(ctx.tokens.service(madsim::plugin::node()));
+    server.plant(lock(&ctx.shared).mutations.on("server"));
     match server_snapshot(&server, &ctx.tenant_keys) {
         Ok(s) => {
             let detail = json!({"events": s.events.len()});

@@ -342,7 +342,7 @@ const BROKEN: &[Broken] = &[
         "004-3.1-hash-chain-tamper",
         'S',
         "verify-chain",
-        &["INV-RECOVERY:", "INV-SERVER-PROJECTION:", "validation failed: the chain verifies end to end after the restore"],
+        &["INV-RECOVERY:", "INV-GUARDRAIL:", "validation failed: the chain verifies end to end after the restore"],
     ),
     (
         "004-3.1-hash-chain-tamper",
@@ -350,7 +350,7 @@ const BROKEN: &[Broken] = &[
         "verify-chain",
         &[
             "INV-RECOVERY:",
-            "INV-SERVER-PROJECTION:",
+            "INV-GUARDRAIL:",
             "validation failed: the chain verifies end to end after the restore",
             "validation failed: the exact tampered event is flagged",
         ],
@@ -668,5 +668,5 @@ fn a_drill_with_a_planted_bug_needs_the_bug_for_its_failure() {
         assert_eq!(r.drills[d.id].exercised, 0, "{}: exercised without its planted bug", d.id);
         assert!(r.violations.iter().any(|v| v.invariant == "DRILL-SYMPTOM"), "{}: {:?}", d.id, r.violations);
     }
-    assert_eq!(planting, 10, "the drills that plant a bug (000 projection, 004 §2.1, §3.2, §3.3 x4, §4.2, §6.2, §7.2)");
+    assert_eq!(planting, 11, "the drills that plant a bug (000 projection, 004 §2.1, §3.1, §3.2, §3.3 x4, §4.2, §6.2, §7.2)");
 }

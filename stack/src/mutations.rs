@@ -2,7 +2,7 @@
 //! runbook sections whose real cause is a bug (a wrong projection, a snapshot written wrong).
 //!
 //! A bug is consulted at the one place it would live — the projection engine's incremental fold,
-//! the snapshot writer — and nowhere else, so the failure it causes goes through the stack's own
+//! the snapshot writer, the server's event-store writer — and nowhere else, so the failure it causes goes through the stack's own
 //! code paths and the stack's own detection and recovery must deal with it. A plan lists its
 //! bugs ([`Mutation`]); the world hands each process a [`Mutations`] view of the list, and every
 //! firing is reported to the world's observer (a `mutation.fired` trace line) and counted for the
@@ -24,6 +24,11 @@ pub enum Bug {
     /// (the first value of its first row marked `~`), so the snapshot fails its check when read
     /// back.
     SnapshotState { projection: String },
+    /// The server's event-store writer stores the payload of a pushed event of kind
+    /// `event_kind` with a byte appended (a tampered row): its chain hash, the push's answer and
+    /// the archive's segment are taken from the event as pushed, so the stored row no longer
+    /// verifies.
+    StoredPayload { event_kind: String },
 }
 
 /// What a wrong fold does to the event it mishandles.
@@ -40,14 +45,38 @@ impl Bug {
         match self {
             Bug::ProjectionFold { .. } => "projection_fold",
             Bug::SnapshotState { .. } => "snapshot_state",
+            Bug::StoredPayload { .. } => "stored_payload",
         }
     }
 
-    /// The projection it lives in.
-    pub fn projection(&self) -> &str {
+    /// What it lives in: a projection, or `events` (the event store).
+    pub fn target(&self) -> &str {
         match self {
             Bug::ProjectionFold { projection, .. } | Bug::SnapshotState { projection } => projection,
+            Bug::StoredPayload { .. } => "events",
         }
+    }
+
+    /// The projection it lives in, if it lives in one.
+    pub fn projection(&self) -> Option<&str> {
+        match self {
+            Bug::ProjectionFold { projection, .. } | Bug::SnapshotState { projection } => Some(projection),
+            Bug::StoredPayload { .. } => None,
+        }
+    }
+
+    /// The `stage:code` a device's guard must raise when it meets what the bug did, when a
+    /// sync guard is what catches it (a tampered row: the pull's chain check).
+    pub fn caught_by(&self) -> Option<&'static str> {
+        match self {
+            Bug::StoredPayload { .. } => Some("pull:hashChainViolation"),
+            Bug::ProjectionFold { .. } | Bug::SnapshotState { .. } => None,
+        }
+    }
+
+    /// Whether the server runs the buggy code (else a device does).
+    pub fn on_server(&self) -> bool {
+        matches!(self, Bug::StoredPayload { .. })
     }
 }
 
@@ -85,7 +114,7 @@ impl Mutation {
         if self.after > AFTER_MAX {
             return Err(format!("{what}: after must be at most {AFTER_MAX}, not {}", self.after));
         }
-        if let Bug::ProjectionFold { event_kind, .. } = &self.bug {
+        if let Bug::ProjectionFold { event_kind, .. } | Bug::StoredPayload { event_kind } = &self.bug {
             if event_kind.is_empty() || event_kind.len() > 64 {
                 return Err(format!("{what}: event_kind must be 1 to 64 bytes"));
             }
@@ -183,10 +212,10 @@ impl Mutations {
         .flatten()
     }
 
-    /// Every bug of the run with its firings so far, as `(node, bug name, projection, fired)`,
-    /// in the plan's order.
+    /// Every bug of the run with its firings so far, as `(node, bug name, target, fired)`, in
+    /// the plan's order.
     pub fn fired(&self) -> Vec<(String, &'static str, String, u32)> {
-        self.with(|s| s.armed.iter().map(|a| (a.mutation.node.clone(), a.mutation.bug.name(), a.mutation.bug.projection().to_string(), a.fired)).collect())
+        self.with(|s| s.armed.iter().map(|a| (a.mutation.node.clone(), a.mutation.bug.name(), a.mutation.bug.target().to_string(), a.fired)).collect())
             .unwrap_or_default()
     }
 
@@ -227,8 +256,8 @@ mod tests {
     fn nothing_fires_without_a_list_or_when_the_place_does_not_match() {
         assert!(Mutations::none().on("d0").fires("p", |_| true, String::new).is_none());
         let m = Mutations::new(&[fold("d0", 0, 1)], Box::new(|_| {}));
-        assert!(m.on("d0").fires("p", |b| b.projection() == "aggregate_state", String::new).is_none());
-        assert!(m.on("d0").fires("p", |b| b.projection() == "tenant_counters", String::new).is_some());
+        assert!(m.on("d0").fires("p", |b| b.target() == "aggregate_state", String::new).is_none());
+        assert!(m.on("d0").fires("p", |b| b.target() == "tenant_counters", String::new).is_some());
     }
 
     #[test]

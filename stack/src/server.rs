@@ -41,6 +41,7 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::chain;
 use crate::error::StoreError;
 use crate::keys::token::TokenAuth;
+use crate::mutations::{Bug, Mutations};
 use crate::projections::Engine;
 use crate::proto::{Accepted, ChainPoint, PendingWrite, Request, Response, WireEvent, PAGE_LIMIT_MAX};
 use crate::store::{self, EventRow};
@@ -80,6 +81,7 @@ pub struct Server {
     options: ServerOptions,
     tokens: Option<TokenAuth>,
     engine: Engine,
+    mutations: Mutations,
 }
 
 /// A compacted write: enough to keep pushes idempotent and to account for it.
@@ -134,7 +136,23 @@ impl Server {
         conn.execute_batch(archive::SCHEMA)?;
         let engine = Engine::builtin();
         engine.install(&conn)?;
-        Ok(Server { conn, options, tokens: None, engine })
+        Ok(Server { conn, options, tokens: None, engine, mutations: Mutations::none() })
+    }
+
+    /// Arms the server's planted bugs of a test plan ([`crate::mutations`]): the event-store
+    /// writer of a push consults them.
+    pub fn plant(&mut self, mutations: Mutations) {
+        self.mutations = mutations;
+    }
+
+    /// The row a planted [`Bug::StoredPayload`] writes instead of `row`, if one fires: its
+    /// payload with a byte appended.
+    fn tampered(mutations: &Mutations, row: &EventRow) -> Option<EventRow> {
+        let planted = |b: &Bug| matches!(b, Bug::StoredPayload { event_kind } if *event_kind == row.kind);
+        mutations.fires("server::push", planted, || format!("seq {} ({}) of {}", row.seq, row.kind, row.tenant))?;
+        let mut stored = row.clone();
+        stored.payload.push(0);
+        Some(stored)
     }
 
     /// The settings the server was opened with.
@@ -299,7 +317,10 @@ impl Server {
                 prev_hash: head,
                 hash: hash.to_vec(),
             };
-            store::insert_event(&tx, &row)?;
+            match Self::tampered(&self.mutations, &row) {
+                Some(stored) => store::insert_event(&tx, &stored)?,
+                None => store::insert_event(&tx, &row)?,
+            }
             tx.execute("UPDATE replicas SET last_write_id = MAX(last_write_id, ?1) WHERE replica = ?2", rusqlite::params![w.write_id, replica])?;
             accepted.push(Accepted { op_id, write_id: w.write_id, seq: next_seq });
             appended.push(row);
@@ -439,6 +460,29 @@ mod tests {
 
     fn push(s: &mut Server, tenant: &str, replica: &str, writes: Vec<PendingWrite>) -> Response {
         s.handle(Request::Push { tenant: tenant.into(), replica: replica.into(), writes, head: None })
+    }
+
+    /// A planted bug of the event-store writer stores a changed payload for the kind it
+    /// mishandles, once: the chain check names that event, and the archive's segment holds the
+    /// event as pushed.
+    #[test]
+    fn a_planted_writer_bug_stores_a_row_the_chain_check_flags_while_the_archive_keeps_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = ServerOptions { archive: Some(ArchiveMode::Asynchronous { window_events_max: 100 }), ..ServerOptions::default() };
+        let mut s = Server::open_with(dir.path().join("s.db").to_str().unwrap(), options).unwrap();
+        let bug = crate::mutations::Mutation { node: "server".into(), bug: Bug::StoredPayload { event_kind: "archived".into() }, after: 0, times: 1 };
+        s.plant(Mutations::new(&[bug], Box::new(|_| {})).on("server"));
+        push(&mut s, "acme", "r1", vec![write(1, "x-1", b"one")]);
+        let mut w = write(2, "x-2", b"two");
+        w.kind = "archived".into();
+        push(&mut s, "acme", "r1", vec![w]);
+        let mut w = write(3, "x-3", b"three");
+        w.kind = "archived".into();
+        push(&mut s, "acme", "r1", vec![w]);
+        assert_eq!(s.verify_chain().unwrap(), [("acme".to_string(), 2)], "only the one firing's row is flagged");
+        assert_eq!(s.events().unwrap()[1].payload, b"two\0");
+        let sealed: Vec<Vec<u8>> = s.unshipped_segments().unwrap().iter().flat_map(|seg| seg.verify().unwrap()).map(|e| e.payload).collect();
+        assert!(sealed.contains(&b"two".to_vec()) && !sealed.contains(&b"two\0".to_vec()), "the archive has the event as pushed");
     }
 
     #[test]

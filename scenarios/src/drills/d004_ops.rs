@@ -405,7 +405,7 @@ async fn inconsistency(cx: &mut Ctx) {
     cx.warm_up().await;
     let tenant = cx.devs[0].tenant.clone();
     // The projection the plan's bug lives in.
-    let planted = cx.plan.mutations.first().map(|m| m.bug.projection().to_string()).unwrap_or_default();
+    let planted = cx.plan.mutations.first().map(|m| m.bug.target().to_string()).unwrap_or_default();
     let target = PROJECTIONS.iter().copied().find(|p| *p == planted).unwrap_or(PROJECTIONS[0]);
     let other = PROJECTIONS.iter().copied().find(|p| *p != target).expect("two projections");
     let changed = cx.meet_planted_bugs(0).await;

@@ -4,15 +4,18 @@
 //! - `004-3.1-hash-chain-tamper`, on the server's event store. The world: the server archives
 //!   every committed push continuously to the backup node (its own node), and the operator took
 //!   the daily full backup there; the tenant moved on after it, and a newer backup was damaged on
-//!   the backup node's disk (a bit flipped in its object). The failure: one stored event's
-//!   payload on the server is changed behind the stack's back. The symptom: the server's chain
-//!   check (§3.1: read in order, recompute each hash, compare) flags exactly that event. The
+//!   the backup node's disk (a bit flipped in its object). The failure: a bug of the server's
+//!   event-store writer (the plan's planted `stored_payload`) stores one pushed event with its
+//!   payload changed, while its hash, the push's answer and the archive hold the event as
+//!   pushed. The symptoms: the device's pull of the event is refused by its own chain check
+//!   (`pull:hashChainViolation`), and the server's chain check (§3.1: read in order, recompute
+//!   each hash, compare) flags exactly that event. The
 //!   recovery, triggered by that flag, is §6.1's through the server's operator API, never an edit
 //!   by hand: READ_ONLY, restore the newest backup that passes its verification checklist (the
 //!   damaged one is refused for the previous verified one), replay
 //!   the archive since it, rebuild the projections, verify every tenant's count and head against
 //!   what the chain promised, and NORMAL once they match. Checked: the exact tampered event is
-//!   flagged, the chain verifies end to end afterwards, the server's projections equal the
+//!   flagged, the chain verifies end to end afterwards, the event is back as pushed, the server's projections equal the
 //!   model's fold of its events (INV-SERVER-PROJECTION), the server takes writes again, and no
 //!   committed event is lost or changed (INV-RECOVERY).
 //! - `004-6.1-database-corruption`. The failure: bits flipped in a device's database file on
@@ -43,21 +46,23 @@ use drill_stack::server::restore::{choose_backup, ReplayPoint};
 use drill_stack::server::{ArchiveMode, Diagnostics, FullBackup, ModeScope, Transition};
 use serde_json::json;
 
-use super::harness::Ctx;
+use super::harness::{fact_of, Ctx, BUGGY_KIND};
 use super::Drill;
 use crate::backup_world::{BackupWorld, BACKUP_NODE};
 use crate::node::{NodeClock, DEVICE_DB};
+use crate::plan::{Bug, Mutation};
 
 pub const DRILLS: &[Drill] = &[
     Drill {
         id: "004-3.1-hash-chain-tamper",
         section: "004 §3.1",
-        title: "a stored event changed on the server: the chain check flags the exact event; restore the verified backup and replay the archive",
+        title:
+            "a server bug stores an event changed: devices refuse it, the chain check flags the exact event; restore the verified backup and replay the archive",
         steps: &["verify-chain", "set-read-only", "restore-verified-backup", "replay-archive", "rebuild-projections", "verify-tenants", "restore-normal"],
         devices: 3,
         server_retention: None,
         param: 0,
-        bugs: super::no_bugs,
+        bugs: writer_bug,
         body: tamper_body,
     },
     Drill {
@@ -83,6 +88,12 @@ pub const DRILLS: &[Drill] = &[
         body: disk_body,
     },
 ];
+
+/// §3.1: the server's event-store writer stores a changed payload for one event of
+/// [`BUGGY_KIND`].
+fn writer_bug(_: &mut drill_sim::rng::Stream) -> Vec<Mutation> {
+    vec![Mutation { node: "server".into(), bug: Bug::StoredPayload { event_kind: BUGGY_KIND.into() }, after: 0, times: 1 }]
+}
 
 fn tamper_body(cx: &mut Ctx) -> Pin<Box<dyn Future<Output = ()> + '_>> {
     Box::pin(tamper(cx))
@@ -183,6 +194,27 @@ async fn tamper(cx: &mut Ctx) {
         cx.append(i, n);
         cx.sync(i).await.unwrap_or_else(|e| panic!("a sync after the backup failed: {e}"));
     }
+    let mut committed = cx.server_tenant(&tenant).await;
+    // The failure: the server's event-store writer has a bug (the plan's planted
+    // `stored_payload`) that stores a changed payload for events of one kind. Device 0 writes
+    // one; the server acknowledges it, hashing and archiving the event as pushed, and stores the
+    // changed row; the device's pull of it is refused by its own chain check.
+    let pushed = cx.append_kind(0, 1, BUGGY_KIND);
+    let payload = cx.devs[0].client().pending_write(&pushed[0]).ok().flatten().map(|w| w.payload);
+    let caught = cx.plan.mutations.iter().find_map(|m| m.bug.caught_by()).unwrap_or("pull:hashChainViolation");
+    let pulled = cx.sync_expecting(0, caught).await;
+    let refused = pulled.as_ref().err().and_then(drill_stack::SyncError::signature);
+    let fired: u32 = cx.planted_fired_on("server").iter().map(|(_, n)| n).sum();
+    let op = pushed[0].clone();
+    let stored = cx.server(move |s| s.events().expect("the server's events")).await.into_iter().find(|e| e.op_id == op);
+    let victim = stored.as_ref().map(|e| e.seq).unwrap_or(0);
+    // What the server committed and acknowledged is the event as pushed.
+    if let (Some(mut row), Some(p)) = (stored, payload.clone()) {
+        row.payload = p;
+        committed.push(fact_of(&row));
+    }
+    cx.inject("event_payload_tampered", json!({"node": "server", "seq": victim, "fired": fired, "device_pull": refused}));
+    cx.symptom(refused.as_deref() == Some(caught), "devices refuse the stored event: it does not extend their chain", json!({"signature": refused}));
     let drained = backups.drained().await;
     cx.check(drained, "the archive shipped every committed event", json!({}));
     // A newer backup, damaged on the backup node's disk: the restore must refuse it for the
@@ -190,12 +222,6 @@ async fn tamper(cx: &mut Ctx) {
     let newer = backups.take_backup(2, NodeClock(server_node).now_unix_ms()).await;
     let flipped = DiskSim::current().flip_bit(backups.node, &FullBackup::object_name(2));
     cx.inject("backup_object_corrupted", json!({"node": BACKUP_NODE, "backup": 2, "shipped": newer.is_ok(), "flipped": flipped.map(|f| f.1)}));
-    let committed = cx.server_tenant(&tenant).await;
-    let victim = committed[rand::Rng::gen_range(&mut cx.rng, 0..committed.len())].seq;
-    let changed = cx
-        .server(move |s| s.registry_conn().execute("UPDATE events SET payload = CAST(payload || x'00' AS BLOB) WHERE seq = ?1", [victim]).expect("tampered"))
-        .await;
-    cx.inject("event_payload_tampered", json!({"node": "server", "seq": victim, "rows": changed}));
     // What the chain promises: every tenant's count and head (a changed payload leaves both).
     let promised = cx.server(|s| s.diagnostics().expect("diagnostics")).await;
     let broken = cx.server(|s| s.verify_chain().expect("the chain check runs")).await;
@@ -217,6 +243,8 @@ async fn tamper(cx: &mut Ctx) {
     }
     let after = cx.server(|s| s.verify_chain().expect("the chain check runs")).await;
     cx.check(after.is_empty(), "the chain verifies end to end after the restore", json!({"broken": after}));
+    let back = cx.server(move |s| s.events().expect("the server's events")).await.into_iter().find(|e| e.seq == victim).map(|e| e.payload);
+    cx.check(back.is_some() && back == payload, "the tampered event is back as the device pushed it", json!({"seq": victim}));
     judge_server_projections(cx).await;
     let i = 0;
     cx.append(i, 1);

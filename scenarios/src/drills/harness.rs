@@ -77,6 +77,9 @@ pub struct Device {
     pub last_good: Option<ExportedState>,
     /// Its connection for blob requests (answers may take the server a few store retries).
     pub blob_rpc: Option<RpcClient>,
+    /// The guard a planted bug of the plan makes this device's sync attempts meet, while the
+    /// drill knows the bug fired ([`Ctx::sync_expecting`]); judged like a transport fault's.
+    pub expect: Option<String>,
     opens: u64,
 }
 
@@ -176,6 +179,7 @@ impl Ctx {
                 transport: Arc::new(Mutex::new(TransportState::default())),
                 last_good: None,
                 blob_rpc: None,
+                expect: None,
                 opens: 0,
             });
         }
@@ -414,10 +418,14 @@ impl Ctx {
         self.planted_fired(i).into_iter().zip(before).map(|((p, now), (_, was))| (p, now - was)).collect()
     }
 
-    /// Device `i`'s planted bugs with their firings so far, as `(projection, firings)`.
+    /// Device `i`'s planted bugs with their firings so far, as `(target, firings)`.
     pub fn planted_fired(&self, i: usize) -> Vec<(String, u32)> {
-        let name = &self.devs[i].name;
-        lock(&self.shared).mutations.fired().into_iter().filter(|f| &f.0 == name).map(|f| (f.2, f.3)).collect()
+        self.planted_fired_on(&self.devs[i].name)
+    }
+
+    /// The planted bugs of node `node` with their firings so far, as `(target, firings)`.
+    pub fn planted_fired_on(&self, node: &str) -> Vec<(String, u32)> {
+        lock(&self.shared).mutations.fired().into_iter().filter(|f| f.0 == node).map(|f| (f.2, f.3)).collect()
     }
 
     /// Arms (or with `None` heals) device `i`'s faulty transport.
@@ -449,7 +457,7 @@ impl Ctx {
         let client = d.client.as_mut().expect("open");
         let rpc = d.rpc.as_mut().expect("bound");
         let result = client.sync(rpc).await;
-        let expected = lock(&d.transport).expected().map(String::from);
+        let expected = lock(&d.transport).expected().map(String::from).or_else(|| d.expect.clone());
         match &result {
             Ok(r) => {
                 let detail = json!({"op": id, "pulled": r.pulled, "pushed": r.pushed.len(), "settled": r.settled});
@@ -471,6 +479,17 @@ impl Ctx {
             }
         }
         result
+    }
+
+    /// Syncs device `i` like [`Ctx::sync`] while a planted bug that fired makes its attempts
+    /// meet `signature` (a guard's `stage:code`): the model judges each attempt against it
+    /// (INV-GUARDRAIL), as it judges one under an injected transport fault, so a device that
+    /// took in what the bug did is a violation.
+    pub async fn sync_expecting(&mut self, i: usize, signature: &str) -> Result<SyncReport, SyncError> {
+        self.devs[i].expect = Some(signature.to_string());
+        let r = self.sync(i).await;
+        self.devs[i].expect = None;
+        r
     }
 
     /// One sync attempt of device `i` that reached the server and came back: attempts whose
