@@ -65,7 +65,7 @@ pub struct Summary {
 pub struct PlantedBug {
     /// The node that ran the buggy code.
     pub node: String,
-    /// The bug's name (`projection_fold`, `snapshot_state`).
+    /// The bug's name (`projection_fold`, `snapshot_state`, `stored_payload`, `pull_commit`).
     pub bug: String,
     /// What it lives in: a projection, or `events` (the server's event store).
     pub target: String,

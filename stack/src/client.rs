@@ -210,6 +210,8 @@ pub struct Client {
     engine: Engine,
     /// The device's pairing key and token, when its server requires tokens.
     auth: Option<Auth>,
+    /// The planted bugs of a test plan ([`crate::mutations`]); none in production.
+    mutations: crate::mutations::Mutations,
 }
 
 struct Auth {
@@ -270,7 +272,8 @@ impl Client {
         let boots = get_u64(&tx, "boots")? + 1;
         store::meta_set(&tx, "boots", &boots.to_string())?;
         tx.commit()?;
-        Ok(Client { conn, replica: replica.into(), tenant: tenant.into(), incarnation, clock, boots, keys, engine, auth: None })
+        let mutations = crate::mutations::Mutations::none();
+        Ok(Client { conn, replica: replica.into(), tenant: tenant.into(), incarnation, clock, boots, keys, engine, auth: None, mutations })
     }
 
     /// The operator's recovery of a device database that is not a database (runbook 002,
@@ -740,7 +743,14 @@ impl Client {
         for op in &a.compacted {
             tx.execute("DELETE FROM outbox WHERE op_id = ?1", [op])?;
         }
-        for e in &a.items {
+        // A planted bug of the commit drops the page's events while the cursor moves on.
+        let dropped = {
+            let items = &a.items;
+            let planted =
+                |b: &crate::mutations::Bug| matches!(b, crate::mutations::Bug::PullCommit { event_kind } if items.iter().any(|e| e.kind == *event_kind));
+            self.mutations.fires("client::commit", planted, || format!("{} pulled events dropped, cursor {}", items.len(), a.cursor)).is_some()
+        };
+        for e in a.items.iter().filter(|_| !dropped) {
             store::insert_event(&tx, e)?;
             if e.replica == self.replica {
                 // A version-1 push carries no op ids: the server names such writes
@@ -856,9 +866,11 @@ impl Client {
         saga::reconcile_remote(&self.conn, sagas, &counts, sink, &*self.clock).await
     }
 
-    /// Arms this device's planted bugs of a test plan ([`crate::mutations`]).
+    /// Arms this device's planted bugs of a test plan ([`crate::mutations`]): the commit of a
+    /// pull, the projections' incremental fold and the snapshot writer consult them.
     pub fn plant(&mut self, mutations: crate::mutations::Mutations) {
-        self.engine.plant(mutations);
+        self.engine.plant(mutations.clone());
+        self.mutations = mutations;
     }
 
     /// The projections' engine, for operator tools (snapshots, health, rows).

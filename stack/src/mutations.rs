@@ -2,7 +2,8 @@
 //! runbook sections whose real cause is a bug (a wrong projection, a snapshot written wrong).
 //!
 //! A bug is consulted at the one place it would live — the projection engine's incremental fold,
-//! the snapshot writer, the server's event-store writer — and nowhere else, so the failure it causes goes through the stack's own
+//! the snapshot writer, the server's event-store writer, a device's commit of a pull — and
+//! nowhere else, so the failure it causes goes through the stack's own
 //! code paths and the stack's own detection and recovery must deal with it. A plan lists its
 //! bugs ([`Mutation`]); the world hands each process a [`Mutations`] view of the list, and every
 //! firing is reported to the world's observer (a `mutation.fired` trace line) and counted for the
@@ -29,6 +30,10 @@ pub enum Bug {
     /// the archive's segment are taken from the event as pushed, so the stored row no longer
     /// verifies.
     StoredPayload { event_kind: String },
+    /// A device's commit of a pull whose pages hold an event of kind `event_kind` moves the
+    /// cursor on but stores none of the pulled events (rows gone while the cursor says they
+    /// arrived): the device no longer converges, and a retry pulls nothing.
+    PullCommit { event_kind: String },
 }
 
 /// What a wrong fold does to the event it mishandles.
@@ -46,6 +51,7 @@ impl Bug {
             Bug::ProjectionFold { .. } => "projection_fold",
             Bug::SnapshotState { .. } => "snapshot_state",
             Bug::StoredPayload { .. } => "stored_payload",
+            Bug::PullCommit { .. } => "pull_commit",
         }
     }
 
@@ -53,7 +59,7 @@ impl Bug {
     pub fn target(&self) -> &str {
         match self {
             Bug::ProjectionFold { projection, .. } | Bug::SnapshotState { projection } => projection,
-            Bug::StoredPayload { .. } => "events",
+            Bug::StoredPayload { .. } | Bug::PullCommit { .. } => "events",
         }
     }
 
@@ -61,7 +67,7 @@ impl Bug {
     pub fn projection(&self) -> Option<&str> {
         match self {
             Bug::ProjectionFold { projection, .. } | Bug::SnapshotState { projection } => Some(projection),
-            Bug::StoredPayload { .. } => None,
+            Bug::StoredPayload { .. } | Bug::PullCommit { .. } => None,
         }
     }
 
@@ -70,7 +76,7 @@ impl Bug {
     pub fn caught_by(&self) -> Option<&'static str> {
         match self {
             Bug::StoredPayload { .. } => Some("pull:hashChainViolation"),
-            Bug::ProjectionFold { .. } | Bug::SnapshotState { .. } => None,
+            Bug::ProjectionFold { .. } | Bug::SnapshotState { .. } | Bug::PullCommit { .. } => None,
         }
     }
 
@@ -114,7 +120,7 @@ impl Mutation {
         if self.after > AFTER_MAX {
             return Err(format!("{what}: after must be at most {AFTER_MAX}, not {}", self.after));
         }
-        if let Bug::ProjectionFold { event_kind, .. } | Bug::StoredPayload { event_kind } = &self.bug {
+        if let Bug::ProjectionFold { event_kind, .. } | Bug::StoredPayload { event_kind } | Bug::PullCommit { event_kind } = &self.bug {
             if event_kind.is_empty() || event_kind.len() > 64 {
                 return Err(format!("{what}: event_kind must be 1 to 64 bytes"));
             }

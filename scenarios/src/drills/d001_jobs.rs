@@ -346,8 +346,8 @@ async fn scenario_c(cx: &mut Ctx) {
     let committed = rows(&source);
     let target = open(cx, &j, import::DEFAULT_DB).await.expect("open");
     fill(&mut j, &target, &runs[..1]).await;
-    // A divergent child row: the target's copy of a segment was edited.
-    target.conn().execute("UPDATE segments SET text = 'edited locally' WHERE run_id = ?1 AND idx = 1", [runs[0].as_str()]).expect("edit");
+    // A divergent child row: the user corrected a segment of the target's copy.
+    target.edit_segment(&runs[0], 1, "edited locally").expect("the segment is edited");
     let before = target.contents().expect("contents");
     cx.inject("divergent_target_row", json!({"run": runs[0]}));
     let r = import_jsonl(&j.fs, &target, "export", ConflictPolicy::Reject);

@@ -8,9 +8,9 @@
 //!   and its log kept as evidence, a fresh database at the next open), recover by syncing from
 //!   the server, validate convergence by count and hash. Writes the device never synced are lost
 //!   with its file: the runbook recovers from peers, and no peer ever had them.
-//! - `002-sync-divergence`. The failure: a device's event rows are lost behind the stack's back
-//!   while its cursor stays, so it holds fewer events than the server and an ordinary sync does not
-//!   notice. The symptoms: the consistency check (count + head) differs, and still differs after
+//! - `002-sync-divergence`. The failure: a bug of the device's commit of a pull (the plan's
+//!   planted `pull_commit`) moves its cursor on but stores none of the pulled events, so it holds
+//!   fewer events than the server and an ordinary sync does not notice. The symptoms: the consistency check (count + head) differs, and still differs after
 //!   a retry. The recovery: run the consistency check, inspect the device's sync errors, force a
 //!   sync, inspect the server's RBAC rejections (a device of the other tenant asking for this one
 //!   is refused), and check every device is within the N/N-1 protocol window (one device speaks
@@ -35,9 +35,10 @@ use drill_stack::rpc::RpcClient;
 use drill_stack::StoreError;
 use serde_json::json;
 
-use super::harness::Ctx;
+use super::harness::{Ctx, BUGGY_KIND};
 use super::Drill;
 use crate::node::{lock, DEVICE_DB, SERVER_IP};
+use crate::plan::{Bug, Mutation};
 
 pub const DRILLS: &[Drill] = &[
     Drill {
@@ -59,7 +60,7 @@ pub const DRILLS: &[Drill] = &[
         devices: 3,
         server_retention: None,
         param: 0,
-        bugs: super::no_bugs,
+        bugs: commit_bug,
         body: divergence_body,
     },
     Drill {
@@ -70,7 +71,7 @@ pub const DRILLS: &[Drill] = &[
         devices: 3,
         server_retention: None,
         param: 0,
-        bugs: super::no_bugs,
+        bugs: commit_bug,
         body: hydrate_body,
     },
 ];
@@ -159,20 +160,10 @@ async fn corruption(cx: &mut Ctx) {
     cx.recovery("server", &committed, &server, &lost);
 }
 
-/// Drops device `i`'s tenant events after `seq` with plain SQL on its node, behind the stack's
-/// back (its cursor stays where it was); the device is closed around it.
-async fn lose_rows_after(cx: &mut Ctx, i: usize, seq: u64) -> usize {
-    cx.devs[i].client = None;
-    cx.devs[i].rpc = None;
-    let node = cx.devs[i].node;
-    let n = cx
-        .on(node, async move {
-            let c = drill_stack::store::open(DEVICE_DB).expect("the device database opens");
-            c.execute("DELETE FROM events WHERE seq > ?1", [seq]).expect("rows deleted")
-        })
-        .await;
-    cx.open(i).await.expect("the device reopens");
-    n
+/// The bug of the divergence drills: device 0's commit of a pull that brings an event of
+/// [`BUGGY_KIND`] moves its cursor on but stores none of the pulled events, once.
+fn commit_bug(_: &mut drill_sim::rng::Stream) -> Vec<Mutation> {
+    vec![Mutation { node: crate::plan::client_name(0), bug: Bug::PullCommit { event_kind: BUGGY_KIND.into() }, after: 0, times: 1 }]
 }
 
 /// A device whose last rows are gone: returns the committed events, and the seq the device's
@@ -180,14 +171,19 @@ async fn lose_rows_after(cx: &mut Ctx, i: usize, seq: u64) -> usize {
 async fn diverge(cx: &mut Ctx) -> (Vec<drill_model::EventFact>, drill_stack::client::ExportedState) {
     cx.warm_up().await;
     let good = cx.devs[0].last_good.clone().expect("known-good");
-    let n = rand::Rng::gen_range(&mut cx.rng, 2..=4);
+    // The other device writes, the first of its events of the kind the planted bug of device
+    // 0's pull commit mishandles: device 0's pull of them stores none while its cursor moves on.
+    let n = rand::Rng::gen_range(&mut cx.rng, 1..=3);
+    cx.append_kind(2, 1, BUGGY_KIND);
     cx.append(2, n);
     cx.sync(2).await.expect("the other device syncs");
     cx.sync(0).await.expect("the device pulls them");
     let tenant = cx.devs[0].tenant.clone();
     let committed = cx.server_tenant(&tenant).await;
-    let lost = lose_rows_after(cx, 0, good.cursor).await;
-    cx.inject("event_rows_lost", json!({"device": cx.devs[0].name, "after_seq": good.cursor, "rows": lost}));
+    let held = cx.device_events(0).iter().filter(|e| e.tenant == tenant).count();
+    let lost = committed.len().saturating_sub(held);
+    let fired: u32 = cx.planted_fired(0).iter().map(|(_, n)| n).sum();
+    cx.inject("event_rows_lost", json!({"device": cx.devs[0].name, "after_seq": good.cursor, "rows": lost, "fired": fired}));
     let first = cx.converged(0).await;
     let _ = cx.sync(0).await;
     let still = cx.converged(0).await;

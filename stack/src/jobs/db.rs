@@ -377,6 +377,18 @@ impl JobsDb {
         Ok(c)
     }
 
+    /// A user's correction of segment `idx` of run `run_id`: its text replaced. A copy edited
+    /// this way diverges from another copy of the same run, which an import then meets as a
+    /// divergent row (runbook 001 Scenario C). Refused with `jobs:invalidInput` when the run has
+    /// no such segment.
+    pub fn edit_segment(&self, run_id: &str, idx: u32, text: &str) -> Result<(), JobError> {
+        let n = self.conn.execute("UPDATE segments SET text = ?3 WHERE run_id = ?1 AND idx = ?2", params![run_id, idx, text])?;
+        if n == 0 {
+            return Err(JobError::InvalidInput { detail: format!("run {run_id} has no segment {idx}") });
+        }
+        Ok(())
+    }
+
     /// Whether run `run_id` is stored.
     pub fn has_run(&self, run_id: &str) -> Result<bool, JobError> {
         Ok(self.conn.query_row("SELECT count(*) FROM runs WHERE run_id = ?1", [run_id], |r| r.get::<_, i64>(0))? > 0)
@@ -442,6 +454,19 @@ mod tests {
         drop(db);
         let db = JobsDb::open(&fs, "jobs.db").unwrap();
         assert_eq!(store::meta_get(db.conn(), "schema_version").unwrap().as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn a_segment_edit_changes_that_segment_only_and_a_missing_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = StdFs::new(dir.path());
+        create_legacy_v1(&fs, "old.db", &[("r1", "audio-1")], &[("r1", 0, "hello"), ("r1", 1, "world")], &[]).unwrap();
+        let db = JobsDb::open(&fs, "old.db").unwrap();
+        db.edit_segment("r1", 1, "there").unwrap();
+        let texts: Vec<String> = db.contents().unwrap().segments.into_iter().map(|s| s.text).collect();
+        assert_eq!(texts, ["hello", "there"]);
+        assert_eq!(db.edit_segment("r1", 7, "x").unwrap_err().code(), "jobs:invalidInput");
+        assert_eq!(db.edit_segment("r9", 0, "x").unwrap_err().code(), "jobs:invalidInput");
     }
 
     #[test]
